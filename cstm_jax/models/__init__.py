@@ -1,0 +1,1 @@
+"""Backbones, the video classifier and the model zoo."""

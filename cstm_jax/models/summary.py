@@ -1,0 +1,84 @@
+"""Parameters and multiply-adds of every named model, counted by XLA.
+
+  python -m cstm_jax.models.summary [--frames 8] [--json] [--models cstm_bninception,i3d]
+
+Nothing is computed: parameters come from `jax.eval_shape` of the initialiser and multiply-adds
+from XLA's cost analysis of the jitted inference forward on abstract inputs (FLOPs / 2), at
+each model's native crop, one clip of `--frames` frames, 174 classes. `gmacs` counts every
+kernel tap, as papers do; `gmacs_xla` is XLA's count of the graph as it runs, which skips taps
+on zero padding (see `cstm_jax.models.flops`).
+"""
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from cstm_jax.models.build import BACKBONES, MODELS, build_model, model_config
+from cstm_jax.models.flops import count_macs
+
+
+def abstract_variables(model, clips: jax.ShapeDtypeStruct):
+  """Shapes and dtypes of the model's variables, without allocating them."""
+  return jax.eval_shape(lambda x: model.init({'params': jax.random.key(0)}, x), clips)
+
+
+def count_params(variables) -> int:
+  return sum(leaf.size for leaf in jax.tree_util.tree_leaves(variables['params']))
+
+
+def summarize(name: str, frames: int = 8, num_classes: int = 174, crop: Optional[int] = None,
+              **overrides) -> dict:
+  """One row of the summary for the named model."""
+  config = model_config(name, num_classes=num_classes, num_frames=frames, **overrides)
+  crop = crop or BACKBONES[config.backbone].crop
+  model = build_model(config)
+  clips = jax.ShapeDtypeStruct((1, frames, crop, crop, 3), jnp.float32)
+  variables = abstract_variables(model, clips)
+  forward = lambda v, x: model.apply(v, x, train=False)
+  return {
+      'model': name,
+      'backbone': config.backbone,
+      'temporal': config.temporal,
+      'frames': frames,
+      'crop': crop,
+      'params': count_params(variables),
+      'gmacs': round(count_macs(forward, variables, clips) / 1e9, 3),
+      'gmacs_xla': round(count_macs(forward, variables, clips, dense=False) / 1e9, 3),
+  }
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+  lines = ['| model | backbone | temporal | frames | crop | params (M) | GMACs / clip | '
+           'GMACs / clip (XLA, as run) |', '|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    lines.append(f"| {r['model']} | {r['backbone']} | {r['temporal']} | {r['frames']} | "
+                 f"{r['crop']} | {r['params'] / 1e6:.2f} | {r['gmacs']:.2f} | "
+                 f"{r['gmacs_xla']:.2f} |")
+  return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--frames', type=int, default=8, help='frames per clip')
+  parser.add_argument('--json', action='store_true', help='print a JSON list instead of a table')
+  parser.add_argument('--models', default=','.join(MODELS),
+                      help=f'comma-separated model names (default: all): {", ".join(MODELS)}')
+  args = parser.parse_args(argv)
+  names = [n for n in args.models.split(',') if n]
+  unknown = [n for n in names if n not in MODELS]
+  if unknown:
+    parser.error(f'unknown models {unknown}; known: {", ".join(MODELS)}')
+  rows = []
+  for i, name in enumerate(names, 1):
+    if not args.json:
+      print(f'[{i}/{len(names)}] counting {name} ...', file=sys.stderr, flush=True)
+    rows.append(summarize(name, args.frames))
+  print(json.dumps(rows, indent=1) if args.json else markdown_table(rows))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

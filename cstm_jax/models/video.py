@@ -1,0 +1,34 @@
+"""The video classifier shared by every model: backbone, global pool, dropout, dense head,
+logits averaged over time ("average consensus")."""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cstm_jax.models.layers import ModuleDef
+
+
+class VideoClassifier(nn.Module):
+  """`[N, T, H, W, 3]` normalised clips -> `[N, num_classes]` float32 logits.
+
+  The backbone maps clips to pooled features `[N, T', C]` (T' = T for 2D backbones, the
+  remaining temporal extent for 3D ones); the head scores each of the T' steps and averages.
+  Clip features (mean over T') are sown as `intermediates/features` for embeddings and t-SNE.
+  """
+  backbone: ModuleDef
+  num_classes: int
+  dropout_rate: float = 0.5
+  head_init_std: float = 0.001
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, clips, train: bool = False):
+    if clips.ndim != 5 or clips.shape[-1] != 3:
+      raise ValueError(f'expected clips [N, T, H, W, 3], got shape {clips.shape}')
+    features = self.backbone(name='backbone')(clips, train).astype(jnp.float32)
+    self.sow('intermediates', 'features', jnp.mean(features, axis=1))
+    features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
+    logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
+                      kernel_init=nn.initializers.normal(self.head_init_std),
+                      name='head')(features)
+    return jnp.mean(logits, axis=1)

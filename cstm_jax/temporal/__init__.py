@@ -1,0 +1,1 @@
+"""Temporal ops (pure functions) and the temporal modules built on them."""

@@ -1,0 +1,145 @@
+"""Pure temporal ops on clip tensors.
+
+Shapes: a clip tensor is `[N, T, H, W, C]`; frames folded into the batch are `[N*T, H, W, C]`,
+clip-major (the T frames of one clip are contiguous). Every op here is a pure, traceable
+function: no parameters, no in-place updates (so `jax.export` and ONNX-style tracing work).
+"""
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ShiftImpl = Literal['roll', 'slice']
+
+
+def unfold_time(x: jax.Array, num_frames: int) -> jax.Array:
+  """`[N*T, ...]` -> `[N, T, ...]`."""
+  if x.shape[0] % num_frames:
+    raise ValueError(f'batch of {x.shape[0]} frames is not a multiple of num_frames={num_frames}')
+  return x.reshape(x.shape[0] // num_frames, num_frames, *x.shape[1:])
+
+
+def fold_time(x: jax.Array) -> jax.Array:
+  """`[N, T, ...]` -> `[N*T, ...]`."""
+  return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def shift_frames(x: jax.Array, offset: int, impl: ShiftImpl = 'roll') -> jax.Array:
+  """Frame `t` of the result takes frame `t + offset` of `x`; frames past the clip are zero.
+
+  Args:
+    x: `[N, T, ...]`.
+    offset: +1 pulls from the next frame (moves features toward the past), -1 from the previous.
+    impl: 'roll' (jnp.roll, then zero the wrapped frames) or 'slice' (slice plus zero pad).
+  Returns:
+    `[N, T, ...]`, same dtype.
+  """
+  num_frames = x.shape[1]
+  if offset == 0:
+    return x
+  if abs(offset) >= num_frames:
+    return jnp.zeros_like(x)
+  if impl == 'roll':
+    rolled = jnp.roll(x, -offset, axis=1)
+    t = np.arange(num_frames)
+    valid = (t + offset >= 0) & (t + offset < num_frames)  # static mask, folded by XLA
+    mask = jnp.asarray(valid, x.dtype).reshape((1, num_frames) + (1,) * (x.ndim - 2))
+    return rolled * mask
+  if impl == 'slice':
+    pad = [(0, 0)] * x.ndim
+    if offset > 0:
+      pad[1] = (0, offset)
+      return jnp.pad(x[:, offset:], pad)
+    pad[1] = (-offset, 0)
+    return jnp.pad(x[:, :offset], pad)
+  raise ValueError(f"unknown shift impl {impl!r}; expected 'roll' or 'slice'")
+
+
+def temporal_shift(x: jax.Array, shift_div: int = 8, impl: ShiftImpl = 'roll') -> jax.Array:
+  """TSM shift S(X): channels [0, f) take frame t+1, [f, 2f) take frame t-1, f = C // shift_div.
+
+  Args:
+    x: `[N, T, H, W, C]`.
+  Returns:
+    `[N, T, H, W, C]`; zero where a shifted channel would cross a clip border.
+  """
+  fold = x.shape[-1] // shift_div
+  if fold == 0:
+    return x
+  return jnp.concatenate([
+      shift_frames(x[..., :fold], +1, impl),
+      shift_frames(x[..., fold:2 * fold], -1, impl),
+      x[..., 2 * fold:],
+  ], axis=-1)
+
+
+def interleave_halves(x: jax.Array) -> jax.Array:
+  """The GSM reference's channel order inside one half: new channel 2i+k = old channel k*C/2+i.
+
+  Args:
+    x: `[..., C]` with C even (C is the width of one half of the GSM input).
+  """
+  channels = x.shape[-1]
+  if channels % 2:
+    raise ValueError(f'interleave needs an even channel count, got {channels}')
+  split = x.reshape(*x.shape[:-1], 2, channels // 2)
+  return jnp.swapaxes(split, -1, -2).reshape(x.shape)
+
+
+def gate_shift(x: jax.Array, gate: jax.Array, interleave: bool = True,
+               impl: ShiftImpl = 'roll') -> jax.Array:
+  """GSM fusion of a clip with its two-channel gate.
+
+  X is split in halves X1, X2 gated by G[..., 0] and G[..., 1]; the gated part of X1 moves
+  toward the past (frame t takes t+1), of X2 toward the future (frame t takes t-1); the
+  ungated residual stays in place.
+
+  Args:
+    x: `[N, T, H, W, C]`, C divisible by 2 (by 4 with interleave).
+    gate: `[N, T, H, W, 2]`, values in [-1, 1] (tanh).
+  Returns:
+    `[N, T, H, W, C]`.
+  """
+  half = x.shape[-1] // 2
+  x1, x2 = x[..., :half], x[..., half:]
+  y1 = gate[..., 0:1] * x1
+  y2 = gate[..., 1:2] * x2
+  z1 = shift_frames(y1, +1, impl) + (x1 - y1)
+  z2 = shift_frames(y2, -1, impl) + (x2 - y2)
+  if interleave:
+    z1, z2 = interleave_halves(z1), interleave_halves(z2)
+  return jnp.concatenate([z1, z2], axis=-1)
+
+
+def conv3d(x: jax.Array, kernel: jax.Array, groups: int = 1) -> jax.Array:
+  """3x3x3 (any odd size) convolution over (T, H, W), stride 1, zero 'same' padding.
+
+  Args:
+    x: `[N, T, H, W, C_in]`.
+    kernel: `[kt, kh, kw, C_in // groups, C_out]`.
+    groups: feature groups (C_in for depthwise, 1 for full).
+  Returns:
+    `[N, T, H, W, C_out]`.
+  """
+  padding = [(k // 2, k // 2) for k in kernel.shape[:3]]
+  return jax.lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), window_strides=(1, 1, 1), padding=padding,
+      dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'), feature_group_count=groups)
+
+
+def identity_centre_kernel(channels: int, groups: int, size: int = 3,
+                           dtype=jnp.float32) -> jax.Array:
+  """Kernel `[size]*3 + [channels // groups, channels]` with `conv3d(x, k, groups) == x`."""
+  per_group = channels // groups
+  kernel = np.zeros((size, size, size, per_group, channels), np.float32)
+  centre = size // 2
+  out = np.arange(channels)
+  kernel[centre, centre, centre, out % per_group, out] = 1.0
+  return jnp.asarray(kernel, dtype)
+
+
+def branch_softmax(logit_a: jax.Array, logit_b: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-channel softmax across two branches: returns (alpha_a, alpha_b), alpha_a + alpha_b = 1."""
+  weights = jax.nn.softmax(jnp.stack([logit_a, logit_b], axis=0), axis=0)
+  return weights[0], weights[1]

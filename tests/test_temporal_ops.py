@@ -1,0 +1,131 @@
+"""Temporal ops against plain NumPy references written here."""
+import numpy as np
+import pytest
+
+from cstm_jax.temporal import ops
+from cstm_jax.temporal.modules import TemporalShift
+
+IMPLS = ['roll', 'slice']
+
+
+def np_shift(x, shift_div=8):
+  """TSM reference: channels [0, f) from frame t+1, [f, 2f) from frame t-1, zero past the clip."""
+  f = x.shape[-1] // shift_div
+  out = x.copy()
+  out[..., :2 * f] = 0
+  out[:, :-1, ..., :f] = x[:, 1:, ..., :f]
+  out[:, 1:, ..., f:2 * f] = x[:, :-1, ..., f:2 * f]
+  return out
+
+
+def random_clips(n=3, t=5, h=4, w=3, c=16, seed=0):
+  return np.random.default_rng(seed).normal(size=(n, t, h, w, c)).astype(np.float32)
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('t', [1, 2, 5])
+def test_shift_matches_numpy(impl, t):
+  x = random_clips(t=t)
+  got = np.asarray(ops.temporal_shift(x, 8, impl))
+  np.testing.assert_array_equal(got, np_shift(x))
+  f = x.shape[-1] // 8
+  # Border frames of the shifted channels are zero; the rest of the channels are untouched.
+  np.testing.assert_array_equal(got[:, -1, ..., :f], 0)
+  np.testing.assert_array_equal(got[:, 0, ..., f:2 * f], 0)
+  np.testing.assert_array_equal(got[..., 2 * f:], x[..., 2 * f:])
+  if t == 1:
+    np.testing.assert_array_equal(got[..., :2 * f], 0)
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_shift_never_crosses_clips(impl):
+  """Folded frames `[N*T, ...]`: changing one clip changes no other clip's output."""
+  n, t = 3, 4
+  x = random_clips(n=n, t=t)
+  module = TemporalShift(num_frames=t, shift_impl=impl)
+  fold = lambda a: a.reshape(n * t, *a.shape[2:])
+  base = np.asarray(module.apply({}, fold(x))).reshape(x.shape)
+  changed = x.copy()
+  changed[1] += 100.0
+  out = np.asarray(module.apply({}, fold(changed))).reshape(x.shape)
+  np.testing.assert_array_equal(out[0], base[0])
+  np.testing.assert_array_equal(out[2], base[2])
+  np.testing.assert_array_equal(base, np_shift(x))
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+@pytest.mark.parametrize('offset', [-2, -1, 1, 2, 7])
+def test_shift_frames(impl, offset):
+  x = random_clips(t=5)
+  expected = np.zeros_like(x)
+  for t in range(5):
+    if 0 <= t + offset < 5:
+      expected[:, t] = x[:, t + offset]
+  np.testing.assert_array_equal(np.asarray(ops.shift_frames(x, offset, impl)), expected)
+
+
+def test_interleave_halves():
+  x = np.arange(2 * 12, dtype=np.float32).reshape(2, 12)
+  got = np.asarray(ops.interleave_halves(x))
+  quarter = 12 // 2
+  for i in range(quarter):
+    for k in range(2):
+      np.testing.assert_array_equal(got[:, 2 * i + k], x[:, k * quarter + i])
+
+
+def np_conv3d(x, kernel, groups):
+  """Naive grouped 3D conv, stride 1, zero padding k//2: x [N,T,H,W,C], kernel [kt,kh,kw,C/g,O]."""
+  kt, kh, kw, cin_g, cout = kernel.shape
+  n, t, h, w, _ = x.shape
+  padded = np.pad(x, [(0, 0), (kt // 2,) * 2, (kh // 2,) * 2, (kw // 2,) * 2, (0, 0)])
+  out = np.zeros((n, t, h, w, cout), np.float64)
+  cout_g = cout // groups
+  for g in range(groups):
+    xin = padded[..., g * cin_g:(g + 1) * cin_g]
+    for a in range(kt):
+      for b in range(kh):
+        for c in range(kw):
+          window = xin[:, a:a + t, b:b + h, c:c + w]
+          out[..., g * cout_g:(g + 1) * cout_g] += window @ kernel[a, b, c, :, g * cout_g:(g + 1) * cout_g]
+  return out.astype(np.float32)
+
+
+@pytest.mark.parametrize('groups', [1, 2, 16])
+def test_conv3d_matches_numpy(groups):
+  x = random_clips(n=2, t=3, c=16)
+  kernel = np.random.default_rng(1).normal(size=(3, 3, 3, 16 // groups, 16)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(ops.conv3d(x, kernel, groups)),
+                             np_conv3d(x, kernel, groups), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('groups', [1, 4, 16])
+def test_identity_centre_kernel(groups):
+  x = random_clips(c=16)
+  kernel = ops.identity_centre_kernel(16, groups)
+  np.testing.assert_allclose(np.asarray(ops.conv3d(x, kernel, groups)), x, atol=1e-6)
+
+
+def test_gate_shift_with_fixed_gate():
+  """gate = 1 moves whole halves (a pure shift); gate = 0 leaves the input in place."""
+  x = random_clips(c=8)
+  half = 4
+  ones = np.ones(x.shape[:-1] + (2,), np.float32)
+  moved = np.asarray(ops.gate_shift(x, ones, interleave=False))
+  np.testing.assert_array_equal(moved[:, :-1, ..., :half], x[:, 1:, ..., :half])
+  np.testing.assert_array_equal(moved[:, -1, ..., :half], 0)
+  np.testing.assert_array_equal(moved[:, 1:, ..., half:], x[:, :-1, ..., half:])
+  np.testing.assert_array_equal(moved[:, 0, ..., half:], 0)
+  still = np.asarray(ops.gate_shift(x, np.zeros_like(ones), interleave=False))
+  np.testing.assert_array_equal(still, x)
+
+
+def test_branch_softmax():
+  a, b = ops.branch_softmax(np.array([0.0, 2.0]), np.array([0.0, -1.0]))
+  np.testing.assert_allclose(np.asarray(a + b), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(a)[0], 0.5)
+  np.testing.assert_allclose(np.asarray(a)[1], np.exp(2) / (np.exp(2) + np.exp(-1)), rtol=1e-6)
+
+
+def test_unfold_rejects_partial_clips():
+  with pytest.raises(ValueError, match='not a multiple of num_frames=4'):
+    ops.unfold_time(np.zeros((6, 2, 2, 8)), 4)
