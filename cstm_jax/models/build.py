@@ -49,14 +49,20 @@ DEFAULTS = {
     'attention_pool': 'clip',  # cstm attention squeeze: per 'clip' or per 'frame'
 }
 
+
+
+def model_name(backbone: str, temporal: str) -> str:
+  """'cstm_bninception' for a 2D backbone with a temporal module; the backbone name for 3D."""
+  return backbone if temporal == 'none' else f'{temporal}_{backbone}'
+
+
 # Named models: the summary and the benchmark know these.
 MODELS = {
-    **{f'{t}_{b}': {'backbone': b, 'temporal': t}
-       for b in ('bninception', 'inception_v3') for t in TEMPORAL_MODULES},
-    'tsn_resnet50': {'backbone': 'resnet50', 'temporal': 'tsn'},
-    'tsm_resnet50': {'backbone': 'resnet50', 'temporal': 'tsm'},
-    **{b: {'backbone': b, 'temporal': 'none'}
-       for b in ('i3d', 'i3d_resnet50', 's3d', 'r2plus1d_18', 'r2plus1d_34')},
+    model_name(b, t): {'backbone': b, 'temporal': t}
+    for b, temporals in [('bninception', TEMPORAL_MODULES), ('inception_v3', TEMPORAL_MODULES),
+                         ('resnet50', ('tsn', 'tsm'))] + [
+        (b, ('none',)) for b in ('i3d', 'i3d_resnet50', 's3d', 'r2plus1d_18', 'r2plus1d_34')]
+    for t in temporals
 }
 
 

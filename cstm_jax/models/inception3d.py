@@ -47,8 +47,8 @@ class Unit3D(nn.Module):
     k, s = self.kernel, self.stride
     if not self.separable or k == 1:
       return unit((k, k, k), (s, s, s), 'conv')(x, train)
-    x = unit((1, k, k), (1, s, s), 'conv_spatial')(x, train)
-    return unit((k, 1, 1), (s, 1, 1), 'conv_temporal')(x, train)
+    x = unit((1, k, k), (1, s, s), 'conv_s')(x, train)
+    return unit((k, 1, 1), (s, 1, 1), 'conv_t')(x, train)
 
 
 class Inception3D(nn.Module):

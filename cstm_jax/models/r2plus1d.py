@@ -31,10 +31,10 @@ class Conv2Plus1D(nn.Module):
   def __call__(self, x, train: bool = False):
     s = self.stride
     x = layers.ConvBN(self.mid, (1, 3, 3), (1, s, s), [(0, 0), (1, 1), (1, 1)], use_bias=False,
-                      dtype=self.dtype, param_dtype=self.param_dtype, name='spatial')(x, train)
+                      dtype=self.dtype, param_dtype=self.param_dtype, name='conv_s')(x, train)
     return nn.Conv(self.features, (3, 1, 1), (s, 1, 1), padding=[(1, 1), (0, 0), (0, 0)],
                    use_bias=False, kernel_init=layers.conv_init, dtype=self.dtype,
-                   param_dtype=self.param_dtype, name='temporal')(x)
+                   param_dtype=self.param_dtype, name='conv_t')(x)
 
 
 class BasicBlock(nn.Module):

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from cstm_jax.models.build import BACKBONES, MODELS, build_model, model_config
+from cstm_jax.models.build import BACKBONES, MODELS, build_model, model_config, model_name
 from cstm_jax.models.flops import count_macs
 
 
@@ -29,25 +29,30 @@ def count_params(variables) -> int:
   return sum(leaf.size for leaf in jax.tree_util.tree_leaves(variables['params']))
 
 
-def summarize(name: str, frames: int = 8, num_classes: int = 174, crop: Optional[int] = None,
-              **overrides) -> dict:
-  """One row of the summary for the named model."""
-  config = model_config(name, num_classes=num_classes, num_frames=frames, **overrides)
+def summarize_config(config, crop: Optional[int] = None) -> dict:
+  """One row of the summary for a `config.model` block (one clip of `num_frames` frames)."""
   crop = crop or BACKBONES[config.backbone].crop
   model = build_model(config)
-  clips = jax.ShapeDtypeStruct((1, frames, crop, crop, 3), jnp.float32)
+  clips = jax.ShapeDtypeStruct((1, config.num_frames, crop, crop, 3), jnp.float32)
   variables = abstract_variables(model, clips)
   forward = lambda v, x: model.apply(v, x, train=False)
   return {
-      'model': name,
+      'model': model_name(config.backbone, config.temporal),
       'backbone': config.backbone,
       'temporal': config.temporal,
-      'frames': frames,
+      'frames': config.num_frames,
       'crop': crop,
       'params': count_params(variables),
       'gmacs': round(count_macs(forward, variables, clips) / 1e9, 3),
       'gmacs_xla': round(count_macs(forward, variables, clips, dense=False) / 1e9, 3),
   }
+
+
+def summarize(name: str, frames: int = 8, num_classes: int = 174, crop: Optional[int] = None,
+              **overrides) -> dict:
+  """One row of the summary for the named model."""
+  config = model_config(name, num_classes=num_classes, num_frames=frames, **overrides)
+  return summarize_config(config, crop)
 
 
 def markdown_table(rows: Sequence[dict]) -> str:

@@ -1,0 +1,182 @@
+"""The model zoo: published sizes and costs, every variant trains, sharding changes nothing."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from cstm_jax import MODELS, build_model, model_config
+from cstm_jax.models.build import BACKBONES
+from cstm_jax.models.summary import abstract_variables, count_params, summarize
+
+TINY = {'width': 0.125, 'num_classes': 7}
+TINY_SIZE = {'inception_v3': 75}  # the smallest kind of size that keeps v3's branches aligned
+
+
+def params_of(name, **overrides):
+  config = model_config(name, **overrides)
+  model = build_model(config)
+  crop = BACKBONES[config.backbone].crop
+  clips = jax.ShapeDtypeStruct((1, 2, crop, crop, 3), jnp.float32)
+  return count_params(abstract_variables(model, clips))
+
+
+# --- Published sizes (SPEC sections 4 and 5) -----------------------------------------------
+
+def test_parameter_counts_match_the_spec():
+  tsn = params_of('tsn_bninception')
+  assert tsn == pytest.approx(10.43e6, rel=0.01)
+  assert params_of('tsn_inception_v3') == pytest.approx(22.12e6, rel=0.01)
+  assert params_of('gsm_bninception') - tsn == pytest.approx(51e3, rel=0.03)
+  assert params_of('cstm_bninception') - tsn == pytest.approx(0.93e6, rel=0.01)
+  assert params_of('tsm_bninception') == tsn  # the shift has no parameters
+  # With the 1000-way ImageNet head BN-Inception is the 11.3 M network of the TSN release.
+  assert params_of('tsn_bninception', num_classes=1000) == pytest.approx(11.3e6, rel=0.01)
+  # 3D references with the 400-way Kinetics head of their releases.
+  assert params_of('i3d', num_classes=400) == pytest.approx(12.7e6, rel=0.02)
+  assert params_of('s3d', num_classes=400) == pytest.approx(8.3e6, rel=0.02)
+  assert params_of('i3d_resnet50', num_classes=400) == pytest.approx(28.0e6, rel=0.01)
+
+
+@pytest.mark.parametrize('name, frames, crop, reference, tolerance', [
+    ('tsn_bninception', 8, None, 16.26, 0.03),   # 2.03 G per frame
+    ('tsn_bninception', 1, None, 2.03, 0.03),
+    ('tsn_inception_v3', 1, None, 3.33, 0.03),
+    ('tsn_resnet50', 1, None, 4.09, 0.03),
+    ('i3d', 8, None, 13.9, 0.05),
+    ('s3d', 8, None, 9.0, 0.05),
+    ('r2plus1d_34', 8, None, 38.0, 0.05),
+    # PyTorchVideo's 37.5 G for I3D-R50 8x8 is measured on 256 x 256 inputs (28.6 G at 224).
+    ('i3d_resnet50', 8, 256, 37.5, 0.10),
+])
+def test_multiply_adds_match_the_spec(name, frames, crop, reference, tolerance):
+  row = summarize(name, frames, crop=crop)
+  assert row['gmacs'] == pytest.approx(reference, rel=tolerance)
+  assert row['gmacs_xla'] <= row['gmacs']  # XLA's as-run count skips padded taps
+
+
+def test_temporal_modules_cost_what_the_spec_says():
+  tsn = summarize('tsn_bninception')['gmacs']
+  assert summarize('gsm_bninception')['gmacs'] - tsn == pytest.approx(0.085, abs=0.015)
+  assert summarize('cstm_bninception')['gmacs'] - tsn == pytest.approx(1.35, rel=0.05)
+
+
+# --- Every variant trains -------------------------------------------------------------------
+
+def random_variables(model, clips, seed=0):
+  """Variables with the structure of `model.init` filled with random values on the host.
+
+  Jitting the real initialiser would double the compile time of each model in this suite;
+  the initialisers are tested with the modules.
+  """
+  rng = np.random.default_rng(seed)
+  def draw(path, leaf):
+    name = path[-1].key
+    if name in ('scale', 'var'):
+      return np.ones(leaf.shape, np.float32)
+    if name in ('mean', 'bias'):
+      return np.zeros(leaf.shape, np.float32)
+    fan_in = max(1, int(np.prod(leaf.shape[:-1])))
+    return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
+  return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(model.init, jax.random.key(0), clips))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def loss_and_grad(model, variables, clips, labels):
+  """Loss, gradients and logits of one training forward."""
+  def loss_fn(params):
+    logits, _ = model.apply({**variables, 'params': params}, clips, train=True,
+                            mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables['params'])
+  return loss, grads, logits
+
+
+@pytest.mark.parametrize('name', list(MODELS))
+def test_every_model_trains_with_finite_gradients(name):
+  config = model_config(name, dropout=0.0, **TINY)
+  size = TINY_SIZE.get(config.backbone, 32)
+  clips = jax.random.normal(jax.random.key(1), (2, 4, size, size, 3))
+  # Each clip also plays backwards in the same batch (same frames, so the same BN statistics).
+  clips = jnp.concatenate([clips, clips[:, ::-1]])
+  labels = jnp.array([0, 3, 0, 3])
+  model = build_model(config)
+  loss, grads, logits = loss_and_grad(model, random_variables(model, clips), clips, labels)
+  assert logits.shape == (4, TINY['num_classes']) and logits.dtype == jnp.float32
+  assert np.isfinite(float(loss))
+  leaves = jax.tree_util.tree_leaves_with_path(grads)
+  assert all(bool(jnp.isfinite(g).all()) for _, g in leaves)
+  assert float(jnp.abs(grads['head']['kernel']).sum()) > 0
+  is_temporal = lambda path: any(getattr(k, 'key', None) == 'temporal' for k in path)
+  temporal = [g for path, g in leaves if is_temporal(path)]
+  if config.temporal in ('tsn', 'tsm', 'none'):
+    assert not temporal  # no learned temporal parameters
+  else:
+    assert temporal and any(float(jnp.abs(g).sum()) > 0 for g in temporal)
+  # Time order: TSN's average consensus cannot see it; a shift, a gate or a 3D conv can.
+  forward, backward = logits[:2], logits[2:]
+  if config.temporal == 'tsn':
+    np.testing.assert_allclose(forward, backward, rtol=1e-4, atol=1e-5)
+  else:
+    assert not np.allclose(forward, backward, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_logits():
+  model = build_model(model_config('cstm_bninception', dtype='bfloat16', **TINY))
+  clips = jax.random.normal(jax.random.key(1), (2, 4, 32, 32, 3))
+  variables = jax.jit(model.init)(jax.random.key(0), clips)
+  assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype('float32')}
+  logits = jax.jit(model.apply)(variables, clips)
+  assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
+  conv_out = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True)[1])(
+      variables, clips)['intermediates']['backbone']['conv1_7x7_s2']['conv']['__call__'][0]
+  assert conv_out.dtype == jnp.bfloat16
+
+
+# --- Sharding -------------------------------------------------------------------------------
+
+def test_sharded_forward_equals_unsharded():
+  """Batch over 8 CPU devices: same logits and the same (global) BatchNorm statistics."""
+  assert jax.device_count() == 8
+  model = build_model(model_config('cstm_bninception', **TINY))
+  clips = jax.random.normal(jax.random.key(1), (8, 2, 32, 32, 3))
+  variables = jax.jit(model.init)(jax.random.key(0), clips)
+  train_forward = lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'],
+                                           rngs={'dropout': jax.random.key(2)})
+  expected_logits, expected_stats = jax.jit(train_forward)(variables, clips)
+
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  data, replicated = NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
+  sharded = jax.jit(train_forward, in_shardings=(replicated, data),
+                    out_shardings=(data, replicated))
+  logits, stats = sharded(jax.device_put(variables, replicated), jax.device_put(clips, data))
+  assert len(logits.sharding.device_set) == 8
+  np.testing.assert_allclose(logits, expected_logits, rtol=1e-4, atol=1e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                         stats, expected_stats)
+
+
+# --- Configuration errors -------------------------------------------------------------------
+
+def test_bad_model_configs_are_refused():
+  with pytest.raises(ValueError, match=r"unknown model config keys \['widht'\]"):
+    build_model({**model_config('tsn_bninception'), 'widht': 0.5})
+  with pytest.raises(ValueError, match='unknown backbone'):
+    build_model({'backbone': 'vgg16'})
+  with pytest.raises(ValueError, match="does not fit backbone 'i3d'"):
+    build_model({'backbone': 'i3d', 'temporal': 'cstm'})
+  with pytest.raises(ValueError, match="does not fit backbone 'resnet50'"):
+    build_model({'backbone': 'resnet50', 'temporal': 'gsm'})
+  with pytest.raises(ValueError, match='unknown model'):
+    model_config('cstm_vgg')
+
+
+def test_inception_v3_names_a_broken_input_size():
+  model = build_model(model_config('tsn_inception_v3', **TINY))
+  with pytest.raises(ValueError, match='use the native crop'):
+    jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 1, 224, 224, 3),
+                                                                       jnp.float32))
