@@ -81,7 +81,8 @@ def random_variables(model, clips, seed=0):
       return np.zeros(leaf.shape, np.float32)
     fan_in = max(1, int(np.prod(leaf.shape[:-1])))
     return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
-  return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(model.init, jax.random.key(0), clips))
+  shapes = jax.eval_shape(model.init, jax.random.key(0), clips)
+  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @functools.partial(jax.jit, static_argnums=0)

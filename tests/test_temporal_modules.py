@@ -96,10 +96,9 @@ def test_cstm_random_weights_match_numpy(pool):
 
 def test_gsm_attention_random_weights_match_numpy():
   x = random_clips(N, T, H, W, C)
-  module = tm.GSMAttention(num_frames=T)
+  module = tm.GateShift(num_frames=T, attention=True)
   variables = init_random(module, x)
-  gsm_vars = {'params': variables['params']['gsm'], 'batch_stats': variables['batch_stats']['gsm']}
-  gated = np_gsm(x, gsm_vars, interleave=True)
+  gated = np_gsm(x, variables, interleave=True)
   p = variables['params']
   z = np.maximum(dense(p['squeeze'], gated.mean(axis=(1, 2, 3), keepdims=True)), 0)
   expected = gated / (1 + np.exp(-dense(p['excite'], z)))
@@ -128,7 +127,7 @@ def test_cstm_at_init_is_half_input_half_shift(pool):
 
 def test_shift_sum_at_init_is_input_plus_shift():
   x = random_clips(N, T, H, W, C)
-  module = tm.Shift3DSum(num_frames=T)
+  module = tm.CSTM(num_frames=T, attention=False)
   variables = module.init(jax.random.key(0), fold(x))
   got = np.asarray(module.apply(variables, fold(x))).reshape(x.shape)
   np.testing.assert_allclose(got, x + np_shift(x), rtol=1e-5, atol=1e-5)

@@ -82,11 +82,11 @@ def np_conv3d(x, kernel, groups):
   cout_g = cout // groups
   for g in range(groups):
     xin = padded[..., g * cin_g:(g + 1) * cin_g]
+    outs = slice(g * cout_g, (g + 1) * cout_g)
     for a in range(kt):
       for b in range(kh):
         for c in range(kw):
-          window = xin[:, a:a + t, b:b + h, c:c + w]
-          out[..., g * cout_g:(g + 1) * cout_g] += window @ kernel[a, b, c, :, g * cout_g:(g + 1) * cout_g]
+          out[..., outs] += xin[:, a:a + t, b:b + h, c:c + w] @ kernel[a, b, c, :, outs]
   return out.astype(np.float32)
 
 

@@ -94,18 +94,19 @@ def temporal_module(config, dtype) -> Optional[functools.partial]:
   """The temporal module of `config` as a constructor still missing `num_frames`."""
   common = {'shift_impl': config.shift_impl}
   learned = {'dtype': dtype}
-  two_branch = {**common, **learned, 'shift_div': config.shift_div, 'conv3d': config.conv3d,
-                'group_width': config.conv3d_group_width, 'shift': config.cstm_shift,
-                'gsm_interleave': config.gsm_interleave}
+  gsm = functools.partial(tm.GateShift, interleave=config.gsm_interleave, **common, **learned)
+  cstm = functools.partial(
+      tm.CSTM, attention_pool=config.attention_pool, shift=config.cstm_shift,
+      shift_div=config.shift_div, gsm_interleave=config.gsm_interleave, conv3d=config.conv3d,
+      group_width=config.conv3d_group_width, **common, **learned)
   return {
       'tsn': None,
       'none': None,
       'tsm': functools.partial(tm.TemporalShift, shift_div=config.shift_div, **common),
-      'gsm': functools.partial(tm.GateShift, interleave=config.gsm_interleave, **common, **learned),
-      '3d_shift_sum': functools.partial(tm.Shift3DSum, **two_branch),
-      'gsm_attention': functools.partial(tm.GSMAttention, interleave=config.gsm_interleave,
-                                         **common, **learned),
-      'cstm': functools.partial(tm.CSTM, attention_pool=config.attention_pool, **two_branch),
+      'gsm': gsm,
+      'gsm_attention': functools.partial(gsm, attention=True),
+      '3d_shift_sum': functools.partial(cstm, attention=False),
+      'cstm': cstm,
   }[config.temporal]
 
 

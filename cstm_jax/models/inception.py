@@ -49,7 +49,7 @@ def load_table(backbone: str) -> tuple[tuple[Layer, ...], str]:
   for row in rows:
     if row['op'] == 'fc' or (row['op'] == 'avgpool' and row['out_h'] == '1'):
       break
-    number = lambda key: int(row[key]) if row[key] else 0
+    number = lambda key, row=row: int(row[key]) if row[key] else 0
     table.append(Layer(
         op=row['op'], name=row['name'], bn=row['bn'], output=row['output'],
         inputs=tuple(row['input'].split('+')), channels=number('c_out'),

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cstm_jax.temporal.modules import BN_EPSILON, BN_MOMENTUM
+from cstm_jax.temporal.modules import batch_norm
 
 Dtype = Any
 ModuleDef = Callable[..., nn.Module]
@@ -20,12 +20,6 @@ def scale_channels(channels: int, width: float, divisor: int = 8) -> int:
   if width == 1.0:
     return channels
   return max(divisor, int(round(channels * width / divisor)) * divisor)
-
-
-def batch_norm(train: bool, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.BatchNorm:
-  """BatchNorm with PyTorch's settings (eps 1e-5, momentum 0.1)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                      dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 class ConvBN(nn.Module):

@@ -75,7 +75,8 @@ class R2Plus1D(nn.Module):
     stem = lambda features, kernel, strides, pad, name: layers.ConvBN(
         features, kernel, strides, pad, use_bias=False, dtype=self.dtype,
         param_dtype=self.param_dtype, name=name)
-    x = stem(layers.scale_channels(45, self.width), (1, 7, 7), (1, 2, 2), [(0, 0), (3, 3), (3, 3)], 'stem_spatial')(x, train)
+    x = stem(layers.scale_channels(45, self.width), (1, 7, 7), (1, 2, 2), [(0, 0), (3, 3), (3, 3)],
+             'stem_spatial')(x, train)
     x = stem(layers.scale_channels(64, self.width), (3, 1, 1), (1, 1, 1), [(1, 1), (0, 0), (0, 0)],
              'stem_temporal')(x, train)
     for stage, (blocks, features) in enumerate(zip(DEPTHS[self.depth], STAGE_WIDTHS)):

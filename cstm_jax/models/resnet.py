@@ -39,7 +39,8 @@ class Bottleneck(nn.Module):
       spatial_pad = [(kernel // 2, kernel // 2)] * 2
       if is_3d:
         kt = temporal_kernel
-        shape, strides, pad = (kt, kernel, kernel), (1, stride, stride), [(kt // 2, kt // 2)] + spatial_pad
+        shape, strides = (kt, kernel, kernel), (1, stride, stride)
+        pad = [(kt // 2, kt // 2)] + spatial_pad
       else:
         shape, strides, pad = (kernel, kernel), (stride, stride), spatial_pad
       return layers.ConvBN(features, shape, strides, pad, use_bias=False, relu=relu,

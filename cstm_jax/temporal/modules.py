@@ -4,6 +4,7 @@ Each module maps folded frames `[N*T, H, W, C]` to the same shape and sits betwe
 that conv's BatchNorm. `num_frames` (T) is an attribute so the module can unfold the clip.
 `tsn` inserts nothing, so it has no module here.
 """
+import functools
 from typing import Any, Literal
 
 import flax.linen as nn
@@ -23,7 +24,8 @@ def squeeze_width(channels: int) -> int:
 
 
 def conv3d_groups(channels: int, mode: str, group_width: int = 16) -> int:
-  """Feature groups of the 3D branch: 'grouped' (group_width channels a group), 'depthwise', 'full'."""
+  """Feature groups of the 3D branch: 'grouped' (`group_width` channels each), 'depthwise'
+  or 'full'."""
   if mode == 'grouped':
     groups = max(1, channels // group_width)
   elif mode == 'depthwise':
@@ -35,6 +37,12 @@ def conv3d_groups(channels: int, mode: str, group_width: int = 16) -> int:
   if channels % groups:
     raise ValueError(f'{channels} channels do not split into {groups} groups')
   return groups
+
+
+def batch_norm(train: bool, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's settings (eps 1e-5, momentum 0.1); statistics over all but C."""
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                      dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 class TemporalShift(nn.Module):
@@ -53,11 +61,14 @@ class GateShift(nn.Module):
   """GSM (Sudhakaran et al. 2020): tanh gate from a grouped 3x3x3 conv, gated shift both ways.
 
   The gate conv (C -> 2, two groups, bias) starts at zero, so the module starts as the identity
-  (up to the reference's channel interleave).
+  (up to the reference's channel interleave). With `attention` (the `gsm_attention` ablation)
+  squeeze-excitation over (T, H, W) reweights the output channels:
+  `Y = G * sigmoid(Dense_C(ReLU(Dense_d(mean(G)))))`.
   """
   num_frames: int
   interleave: bool = True
   shift_impl: ops.ShiftImpl = 'roll'
+  attention: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -65,13 +76,17 @@ class GateShift(nn.Module):
   def __call__(self, x, train: bool = False):
     clip = ops.unfold_time(x, self.num_frames)
     channels = clip.shape[-1]
-    h = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                     dtype=self.dtype, param_dtype=self.param_dtype, name='bn')(clip)
+    h = batch_norm(train, self.dtype, self.param_dtype, 'bn')(clip)
     kernel = self.param('gate_kernel', nn.initializers.zeros_init(),
                         (3, 3, 3, channels // 2, 2), self.param_dtype)
     bias = self.param('gate_bias', nn.initializers.zeros_init(), (2,), self.param_dtype)
     gate = jnp.tanh(ops.conv3d(nn.relu(h), kernel, groups=2) + bias.astype(h.dtype))
     out = ops.gate_shift(clip, gate.astype(clip.dtype), self.interleave, self.shift_impl)
+    if self.attention:
+      dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+      squeezed = jnp.mean(out, axis=(1, 2, 3), keepdims=True)
+      z = nn.relu(dense(squeeze_width(channels), name='squeeze')(squeezed))
+      out = out * jax.nn.sigmoid(dense(channels, name='excite')(z))
     return ops.fold_time(out)
 
 
@@ -88,90 +103,54 @@ class Conv3DBranch(nn.Module):
   def __call__(self, clip):
     channels = clip.shape[-1]
     groups = conv3d_groups(channels, self.mode, self.group_width)
-    kernel = self.param('kernel', lambda _, c, g: ops.identity_centre_kernel(c, g, dtype=self.param_dtype),
-                        channels, groups)
+    init = lambda _, c, g: ops.identity_centre_kernel(c, g, dtype=self.param_dtype)
+    kernel = self.param('kernel', init, channels, groups)
     return ops.conv3d(clip, kernel, groups)
 
 
-class _TwoBranch(nn.Module):
-  """Shared body of `3d_shift_sum` and `cstm`: the 3D branch D(X) and the shift branch S(X)."""
+class CSTM(nn.Module):
+  """Collaborative spatial-temporal module: a 3D branch D and a shift branch S fused by attention.
+
+  `U = D + S`; squeeze `s = mean(U)` over (T, H, W) per clip (or over (H, W) per frame);
+  `z = ReLU(Dense_d(s))`; zero-initialised heads give `[alpha_D, alpha_S] = softmax([a_D, a_S])`
+  across branches; `Y = alpha_D * D + alpha_S * S`. At init `Y = 0.5 X + 0.5 S(X)`.
+  Without `attention` it is the `3d_shift_sum` ablation, `Y = D + S`.
+  """
   num_frames: int
+  attention: bool = True
+  attention_pool: Literal['clip', 'frame'] = 'clip'
+  shift: Literal['tsm', 'gsm'] = 'tsm'
   shift_div: int = 8
   shift_impl: ops.ShiftImpl = 'roll'
+  gsm_interleave: bool = True
   conv3d: str = 'grouped'
   group_width: int = 16
-  shift: Literal['tsm', 'gsm'] = 'tsm'
-  gsm_interleave: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
-  def branches(self, x, train):
-    """Returns (clip, D(X), S(X)), each `[N, T, H, W, C]`."""
+  @nn.compact
+  def __call__(self, x, train: bool = False):
     clip = ops.unfold_time(x, self.num_frames)
     conv = Conv3DBranch(self.conv3d, self.group_width, self.param_dtype, name='conv3d')(clip)
     if self.shift == 'tsm':
       shifted = ops.temporal_shift(clip, self.shift_div, self.shift_impl)
     elif self.shift == 'gsm':
-      shifted = ops.unfold_time(
-          GateShift(self.num_frames, self.gsm_interleave, self.shift_impl, self.dtype,
-                    self.param_dtype, name='gsm')(x, train), self.num_frames)
+      gsm = GateShift(self.num_frames, self.gsm_interleave, self.shift_impl, dtype=self.dtype,
+                      param_dtype=self.param_dtype, name='gsm')
+      shifted = ops.unfold_time(gsm(x, train), self.num_frames)
     else:
       raise ValueError(f"unknown shift {self.shift!r}; expected 'tsm' or 'gsm'")
-    return clip, conv, shifted
+    if not self.attention:
+      return ops.fold_time(conv + shifted)
 
-
-class Shift3DSum(_TwoBranch):
-  """`3d_shift_sum`: `Y = D(X) + S(X)`."""
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    _, conv, shifted = self.branches(x, train)
-    return ops.fold_time(conv + shifted)
-
-
-class CSTM(_TwoBranch):
-  """Collaborative spatial-temporal module: D(X) and S(X) fused by per-channel attention.
-
-  `U = D + S`; squeeze `s = mean(U)` over (T, H, W) per clip (or over (H, W) per frame);
-  `z = ReLU(Dense_d(s))`; zero-initialised heads give `[alpha_D, alpha_S] = softmax([a_D, a_S])`
-  across branches; `Y = alpha_D * D + alpha_S * S`. At init `Y = 0.5 X + 0.5 S(X)`.
-  """
-  attention_pool: Literal['clip', 'frame'] = 'clip'
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    clip, conv, shifted = self.branches(x, train)
-    channels = clip.shape[-1]
     axes = {'clip': (1, 2, 3), 'frame': (2, 3)}
     if self.attention_pool not in axes:
-      raise ValueError(f"unknown attention_pool {self.attention_pool!r}; expected 'clip' or 'frame'")
+      raise ValueError(
+          f"unknown attention_pool {self.attention_pool!r}; expected 'clip' or 'frame'")
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    head = functools.partial(dense, clip.shape[-1], kernel_init=nn.initializers.zeros_init())
     squeezed = jnp.mean(conv + shifted, axis=axes[self.attention_pool], keepdims=True)
-    dense = lambda width, name, init=nn.initializers.lecun_normal(): nn.Dense(
-        width, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init, name=name)
-    z = nn.relu(dense(squeeze_width(channels), 'squeeze')(squeezed))
-    zeros = nn.initializers.zeros_init()
-    alpha_conv, alpha_shift = ops.branch_softmax(dense(channels, 'attend_conv', zeros)(z),
-                                                 dense(channels, 'attend_shift', zeros)(z))
+    z = nn.relu(dense(squeeze_width(clip.shape[-1]), name='squeeze')(squeezed))
+    alpha_conv, alpha_shift = ops.branch_softmax(head(name='attend_conv')(z),
+                                                 head(name='attend_shift')(z))
     return ops.fold_time(alpha_conv * conv + alpha_shift * shifted)
-
-
-class GSMAttention(nn.Module):
-  """`gsm_attention`: GSM followed by squeeze-excitation channel attention over (T, H, W)."""
-  num_frames: int
-  interleave: bool = True
-  shift_impl: ops.ShiftImpl = 'roll'
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    gated = GateShift(self.num_frames, self.interleave, self.shift_impl, self.dtype,
-                      self.param_dtype, name='gsm')(x, train)
-    clip = ops.unfold_time(gated, self.num_frames)
-    channels = clip.shape[-1]
-    squeezed = jnp.mean(clip, axis=(1, 2, 3), keepdims=True)
-    z = nn.relu(nn.Dense(squeeze_width(channels), dtype=self.dtype,
-                         param_dtype=self.param_dtype, name='squeeze')(squeezed))
-    excite = jax.nn.sigmoid(nn.Dense(channels, dtype=self.dtype, param_dtype=self.param_dtype,
-                                     name='excite')(z))
-    return ops.fold_time(clip * excite)
