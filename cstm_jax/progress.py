@@ -1,0 +1,48 @@
+"""A plain-text progress line for long loops: count, rate, ETA (stderr, no dependencies)."""
+import sys
+import time
+
+
+class Progress:
+  """`with Progress(total, 'videos') as bar: ... bar.update()`; prints at most every 0.5 s."""
+
+  def __init__(self, total: int, unit: str, label: str = '', stream=None, min_interval=0.5):
+    self.total, self.unit, self.label = total, unit, label
+    self.stream = stream or sys.stderr
+    self.count, self.start, self.min_interval = 0, time.monotonic(), min_interval
+    self._last_print = 0.0
+
+  def update(self, n: int = 1) -> None:
+    self.count += n
+    now = time.monotonic()
+    if now - self._last_print >= self.min_interval or self.count >= self.total:
+      self._last_print = now
+      self.stream.write('\r' + self.line())
+      self.stream.flush()
+
+  def line(self) -> str:
+    elapsed = max(time.monotonic() - self.start, 1e-9)
+    rate = self.count / elapsed
+    eta = (self.total - self.count) / rate if rate > 0 else float('inf')
+    filled = int(20 * self.count / max(self.total, 1))
+    return (f'{self.label}[{"#" * filled}{"." * (20 - filled)}] {self.count}/{self.total} '
+            f'{self.unit} {rate:.1f}/s ETA {format_seconds(eta)}')
+
+  @property
+  def elapsed(self) -> float:
+    return time.monotonic() - self.start
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.stream.write('\n')
+    self.stream.flush()
+
+
+def format_seconds(seconds: float) -> str:
+  if seconds == float('inf'):
+    return '?'
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  return f'{hours}:{rest // 60:02d}:{rest % 60:02d}' if hours else f'{rest // 60}:{rest % 60:02d}'

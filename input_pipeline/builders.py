@@ -1,0 +1,171 @@
+"""TFDS builders (ArrayRecord, no TensorFlow) for SSv2, SSv1, Jester and generic video folders.
+
+One record per video: `frames` (JPEG bytes of every frame, short side resized), `label` and
+`id`; class names live in the dataset info. Videos are decoded in parallel worker processes;
+a video that cannot be read is skipped, counted and reported (`builder.skipped`), and the
+build carries on. Read back with `tfds.data_source(name, data_dir=..., split=...)`.
+"""
+import collections
+import multiprocessing
+import pathlib
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from cstm_jax.progress import Progress
+from input_pipeline import labels, video_io
+
+SPLITS = ('train', 'validation')
+
+
+def _encode_video(job):
+  """(path, short_side) -> list of JPEG bytes, or the reason it failed. Runs in a worker."""
+  path, short_side = job
+  try:
+    return video_io.video_to_jpegs(path, short_side)
+  except video_io.VideoError as e:
+    return str(e)
+
+
+class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Shared machinery; subclasses say where the annotations are (`class_names`, `entries`)."""
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'JPEG frames per video, ArrayRecord.'}
+  DEFAULT_SHORT_SIDE = 256
+
+  def __init__(self, *, class_names=None, short_side=None, workers=None, **kwargs):
+    self._class_names = class_names
+    self._short_side = self.DEFAULT_SHORT_SIDE if short_side is None else short_side
+    self._workers = workers or multiprocessing.cpu_count()
+    self.skipped = []   # dicts: split, id, path, reason
+    self.stats = collections.Counter()
+    kwargs.setdefault('file_format', 'array_record')
+    super().__init__(**kwargs)
+
+  @classmethod
+  def class_names(cls, manual_dir) -> list[str]:
+    raise NotImplementedError
+
+  @classmethod
+  def entries(cls, manual_dir, split: str) -> list[labels.VideoEntry]:
+    raise NotImplementedError
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.__doc__,
+        features=tfds.features.FeaturesDict({
+            'frames': tfds.features.Sequence(tfds.features.Tensor(shape=(), dtype=np.object_)),
+            'label': tfds.features.ClassLabel(names=self._class_names),
+            'id': tfds.features.Text(),
+        }))
+
+  def _split_generators(self, dl_manager):
+    manual_dir = dl_manager.manual_dir
+    entries = {split: self.entries(manual_dir, split) for split in SPLITS}
+    return {split: self._generate_examples(split, items) for split, items in entries.items()
+            if items}
+
+  def _skip(self, split, entry, reason):
+    self.skipped.append({'split': split, 'id': entry.video_id, 'path': str(entry.path),
+                         'reason': reason})
+    self.stats['skipped'] += 1
+
+  def _generate_examples(self, split, entries):
+    known = set(self.info.features['label'].names)
+    readable = []
+    for entry in entries:
+      if entry.label not in known:
+        self._skip(split, entry, f'unknown class {entry.label!r}')
+      else:
+        readable.append(entry)
+    jobs = [(e.path, self._short_side) for e in readable]
+    pool = multiprocessing.get_context('spawn').Pool(self._workers) if self._workers > 1 else None
+    results = pool.imap(_encode_video, jobs, chunksize=2) if pool else map(_encode_video, jobs)
+    try:
+      with Progress(len(jobs), 'videos', f'{self.name} {split} ') as bar:
+        for entry, result in zip(readable, results):
+          bar.update()
+          if isinstance(result, str):
+            self._skip(split, entry, result)
+            continue
+          self.stats['videos'] += 1
+          self.stats['frames'] += len(result)
+          self.stats['bytes'] += sum(map(len, result))
+          yield entry.video_id, {'frames': result, 'label': entry.label, 'id': entry.video_id}
+    finally:
+      if pool:
+        pool.terminate()
+
+
+class SomethingSomethingV2(VideoBuilder):
+  """Something-Something v2: webm videos (VP9, 12 fps), 174 classes."""
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      'Download Something-Something v2 (20bn-something-something-v2/*.webm and the '
+      'something-something-v2-{labels,train,validation}.json files) into the manual dir.')
+
+  @classmethod
+  def class_names(cls, manual_dir):
+    return labels.read_ssv2_classes(manual_dir)
+
+  @classmethod
+  def entries(cls, manual_dir, split):
+    return labels.read_ssv2_split(manual_dir, split)
+
+
+class _FrameFolders(VideoBuilder, skip_registration=True):
+  LAYOUT = ''
+  DEFAULT_SHORT_SIDE = 0  # keep the native frames
+
+  @classmethod
+  def class_names(cls, manual_dir):
+    return labels.read_frames_classes(manual_dir, cls.LAYOUT)
+
+  @classmethod
+  def entries(cls, manual_dir, split):
+    return labels.read_frames_split(manual_dir, cls.LAYOUT, split)
+
+
+class SomethingSomethingV1(_FrameFolders):
+  """Something-Something v1: JPEG frame folders (12 fps, 100 px high), 174 classes."""
+  LAYOUT = 'ssv1'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      'Put 20bn-something-something-v1/<id>/00001.jpg ... and the '
+      'something-something-v1-{labels,train,validation}.csv files into the manual dir.')
+
+
+class Jester(_FrameFolders):
+  """Jester: JPEG frame folders, 27 hand-gesture classes."""
+  LAYOUT = 'jester'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      'Put 20bn-jester-v1/<id>/00001.jpg ... and the jester-v1-{labels,train,validation}.csv '
+      'files into the manual dir.')
+
+
+class VideoFolder(VideoBuilder):
+  """Your own videos: `<split>/<class>/<video>` folders, `<split>.csv` files of `path,label`,
+  or plain `<class>/<video>` folders (all training)."""
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      'Lay videos (files or JPEG frame folders) out as train/<class>/<video> and '
+      'validation/<class>/<video>, or list them in train.csv / validation.csv as path,label.')
+
+  @classmethod
+  def entries(cls, manual_dir, split):
+    root = pathlib.Path(manual_dir)
+    if (root / split).is_dir():
+      return labels.read_folder_dataset(root / split)
+    if (root / f'{split}.csv').exists():
+      return labels.read_folder_dataset(root, f'{split}.csv')
+    has_splits = any((root / s).is_dir() or (root / f'{s}.csv').exists() for s in SPLITS)
+    return labels.read_folder_dataset(root) if split == 'train' and not has_splits else []
+
+  @classmethod
+  def class_names(cls, manual_dir):
+    names = {e.label for split in SPLITS for e in cls.entries(manual_dir, split)}
+    if not names:
+      raise labels.AnnotationError(manual_dir, 'no videos found')
+    return sorted(names)
+
+
+BUILDERS = {'ssv2': SomethingSomethingV2, 'ssv1': SomethingSomethingV1, 'jester': Jester,
+            'folder': VideoFolder}

@@ -1,0 +1,225 @@
+"""A synthetic temporal dataset in the real Something-Something v2 file format.
+
+  python -m input_pipeline.synthetic --out DIR [--train N] [--val N] [--test N] [--size PX]
+      [--seed S] [--format webm|frames] [--layout ssv1|jester] [--workers N]
+
+Writes `DIR/something-something-v2-{labels,train,validation,test}.json` and
+`DIR/20bn-something-something-v2/<id>.webm` (VP9, 12 fps), laid out exactly as the real
+download, or with `--format frames` the SSv1 / Jester layout (csv files and JPEG frame folders).
+
+Classes come in time-reversed pairs (left to right / right to left, up / down, closer / away,
+clockwise / counterclockwise, appear / disappear) plus two that read the same both ways. One
+clip of a class played backwards is a clip of its partner, drawn from the same distribution,
+so a model that ignores frame order (TSN) cannot beat chance inside a pair. Clips vary the
+object's shape, colour, size, speed, timing and start position, over cluttered backgrounds,
+with a moving distractor and pixel noise. The same seed gives the same dataset.
+"""
+import argparse
+import json
+import math
+import multiprocessing
+import pathlib
+import sys
+
+import cv2
+import numpy as np
+
+from cstm_jax.progress import Progress
+from input_pipeline import labels, video_io
+
+TEMPLATES = (
+    'Moving [something] from left to right',
+    'Moving [something] from right to left',
+    'Moving [something] up',
+    'Moving [something] down',
+    'Moving [something] closer to the camera',
+    'Moving [something] away from the camera',
+    'Turning [something] clockwise',
+    'Turning [something] counterclockwise',
+    'Making [something] appear',
+    'Making [something] disappear',
+    'Pretending to move [something]',
+    'Holding [something] still',
+)
+# Each class's motion: (kind, direction); direction -1 is the time reversal of +1.
+MOTIONS = (('x', 1), ('x', -1), ('y', -1), ('y', 1), ('scale', 1), ('scale', -1),
+           ('turn', 1), ('turn', -1), ('alpha', 1), ('alpha', -1), ('pretend', 0), ('still', 0))
+SHAPES = {'triangle': 3, 'square': 4, 'pentagon': 5, 'hexagon': 6, 'disc': 16}
+COLOURS = {'red': (220, 40, 40), 'green': (40, 190, 60), 'blue': (40, 80, 220),
+           'yellow': (230, 210, 40), 'purple': (150, 50, 190), 'orange': (240, 130, 30),
+           'white': (240, 240, 240), 'cyan': (40, 200, 210)}
+FPS = 12
+
+
+def class_names() -> list[str]:
+  return [labels.ssv2_template_to_class(t) for t in TEMPLATES]
+
+
+def _polygon(centre, radius, sides, angle):
+  t = angle + np.arange(sides) * 2 * np.pi / sides
+  points = np.stack([centre[0] + radius * np.cos(t), centre[1] + radius * np.sin(t)], -1)
+  return np.round(points * 16).astype(np.int32)  # 4 fractional bits for cv2's shift=4
+
+
+def _draw_object(canvas, centre, radius, sides, angle, colour, alpha=1.0):
+  """A filled polygon with a dark marker toward `angle`, so turning is visible."""
+  if alpha <= 0.02 or radius < 1:
+    return
+  layer = canvas.copy()
+  cv2.fillPoly(layer, [_polygon(centre, radius, sides, angle)], colour, cv2.LINE_AA, shift=4)
+  marker = (centre[0] + 0.55 * radius * math.cos(angle),
+            centre[1] + 0.55 * radius * math.sin(angle))
+  cv2.circle(layer, (round(marker[0] * 16), round(marker[1] * 16)),
+             max(1, round(radius * 0.3)) * 16, (20, 20, 20), -1, cv2.LINE_AA, shift=4)
+  cv2.addWeighted(layer, alpha, canvas, 1 - alpha, 0, dst=canvas)
+
+
+def render_clip(class_index: int, rng: np.random.Generator, height: int, num_frames: int):
+  """Frames `[T][H, W, 3]` uint8 of one clip of `class_index`, and the object's description."""
+  width = (height * 4 // 3) // 2 * 2
+  kind, direction = MOTIONS[class_index]
+  background = rng.integers(40, 200, 3)
+  scene = np.empty((height, width, 3), np.uint8)
+  scene[:] = background
+  for _ in range(rng.integers(3, 7)):  # static clutter
+    x, y = rng.integers(0, width), rng.integers(0, height)
+    size = rng.integers(height // 12, height // 5)
+    cv2.rectangle(scene, (int(x), int(y)), (int(x + size), int(y + size // 2)),
+                  tuple(int(c) for c in rng.integers(0, 255, 3)), -1)
+  shape, colour = rng.choice(list(SHAPES)), rng.choice(list(COLOURS))
+  sides, rgb = SHAPES[shape], COLOURS[colour]
+  radius = height * rng.uniform(0.10, 0.17)
+  start, stop = rng.uniform(0.0, 0.3), rng.uniform(0.7, 1.0)  # symmetric under reversal
+  x0, y0 = width * rng.uniform(0.35, 0.65), height * rng.uniform(0.35, 0.65)
+  travel = rng.uniform(0.25, 0.4)
+  angle0 = rng.uniform(0, 2 * np.pi)
+  distractor = (rng.uniform(0, width), rng.uniform(0, height),  # start, velocity, radius
+                rng.uniform(-1, 1) * width / num_frames, rng.uniform(-1, 1) * height / num_frames,
+                height * rng.uniform(0.04, 0.07))
+  frames = []
+  for t in range(num_frames):
+    p = float(np.clip((t / max(num_frames - 1, 1) - start) / (stop - start), 0, 1))
+    p = p if direction >= 0 else 1 - p  # the partner class is the same motion reversed
+    x, y, r, angle, alpha = x0, y0, radius, angle0, 1.0
+    if kind == 'x':
+      x = x0 + (p - 0.5) * travel * width
+    elif kind == 'y':
+      y = y0 + (p - 0.5) * travel * height * 1.2
+    elif kind == 'scale':
+      r = radius * (0.55 + 1.0 * p)
+    elif kind == 'turn':
+      angle = angle0 + p * np.pi
+    elif kind == 'alpha':
+      alpha = p
+    elif kind == 'pretend':
+      x = x0 + math.sin(math.pi * p) * 0.12 * width
+    frame = scene.copy()
+    dx, dy = distractor[2] * t, distractor[3] * t
+    cv2.circle(frame, (int(distractor[0] + dx) % width, int(distractor[1] + dy) % height),
+               int(distractor[4]), (90, 90, 90), -1, cv2.LINE_AA)
+    _draw_object(frame, (x, y), r, sides, angle, rgb, alpha)
+    noise = rng.normal(0, 6, frame.shape)
+    frames.append(np.clip(frame + noise, 0, 255).astype(np.uint8))
+  return frames, f'{colour} {shape}'
+
+
+def _write_one(job):
+  """Renders and writes one clip; runs in a worker process."""
+  out, fmt, layout, video_id, class_index, seed, height = job
+  rng = np.random.default_rng(seed)
+  frames, thing = render_clip(class_index, rng, height, int(rng.integers(16, 33)))
+  if fmt == 'webm':
+    video_io.write_webm(pathlib.Path(out) / labels.SSV2_VIDEOS / f'{video_id}.webm', frames, FPS)
+  else:
+    folder = pathlib.Path(out) / labels.FRAME_LAYOUTS[layout][1] / video_id
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(frames, 1):
+      (folder / f'{i:05d}.jpg').write_bytes(video_io.encode_jpeg(frame))
+  return video_id, thing
+
+
+def generate(out, train=240, val=60, test=12, size=64, seed=0, fmt='webm', layout='ssv1',
+             workers=None):
+  """Writes the dataset under `out`; returns {split: [(id, class name)]}."""
+  out = pathlib.Path(out)
+  names = class_names()
+  if fmt == 'webm':
+    (out / labels.SSV2_VIDEOS).mkdir(parents=True, exist_ok=True)
+  elif fmt != 'frames':
+    raise ValueError(f"unknown format {fmt!r}; expected 'webm' or 'frames'")
+  splits = {'train': train, 'validation': val, 'test': test}
+  jobs, assignment = [], {}
+  rng = np.random.default_rng(seed)
+  next_id = 1
+  for split_number, (split, count) in enumerate(splits.items()):
+    classes = rng.permutation(np.arange(count) % len(names))  # balanced, shuffled
+    assignment[split] = []
+    for i, c in enumerate(classes):
+      video_id = str(next_id)
+      next_id += 1
+      assignment[split].append((video_id, int(c)))
+      jobs.append((str(out), fmt, layout, video_id, int(c), [seed, split_number, i], size))
+  things = {}
+  workers = workers or multiprocessing.cpu_count()
+  with Progress(len(jobs), 'videos', 'synthetic ') as bar:
+    if workers == 1:
+      results = map(_write_one, jobs)
+    else:
+      pool = multiprocessing.get_context('spawn').Pool(workers)
+      results = pool.imap_unordered(_write_one, jobs, chunksize=4)
+    for video_id, thing in results:
+      things[video_id] = thing
+      bar.update()
+    if workers != 1:
+      pool.close()
+      pool.join()
+  _write_annotations(out, fmt, layout, names, assignment, things)
+  return {s: [(v, names[c]) for v, c in items] for s, items in assignment.items()}
+
+
+def _write_annotations(out, fmt, layout, names, assignment, things):
+  if fmt == 'webm':
+    prefix = labels.SSV2_PREFIX
+    (out / f'{prefix}-labels.json').write_text(
+        json.dumps({n: str(i) for i, n in enumerate(names)}, indent=1))
+    for split, items in assignment.items():
+      if split == 'test':
+        records = [{'id': v} for v, _ in items]
+      else:
+        records = [{'id': v, 'template': TEMPLATES[c],
+                    'label': TEMPLATES[c].replace('[something]', things[v]).replace(
+                        '[Something]', things[v]).lower(),
+                    'placeholders': [things[v]]} for v, c in items]
+      (out / f'{prefix}-{split}.json').write_text(json.dumps(records, indent=1))
+  else:
+    prefix = labels.FRAME_LAYOUTS[layout][0]
+    (out / f'{prefix}-labels.csv').write_text(''.join(f'{n}\n' for n in names))
+    for split, items in assignment.items():
+      lines = [v if split == 'test' else f'{v};{names[c]}' for v, c in items]
+      (out / f'{prefix}-{split}.csv').write_text(''.join(f'{line}\n' for line in lines))
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--out', required=True, help='output directory (the "manual dir")')
+  parser.add_argument('--train', type=int, default=240, help='training videos')
+  parser.add_argument('--val', type=int, default=60, help='validation videos')
+  parser.add_argument('--test', type=int, default=12, help='unlabelled test videos')
+  parser.add_argument('--size', type=int, default=64, help='frame height in pixels')
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--format', choices=['webm', 'frames'], default='webm')
+  parser.add_argument('--layout', choices=sorted(labels.FRAME_LAYOUTS), default='ssv1',
+                      help='file names of the frames format')
+  parser.add_argument('--workers', type=int, default=None, help='processes (default: all cores)')
+  args = parser.parse_args(argv)
+  if args.size < 16 or args.size % 2:
+    parser.error('--size must be an even number of pixels, at least 16')
+  written = generate(args.out, args.train, args.val, args.test, args.size, args.seed,
+                     args.format, args.layout, args.workers)
+  print(f'wrote {sum(map(len, written.values()))} videos ({args.format}) of '
+        f'{len(class_names())} classes to {args.out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

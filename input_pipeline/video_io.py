@@ -1,0 +1,96 @@
+"""Reading videos (PyAV) and frame folders (OpenCV), and JPEG coding of frames.
+
+Frames are RGB uint8 `[H, W, 3]`. Every failure is a `VideoError` that names the file.
+"""
+import pathlib
+
+import av
+import cv2
+import numpy as np
+
+JPEG_QUALITY = 90
+
+
+class VideoError(Exception):
+  """A video or frame folder that cannot be read; the message says why."""
+
+
+def resize_short_side(frame: np.ndarray, short_side: int) -> np.ndarray:
+  """Resizes so min(H, W) == short_side (area filter when shrinking); 0 keeps the frame."""
+  h, w = frame.shape[:2]
+  if not short_side or min(h, w) == short_side:
+    return frame
+  scale = short_side / min(h, w)
+  size = (max(1, round(w * scale)), max(1, round(h * scale)))
+  interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+  return cv2.resize(frame, size, interpolation=interpolation)
+
+
+def encode_jpeg(frame: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+  ok, data = cv2.imencode('.jpg', cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
+                          [cv2.IMWRITE_JPEG_QUALITY, quality])
+  if not ok:
+    raise VideoError('JPEG encoding failed')
+  return data.tobytes()
+
+
+def decode_jpeg(data: bytes, where: str = 'frame') -> np.ndarray:
+  """JPEG bytes -> RGB uint8 `[H, W, 3]`."""
+  frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+  if frame is None:
+    raise VideoError(f'corrupt JPEG {where}')
+  return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+
+
+def frame_files(folder: pathlib.Path) -> list[pathlib.Path]:
+  return sorted(p for p in folder.iterdir() if p.suffix.lower() in ('.jpg', '.jpeg'))
+
+
+def decode_video(path: pathlib.Path) -> list[np.ndarray]:
+  """All frames of a video file (webm/VP9, mp4, ...) as RGB arrays."""
+  try:
+    with av.open(str(path)) as container:
+      if not container.streams.video:
+        raise VideoError('no video stream')
+      frames = [f.to_ndarray(format='rgb24') for f in container.decode(video=0)]
+  except av.error.FFmpegError as e:  # unreadable, truncated or not a video
+    raise VideoError(f'cannot decode video ({type(e).__name__}: {e})') from e
+  if not frames:
+    raise VideoError('no decodable frames')
+  return frames
+
+
+def video_to_jpegs(path, short_side: int = 256, quality: int = JPEG_QUALITY) -> list[bytes]:
+  """Every frame of a video file or JPEG frame folder as JPEG bytes, short side resized.
+
+  Folder frames that need no resizing are kept byte for byte (after a check that they decode).
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise VideoError('missing file' if path.suffix else 'missing file or frame folder')
+  if path.is_dir():
+    files = frame_files(path)
+    if not files:
+      raise VideoError('empty frame folder')
+    out = []
+    for f in files:
+      data = f.read_bytes()
+      frame = decode_jpeg(data, f.name)
+      out.append(data if not short_side or min(frame.shape[:2]) == short_side else
+                 encode_jpeg(resize_short_side(frame, short_side), quality))
+    return out
+  return [encode_jpeg(resize_short_side(f, short_side), quality) for f in decode_video(path)]
+
+
+def write_webm(path, frames, fps: int = 12) -> None:
+  """Writes RGB frames as a VP9 WebM (even width and height required by yuv420p)."""
+  height, width = frames[0].shape[:2]
+  with av.open(str(path), 'w') as container:
+    stream = container.add_stream('libvpx-vp9', rate=fps)
+    stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
+    stream.options = {'deadline': 'realtime', 'cpu-used': '8', 'crf': '30', 'b': '0'}
+    for frame in frames:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
