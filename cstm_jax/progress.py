@@ -4,12 +4,18 @@ import time
 
 
 class Progress:
-  """`with Progress(total, 'videos') as bar: ... bar.update()`; prints at most every 0.5 s."""
+  """`with Progress(total, 'videos') as bar: ... bar.update()`.
 
-  def __init__(self, total: int, unit: str, label: str = '', stream=None, min_interval=0.5):
+  On a terminal the line redraws in place (every 0.5 s); in a log file a new line is written
+  every 10 s, so logs stay readable.
+  """
+
+  def __init__(self, total: int, unit: str, label: str = '', stream=None):
     self.total, self.unit, self.label = total, unit, label
     self.stream = stream or sys.stderr
-    self.count, self.start, self.min_interval = 0, time.monotonic(), min_interval
+    self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
+    self.count, self.start = 0, time.monotonic()
+    self.min_interval = 0.5 if self.tty else 10.0
     self._last_print = 0.0
 
   def update(self, n: int = 1) -> None:
@@ -17,7 +23,7 @@ class Progress:
     now = time.monotonic()
     if now - self._last_print >= self.min_interval or self.count >= self.total:
       self._last_print = now
-      self.stream.write('\r' + self.line())
+      self.stream.write(('\r' if self.tty else '') + self.line() + ('' if self.tty else '\n'))
       self.stream.flush()
 
   def line(self) -> str:
@@ -36,8 +42,9 @@ class Progress:
     return self
 
   def __exit__(self, *exc):
-    self.stream.write('\n')
-    self.stream.flush()
+    if self.tty:
+      self.stream.write('\n')
+      self.stream.flush()
 
 
 def format_seconds(seconds: float) -> str:

@@ -47,16 +47,26 @@ def frame_files(folder: pathlib.Path) -> list[pathlib.Path]:
 
 
 def decode_video(path: pathlib.Path) -> list[np.ndarray]:
-  """All frames of a video file (webm/VP9, mp4, ...) as RGB arrays."""
+  """All frames of a video file (webm/VP9, mp4, ...) as RGB arrays.
+
+  A file that decodes to clearly fewer frames than its header's duration promises (a truncated
+  download) is an error, not a short video.
+  """
   try:
     with av.open(str(path)) as container:
       if not container.streams.video:
         raise VideoError('no video stream')
-      frames = [f.to_ndarray(format='rgb24') for f in container.decode(video=0)]
-  except av.error.FFmpegError as e:  # unreadable, truncated or not a video
+      stream = container.streams.video[0]
+      frames = [f.to_ndarray(format='rgb24') for f in container.decode(stream)]
+      duration, rate = container.duration, stream.average_rate
+  except av.error.FFmpegError as e:  # unreadable or not a video
     raise VideoError(f'cannot decode video ({type(e).__name__}: {e})') from e
   if not frames:
     raise VideoError('no decodable frames')
+  if duration and rate:
+    expected = round(duration / av.time_base * float(rate))
+    if len(frames) < expected - max(1, 0.05 * expected):
+      raise VideoError(f'truncated: {len(frames)} of {expected} frames decode')
   return frames
 
 

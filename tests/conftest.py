@@ -15,3 +15,29 @@ import jax  # noqa: E402
 jax.config.update('jax_default_prng_impl', 'rbg')  # cheaper random init to compile
 jax.config.update('jax_compilation_cache_dir',
                   str(pathlib.Path(__file__).resolve().parent.parent / '.jax_cache'))
+
+
+# --- Shared data fixtures: small real datasets made once per test session -------------------
+
+import pytest  # noqa: E402
+
+SYNTHETIC = {'train': 12, 'val': 8, 'test': 2, 'size': 32, 'seed': 0}
+
+
+@pytest.fixture(scope='session')
+def synthetic_ssv2(tmp_path_factory):
+  """Synthetic SSv2-format download (webm + json); returns (dir, {split: [(id, class)]})."""
+  from input_pipeline import synthetic
+  root = tmp_path_factory.mktemp('ssv2_download')
+  written = synthetic.generate(root, SYNTHETIC['train'], SYNTHETIC['val'], SYNTHETIC['test'],
+                               SYNTHETIC['size'], SYNTHETIC['seed'], workers=1)
+  return root, written
+
+
+@pytest.fixture(scope='session')
+def prepared_ssv2(synthetic_ssv2, tmp_path_factory):
+  """The synthetic download prepared as `something_something_v2` (frames at short side 48)."""
+  from input_pipeline import prepare
+  data_dir = tmp_path_factory.mktemp('prepared')
+  report = prepare.prepare('ssv2', synthetic_ssv2[0], data_dir, workers=2, short_side=48)
+  return data_dir, report

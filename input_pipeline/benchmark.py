@@ -1,0 +1,125 @@
+"""Input pipeline speed: preparation (videos/s per core) and training clips/s per worker.
+
+  python -m input_pipeline.benchmark [--data_dir DIR --name NAME] [--videos 64] [--frames 8]
+      [--crop 224] [--batch 16] [--batches 40] [--workers 0,2] [--markdown docs/benchmarks.md]
+
+Without `--data_dir` it writes synthetic SSv2-format webm videos at 256 px (the short side of
+the prepared SSv2 frames), prepares them with one worker per core and times that; then it
+times the training iterator: in this process (`--workers 0`, one core's worth) and with grain
+worker processes. Each number is clips per second over `--batches` batches after 3 warm-up
+batches; "per worker" divides by the decoding processes.
+"""
+import argparse
+import json
+import multiprocessing
+import os
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+
+from input_pipeline import pipeline, prepare, synthetic
+
+
+def time_prepare(root: pathlib.Path, videos: int) -> dict:
+  manual = root / 'manual'
+  synthetic.generate(manual, train=videos, val=8, test=0, size=256, seed=0)
+  workers = multiprocessing.cpu_count()
+  report = prepare.prepare('ssv2', manual, root / 'data', workers=workers)
+  return {'videos': report['videos_written'], 'seconds': report['seconds'], 'workers': workers,
+          'videos_per_s': report['videos_written'] / report['seconds'],
+          'videos_per_s_per_core': report['videos_written'] / report['seconds'] / workers,
+          'frames_per_video': report['frames'] / report['videos_written'],
+          'jpeg_kib_per_frame': report['bytes'] / report['frames'] / 1024}
+
+
+def time_loader(config, batches: int, warmup: int = 3) -> float:
+  """Training clips per second of the iterator built from `config`."""
+  iterator = iter(pipeline.train_dataset(config))
+  for _ in range(warmup):
+    next(iterator)
+  start = time.perf_counter()
+  for _ in range(batches):
+    next(iterator)
+  return batches * config.batch_size / (time.perf_counter() - start)
+
+
+def markdown(result: dict) -> str:
+  p = result.get('prepare')
+  lines = [
+      '## Input pipeline',
+      '',
+      f"Machine: {result['machine']}. Command: `{result['command']}`.",
+      '',
+  ]
+  if p:
+    lines += [f"Preparation (synthetic webm, 256 px, {p['frames_per_video']:.0f} frames a video, "
+              f"VP9 decode + JPEG encode, {p['jpeg_kib_per_frame']:.1f} KiB a frame): "
+              f"{p['videos']} videos in {p['seconds']:.1f} s with {p['workers']} workers = "
+              f"**{p['videos_per_s_per_core']:.1f} videos/s per core**.", '']
+  lines += ['| loader | decoding processes | clips/s | clips/s per process |', '|---|---|---|---|']
+  for row in result['loader']:
+    lines.append(f"| {row['frames']} frames, {row['crop']} crop, batch {row['batch']}, "
+                 f"{row['dtype']} | {row['processes']} | {row['clips_per_s']:.1f} | "
+                 f"{row['clips_per_s_per_process']:.1f} |")
+  return '\n'.join(lines) + '\n'
+
+
+def write_section(path: pathlib.Path, section: str) -> None:
+  """Replaces the '## Input pipeline' section of `path` (or appends it)."""
+  text = path.read_text() if path.exists() else '# Benchmarks\n'
+  head, marker, rest = text.partition('## Input pipeline')
+  tail = ''
+  if marker and '\n## ' in rest:
+    tail = rest[rest.index('\n## ') + 1:]
+  path.write_text(head.rstrip('\n') + '\n\n' + section + ('\n' + tail if tail else ''))
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--data_dir', help='a prepared dataset (default: make a synthetic one)')
+  parser.add_argument('--name', default='something_something_v2')
+  parser.add_argument('--videos', type=int, default=64, help='synthetic videos to prepare')
+  parser.add_argument('--frames', type=int, default=8)
+  parser.add_argument('--crop', type=int, default=224)
+  parser.add_argument('--batch', type=int, default=16)
+  parser.add_argument('--batches', type=int, default=40)
+  parser.add_argument('--workers', default='0,2', help='comma-separated grain worker counts')
+  parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  parser.add_argument('--markdown', help='write the results into this markdown file')
+  parser.add_argument('--json', help='write the results as JSON to this file')
+  args = parser.parse_args(argv)
+
+  result = {'machine': f'{platform.processor() or platform.machine()}, '
+                       f'{os.cpu_count()} cores, Python {platform.python_version()}',
+            'command': 'python -m input_pipeline.benchmark ' + ' '.join(argv or sys.argv[1:]),
+            'loader': []}
+  with tempfile.TemporaryDirectory() as tmp:
+    data_dir = args.data_dir
+    if not data_dir:
+      result['prepare'] = time_prepare(pathlib.Path(tmp), args.videos)
+      data_dir = str(pathlib.Path(tmp) / 'data')
+    for workers in [int(w) for w in args.workers.split(',')]:
+      config = pipeline.data_config(name=args.name, data_dir=data_dir, num_frames=args.frames,
+                                    crop=args.crop, batch_size=args.batch, num_workers=workers,
+                                    dtype=args.dtype)
+      rate = time_loader(config, args.batches)
+      processes = max(workers, 1)
+      row = {'frames': args.frames, 'crop': args.crop, 'batch': args.batch, 'dtype': args.dtype,
+             'workers': workers, 'processes': processes, 'clips_per_s': rate,
+             'clips_per_s_per_process': rate / processes}
+      result['loader'].append(row)
+      print(f'{processes} decoding process(es): {rate:.1f} clips/s '
+            f'({rate / processes:.1f} per process)', flush=True)
+  if 'prepare' in result:
+    print(f"preparation: {result['prepare']['videos_per_s_per_core']:.1f} videos/s per core")
+  if args.markdown:
+    write_section(pathlib.Path(args.markdown), markdown(result))
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(result, indent=1))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,186 @@
+"""grain pipelines over a prepared dataset: training and evaluation iterators.
+
+Training: this process's shard (`records[process_index::process_count]`), shuffled every
+epoch, TSN-sampled, multi-scale cropped, flipped with label swap, batched to the local batch
+(`global batch / process count`). Deterministic for a seed; the iterator's state
+(`get_state` / `set_state`, or grain's orbax handlers) resumes it batch for batch.
+
+Evaluation: every record exactly once over all processes; the last batch is padded and
+`mask` is 0 on padding; every process yields the same number of batches.
+
+Batches are dicts of NumPy arrays: `clips` `[B, T, H, W, 3]` (evaluation: `[B, V, T, H, W, 3]`
+with V views), `labels` `[B]` int32, `index` `[B]` int32 (the record's position in its split,
+-1 for padding) and, for evaluation, `mask` `[B]` float32.
+"""
+import dataclasses
+import math
+import pathlib
+
+import grain
+from absl import flags
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from input_pipeline import builders, labels, transforms  # noqa: F401  (registers the builders)
+
+# Every key a `config.data` block may hold, with its default.
+DEFAULTS = {
+    'name': 'something_something_v2',   # TFDS name of the prepared dataset
+    'data_dir': '',                     # where `input_pipeline.prepare` wrote it
+    'train_split': 'train',
+    'eval_split': 'validation',
+    'num_frames': 8,
+    'crop': 224,
+    'test_scale': 256,
+    'colour': 'bgr255',                 # 'bgr255' (Inception nets) or 'rgb_imagenet'
+    'scales': (1.0, 0.875, 0.75, 0.66),
+    'flip': True,                       # with label swap; False for Jester
+    'eval_clips': 1,                    # 1 (centres) or 2 (centres + starts)
+    'eval_crops': 1,                    # 1 (centre) or 3 (along the long side)
+    'batch_size': 32,                   # global batch over all processes
+    'eval_batch_size': 32,
+    'num_workers': 0,                   # grain worker processes (0: decode in this process)
+    'prefetch': 2,                      # batches buffered per worker
+    'seed': 0,
+    'dtype': 'float32',                 # 'float32' or 'bfloat16'
+}
+
+
+def data_config(**overrides) -> ml_collections.ConfigDict:
+  unknown = sorted(set(overrides) - set(DEFAULTS))
+  if unknown:
+    raise ValueError(f'unknown data config keys {unknown}; known keys: {sorted(DEFAULTS)}')
+  return ml_collections.ConfigDict({**DEFAULTS, **overrides})
+
+
+def open_split(config, split: str):
+  """The TFDS data source of a prepared split and the dataset's class names."""
+  root = pathlib.Path(config.data_dir) / config.name
+  if not config.data_dir or not root.is_dir():
+    raise FileNotFoundError(
+        f'prepared dataset {config.name!r} not found under data_dir={config.data_dir!r}; '
+        'build it with: python -m input_pipeline.prepare --dataset ... --manual_dir ... '
+        f'--data_dir {config.data_dir or "DIR"}')
+  builder = tfds.builder(config.name, data_dir=config.data_dir)
+  if split not in builder.info.splits:
+    raise ValueError(f'{root}: no split {split!r}; has {sorted(builder.info.splits)}')
+  return builder.as_data_source(split=split), builder.info.features['label'].names
+
+
+def _output_dtype(config):
+  if config.dtype == 'bfloat16':
+    import ml_dtypes  # a jax dependency; imported here so float32 users need nothing more
+    return ml_dtypes.bfloat16
+  if config.dtype != 'float32':
+    raise ValueError(f"data dtype {config.dtype!r} is not 'float32' or 'bfloat16'")
+  return np.float32
+
+
+def local_batch_size(global_batch: int, process_count: int) -> int:
+  if global_batch % process_count:
+    raise ValueError(f'global batch {global_batch} does not split over {process_count} processes')
+  return global_batch // process_count
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainTransform:
+  """record -> {'clips': [T, crop, crop, 3], 'labels': int32}; a grain RandomMap callable."""
+  num_frames: int
+  crop: int
+  colour: str
+  flip_map: tuple[int, ...] | None  # label after a horizontal flip; None disables flipping
+  scales: tuple[float, ...]
+  dtype: object
+
+  def __call__(self, record, rng: np.random.Generator):
+    clip, flipped = transforms.train_clip(record['frames'], self.num_frames, self.crop, rng,
+                                          self.flip_map is not None, self.scales)
+    label = int(record['label'])
+    if flipped:
+      label = self.flip_map[label]
+    return {'clips': transforms.normalise(clip, self.colour, self.dtype),
+            'labels': np.int32(label), 'index': np.int32(record['index'])}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTransform:
+  """record (or a padding marker) -> {'clips': [V, T, crop, crop, 3], 'labels', 'mask'}."""
+  num_frames: int
+  crop: int
+  test_scale: int
+  num_clips: int
+  num_crops: int
+  colour: str
+  dtype: object
+
+  def __call__(self, record):
+    views = self.num_clips * self.num_crops
+    if record is PADDING or record.get('padding'):
+      return {'clips': np.zeros((views, self.num_frames, self.crop, self.crop, 3), self.dtype),
+              'labels': np.int32(0), 'index': np.int32(-1), 'mask': np.float32(0)}
+    clips = transforms.eval_clips(record['frames'], self.num_frames, self.crop, self.test_scale,
+                                  self.num_clips, self.num_crops)
+    return {'clips': transforms.normalise(clips, self.colour, self.dtype),
+            'labels': np.int32(record['label']), 'index': np.int32(record['index']),
+            'mask': np.float32(1)}
+
+
+PADDING = {'padding': True}  # grain drops None elements, so padding is a marker record
+
+
+class IndexedSource:
+  """`source[i]` with its position added as `index`, at chosen positions (-1: padding)."""
+
+  def __init__(self, source, indices=None):
+    self._source = source
+    self._indices = list(range(len(source)) if indices is None else indices)
+
+  def __len__(self):
+    return len(self._indices)
+
+  def __getitem__(self, i):
+    index = self._indices[i]
+    return PADDING if index < 0 else {**self._source[index], 'index': index}
+
+
+def _finish(dataset: grain.MapDataset, config) -> grain.IterDataset:
+  iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  if config.num_workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain reads absl flags; scripts without absl.app lack them
+      flags.FLAGS.mark_as_parsed()
+    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.num_workers, per_worker_buffer_size=config.prefetch))
+  return iterable
+
+
+def train_dataset(config, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """The endless training stream of this process. `iter()` it; the iterator checkpoints."""
+  source, class_names = open_split(config, config.train_split)
+  batch = local_batch_size(config.batch_size, process_count)
+  shard = grain.MapDataset.source(IndexedSource(source))[process_index::process_count]
+  if len(shard) < batch:
+    raise ValueError(f'{config.name}/{config.train_split}: {len(shard)} videos for this process, '
+                     f'fewer than its batch of {batch}')
+  flip_map = tuple(labels.flip_label_map(list(class_names))) if config.flip else None
+  transform = TrainTransform(config.num_frames, config.crop, config.colour, flip_map,
+                             tuple(config.scales), _output_dtype(config))
+  dataset = (shard.seed(config.seed).shuffle().repeat(None)
+             .random_map(transform).batch(batch, drop_remainder=True))
+  return _finish(dataset, config)
+
+
+def eval_dataset(config, process_index: int = 0, process_count: int = 1):
+  """One pass over the evaluation split; returns (dataset, batches per process)."""
+  source, _ = open_split(config, config.eval_split)
+  batch = local_batch_size(config.eval_batch_size, process_count)
+  total = len(source)
+  per_process = math.ceil(total / process_count)
+  num_batches = math.ceil(per_process / batch)
+  mine = list(range(process_index, total, process_count))
+  mine += [-1] * (num_batches * batch - len(mine))
+  transform = EvalTransform(config.num_frames, config.crop, config.test_scale,
+                            config.eval_clips, config.eval_crops, config.colour,
+                            _output_dtype(config))
+  dataset = grain.MapDataset.source(IndexedSource(source, mine)).map(transform).batch(batch)
+  return _finish(dataset, config), num_batches

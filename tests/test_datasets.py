@@ -1,0 +1,156 @@
+"""Synthetic data, the TFDS builders and the prepare CLI, with real webm / JPEG files."""
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from input_pipeline import builders, labels, prepare, synthetic, video_io  # noqa: F401
+
+
+def read_back(data_dir, name, split):
+  source = tfds.data_source(name, data_dir=str(data_dir), split=split)
+  class_names = tfds.builder(name, data_dir=str(data_dir)).info.features['label'].names
+  return {r['id'].decode(): (class_names[r['label']], r['frames']) for r in source}
+
+
+def test_synthetic_ssv2_is_laid_out_like_the_real_download(synthetic_ssv2):
+  root, written = synthetic_ssv2
+  names = labels.read_ssv2_classes(root)
+  assert names == synthetic.class_names() and len(names) == 12
+  train = json.loads((root / 'something-something-v2-train.json').read_text())
+  assert set(train[0]) == {'id', 'label', 'template', 'placeholders'}
+  assert '[something]' in train[0]['template'] or '[Something]' in train[0]['template']
+  test = json.loads((root / 'something-something-v2-test.json').read_text())
+  assert all(set(item) == {'id'} for item in test)
+  for split in ('train', 'validation', 'test'):
+    for video_id, _ in written[split]:
+      frames = video_io.decode_video(root / '20bn-something-something-v2' / f'{video_id}.webm')
+      assert 16 <= len(frames) <= 32 and frames[0].shape == (32, 42, 3)
+
+
+def test_same_seed_same_dataset(synthetic_ssv2, tmp_path):
+  root, _ = synthetic_ssv2
+  again = synthetic.generate(tmp_path / 'a', train=4, val=0, test=0, size=32, seed=0, workers=1)
+  other = synthetic.generate(tmp_path / 'b', train=4, val=0, test=0, size=32, seed=1, workers=1)
+  first_id = again['train'][0][0]
+  videos = lambda d: d / '20bn-something-something-v2' / f'{first_id}.webm'
+  again_frames = video_io.decode_video(videos(tmp_path / 'a'))
+  repeat = synthetic.generate(tmp_path / 'c', train=4, val=0, test=0, size=32, seed=0, workers=2)
+  assert repeat == again
+  np.testing.assert_array_equal(np.stack(video_io.decode_video(videos(tmp_path / 'c'))),
+                                np.stack(again_frames))
+  assert ((tmp_path / 'a' / 'something-something-v2-train.json').read_text() ==
+          (tmp_path / 'c' / 'something-something-v2-train.json').read_text())
+  assert other != again
+
+
+def test_ssv2_round_trip(synthetic_ssv2, prepared_ssv2):
+  _, written = synthetic_ssv2
+  data_dir, report = prepared_ssv2
+  assert report['videos_written'] == 20 and report['videos_skipped'] == 0
+  assert report['splits'] == {'train': 12, 'validation': 8}
+  for split in ('train', 'validation'):
+    records = read_back(data_dir, 'something_something_v2', split)
+    assert {k: v[0] for k, v in records.items()} == dict(written[split])
+    frames = next(iter(records.values()))[1]
+    assert min(video_io.decode_jpeg(frames[0]).shape[:2]) == 48  # --short_side
+  assert (pathlib.Path(report['path']) / prepare.REPORT).exists()
+
+
+@pytest.mark.parametrize('layout, dataset, name', [
+    ('ssv1', 'ssv1', 'something_something_v1'), ('jester', 'jester', 'jester')])
+def test_frame_folder_round_trip(tmp_path, layout, dataset, name):
+  written = synthetic.generate(tmp_path / 'src', train=6, val=3, test=1, size=32, seed=3,
+                               fmt='frames', layout=layout, workers=1)
+  report = prepare.prepare(dataset, tmp_path / 'src', tmp_path / 'data', workers=1)
+  assert report['videos_written'] == 9
+  # SSv1 / Jester class index = position in the sorted label list.
+  builder = tfds.builder(name, data_dir=str(tmp_path / 'data'))
+  assert builder.info.features['label'].names == sorted(synthetic.class_names())
+  for split in ('train', 'validation'):
+    assert {k: v[0] for k, v in read_back(tmp_path / 'data', name, split).items()} == dict(
+        written[split])
+  # Native frames are kept byte for byte.
+  video_id = written['train'][0][0]
+  folder = tmp_path / 'src' / labels.FRAME_LAYOUTS[layout][1] / video_id
+  stored = read_back(tmp_path / 'data', name, 'train')[video_id][1]
+  assert stored[0] == (folder / '00001.jpg').read_bytes()
+
+
+def test_folder_builder_round_trip(synthetic_ssv2, tmp_path):
+  root, written = synthetic_ssv2
+  src = tmp_path / 'mine'
+  expected = {}
+  for split, items in (('train', written['train'][:6]), ('validation', written['validation'][:3])):
+    for video_id, class_name in items:
+      target = src / split / class_name / f'clip{video_id}.webm'
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.copy(root / '20bn-something-something-v2' / f'{video_id}.webm', target)
+      expected.setdefault(split, {})[f'{class_name}/clip{video_id}'] = class_name
+  report = prepare.prepare('folder', src, tmp_path / 'data', workers=1, short_side=32)
+  assert report['videos_written'] == 9
+  for split in ('train', 'validation'):
+    assert {k: v[0] for k, v in read_back(tmp_path / 'data', 'video_folder', split).items()} == (
+        expected[split])
+
+
+def test_bad_inputs_are_skipped_and_reported(synthetic_ssv2, tmp_path, capsys):
+  root, written = synthetic_ssv2
+  src = tmp_path / 'ssv2'
+  shutil.copytree(root, src)
+  videos = src / '20bn-something-something-v2'
+  train = json.loads((src / 'something-something-v2-train.json').read_text())
+  truncated, garbage, missing = (train[i]['id'] for i in range(3))
+  data = (videos / f'{truncated}.webm').read_bytes()
+  (videos / f'{truncated}.webm').write_bytes(data[:len(data) // 2])
+  (videos / f'{garbage}.webm').write_bytes(b'\x1aE\xdf\xa3 not really a webm' * 20)
+  (videos / f'{missing}.webm').unlink()
+  train.append({'id': '999', 'template': 'Juggling [something]', 'label': 'juggling',
+                'placeholders': []})
+  (src / 'something-something-v2-train.json').write_text(json.dumps(train))
+
+  assert prepare.main(['--dataset', 'ssv2', '--manual_dir', str(src), '--data_dir',
+                       str(tmp_path / 'data'), '--workers', '2', '--short_side', '32']) == 0
+  out = capsys.readouterr().out
+  assert '17 videos written, 4 skipped' in out
+  report = json.loads((tmp_path / 'data' / 'something_something_v2' / '1.0.0' /
+                       prepare.REPORT).read_text())
+  reasons = {s['id']: s['reason'] for s in report['skipped']}
+  assert reasons[truncated].startswith('truncated')
+  assert reasons[garbage].startswith('cannot decode video')
+  assert reasons[missing] == 'missing file'
+  assert reasons['999'] == "unknown class 'Juggling something'"
+  good = {v for v, _ in written['train']} - {truncated, garbage, missing}
+  assert set(read_back(tmp_path / 'data', 'something_something_v2', 'train')) == good
+
+
+def test_bad_frame_folders_are_skipped_and_reported(tmp_path):
+  written = synthetic.generate(tmp_path / 'src', train=5, val=2, test=0, size=32, seed=4,
+                               fmt='frames', workers=1)
+  frames_root = tmp_path / 'src' / '20bn-something-something-v1'
+  empty, corrupt = written['train'][0][0], written['train'][1][0]
+  for f in (frames_root / empty).iterdir():
+    f.unlink()
+  (frames_root / corrupt / '00003.jpg').write_bytes(b'\xff\xd8\xff garbage')
+  report = prepare.prepare('ssv1', tmp_path / 'src', tmp_path / 'data', workers=1)
+  reasons = {s['id']: s['reason'] for s in report['skipped']}
+  assert reasons == {empty: 'empty frame folder', corrupt: 'corrupt JPEG 00003.jpg'}
+  assert report['splits'] == {'train': 3, 'validation': 2}
+
+
+def test_malformed_annotations_stop_with_the_file_named(synthetic_ssv2, tmp_path, capsys):
+  src = tmp_path / 'ssv2'
+  shutil.copytree(synthetic_ssv2[0], src, ignore=shutil.ignore_patterns('*.webm'))
+  bad = src / 'something-something-v2-validation.json'
+  bad.write_text('{"id": "1"}')
+  code = prepare.main(['--dataset', 'ssv2', '--manual_dir', str(src), '--data_dir',
+                       str(tmp_path / 'data'), '--workers', '1'])
+  assert code == 2
+  assert f'{bad}: expected a list' in capsys.readouterr().err
+  (src / 'something-something-v2-labels.json').write_text('not json')
+  assert prepare.main(['--dataset', 'ssv2', '--manual_dir', str(src), '--data_dir',
+                       str(tmp_path / 'data')]) == 2
+  assert 'something-something-v2-labels.json: not valid JSON' in capsys.readouterr().err
