@@ -1,0 +1,127 @@
+"""The grain pipelines over a prepared synthetic dataset."""
+import ml_dtypes
+import numpy as np
+import pytest
+
+from input_pipeline import labels, pipeline, synthetic
+
+
+@pytest.fixture
+def config(prepared_ssv2):
+  data_dir, _ = prepared_ssv2
+  return pipeline.data_config(data_dir=str(data_dir), num_frames=4, crop=32, test_scale=48,
+                              batch_size=4, eval_batch_size=6)
+
+
+def take(dataset, n):
+  iterator = iter(dataset)
+  return [next(iterator) for _ in range(n)]
+
+
+def test_training_batches(config):
+  batch = take(pipeline.train_dataset(config), 1)[0]
+  assert batch['clips'].shape == (4, 4, 32, 32, 3) and batch['clips'].dtype == np.float32
+  assert batch['labels'].dtype == np.int32 and set(batch['labels']) <= set(range(12))
+  assert batch['clips'].min() < -50  # BGR minus the Caffe mean
+  config.dtype = 'bfloat16'
+  assert take(pipeline.train_dataset(config), 1)[0]['clips'].dtype == ml_dtypes.bfloat16
+
+
+def test_deterministic_for_a_seed_and_resumable(config):
+  first = take(pipeline.train_dataset(config), 3)
+  again = take(pipeline.train_dataset(config), 3)
+  for a, b in zip(first, again):
+    np.testing.assert_array_equal(a['clips'], b['clips'])
+  config.seed = 1
+  assert not np.array_equal(take(pipeline.train_dataset(config), 1)[0]['index'],
+                            first[0]['index'])
+  config.seed = 0
+  iterator = iter(pipeline.train_dataset(config))
+  next(iterator), next(iterator)
+  state = iterator.get_state()
+  expected = next(iterator)
+  resumed = iter(pipeline.train_dataset(config))
+  resumed.set_state(state)
+  got = next(resumed)
+  np.testing.assert_array_equal(got['clips'], expected['clips'])
+  np.testing.assert_array_equal(got['labels'], expected['labels'])
+
+
+def test_worker_processes_give_the_same_batches_and_resume(config):
+  in_process = take(pipeline.train_dataset(config), 3)
+  config.num_workers = 2
+  iterator = iter(pipeline.train_dataset(config))
+  batch = next(iterator)
+  np.testing.assert_array_equal(batch['clips'], in_process[0]['clips'])
+  state = iterator.get_state()
+  resumed = iter(pipeline.train_dataset(config))
+  resumed.set_state(state)
+  np.testing.assert_array_equal(next(resumed)['index'], in_process[1]['index'])
+
+
+def test_process_shards_are_disjoint_and_cover_the_split(config):
+  config.batch_size = 4  # global: 2 per process, 6 training videos per process
+  seen = []
+  for process in range(2):
+    batches = take(pipeline.train_dataset(config, process, 2), 3)  # one epoch of the shard
+    assert all(b['clips'].shape[0] == 2 for b in batches)
+    seen.append({int(i) for b in batches for i in b['index']})
+  assert not seen[0] & seen[1]
+  assert seen[0] | seen[1] == set(range(12))
+
+
+def test_flip_swaps_left_right_labels(config):
+  source, class_names = pipeline.open_split(config, 'train')
+  flip_map = tuple(labels.flip_label_map(list(class_names)))
+  left_to_right = class_names.index('Moving something from left to right')
+  assert flip_map[left_to_right] == class_names.index('Moving something from right to left')
+  turn = class_names.index('Turning something clockwise')
+  assert flip_map[turn] == class_names.index('Turning something counterclockwise')
+  record = next({**r, 'index': 0} for r in source if r['label'] == left_to_right)
+  make = lambda flip: pipeline.TrainTransform(4, 32, 'bgr255', flip, (1.0, 0.875), np.float32)
+  swapped = 0
+  for seed in range(16):
+    flipped = make(flip_map)(record, np.random.default_rng(seed))
+    plain = make(None)(record, np.random.default_rng(seed))
+    mirrored = np.array_equal(flipped['clips'], plain['clips'][:, :, ::-1])
+    assert mirrored == (flipped['labels'] == flip_map[left_to_right])
+    assert mirrored or np.array_equal(flipped['clips'], plain['clips'])
+    swapped += mirrored
+  assert 0 < swapped < 16
+
+
+@pytest.mark.parametrize('clips, crops', [(1, 1), (2, 3)])
+def test_evaluation_visits_every_example_once(config, clips, crops):
+  config.eval_clips, config.eval_crops = clips, crops
+  counts, batches_per_process = {}, []
+  for process in range(2):
+    dataset, num_batches = pipeline.eval_dataset(config, process, 2)
+    batches = list(dataset)
+    assert len(batches) == num_batches == 2  # 8 videos, 4 per process, local batch 3
+    batches_per_process.append(len(batches))
+    for b in batches:
+      assert b['clips'].shape == (3, clips * crops, 4, 32, 32, 3)
+      for index, mask in zip(b['index'], b['mask']):
+        if mask:
+          counts[int(index)] = counts.get(int(index), 0) + 1
+        else:
+          assert index == -1
+  assert counts == {i: 1 for i in range(8)}
+
+
+def test_configuration_errors(config, tmp_path):
+  with pytest.raises(ValueError, match=r"unknown data config keys \['crop_size'\]"):
+    pipeline.data_config(crop_size=224)
+  with pytest.raises(ValueError, match='does not split over 3 processes'):
+    pipeline.train_dataset(config, 0, 3)
+  config.data_dir = str(tmp_path)
+  with pytest.raises(FileNotFoundError, match='python -m input_pipeline.prepare'):
+    pipeline.train_dataset(config)
+
+
+def test_synthetic_classes_pair_up_under_time_reversal():
+  names = synthetic.class_names()
+  kinds = {}
+  for name, (kind, direction) in zip(names, synthetic.MOTIONS):
+    kinds.setdefault(kind, []).append(direction)
+  assert all(sorted(d) == [-1, 1] for k, d in kinds.items() if k not in ('pretend', 'still'))
