@@ -65,9 +65,9 @@ def read_ssv2_split(manual_dir, split: str) -> list[VideoEntry]:
     raise AnnotationError(path, 'expected a list of objects with "id" (and "template")')
   entries = []
   for i, item in enumerate(items):
-    if not isinstance(item, dict) or 'id' not in item or (split != 'test' and 'template' not in item):
-      raise AnnotationError(path, f'entry {i} lacks "id"' + ('' if split == 'test' else
-                                                              ' or "template"'))
+    needed = ('id',) if split == 'test' else ('id', 'template')
+    if not isinstance(item, dict) or any(key not in item for key in needed):
+      raise AnnotationError(path, f'entry {i} lacks {" or ".join(needed)}')
     label = None if split == 'test' else ssv2_template_to_class(item['template'])
     entries.append(VideoEntry(str(item['id']), root / SSV2_VIDEOS / f"{item['id']}.webm", label))
   return entries

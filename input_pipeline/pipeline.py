@@ -35,7 +35,7 @@ DEFAULTS = {
     'test_scale': 256,
     'colour': 'bgr255',                 # 'bgr255' (Inception nets) or 'rgb_imagenet'
     'scales': (1.0, 0.875, 0.75, 0.66),
-    'flip': True,                       # with label swap; False for Jester
+    'flip': None,                       # with label swap; None: on, except for Jester
     'eval_clips': 1,                    # 1 (centres) or 2 (centres + starts)
     'eval_crops': 1,                    # 1 (centre) or 3 (along the long side)
     'batch_size': 32,                   # global batch over all processes
@@ -144,6 +144,13 @@ class IndexedSource:
     return PADDING if index < 0 else {**self._source[index], 'index': index}
 
 
+def flip_label_map(config, class_names) -> tuple[int, ...] | None:
+  """Label after a horizontal flip for each label, or None where clips are never flipped
+  (`flip=False`, or Jester by default: its gestures change meaning in a mirror)."""
+  flip = config.name != 'jester' if config.flip is None else config.flip
+  return tuple(labels.flip_label_map(list(class_names))) if flip else None
+
+
 def _finish(dataset: grain.MapDataset, config) -> grain.IterDataset:
   iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if config.num_workers > 0:
@@ -162,7 +169,7 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1) -> gra
   if len(shard) < batch:
     raise ValueError(f'{config.name}/{config.train_split}: {len(shard)} videos for this process, '
                      f'fewer than its batch of {batch}')
-  flip_map = tuple(labels.flip_label_map(list(class_names))) if config.flip else None
+  flip_map = flip_label_map(config, class_names)
   transform = TrainTransform(config.num_frames, config.crop, config.colour, flip_map,
                              tuple(config.scales), _output_dtype(config))
   dataset = (shard.seed(config.seed).shuffle().repeat(None)

@@ -95,6 +95,16 @@ def test_folder_builder_round_trip(synthetic_ssv2, tmp_path):
   for split in ('train', 'validation'):
     assert {k: v[0] for k, v in read_back(tmp_path / 'data', 'video_folder', split).items()} == (
         expected[split])
+  # The same videos listed in path,label csv files instead of split folders.
+  listed = tmp_path / 'listed'
+  shutil.copytree(src, listed / 'videos')
+  for split in ('train', 'validation'):
+    (listed / f'{split}.csv').write_text(''.join(
+        f'videos/{split}/{key}.webm,{label}\n' for key, label in expected[split].items()))
+  report = prepare.prepare('folder', listed, tmp_path / 'data_csv', workers=1, short_side=32)
+  assert report['splits'] == {'train': 6, 'validation': 3}
+  labels_back = read_back(tmp_path / 'data_csv', 'video_folder', 'validation')
+  assert sorted(v[0] for v in labels_back.values()) == sorted(expected['validation'].values())
 
 
 def test_bad_inputs_are_skipped_and_reported(synthetic_ssv2, tmp_path, capsys):
