@@ -1,28 +1,57 @@
 """Entry point: `python main.py --config=configs/ssv2_16f.py --workdir=DIR`.
 
-The config is locked, so a misspelt `--config.model.widht=...` is an error. Training and
-evaluation arrive with the training issue; for now the job builds the configured model and
-reports its size and cost.
+Trains and evaluates (resuming from the workdir's latest checkpoint when there is one);
+`--config.mode=eval` evaluates the workdir's best (or `--config.eval.checkpoint=latest`)
+checkpoint without training. The config is locked: a misspelt `--config.x=...` is an error.
+
+Several processes (multi-host GPU, TPU pods): run the same command on every host. Under SLURM,
+Open MPI or on a Cloud TPU `jax.distributed` finds its peers itself; elsewhere pass
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
 """
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
-
-from cstm_jax.models.summary import summarize_config
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and plots.')
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (multi-process).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
+flags.DEFINE_integer('process_id', None, 'This process (multi-process).')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+CLUSTER_ENV = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES',
+               'CLOUD_TPU_TASK_ID')
+
+
+def initialize_distributed() -> None:
+  """jax.distributed.initialize() when this job has several processes."""
+  import jax
+  if FLAGS.coordinator_address:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  elif any(int(os.environ.get(v, '1') if v.endswith(('SIZE', 'NTASKS')) else 2) > 1
+           for v in CLUSTER_ENV if v in os.environ):
+    jax.distributed.initialize()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  row = summarize_config(FLAGS.config.model)  # refuses unknown keys and impossible combinations
-  logging.info('model %s: %.2f M parameters, %.2f GMACs per %d-frame clip', row['model'],
-               row['params'] / 1e6, row['gmacs'], row['frames'])
-  print(f"{row['model']}: {row['params'] / 1e6:.2f} M parameters, {row['gmacs']:.2f} GMACs per "
-        f"{row['frames']}-frame clip at {row['crop']}px (workdir {FLAGS.workdir})")
+  from cstm_jax import logs
+  logs.quiet_library_logs()
+  initialize_distributed()
+  import jax
+  from cstm_jax import train
+  config = FLAGS.config
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)
+  if config.mode == 'train':
+    train.train_and_evaluate(config, FLAGS.workdir)
+  elif config.mode == 'eval':
+    train.evaluate(config, FLAGS.workdir)
+  else:
+    raise app.UsageError(f"config.mode {config.mode!r} is not 'train' or 'eval'")
 
 
 if __name__ == '__main__':

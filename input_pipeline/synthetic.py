@@ -55,6 +55,12 @@ def class_names() -> list[str]:
   return [labels.ssv2_template_to_class(t) for t in TEMPLATES]
 
 
+def time_reversed_pairs() -> list[tuple[int, int]]:
+  """Class index pairs whose clips are each other's played backwards."""
+  return [(i, j) for i, (kind, d) in enumerate(MOTIONS) for j, (kind2, d2) in enumerate(MOTIONS)
+          if i < j and kind == kind2 and d == -d2 != 0]
+
+
 def _polygon(centre, radius, sides, angle):
   t = angle + np.arange(sides) * 2 * np.pi / sides
   points = np.stack([centre[0] + radius * np.cos(t), centre[1] + radius * np.sin(t)], -1)
@@ -62,15 +68,16 @@ def _polygon(centre, radius, sides, angle):
 
 
 def _draw_object(canvas, centre, radius, sides, angle, colour, alpha=1.0):
-  """A filled polygon with a dark marker toward `angle`, so turning is visible."""
+  """A filled polygon with a large dark marker toward `angle`, so turning is visible even at
+  32 pixels."""
   if alpha <= 0.02 or radius < 1:
     return
   layer = canvas.copy()
   cv2.fillPoly(layer, [_polygon(centre, radius, sides, angle)], colour, cv2.LINE_AA, shift=4)
-  marker = (centre[0] + 0.55 * radius * math.cos(angle),
-            centre[1] + 0.55 * radius * math.sin(angle))
+  marker = (centre[0] + 0.6 * radius * math.cos(angle),
+            centre[1] + 0.6 * radius * math.sin(angle))
   cv2.circle(layer, (round(marker[0] * 16), round(marker[1] * 16)),
-             max(1, round(radius * 0.3)) * 16, (20, 20, 20), -1, cv2.LINE_AA, shift=4)
+             round(max(1.0, radius * 0.45) * 16), (20, 20, 20), -1, cv2.LINE_AA, shift=4)
   cv2.addWeighted(layer, alpha, canvas, 1 - alpha, 0, dst=canvas)
 
 
@@ -88,7 +95,7 @@ def render_clip(class_index: int, rng: np.random.Generator, height: int, num_fra
                   tuple(int(c) for c in rng.integers(0, 255, 3)), -1)
   shape, colour = rng.choice(list(SHAPES)), rng.choice(list(COLOURS))
   sides, rgb = SHAPES[shape], COLOURS[colour]
-  radius = height * rng.uniform(0.10, 0.17)
+  radius = height * rng.uniform(0.12, 0.19)
   start, stop = rng.uniform(0.0, 0.3), rng.uniform(0.7, 1.0)  # symmetric under reversal
   x0, y0 = width * rng.uniform(0.35, 0.65), height * rng.uniform(0.35, 0.65)
   travel = rng.uniform(0.25, 0.4)
@@ -112,7 +119,7 @@ def render_clip(class_index: int, rng: np.random.Generator, height: int, num_fra
     elif kind == 'alpha':
       alpha = p
     elif kind == 'pretend':
-      x = x0 + math.sin(math.pi * p) * 0.12 * width
+      x = x0 + math.sin(math.pi * p) * 0.2 * width
     frame = scene.copy()
     dx, dy = distractor[2] * t, distractor[3] * t
     cv2.circle(frame, (int(distractor[0] + dx) % width, int(distractor[1] + dy) % height),

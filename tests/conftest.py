@@ -9,12 +9,13 @@ if 'xla_force_host_platform_device_count' not in _flags:
 if 'xla_backend_optimization_level' not in _flags:
   _flags += ' --xla_backend_optimization_level=0'  # compile speed matters more than run speed
 os.environ['XLA_FLAGS'] = _flags.strip()
+# Also for the subprocesses tests start (main.py runs): cheaper random init to compile, and one
+# persistent compilation cache, so a program compiled once is not compiled again.
+os.environ.setdefault('JAX_DEFAULT_PRNG_IMPL', 'rbg')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      str(pathlib.Path(__file__).resolve().parent.parent / '.jax_cache'))
 
-import jax  # noqa: E402
-
-jax.config.update('jax_default_prng_impl', 'rbg')  # cheaper random init to compile
-jax.config.update('jax_compilation_cache_dir',
-                  str(pathlib.Path(__file__).resolve().parent.parent / '.jax_cache'))
+import jax  # noqa: E402  (reads the environment above)
 
 
 # --- Shared data fixtures: small real datasets made once per test session -------------------

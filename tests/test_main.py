@@ -11,10 +11,13 @@ def run_main(*args):
                         text=True, timeout=300)
 
 
-def test_smoke_config_builds_the_model(tmp_path):
-  result = run_main('--config=configs/ssv2_16f.py:smoke', f'--workdir={tmp_path}')
-  assert result.returncode == 0, result.stderr
-  assert 'cstm_bninception:' in result.stdout and '4-frame clip' in result.stdout
+def test_missing_dataset_fails_at_start_with_the_fix(tmp_path):
+  result = run_main('--config=configs/ssv2_16f.py:smoke', f'--workdir={tmp_path / "run"}',
+                    f'--config.data.data_dir={tmp_path / "nowhere"}')
+  assert result.returncode != 0
+  assert "prepared dataset 'something_something_v2' not found" in result.stderr
+  assert 'python -m input_pipeline.prepare' in result.stderr
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
 
 
 def test_misspelt_config_key_is_an_error(tmp_path):

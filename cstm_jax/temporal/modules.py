@@ -24,18 +24,18 @@ def squeeze_width(channels: int) -> int:
 
 
 def conv3d_groups(channels: int, mode: str, group_width: int = 16) -> int:
-  """Feature groups of the 3D branch: 'grouped' (`group_width` channels each), 'depthwise'
-  or 'full'."""
+  """Feature groups of the 3D branch: 'grouped' (`group_width` channels each; at widths where
+  that does not divide C, the nearest coarser grouping that does), 'depthwise' or 'full'."""
   if mode == 'grouped':
     groups = max(1, channels // group_width)
+    while channels % groups:
+      groups -= 1
   elif mode == 'depthwise':
     groups = channels
   elif mode == 'full':
     groups = 1
   else:
     raise ValueError(f"unknown conv3d mode {mode!r}; expected 'grouped', 'depthwise' or 'full'")
-  if channels % groups:
-    raise ValueError(f'{channels} channels do not split into {groups} groups')
   return groups
 
 

@@ -1,0 +1,28 @@
+"""The demo: CSTM against TSN on the synthetic SSv2-format dataset, on a CPU.
+
+  make demo        # or: python -m cstm_jax.demo
+
+`python main.py --config=configs/demo.py:cstm --workdir=runs/demo/cstm` trains one of them
+(`:tsn` the other) once `python -m cstm_jax.demo --prepare_only` has made the data. The
+synthetic classes come in time-reversed pairs, so TSN (no temporal modelling) stays near chance
+inside each pair while CSTM separates them.
+"""
+from configs import common
+
+DATA = 'data/demo'
+
+
+def get_config(arg: str = 'cstm'):
+  temporal, _, size = arg.partition(':')
+  if temporal not in ('cstm', 'tsn', 'tsm', 'gsm', '3d_shift_sum', 'gsm_attention'):
+    raise ValueError(f'demo config argument {arg!r}: expected a temporal module, e.g. "cstm"')
+  config = common.experiment('ssv2', f'{temporal}_bninception', 8, '', width=0.25,
+                             num_classes=12, dropout=0.2)
+  config.data.update(data_dir=f'{DATA}/prepared', crop=32, test_scale=32, scales=(1.0, 0.875),
+                     batch_size=16, eval_batch_size=32, num_workers=0)
+  # From scratch rather than from ImageNet weights: AdamW converges in the few minutes a CPU has.
+  config.optim.update(optimizer='adamw', base_lr=0.002, base_batch=16, epochs=24.0,
+                      warmup_epochs=1.0, weight_decay=1e-4)
+  config.train.update(log_every_steps=50, checkpoint_every_steps=500, eval_every_epochs=8.0)
+  config.eval.update(final_views='1x1', checkpoint='latest', tsne_examples=600)
+  return common.shrink(config, size)

@@ -1,0 +1,12 @@
+"""CSTM, Inception v3, 8 frames, Jester.
+
+  python main.py --config=configs/jester_v3_8f.py --workdir=runs/jester_v3_8f
+
+Paper (1 clip, centre crop, validation): 96.51 / 99.86 top-1 / top-5 (%).
+`--config=configs/jester_v3_8f.py:smoke` shrinks it to a tiny CPU run.
+"""
+from configs import common
+
+
+def get_config(arg: str = ''):
+  return common.experiment('jester', 'cstm_inception_v3', 8, arg)

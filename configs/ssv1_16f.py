@@ -1,0 +1,12 @@
+"""CSTM, BN-Inception, 16 frames, Something-Something v1.
+
+  python main.py --config=configs/ssv1_16f.py --workdir=runs/ssv1_16f
+
+Paper (1 clip, centre crop, validation): 49.84 / 78.71 top-1 / top-5 (%).
+`--config=configs/ssv1_16f.py:smoke` shrinks it to a tiny CPU run.
+"""
+from configs import common
+
+
+def get_config(arg: str = ''):
+  return common.experiment('ssv1', 'cstm_bninception', 16, arg)

@@ -1,0 +1,12 @@
+"""CSTM, Inception v3, 8 frames, Something-Something v1.
+
+  python main.py --config=configs/ssv1_v3_8f.py --workdir=runs/ssv1_v3_8f
+
+Paper (1 clip, centre crop, validation): 49.24 / 77.56 top-1 / top-5 (%).
+`--config=configs/ssv1_v3_8f.py:smoke` shrinks it to a tiny CPU run.
+"""
+from configs import common
+
+
+def get_config(arg: str = ''):
+  return common.experiment('ssv1', 'cstm_inception_v3', 8, arg)

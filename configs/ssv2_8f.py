@@ -1,0 +1,12 @@
+"""CSTM, BN-Inception, 8 frames, Something-Something v2.
+
+  python main.py --config=configs/ssv2_8f.py --workdir=runs/ssv2_8f
+
+Paper (1 clip, centre crop, validation): 63.45 / 88.79 top-1 / top-5 (%).
+`--config=configs/ssv2_8f.py:smoke` shrinks it to a tiny CPU run.
+"""
+from configs import common
+
+
+def get_config(arg: str = ''):
+  return common.experiment('ssv2', 'cstm_bninception', 8, arg)

@@ -1,0 +1,12 @@
+"""SSv2 ablation: 3d_shift_sum on BN-Inception, 8 frames (the CSTM row is configs/ssv2_8f.py).
+
+  python main.py --config=configs/ssv2_ablation_3d_shift_sum.py --workdir=runs/ssv2_ablation_3d_shift_sum
+
+Paper (1 clip, centre crop, validation): 61.65 / 87.56 top-1 / top-5 (%).
+`--config=configs/ssv2_ablation_3d_shift_sum.py:smoke` shrinks it to a tiny CPU run.
+"""
+from configs import common
+
+
+def get_config(arg: str = ''):
+  return common.experiment('ssv2', '3d_shift_sum_bninception', 8, arg)

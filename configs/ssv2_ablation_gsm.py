@@ -1,0 +1,12 @@
+"""SSv2 ablation: gsm on BN-Inception, 8 frames (the CSTM row is configs/ssv2_8f.py).
+
+  python main.py --config=configs/ssv2_ablation_gsm.py --workdir=runs/ssv2_ablation_gsm
+
+Paper (1 clip, centre crop, validation): 61.23 / 87.29 top-1 / top-5 (%).
+`--config=configs/ssv2_ablation_gsm.py:smoke` shrinks it to a tiny CPU run.
+"""
+from configs import common
+
+
+def get_config(arg: str = ''):
+  return common.experiment('ssv2', 'gsm_bninception', 8, arg)

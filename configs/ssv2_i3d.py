@@ -1,0 +1,12 @@
+"""3D baseline i3d on Something-Something v2, 32 frames.
+
+  python main.py --config=configs/ssv2_i3d.py --workdir=runs/ssv2_i3d
+
+Paper (1 clip, centre crop, validation): not reported on SSv2 in the paper.
+`--config=configs/ssv2_i3d.py:smoke` shrinks it to a tiny CPU run.
+"""
+from configs import common
+
+
+def get_config(arg: str = ''):
+  return common.experiment('ssv2', 'i3d', 32, arg)

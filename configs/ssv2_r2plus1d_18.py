@@ -1,0 +1,12 @@
+"""3D baseline r2plus1d_18 on Something-Something v2, 16 frames.
+
+  python main.py --config=configs/ssv2_r2plus1d_18.py --workdir=runs/ssv2_r2plus1d_18
+
+Paper (1 clip, centre crop, validation): not reported in the paper.
+`--config=configs/ssv2_r2plus1d_18.py:smoke` shrinks it to a tiny CPU run.
+"""
+from configs import common
+
+
+def get_config(arg: str = ''):
+  return common.experiment('ssv2', 'r2plus1d_18', 16, arg)

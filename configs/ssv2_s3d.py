@@ -1,0 +1,12 @@
+"""3D baseline s3d on Something-Something v2, 64 frames.
+
+  python main.py --config=configs/ssv2_s3d.py --workdir=runs/ssv2_s3d
+
+Paper (1 clip, centre crop, validation): S3D / S3D-G reach 47.30 / 48.20 top-1 on SSv1 (64 frames).
+`--config=configs/ssv2_s3d.py:smoke` shrinks it to a tiny CPU run.
+"""
+from configs import common
+
+
+def get_config(arg: str = ''):
+  return common.experiment('ssv2', 's3d', 64, arg)

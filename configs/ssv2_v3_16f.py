@@ -1,0 +1,12 @@
+"""CSTM, Inception v3, 16 frames, Something-Something v2.
+
+  python main.py --config=configs/ssv2_v3_16f.py --workdir=runs/ssv2_v3_16f
+
+Paper (1 clip, centre crop, validation): 64.04 / 88.54 top-1 / top-5 (%).
+`--config=configs/ssv2_v3_16f.py:smoke` shrinks it to a tiny CPU run.
+"""
+from configs import common
+
+
+def get_config(arg: str = ''):
+  return common.experiment('ssv2', 'cstm_inception_v3', 16, arg)

@@ -1,0 +1,12 @@
+"""CSTM, Inception v3, 8 frames, Something-Something v2.
+
+  python main.py --config=configs/ssv2_v3_8f.py --workdir=runs/ssv2_v3_8f
+
+Paper (1 clip, centre crop, validation): 63.95 / 89.11 top-1 / top-5 (%).
+`--config=configs/ssv2_v3_8f.py:smoke` shrinks it to a tiny CPU run.
+"""
+from configs import common
+
+
+def get_config(arg: str = ''):
+  return common.experiment('ssv2', 'cstm_inception_v3', 8, arg)

@@ -1,0 +1,82 @@
+"""PNG figures: confusion matrix, t-SNE of clip features (the paper's Fig. 7), per-class gains
+(Fig. 5) and training curves."""
+import matplotlib
+
+matplotlib.use('Agg')  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _short(name: str, width: int = 38) -> str:
+  return name if len(name) <= width else name[:width - 1] + '…'
+
+
+def confusion_matrix(confusion: np.ndarray, class_names, path, title: str = '') -> None:
+  """Row-normalised confusion matrix; class names on the axes up to 60 classes."""
+  rows = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+  n = len(class_names)
+  size = min(4 + 0.28 * n, 40)
+  fig, ax = plt.subplots(figsize=(size, size))
+  image = ax.imshow(rows, cmap='Blues', vmin=0, vmax=1)
+  if n <= 60:
+    ax.set_xticks(range(n), [_short(c) for c in class_names], rotation=90, fontsize=7)
+    ax.set_yticks(range(n), [_short(c) for c in class_names], fontsize=7)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  ax.set_title(title)
+  fig.colorbar(image, ax=ax, fraction=0.046)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def tsne(features: np.ndarray, labels: np.ndarray, class_names, path, seed: int = 0) -> None:
+  """2-D t-SNE of clip features coloured by class."""
+  from sklearn.manifold import TSNE
+  perplexity = max(2.0, min(30.0, (len(features) - 1) / 3))
+  points = TSNE(n_components=2, perplexity=perplexity, init='pca', random_state=seed).fit_transform(
+      np.asarray(features, np.float64))
+  fig, ax = plt.subplots(figsize=(9, 7))
+  cmap = plt.get_cmap('tab20' if len(class_names) <= 20 else 'nipy_spectral')
+  for c in np.unique(labels):
+    chosen = labels == c
+    ax.scatter(points[chosen, 0], points[chosen, 1], s=10,
+               color=cmap(c / max(len(class_names) - 1, 1)), label=_short(class_names[c], 30))
+  if len(np.unique(labels)) <= 20:
+    ax.legend(fontsize=7, loc='center left', bbox_to_anchor=(1, 0.5))
+  ax.set_title(f't-SNE of clip features ({len(features)} validation clips)')
+  ax.set_xticks([])
+  ax.set_yticks([])
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def class_gains(names, gains, path, title: str) -> None:
+  """Horizontal bars of per-class top-1 gains (percentage points)."""
+  fig, ax = plt.subplots(figsize=(9, 0.35 * len(names) + 1.5))
+  y = np.arange(len(names))[::-1]
+  ax.barh(y, gains, color=['tab:green' if g >= 0 else 'tab:red' for g in gains])
+  ax.set_yticks(y, [_short(n, 50) for n in names], fontsize=8)
+  ax.set_xlabel('top-1 gain (points)')
+  ax.set_title(title)
+  ax.axvline(0, color='black', linewidth=0.8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def training_curves(records, path) -> None:
+  """Loss and validation top-1 against step from metrics.jsonl records."""
+  train = [r for r in records if 'loss' in r]
+  val = [r for r in records if 'val_top1' in r]
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+  left.plot([r['step'] for r in train], [r['loss'] for r in train])
+  left.set_xlabel('step')
+  left.set_ylabel('training loss')
+  right.plot([r['step'] for r in val], [r['val_top1'] for r in val], marker='o')
+  right.set_xlabel('step')
+  right.set_ylabel('validation top-1 (%)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -1,0 +1,200 @@
+"""Training and evaluation as users run them: smoke runs, resume after SIGKILL, several
+processes, device counts, errors."""
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import ssv2_8f, ssv2_r2plus1d_18, ssv2_tsm_resnet50
+from cstm_jax import checkpoints, compare, demo, sharding, train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def smoke(module, data_dir, **overrides):
+  config = module.get_config('smoke')
+  config.data.data_dir = str(data_dir)
+  for key, value in overrides.items():
+    section, name = key.split('__')
+    config[section][name] = value
+  return config
+
+
+@pytest.mark.parametrize('module', [ssv2_8f, ssv2_tsm_resnet50, ssv2_r2plus1d_18],
+                         ids=['inception', 'resnet', '3d'])
+def test_smoke_run_writes_everything_and_eval_mode_reproduces_it(module, prepared_ssv2,
+                                                                  tmp_path):
+  config = smoke(module, prepared_ssv2[0], train__eval_every_epochs=3.0)
+  final = train.train_and_evaluate(config, tmp_path)['1x1']
+  assert final['examples'] == 8 and 0 <= final['top1'] <= 100
+  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == [4, 6]
+  assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in records if 'loss' in r] == [2, 4, 6]
+  assert {'loss', 'lr', 'clips_per_s', 'grad_norm'} <= set(records[0])
+  for png in ('training_curves.png', 'eval/final_1x1_confusion.png', 'eval/final_1x1_tsne.png'):
+    assert (tmp_path / png).stat().st_size > 1000
+  config.mode, config.eval.checkpoint = 'eval', 'latest'
+  again = train.evaluate(config, tmp_path)['1x1']
+  assert again['step'] == 6
+  for key in ('top1', 'top5', 'mean_class_accuracy'):
+    assert again[key] == pytest.approx(final[key])
+  np.testing.assert_array_equal(again['confusion'], final['confusion'])
+
+
+def final_params(workdir):
+  """The parameters of a run's latest checkpoint, as NumPy arrays."""
+  manager = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints',
+                                  item_names=('state',))
+  step = manager.latest_step()
+  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, jax.tree_util.tree_leaves(state['state']['params'])
+
+
+def main_command(workdir, data_dir):
+  return [sys.executable, 'main.py', '--config=configs/ssv2_r2plus1d_18.py:smoke',
+          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
+          '--config.train.max_steps=30', '--config.optim.epochs=40',
+          '--config.train.eval_every_epochs=1000']
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(prepared_ssv2, tmp_path):
+  data_dir = prepared_ssv2[0]
+  config = smoke(ssv2_r2plus1d_18, data_dir, train__max_steps=30, optim__epochs=40.0,
+                 train__eval_every_epochs=1000.0)
+  train.train_and_evaluate(config, tmp_path / 'straight')
+  interrupted = tmp_path / 'interrupted'
+  process = subprocess.Popen(main_command(interrupted, data_dir), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 240
+  while time.monotonic() < deadline:  # kill as soon as one checkpoint is complete
+    if any(p.name.isdigit() for p in (interrupted / 'checkpoints').glob('*')):
+      break
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  killed_at, _ = final_params(interrupted)
+  assert killed_at < 30 and not (interrupted / 'final_metrics.json').exists()
+  train.train_and_evaluate(config, interrupted)  # the same run, started again
+  step_a, params_a = final_params(tmp_path / 'straight')
+  step_b, params_b = final_params(interrupted)
+  assert step_a == step_b == 30
+  for a, b in zip(params_a, params_b):
+    np.testing.assert_array_equal(a, b)
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
+  worker = [sys.executable, str(ROOT / 'tests' / 'multiprocess_train.py')]
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env['PYTHONPATH'] = str(ROOT)
+  port = free_port()
+  two = [subprocess.Popen(worker + [str(tmp_path / 'two.npz'), '2', str(i), str(port), '2'],
+                          cwd=ROOT, env=env, stderr=subprocess.PIPE) for i in range(2)]
+  subprocess.run(worker + [str(tmp_path / 'one.npz'), '1', '0', '0', '4'], cwd=ROOT, env=env,
+                 check=True, capture_output=True, timeout=300)
+  for p in two:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err.decode()[-2000:]
+  one, both = np.load(tmp_path / 'one.npz'), np.load(tmp_path / 'two.npz')
+  np.testing.assert_allclose(both['losses'], one['losses'], rtol=1e-5)
+  assert len(one.files) == len(both.files) > 50
+  for name in one.files:
+    np.testing.assert_allclose(both[name], one[name], rtol=1e-4, atol=1e-6)
+
+
+def test_one_device_and_eight_devices_give_the_same_step():
+  assert jax.device_count() == 8
+  config = ssv2_r2plus1d_18.get_config('smoke')
+  model, schedule, tx, clips_shape = train.model_and_optimizer(config, steps_per_epoch=10)
+  rng = np.random.default_rng(0)
+  batch = {'clips': rng.normal(size=clips_shape).astype(np.float32),
+           'labels': rng.integers(0, 174, clips_shape[0]).astype(np.int32)}
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = sharding.make_mesh(1, devices)
+    state, shardings = train.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
+    step = train.jit_train_step(train.make_train_step(model, schedule), shardings, mesh)
+    state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.key(1))
+    results.append((float(metrics['loss']), jax.tree_util.tree_leaves(state.params)))
+  assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+  for a, b in zip(results[0][1], results[1][1]):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_start_errors_are_clear(prepared_ssv2, tmp_path):
+  config = smoke(ssv2_8f, prepared_ssv2[0], data__batch_size=6)
+  with pytest.raises(ValueError, match='global batch size 6 is not divisible by the 8 devices'):
+    train.train_and_evaluate(config, tmp_path / 'a')
+  config = smoke(ssv2_8f, tmp_path / 'nowhere')
+  with pytest.raises(FileNotFoundError, match='python -m input_pipeline.prepare'):
+    train.train_and_evaluate(config, tmp_path / 'b')
+
+
+def test_non_finite_loss_stops_and_names_the_step(prepared_ssv2, tmp_path):
+  config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], optim__base_lr=1e30,
+                 train__eval_every_epochs=1000.0)
+  with pytest.raises(FloatingPointError, match=r'loss is nan at step \d+'):
+    train.train_and_evaluate(config, tmp_path)
+
+
+def test_init_from_loads_the_backbone_and_keeps_a_new_head(tmp_path):
+  config = ssv2_r2plus1d_18.get_config('smoke')
+  mesh = sharding.make_mesh(1)
+  model, _, tx, clips_shape = train.model_and_optimizer(config, steps_per_epoch=10)
+  source, _ = train.create_train_state(model, tx, clips_shape, mesh, jax.random.key(7))
+  checkpoints.save_variables(tmp_path / 'pretrained', {'params': source.params,
+                                                       'batch_stats': source.batch_stats})
+  config.model.num_classes = 12
+  config.train.init_from = str(tmp_path / 'pretrained')
+  model, _, tx, clips_shape = train.model_and_optimizer(config, steps_per_epoch=10)
+  run = checkpoints.RunCheckpoints(tmp_path / 'run')
+  state, _, start = train.initial_state(config, model, tx, mesh, clips_shape, run, None)
+  assert start == 0 and state.params['head']['kernel'].shape[-1] == 12
+  kernel = lambda p: np.asarray(p['backbone']['layer2_0']['conv1']['conv_s']['conv']['kernel'])
+  np.testing.assert_array_equal(kernel(state.params), kernel(source.params))
+  stats = lambda s: np.asarray(s['backbone']['stem_spatial']['bn']['mean'])
+  np.testing.assert_array_equal(stats(state.batch_stats), stats(source.batch_stats))
+  fresh, _ = train.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
+  assert not np.array_equal(kernel(fresh.params), kernel(source.params))
+
+
+def write_result(run, class_names, per_class, top1):
+  (run / 'eval').mkdir(parents=True)
+  (run / 'eval' / 'final_1x1.json').write_text(json.dumps(
+      {'class_names': class_names, 'per_class_top1': per_class, 'top1': top1}))
+
+
+def test_compare_plots_the_classes_that_improve_most(tmp_path, capsys):
+  names = ['Moving something up', 'Moving something down', 'Holding something still']
+  write_result(tmp_path / 'tsn', names, [50.0, 40.0, 90.0], 60.0)
+  write_result(tmp_path / 'cstm', names, [95.0, 100.0, 85.0], 93.3)
+  assert compare.main([str(tmp_path / 'tsn'), str(tmp_path / 'cstm'), '--top', '3']) == 0
+  out = capsys.readouterr().out
+  order = [out.index(n) for n in ('Moving something down', 'Moving something up',
+                                  'Holding something still')]
+  assert order == sorted(order) and '+60.0' in out
+  assert (tmp_path / 'cstm' / 'eval' / 'gains_over_tsn.png').stat().st_size > 1000
+  assert compare.main([str(tmp_path / 'tsn'), str(tmp_path / 'missing')]) == 2
+
+
+def test_pair_accuracy_reads_the_time_reversed_pairs():
+  confusion = np.eye(12, dtype=int) * 10
+  assert demo.pair_accuracy(confusion) == 100.0
+  a, b = demo.synthetic.time_reversed_pairs()[0]
+  confusion[a, a], confusion[a, b] = 5, 5
+  assert demo.pair_accuracy(confusion) == pytest.approx(100 * 95 / 100)
