@@ -15,11 +15,13 @@ $(INSTALLED): requirements.txt requirements-dev.txt
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -n $(PYTEST_WORKERS) tests
 
-# Until the training demo exists, the demo prints the model zoo's parameters and multiply-adds.
+# Synthetic SSv2-format data -> TFDS dataset -> train and evaluate TSN and CSTM -> table, plots.
 demo: $(INSTALLED)
+	$(PYTHON) -m cstm_jax.demo
+
+# Parameters and multiply-adds of every model.
+summary: $(INSTALLED)
 	$(PYTHON) -m cstm_jax.models.summary
 
-summary: demo
-
 clean:
-	rm -rf $(VENV) .pytest_cache .jax_cache
+	rm -rf $(VENV) .pytest_cache .jax_cache runs/demo data/demo

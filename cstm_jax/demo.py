@@ -17,6 +17,7 @@ from absl import logging
 
 from configs import demo as demo_config
 from cstm_jax import compare, logs
+from cstm_jax.writer import read_metrics
 from input_pipeline import labels, prepare, synthetic
 
 TRAIN_VIDEOS, VAL_VIDEOS, FRAME_SIZE = 960, 240, 32
@@ -57,17 +58,19 @@ def run_model(temporal: str, workdir: pathlib.Path) -> dict:
     print(f'{temporal}: using the finished run in {workdir} (delete it to train again)')
   results = compare.load_results(workdir)
   results['minutes'] = (time.monotonic() - start) / 60
+  speeds = [r['clips_per_s'] for r in read_metrics(workdir) if 'clips_per_s' in r][1:]
+  results['clips_per_s'] = float(np.median(speeds)) if speeds else float('nan')
   results['pair_accuracy'] = pair_accuracy(np.array(results['confusion']))
   return results
 
 
 def table(results: dict) -> str:
-  lines = ['| model | top-1 | top-5 | mean class acc. | inside time-reversed pairs | minutes |',
-           '|---|---|---|---|---|---|']
+  lines = ['| model | top-1 | top-5 | mean class acc. | inside time-reversed pairs | '
+           'training clips/s | minutes |', '|---|---|---|---|---|---|---|']
   for name, r in results.items():
     lines.append(f"| {name} | {r['top1']:.1f} | {r['top5']:.1f} | "
                  f"{r['mean_class_accuracy']:.1f} | {r['pair_accuracy']:.1f} | "
-                 f"{r['minutes']:.1f} |")
+                 f"{r['clips_per_s']:.0f} | {r['minutes']:.1f} |")
   return '\n'.join(lines)
 
 
@@ -92,7 +95,8 @@ def main(argv=None) -> int:
   print(summary)
   (workdir / 'summary.md').write_text(summary + '\n')
   (workdir / 'summary.json').write_text(json.dumps(
-      {m: {k: r[k] for k in ('top1', 'top5', 'mean_class_accuracy', 'pair_accuracy', 'minutes')}
+      {m: {k: r[k] for k in ('top1', 'top5', 'mean_class_accuracy', 'pair_accuracy',
+                             'clips_per_s', 'minutes')}
        for m, r in results.items()}, indent=1))
   if len(models) == 2:
     compare.main([str(workdir / models[0]), str(workdir / models[1]), '--top', '12'])

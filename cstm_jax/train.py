@@ -257,7 +257,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return {}
       if step % eval_every == 0 and step != total_steps:
         results = evaluate_views(config, model, _variables(state), mesh, config.eval.views,
-                                 class_names)
+                                 class_names, step=step)
         _record_eval(writer, run_checkpoints, step, state, config, results, main_process)
         window_start = time.monotonic()
   finally:

@@ -68,12 +68,16 @@ def _polygon(centre, radius, sides, angle):
 
 
 def _draw_object(canvas, centre, radius, sides, angle, colour, alpha=1.0):
-  """A filled polygon with a large dark marker toward `angle`, so turning is visible even at
-  32 pixels."""
+  """A filled polygon with a dark hand from its centre toward `angle` ending in a marker, so
+  turning is visible even at 32 pixels."""
   if alpha <= 0.02 or radius < 1:
     return
   layer = canvas.copy()
   cv2.fillPoly(layer, [_polygon(centre, radius, sides, angle)], colour, cv2.LINE_AA, shift=4)
+  tip = (centre[0] + 1.1 * radius * math.cos(angle), centre[1] + 1.1 * radius * math.sin(angle))
+  cv2.line(layer, (round(centre[0] * 16), round(centre[1] * 16)),
+           (round(tip[0] * 16), round(tip[1] * 16)), (20, 20, 20),
+           max(1, round(radius * 0.35)), cv2.LINE_AA, shift=4)
   marker = (centre[0] + 0.6 * radius * math.cos(angle),
             centre[1] + 0.6 * radius * math.sin(angle))
   cv2.circle(layer, (round(marker[0] * 16), round(marker[1] * 16)),
@@ -115,7 +119,7 @@ def render_clip(class_index: int, rng: np.random.Generator, height: int, num_fra
     elif kind == 'scale':
       r = radius * (0.55 + 1.0 * p)
     elif kind == 'turn':
-      angle = angle0 + p * np.pi
+      angle = angle0 + p * 1.5 * np.pi  # three quarters of a turn
     elif kind == 'alpha':
       alpha = p
     elif kind == 'pretend':

@@ -15,7 +15,6 @@ os.environ.setdefault('JAX_DEFAULT_PRNG_IMPL', 'rbg')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       str(pathlib.Path(__file__).resolve().parent.parent / '.jax_cache'))
 
-import jax  # noqa: E402  (reads the environment above)
 
 
 # --- Shared data fixtures: small real datasets made once per test session -------------------

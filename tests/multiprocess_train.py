@@ -35,7 +35,7 @@ def main(out, num_processes, process_id, port, local_devices):
     losses.append(float(metrics['loss']))
   leaves = [sharding.to_host(x) for x in jax.tree_util.tree_leaves(state.params)]
   if jax.process_index() == 0:
-    np.savez(out, losses=np.array(losses), *leaves)
+    np.savez(out, losses=np.array(losses), **{f'param{i}': x for i, x in enumerate(leaves)})
 
 
 if __name__ == '__main__':

@@ -36,11 +36,14 @@ def test_smoke_run_writes_everything_and_eval_mode_reproduces_it(module, prepare
   config = smoke(module, prepared_ssv2[0], train__eval_every_epochs=3.0)
   final = train.train_and_evaluate(config, tmp_path)['1x1']
   assert final['examples'] == 8 and 0 <= final['top1'] <= 100
-  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()) == [4, 6]
+  steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps == [4, 6]  # keep_checkpoints = 2
   assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in records if 'loss' in r] == [2, 4, 6]
   assert {'loss', 'lr', 'clips_per_s', 'grad_norm'} <= set(records[0])
+  best = json.loads((tmp_path / 'best' / 'best.json').read_text())
+  assert best['step'] in (3, 6) and best['top1'] >= max(r.get('val_top1', 0) for r in records)
   for png in ('training_curves.png', 'eval/final_1x1_confusion.png', 'eval/final_1x1_tsne.png'):
     assert (tmp_path / png).stat().st_size > 1000
   config.mode, config.eval.checkpoint = 'eval', 'latest'
@@ -67,26 +70,37 @@ def main_command(workdir, data_dir):
           '--config.train.eval_every_epochs=1000']
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(prepared_ssv2, tmp_path):
+def interrupt(workdir, data_dir, sig):
+  """Starts the run in a subprocess and sends `sig` once its first checkpoint is complete."""
+  process = subprocess.Popen(main_command(workdir, data_dir), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.monotonic() + 240
+  while time.monotonic() < deadline and process.poll() is None:
+    if any(p.name.isdigit() for p in (workdir / 'checkpoints').glob('*')):
+      break
+    time.sleep(0.02)
+  process.send_signal(sig)
+  _, err = process.communicate(timeout=120)
+  return process.returncode, err.decode()
+
+
+def test_sigterm_and_sigkill_resume_to_the_uninterrupted_result(prepared_ssv2, tmp_path):
   data_dir = prepared_ssv2[0]
   config = smoke(ssv2_r2plus1d_18, data_dir, train__max_steps=30, optim__epochs=40.0,
                  train__eval_every_epochs=1000.0)
   train.train_and_evaluate(config, tmp_path / 'straight')
-  interrupted = tmp_path / 'interrupted'
-  process = subprocess.Popen(main_command(interrupted, data_dir), cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.monotonic() + 240
-  while time.monotonic() < deadline:  # kill as soon as one checkpoint is complete
-    if any(p.name.isdigit() for p in (interrupted / 'checkpoints').glob('*')):
-      break
-    time.sleep(0.02)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  killed_at, _ = final_params(interrupted)
-  assert killed_at < 30 and not (interrupted / 'final_metrics.json').exists()
-  train.train_and_evaluate(config, interrupted)  # the same run, started again
+  run = tmp_path / 'interrupted'
+  # SIGTERM (preemption): a checkpoint at the step it stopped, and a clean exit.
+  code, err = interrupt(run, data_dir, signal.SIGTERM)
+  stopped_at, _ = final_params(run)
+  assert code == 0 and f'Stopped at step {stopped_at} on request' in err
+  assert stopped_at < 30 and not (run / 'final_metrics.json').exists()
+  # SIGKILL: nothing saved on the way out; the next start resumes from the last checkpoint.
+  code, _ = interrupt(run, data_dir, signal.SIGKILL)
+  assert code == -signal.SIGKILL and not (run / 'final_metrics.json').exists()
+  train.train_and_evaluate(config, run)  # the same run, started again
   step_a, params_a = final_params(tmp_path / 'straight')
-  step_b, params_b = final_params(interrupted)
+  step_b, params_b = final_params(run)
   assert step_a == step_b == 30
   for a, b in zip(params_a, params_b):
     np.testing.assert_array_equal(a, b)

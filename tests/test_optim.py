@@ -1,0 +1,82 @@
+"""The recipe's optimizer and schedule, TSM's parameter groups, parameter sharding rules."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from configs import ssv2_8f
+from cstm_jax import optim, sharding
+
+
+def optim_config(**overrides):
+  config = ml_collections.ConfigDict(ssv2_8f.get_config().optim.to_dict())
+  config.update(overrides)
+  return config
+
+
+def test_schedule_warms_up_from_a_tenth_then_decays_to_zero():
+  config = optim_config(epochs=10.0, warmup_epochs=2.0)
+  schedule = optim.learning_rate_schedule(config, global_batch=64, steps_per_epoch=100)
+  peak = 0.01 * 64 / 32  # scaled with the global batch
+  assert schedule(0) == pytest.approx(0.1 * peak)
+  assert schedule(200) == pytest.approx(peak)
+  assert schedule(600) == pytest.approx(peak / 2, rel=1e-3)  # cosine midpoint
+  assert schedule(1000) == pytest.approx(0, abs=1e-9)
+  steps = optim.learning_rate_schedule(optim_config(schedule='steps', warmup_epochs=0.0,
+                                                    decay_epochs=(2, 4)), 32, 100)
+  assert [float(steps(s)) for s in (0, 199, 201, 401)] == pytest.approx([0.01, 0.01, 1e-3, 1e-4])
+
+
+PARAMS = {
+    'backbone': {'conv1': {'conv': {'kernel': jnp.ones((3, 3, 2, 4)), 'bias': jnp.ones(4)},
+                           'bn': {'scale': jnp.ones(4), 'bias': jnp.ones(4)}}},
+    'head': {'kernel': jnp.ones((4, 5)), 'bias': jnp.ones(5)},
+}
+
+
+def one_update(config):
+  schedule = optax.constant_schedule(0.1)
+  tx = optim.make_optimizer(config, schedule, PARAMS)
+  grads = jax.tree_util.tree_map(jnp.ones_like, PARAMS)
+  updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
+  return jax.tree_util.tree_map(lambda u: float(u.ravel()[0]), updates)
+
+
+def test_coupled_weight_decay_and_tsm_groups():
+  wd = 5e-4
+  uniform = one_update(optim_config(weight_decay=wd, clip_norm=0.0))
+  assert uniform['head']['bias'] == pytest.approx(-0.1 * (1 + wd))  # decay added to the gradient
+  tsm = one_update(optim_config(weight_decay=wd, clip_norm=0.0, param_groups='tsm'))
+  conv, bn = tsm['backbone']['conv1']['conv'], tsm['backbone']['conv1']['bn']
+  assert conv['kernel'] == pytest.approx(-0.1 * (1 + wd))
+  assert conv['bias'] == pytest.approx(-0.2)          # x2, no decay
+  assert bn['scale'] == bn['bias'] == pytest.approx(-0.1)  # no decay
+  assert tsm['head']['kernel'] == pytest.approx(-0.5 * (1 + wd))
+  assert tsm['head']['bias'] == pytest.approx(-1.0)
+
+
+def test_gradient_clipping_and_accumulation():
+  clipped = one_update(optim_config(weight_decay=0.0, clip_norm=1.0))
+  norm = np.sqrt(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(PARAMS)))
+  assert clipped['head']['bias'] == pytest.approx(-0.1 / norm, rel=1e-5)
+  accumulated = one_update(optim_config(weight_decay=0.0, clip_norm=0.0, grad_accum_steps=2))
+  assert accumulated['head']['bias'] == 0.0  # the first micro-step only accumulates
+
+
+def test_large_parameters_shard_over_the_model_axis():
+  assert sharding.leaf_spec((3, 3, 64, 256), model_axis=1, threshold=0) == P()
+  assert sharding.leaf_spec((3, 3, 64, 256), model_axis=2, threshold=10 ** 6) == P()
+  assert sharding.leaf_spec((3, 3, 64, 256), model_axis=2, threshold=0) == P(
+      None, None, None, 'model')
+  assert sharding.leaf_spec((1024, 174), model_axis=4, threshold=0) == P('model')
+  assert sharding.leaf_spec((7, 7), model_axis=2, threshold=0) == P()
+
+
+def test_bad_optimizer_settings_are_refused():
+  with pytest.raises(ValueError, match='optim.param_groups'):
+    optim.make_optimizer(optim_config(param_groups='lars'), optax.constant_schedule(0.1), PARAMS)
+  with pytest.raises(ValueError, match='optim.schedule'):
+    optim.learning_rate_schedule(optim_config(schedule='linear'), 32, 10)
