@@ -21,8 +21,12 @@ flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process)
 flags.DEFINE_integer('process_id', None, 'This process (multi-process).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-CLUSTER_ENV = ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES',
-               'CLOUD_TPU_TASK_ID')
+def cluster_processes() -> int:
+  """Processes in this job as SLURM, Open MPI or a Cloud TPU slice announce them."""
+  for variable in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
+    if variable in os.environ:
+      return int(os.environ[variable])
+  return len(os.environ.get('TPU_WORKER_HOSTNAMES', 'localhost').split(','))
 
 
 def initialize_distributed() -> None:
@@ -30,9 +34,8 @@ def initialize_distributed() -> None:
   import jax
   if FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  elif any(int(os.environ.get(v, '1') if v.endswith(('SIZE', 'NTASKS')) else 2) > 1
-           for v in CLUSTER_ENV if v in os.environ):
-    jax.distributed.initialize()
+  elif cluster_processes() > 1:
+    jax.distributed.initialize()  # finds its peers from the cluster's environment
 
 
 def main(argv):

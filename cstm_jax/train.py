@@ -120,14 +120,13 @@ def jit_train_step(step, state_shardings, mesh):
 
 # --- Evaluation -------------------------------------------------------------------------------
 
-def evaluate_views(config, model, variables, mesh, views: str, class_names, workdir=None,
+def evaluate_views(config, eval_step, variables, mesh, views: str, class_names, workdir=None,
                    name=None, step=None) -> dict:
   """Metrics of `variables` on the evaluation split with `views`; writes results and plots
-  into `workdir/eval` when given."""
+  into `workdir/eval` when given. `eval_step` is the jitted `evaluate.make_eval_step`."""
   from input_pipeline import pipeline
   data = data_config_with_views(config, views)
   dataset, _ = pipeline.eval_dataset(data, jax.process_index(), jax.process_count())
-  eval_step = jax.jit(evaluation.make_eval_step(model))
   outputs = evaluation.run(eval_step, variables, dataset, mesh, config.eval.tsne_examples)
   results = evaluation.metrics(outputs['logits'], outputs['labels'], config.model.num_classes)
   results.update({'views': views, 'step': step})
@@ -195,8 +194,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Data.
   train_data = pipeline.train_dataset(config.data, jax.process_index(), jax.process_count())
-  _, class_names = pipeline.open_split(config.data, config.data.train_split)
-  train_size = len(pipeline.open_split(config.data, config.data.train_split)[0])
+  train_source, class_names = pipeline.open_split(config.data, config.data.train_split)
+  train_size = len(train_source)
   steps_per_epoch = max(1, train_size // config.data.batch_size)
   optimizer_steps = int(config.optim.epochs * steps_per_epoch)
   total_steps = optimizer_steps * config.optim.grad_accum_steps
@@ -215,6 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                           train_iterator)
   train_step = jit_train_step(make_train_step(model, schedule, config.optim.grad_accum_steps),
                               shardings, mesh)
+  eval_step = jax.jit(evaluation.make_eval_step(model))
   rng = jax.random.key(config.train.seed + 1)
   writer = MetricWriter(workdir)
   if main_process:
@@ -256,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.warning('Stopped at step %d on request; the same command resumes.', step)
         return {}
       if step % eval_every == 0 and step != total_steps:
-        results = evaluate_views(config, model, _variables(state), mesh, config.eval.views,
+        results = evaluate_views(config, eval_step, _variables(state), mesh, config.eval.views,
                                  class_names, step=step)
         _record_eval(writer, run_checkpoints, step, state, config, results, main_process)
         window_start = time.monotonic()
@@ -266,7 +266,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Final evaluation, with every requested set of views.
   final = {}
   for views in config.eval.final_views.split(','):
-    results = evaluate_views(config, model, _variables(state), mesh, views, class_names,
+    results = evaluate_views(config, eval_step, _variables(state), mesh, views, class_names,
                              workdir, f'final_{views}', step)
     final[views] = results
     if views == config.eval.views:
@@ -322,10 +322,11 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   abstract, _ = state_layout(model, tx, clips_shape, mesh, config.mesh.shard_threshold)
   run_checkpoints = checkpoints.RunCheckpoints(workdir)
   state, step = run_checkpoints.restore_state(config.eval.checkpoint, abstract)
+  eval_step = jax.jit(evaluation.make_eval_step(model))
   results = {}
   for views in config.eval.final_views.split(','):
-    results[views] = evaluate_views(config, model, _variables(state), mesh, views, class_names,
-                                    workdir, f'{config.eval.checkpoint}_{views}', step)
+    results[views] = evaluate_views(config, eval_step, _variables(state), mesh, views,
+                                    class_names, workdir, f'{config.eval.checkpoint}_{views}', step)
     if jax.process_index() == 0:
       logging.info('%s checkpoint (step %d): %s', config.eval.checkpoint, step,
                    summary_line(results[views]))
