@@ -34,10 +34,6 @@ class Progress:
     return (f'{self.label}[{"#" * filled}{"." * (20 - filled)}] {self.count}/{self.total} '
             f'{self.unit} {rate:.1f}/s ETA {format_seconds(eta)}')
 
-  @property
-  def elapsed(self) -> float:
-    return time.monotonic() - self.start
-
   def __enter__(self):
     return self
 
