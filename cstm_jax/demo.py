@@ -83,6 +83,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   logs.quiet_library_logs()
   logging.set_verbosity(logging.INFO)
+  start = time.monotonic()
   make_data(pathlib.Path(args.data))
   if args.prepare_only:
     return 0
@@ -92,6 +93,8 @@ def main(argv=None) -> int:
   summary = table(results)
   print(f'\nValidation, 1 clip x centre crop, {VAL_VIDEOS} synthetic videos of 12 classes '
         '(chance 8.3%):')
+  total = (time.monotonic() - start) / 60
+  summary += f'\n\nData and both runs: {total:.1f} minutes.'
   print(summary)
   (workdir / 'summary.md').write_text(summary + '\n')
   (workdir / 'summary.json').write_text(json.dumps(

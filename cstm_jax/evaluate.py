@@ -3,7 +3,6 @@ accuracy (padding masked out), per-class accuracy, confusion matrix and clip fea
 import json
 import pathlib
 
-import jax
 import numpy as np
 
 from cstm_jax import sharding
@@ -90,6 +89,3 @@ def write_results(directory, name: str, results: dict, class_names, features=Non
     plots.tsne(features, labels, class_names, directory / f'{name}_tsne.png')
   return path
 
-
-def is_main_process() -> bool:
-  return jax.process_index() == 0

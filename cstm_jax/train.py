@@ -130,7 +130,7 @@ def evaluate_views(config, eval_step, variables, mesh, views: str, class_names, 
   outputs = evaluation.run(eval_step, variables, dataset, mesh, config.eval.tsne_examples)
   results = evaluation.metrics(outputs['logits'], outputs['labels'], config.model.num_classes)
   results.update({'views': views, 'step': step})
-  if workdir is not None and evaluation.is_main_process():
+  if workdir is not None and jax.process_index() == 0:
     evaluation.write_results(pathlib.Path(workdir) / 'eval', name or f'views_{views}', results,
                              class_names, outputs['features'], outputs['labels'])
   return results
