@@ -8,6 +8,7 @@ import os
 
 import ml_collections
 
+from cstm_jax import optim
 from cstm_jax.models.build import BACKBONES, model_config
 from input_pipeline.pipeline import data_config
 
@@ -35,23 +36,7 @@ def experiment(dataset: str, model: str, frames: int, arg: str = '',
       num_workers=min(16, multiprocessing.cpu_count()))
   config.data.num_frames = config.model.get_ref('num_frames')
 
-  config.optim = ml_collections.ConfigDict({
-      'optimizer': 'sgd',         # 'sgd' (the recipe) or 'adamw' (momentum is its beta1)
-      'base_lr': 0.01,            # per base_batch clips; scaled with the global batch
-      'base_batch': 32,
-      'momentum': 0.9,
-      'weight_decay': 5e-4,       # coupled: added to the gradient, as PyTorch's SGD does
-      'epochs': 60.0,
-      'warmup_epochs': 10.0,
-      'warmup_start': 0.1,        # warmup from 0.1 x the peak learning rate
-      'schedule': 'cosine',       # 'cosine', or 'steps' (x0.1 at decay_epochs)
-      'decay_epochs': (20, 40),
-      'clip_norm': 20.0,          # global-norm gradient clipping (0 disables)
-      'param_groups': 'uniform',  # 'uniform', or 'tsm' (bias x2 no decay, BN no decay, head x5/x10)
-      'head_lr_mult': 5.0,
-      'head_bias_lr_mult': 10.0,
-      'grad_accum_steps': 1,
-  })
+  config.optim = optim.default_config()
   config.train = ml_collections.ConfigDict({
       'seed': 0,
       'max_steps': -1,            # > 0 stops early (smoke runs)

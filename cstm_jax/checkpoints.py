@@ -9,7 +9,6 @@ import json
 import pathlib
 
 import flax
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -36,6 +35,7 @@ class RunCheckpoints:
     self.best_file = workdir / 'best' / 'best.json'
 
   def save(self, step: int, state, data_iterator, config, force: bool = False) -> None:
+    import grain  # here: variables checkpoints and the benchmark work without the data stack
     self.latest.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=grain.checkpoint.CheckpointSave(data_iterator),
@@ -47,6 +47,7 @@ class RunCheckpoints:
     step = self.latest.latest_step()
     if step is None:
       return None, None
+    import grain
     restored = self.latest.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
         data=grain.checkpoint.CheckpointRestore(data_iterator)))

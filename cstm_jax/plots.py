@@ -80,3 +80,34 @@ def training_curves(records, path) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def throughput(rows, path) -> None:
+  """Clips/s against GFLOPs per clip (log-log), one point per model and frame count, one panel
+  per mode and dtype; 3D CNNs as squares, 2D backbones with temporal modules as circles."""
+  from cstm_jax.models.build import BACKBONES, MODELS
+  rows = [r for r in rows if r.get('clips_per_s')]
+  panels = sorted({(r['mode'], r['dtype']) for r in rows})
+  fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(7 * max(len(panels), 1), 5.5),
+                           squeeze=False)
+  frames = sorted({r['frames'] for r in rows})
+  colours = {f: plt.get_cmap('tab10')(i) for i, f in enumerate(frames)}
+  for ax, (mode, dtype) in zip(axes[0], panels):
+    for r in (r for r in rows if (r['mode'], r['dtype']) == (mode, dtype)):
+      is_3d = BACKBONES[MODELS[r['model']]['backbone']].is_3d
+      ax.scatter(r['gflops'], r['clips_per_s'], color=colours[r['frames']],
+                 marker='s' if is_3d else 'o', s=40)
+      ax.annotate(f"{r['model']} ({r['frames']}f)", (r['gflops'], r['clips_per_s']),
+                  fontsize=7, xytext=(4, 3), textcoords='offset points')
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('GFLOPs per clip (XLA)')
+    ax.set_ylabel('clips / s')
+    ax.set_title(f'{mode}, {dtype}, {rows[0]["device"]}', fontsize=9)
+    ax.grid(True, which='both', alpha=0.3)
+    for f in frames:
+      ax.scatter([], [], color=colours[f], label=f'{f} frames')
+    ax.legend(fontsize=8, loc='lower left')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

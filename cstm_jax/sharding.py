@@ -17,6 +17,17 @@ def make_mesh(model_axis: int = 1, devices=None) -> Mesh:
               axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
+def with_mesh(fn, mesh: Mesh):
+  """`fn` called -- and so traced -- with `mesh` set, for the ops that read it
+  (`temporal.ops.per_batch_shard`)."""
+
+  def call(*args):
+    with jax.set_mesh(mesh):
+      return fn(*args)
+
+  return call
+
+
 def leaf_spec(shape, model_axis: int, threshold: int) -> P:
   """Replicated, or split over `model` along the largest dimension it divides."""
   if model_axis == 1 or int(np.prod(shape, dtype=np.int64)) < threshold:

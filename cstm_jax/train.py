@@ -104,7 +104,7 @@ def make_train_step(model, schedule, grad_accum_steps: int = 1):
     metrics = {
         'loss': loss,
         'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['labels']),
-        'grad_norm': optax.global_norm(grads),
+        'grad_norm': optax.tree.norm(grads),
         'lr': optim.current_learning_rate(schedule, state.step - 1, grad_accum_steps),
     }
     return state, metrics
@@ -212,9 +212,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_iterator = iter(train_data)
   state, shardings, start = initial_state(config, model, tx, mesh, clips_shape, run_checkpoints,
                                           train_iterator)
-  train_step = jit_train_step(make_train_step(model, schedule, config.optim.grad_accum_steps),
-                              shardings, mesh)
-  eval_step = jax.jit(evaluation.make_eval_step(model))
+  train_step = sharding.with_mesh(jit_train_step(
+      make_train_step(model, schedule, config.optim.grad_accum_steps), shardings, mesh), mesh)
+  eval_step = sharding.with_mesh(jax.jit(evaluation.make_eval_step(model)), mesh)
   rng = jax.random.key(config.train.seed + 1)
   writer = MetricWriter(workdir)
   if main_process:
@@ -322,7 +322,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   abstract, _ = state_layout(model, tx, clips_shape, mesh, config.mesh.shard_threshold)
   run_checkpoints = checkpoints.RunCheckpoints(workdir)
   state, step = run_checkpoints.restore_state(config.eval.checkpoint, abstract)
-  eval_step = jax.jit(evaluation.make_eval_step(model))
+  eval_step = sharding.with_mesh(jax.jit(evaluation.make_eval_step(model)), mesh)
   results = {}
   for views in config.eval.final_views.split(','):
     results[views] = evaluate_views(config, eval_step, _variables(state), mesh, views,

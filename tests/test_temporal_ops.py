@@ -129,3 +129,21 @@ def test_branch_softmax():
 def test_unfold_rejects_partial_clips():
   with pytest.raises(ValueError, match='not a multiple of num_frames=4'):
     ops.unfold_time(np.zeros((6, 2, 2, 8)), 4)
+
+
+@pytest.mark.parametrize('groups', [2, 4])
+def test_grouped_conv3d_splits_over_a_sharded_batch(groups):
+  # XLA's partitioner alone would gather the whole batch onto every device for a grouped conv.
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from cstm_jax import sharding
+  mesh = sharding.make_mesh(1)  # 8 CPU devices on `data`
+  x = np.random.default_rng(0).normal(size=(8, 3, 4, 4, 8)).astype(np.float32)
+  kernel = np.random.default_rng(1).normal(size=(3, 3, 3, 8 // groups, 8)).astype(np.float32)
+  conv = jax.jit(lambda x, k: ops.conv3d(x, k, groups),
+                 in_shardings=(NamedSharding(mesh, P('data')), NamedSharding(mesh, P())))
+  with jax.set_mesh(mesh):
+    hlo = conv.lower(x, kernel).compile().as_text()
+    out = conv(x, kernel)
+  assert 'all-gather' not in hlo
+  np.testing.assert_allclose(out, ops.conv3d(x, kernel, groups), rtol=1e-5, atol=1e-5)

@@ -43,8 +43,8 @@ def summarize_config(config, crop: Optional[int] = None) -> dict:
       'frames': config.num_frames,
       'crop': crop,
       'params': count_params(variables),
-      'gmacs': round(count_macs(forward, variables, clips) / 1e9, 3),
-      'gmacs_xla': round(count_macs(forward, variables, clips, dense=False) / 1e9, 3),
+      'gmacs': round(count_macs(forward, variables, clips) / 1e9, 6),
+      'gmacs_xla': round(count_macs(forward, variables, clips, dense=False) / 1e9, 6),
   }
 
 

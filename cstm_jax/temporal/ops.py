@@ -9,6 +9,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 ShiftImpl = Literal['roll', 'slice']
 
@@ -123,9 +124,31 @@ def conv3d(x: jax.Array, kernel: jax.Array, groups: int = 1) -> jax.Array:
     `[N, T, H, W, C_out]`.
   """
   padding = [(k // 2, k // 2) for k in kernel.shape[:3]]
-  return jax.lax.conv_general_dilated(
+  conv = lambda x, kernel: jax.lax.conv_general_dilated(
       x, kernel.astype(x.dtype), window_strides=(1, 1, 1), padding=padding,
       dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'), feature_group_count=groups)
+  if 1 < groups < x.shape[-1]:
+    return per_batch_shard(conv)(x, kernel)
+  return conv(x, kernel)
+
+
+def per_batch_shard(fn):
+  """`fn(x, *weights)` run on each device's share of the batch of `x` when a mesh with a `data`
+  axis is set (`jax.set_mesh`), `weights` whole; plain `fn` otherwise.
+
+  XLA's SPMD partitioner does not split a grouped convolution (1 < groups < channels) along a
+  sharded batch: it gathers the whole batch onto every device and computes it there.
+  """
+
+  def wrapped(x, *weights):
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.shape.get('data', 1) == 1 or x.shape[0] % mesh.shape['data']:
+      return fn(x, *weights)
+    specs = (P('data'),) + (P(),) * len(weights)
+    return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P('data'),
+                         axis_names={'data'}, check_vma=False)(x, *weights)
+
+  return wrapped
 
 
 def identity_centre_kernel(channels: int, groups: int, size: int = 3,

@@ -1,0 +1,372 @@
+"""XLA throughput of the model zoo: clips/s, FLOPs, compile time and memory, on any device.
+
+  python -m cstm_jax.benchmark --models tsn_bninception,cstm_bninception,i3d_resnet50 \
+      --frames 8,16 --batch 16 --dtype bfloat16 --mode inference,train \
+      --json bench.json --markdown bench.md --plot bench.png
+  python -m cstm_jax.benchmark --published ...   # each model at its paper's frames x clips
+
+Each row compiles one step for a batch of `--batch` clips sharded over all local devices, then
+times `--repeats` runs of `--steps` consecutive steps after `--warmup` runs, inputs already on
+the device and `block_until_ready` inside the timing; clips/s is the median run's.
+`inference` is the eval-mode forward; `train` is a full optimizer step of the training recipe
+(forward, backward, SGD update, BatchNorm statistics). `gflops` is XLA's cost analysis of the
+compiled step per clip (train counts forward and backward); `memory_gb` is XLA's buffer
+assignment of the step per device (arguments + outputs + temporaries - donated buffers).
+A crop that breaks a backbone's shapes (Inception v3 needs 229 rather than 224) is raised to the
+nearest crop that fits, and the row says which crop ran. A clip is one view: a video evaluated
+with V clips costs V clips, so `videos_per_s` = clips/s / V.
+"""
+import argparse
+import dataclasses
+import json
+import pathlib
+import statistics
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from cstm_jax import optim, sharding, train
+from cstm_jax.models.build import BACKBONES, MODELS, build_model, model_config
+from cstm_jax.models.summary import abstract_variables, count_params
+from cstm_jax.progress import format_seconds
+
+MODES = ('inference', 'train')
+DTYPES = ('float32', 'bfloat16')
+REFERENCE = 'cstm_bninception'  # the markdown table gives every row's throughput relative to it
+
+# Frames x clips per video that each paper evaluated with (and timed, for TSM vs I3D).
+PUBLISHED = {
+    'cstm_bninception': (8, 1),   # CSTM: 8 frames x 1 clip
+    'tsn_bninception': (8, 1),
+    'gsm_bninception': (8, 1),    # GSM: 8 frames x 1 clip
+    'tsn_resnet50': (8, 1),
+    'tsm_resnet50': (8, 1),       # TSM-8F, timed at 77.4 videos/s on a P100 (batch 16)
+    'i3d_resnet50': (32, 2),      # I3D-R50 32 frames x 2 clips, timed at 6.1 videos/s there
+}
+
+# Dense bfloat16 peak TFLOP/s of one device, by a lower-case fragment of its `device_kind`
+# (first match wins). float32 peaks depend on the matmul precision XLA picks: pass --peak-tflops.
+PEAK_BF16_TFLOPS = (
+    ('h100 pcie', 756.0), ('h100', 989.4), ('h200', 989.4), ('gh200', 989.4), ('a100', 312.0),
+    ('l4', 121.0), ('tpu v6 lite', 918.0), ('tpu v5 lite', 197.0), ('tpu v5', 459.0),
+    ('tpu v4', 275.0),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  model: str
+  frames: int
+  crop: int
+  batch: int
+  dtype: str
+  mode: str
+  views: int = 1
+  width: float = 1.0
+  shift_impl: str = 'roll'
+  setting: str = 'matched'  # 'matched' (the given frames) or 'published' (PUBLISHED)
+
+
+def check_models(names: Sequence[str]) -> list[str]:
+  unknown = [n for n in names if n not in MODELS]
+  if unknown:
+    raise ValueError(f'unknown models {unknown}; known models: {", ".join(MODELS)}')
+  return list(names)
+
+
+def known_peak_tflops(device_kind: str, dtype: str) -> Optional[float]:
+  if dtype != 'bfloat16':
+    return None
+  kind = device_kind.lower()
+  return next((peak for fragment, peak in PEAK_BF16_TFLOPS if fragment in kind), None)
+
+
+def fitting_crop(name: str, crop: Optional[int], frames: int, max_raise: int = 40) -> int:
+  """`crop` (default: the backbone's native crop) or the nearest larger crop whose shapes fit."""
+  crop = crop or BACKBONES[MODELS[name]['backbone']].crop
+  model = build_model(model_config(name, num_frames=frames, width=0.25))
+  for candidate in range(crop, crop + max_raise):
+    try:
+      abstract_variables(model, jax.ShapeDtypeStruct((1, frames, candidate, candidate, 3),
+                                                     jnp.float32))
+      return candidate
+    except (ValueError, TypeError):
+      continue
+  raise ValueError(f'{name}: no crop between {crop} and {crop + max_raise - 1} fits its shapes')
+
+
+# --- Steps ------------------------------------------------------------------------------------
+
+def _random_batch(shape, mesh, num_classes: int, seed: int = 0) -> dict:
+  """Normalised-looking clips and labels, generated on the devices with the batch sharding."""
+  batch_sharding = sharding.batch_sharding(mesh)
+
+  def make(key):
+    clip_key, label_key = jax.random.split(key)
+    return {'clips': jax.random.normal(clip_key, shape, jnp.float32),
+            'labels': jax.random.randint(label_key, shape[:1], 0, num_classes)}
+
+  return jax.jit(make, out_shardings=batch_sharding)(jax.random.key(seed))
+
+
+def inference_step(model, mesh, clips_shape, num_classes: int):
+  """(compiled forward, its arguments, a function running it once that returns its output)."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  one_clip = jnp.zeros((1, *clips_shape[1:]), jnp.float32)
+  variables = jax.jit(model.init, out_shardings=replicated)(jax.random.key(0), one_clip)
+  batch = _random_batch(clips_shape, mesh, num_classes)
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False),
+                    in_shardings=(replicated, sharding.batch_sharding(mesh)),
+                    out_shardings=replicated)
+  lowered = forward.lower(variables, batch['clips'])
+  return lowered, lambda compiled: (lambda: compiled(variables, batch['clips']))
+
+
+def train_step(model, mesh, clips_shape, num_classes: int):
+  """A full optimizer step of the recipe (SGD, clipping, decay); the state threads through."""
+  config = optim.default_config()
+  schedule = optim.learning_rate_schedule(config, clips_shape[0], steps_per_epoch=1000)
+  params = abstract_variables(model, jax.ShapeDtypeStruct((1, *clips_shape[1:]),
+                                                          jnp.float32))['params']
+  tx = optim.make_optimizer(config, schedule, params)
+  state, shardings = train.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
+  batch = _random_batch(clips_shape, mesh, num_classes)
+  rng = jax.random.key(1)
+  step = train.jit_train_step(train.make_train_step(model, schedule), shardings, mesh)
+  lowered = step.lower(state, batch, rng)
+  holder = {'state': state}
+
+  def runner(compiled):
+    def run():
+      holder['state'], metrics = compiled(holder['state'], batch, rng)
+      return metrics
+    return run
+
+  return lowered, runner
+
+
+# --- Measurement ------------------------------------------------------------------------------
+
+def median_seconds(run: Callable[[], object], warmup: int, repeats: int, steps: int) -> float:
+  """Median wall time of `repeats` runs of `steps` consecutive calls, device work included."""
+  for _ in range(warmup):
+    jax.block_until_ready(run())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(steps):
+      out = run()
+    jax.block_until_ready(out)
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def layout_ops(hlo_text: str) -> int:
+  """Transposes and copies in optimised HLO: layout changes XLA could not fuse away."""
+  return sum(1 for line in hlo_text.splitlines()
+             if ' transpose(' in line or ' copy(' in line or '= copy' in line)
+
+
+def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
+            peak_tflops: Optional[float] = None) -> dict:
+  """One row: parameters, XLA FLOPs and memory, compile time and throughput of `setting`."""
+  mesh = sharding.make_mesh(1, jax.local_devices())
+  sharding.check_batch(setting.batch, mesh)
+  config = model_config(setting.model, num_frames=setting.frames, dtype=setting.dtype,
+                        width=setting.width, shift_impl=setting.shift_impl)
+  model = build_model(config)
+  clips_shape = (setting.batch, setting.frames, setting.crop, setting.crop, 3)
+  make = inference_step if setting.mode == 'inference' else train_step
+  with jax.set_mesh(mesh):
+    lowered, runner = make(model, mesh, clips_shape, config.num_classes)
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+
+  seconds = median_seconds(runner(compiled), warmup, repeats, steps)
+  clips_per_s = setting.batch * steps / seconds
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # The compiled module is one device's partition of the step.
+  gflops = cost['flops'] * mesh.devices.size / setting.batch / 1e9
+  memory = compiled.memory_analysis()
+  memory_gb = None if memory is None else (
+      memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
+      - memory.alias_size_in_bytes) / 2 ** 30
+  device = jax.local_devices()[0]
+  peak = peak_tflops or known_peak_tflops(device.device_kind, setting.dtype)
+  achieved = gflops * clips_per_s / 1e3
+  params = count_params(abstract_variables(model, jax.ShapeDtypeStruct(
+      (1, *clips_shape[1:]), jnp.float32)))
+  return {
+      **dataclasses.asdict(setting),
+      'params': params,
+      'gflops': round(gflops, 6),
+      'compile_s': round(compile_s, 2),
+      'clips_per_s': round(clips_per_s, 3),
+      'videos_per_s': round(clips_per_s / setting.views, 3),
+      'step_ms': round(1e3 * seconds / steps, 3),
+      'achieved_tflops': round(achieved, 4),
+      'peak_tflops': None if peak is None else peak * mesh.devices.size,
+      'fraction_of_peak': None if peak is None else round(achieved / (peak * mesh.devices.size),
+                                                          4),
+      'memory_gb': None if memory_gb is None else round(memory_gb, 3),
+      'layout_ops': layout_ops(compiled.as_text()),
+      'device': f'{mesh.devices.size} x {device.device_kind} ({device.platform})',
+      'jax': jax.__version__,
+  }
+
+
+# --- Reports ----------------------------------------------------------------------------------
+
+def with_reference_ratios(rows: Sequence[dict], reference: str = REFERENCE) -> list[dict]:
+  """Adds `vs_reference`: videos/s over the reference model's at the same frames (matched) or
+  at its own published setting (published), same mode, dtype and batch."""
+  key = lambda r: (r['mode'], r['dtype'], r['batch'], r['setting'],
+                   r['frames'] if r['setting'] == 'matched' else None)
+  refs = {key(r): r['videos_per_s'] for r in rows if r['model'] == reference and
+          r.get('videos_per_s')}
+  out = []
+  for r in rows:
+    ref = refs.get(key(r))
+    ratio = r['videos_per_s'] / ref if ref and r.get('videos_per_s') else None
+    out.append({**r, 'vs_reference': None if ratio is None else round(ratio, 3)})
+  return out
+
+
+def _fmt(value, spec: str) -> str:
+  return '-' if value is None else format(value, spec)
+
+
+def markdown_table(rows: Sequence[dict], reference: str = REFERENCE) -> str:
+  lines = [f'| model | frames x clips | crop | batch | dtype | mode | params (M) | GFLOPs / clip '
+           f'| compile (s) | clips/s | videos/s | vs {reference} | TFLOP/s | % of peak '
+           f'| memory (GiB) |', '|' + '---|' * 15]
+  for r in with_reference_ratios(rows, reference):
+    if r.get('error'):
+      lines.append(f"| {r['model']} | {r['frames']} x {r['views']} | {r['crop']} | {r['batch']} "
+                   f"| {r['dtype']} | {r['mode']} | failed: {r['error'][:60]} |" + ' |' * 9)
+      continue
+    fraction = r['fraction_of_peak']
+    lines.append(
+        f"| {r['model']} | {r['frames']} x {r['views']} | {r['crop']} | {r['batch']} "
+        f"| {r['dtype']} | {r['mode']} | {r['params'] / 1e6:.2f} | {r['gflops']:.2f} "
+        f"| {r['compile_s']:.1f} | {r['clips_per_s']:.2f} | {r['videos_per_s']:.2f} "
+        f"| {_fmt(r['vs_reference'], '.2f')} | {r['achieved_tflops']:.3f} "
+        f"| {_fmt(None if fraction is None else 100 * fraction, '.1f')} "
+        f"| {_fmt(r['memory_gb'], '.2f')} |")
+  return '\n'.join(lines)
+
+
+# --- Command line -----------------------------------------------------------------------------
+
+def _list(text: str, kind=str) -> list:
+  return [kind(v) for v in text.split(',') if v]
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--models', default=','.join(MODELS),
+                      help=f'comma-separated model names (default: all): {", ".join(MODELS)}')
+  parser.add_argument('--frames', default='8,16', help='comma-separated frames per clip')
+  parser.add_argument('--published', action='store_true',
+                      help='run each model at its published frames x clips instead of --frames: '
+                           + ', '.join(f'{m} {f}x{v}' for m, (f, v) in PUBLISHED.items()))
+  parser.add_argument('--views', type=int, default=1, help='clips per video (videos/s)')
+  parser.add_argument('--batch', type=int, default=16, help='clips per step, over all devices')
+  parser.add_argument('--crop', type=int, default=None, help='default: each backbone\'s own')
+  parser.add_argument('--dtype', default='float32', help=f'compute dtype(s): {DTYPES}')
+  parser.add_argument('--mode', default='inference', help=f'mode(s): {MODES}')
+  parser.add_argument('--width', type=float, default=1.0, help='channel multiplier (tests)')
+  parser.add_argument('--shift-impl', default='roll', choices=('roll', 'slice'))
+  parser.add_argument('--warmup', type=int, default=2, help='untimed runs')
+  parser.add_argument('--repeats', type=int, default=5, help='timed runs (the median counts)')
+  parser.add_argument('--steps', type=int, default=5, help='steps per run')
+  parser.add_argument('--peak-tflops', type=float, default=None,
+                      help='peak TFLOP/s of one device (default: known for bfloat16 on common '
+                           'GPUs and TPUs)')
+  parser.add_argument('--json', help='write the rows as a JSON list to this file')
+  parser.add_argument('--markdown', help='write the markdown table to this file')
+  parser.add_argument('--plot', help='write clips/s against GFLOPs per clip to this PNG')
+  args = parser.parse_args(argv)
+  try:
+    args.models = check_models(_list(args.models))
+    args.frames = _list(args.frames, int)
+  except ValueError as e:
+    parser.error(str(e))
+  args.dtype, args.mode = _list(args.dtype), _list(args.mode)
+  for name, values, valid in (('dtype', args.dtype, DTYPES), ('mode', args.mode, MODES)):
+    if not values or set(values) - set(valid):
+      parser.error(f'--{name} {",".join(values)}: choose from {", ".join(valid)}')
+  if args.published and set(args.models) - set(PUBLISHED):
+    parser.error(f'no published setting for {sorted(set(args.models) - set(PUBLISHED))}; '
+                 f'--published knows {", ".join(PUBLISHED)}')
+  return args
+
+
+def settings(args) -> list[Setting]:
+  out = []
+  for name in args.models:
+    points = [PUBLISHED[name]] if args.published else [(f, args.views) for f in args.frames]
+    for frames, views in points:
+      crop = fitting_crop(name, args.crop, frames)
+      for dtype in args.dtype:
+        for mode in args.mode:
+          out.append(Setting(name, frames, crop, args.batch, dtype, mode, views, args.width,
+                             args.shift_impl, 'published' if args.published else 'matched'))
+  return out
+
+
+def write_reports(rows: Sequence[dict], args) -> None:
+  rows = with_reference_ratios(rows)
+  if args.json:
+    pathlib.Path(args.json).write_text(json.dumps(rows, indent=1) + '\n')
+  if args.markdown:
+    pathlib.Path(args.markdown).write_text(markdown_table(rows) + '\n')
+  if args.plot:
+    from cstm_jax import plots
+    plots.throughput(rows, args.plot)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parse_args(argv)
+  todo = settings(args)
+  device = jax.local_devices()[0]
+  print(f'benchmarking {len(todo)} settings on {jax.local_device_count()} x '
+        f'{device.device_kind} (jax {jax.__version__})', file=sys.stderr, flush=True)
+  cache = jax.config.jax_enable_compilation_cache
+  jax.config.update('jax_enable_compilation_cache', False)  # compile_s is a cold compile
+  try:
+    rows = run_settings(todo, args)
+  finally:
+    jax.config.update('jax_enable_compilation_cache', cache)
+  print(markdown_table(rows))
+  return 0
+
+
+def run_settings(todo: Sequence[Setting], args) -> list[dict]:
+  rows, start = [], time.monotonic()
+  for i, setting in enumerate(todo, 1):
+    print(f'[{i}/{len(todo)}] {setting.model} {setting.frames}x{setting.views} crop '
+          f'{setting.crop} {setting.dtype} {setting.mode} ...', end=' ', file=sys.stderr,
+          flush=True)
+    try:
+      row = measure(setting, args.warmup, args.repeats, args.steps, args.peak_tflops)
+    except jax.errors.JaxRuntimeError as e:  # out of memory and the like: report, go on
+      row = {**dataclasses.asdict(setting), 'error': str(e).splitlines()[0]}
+      print(f'failed: {row["error"]}', file=sys.stderr)
+    else:
+      elapsed = time.monotonic() - start
+      print(f'{row["clips_per_s"]:.2f} clips/s, {row["gflops"]:.3g} GFLOPs/clip, compiled in '
+            f'{row["compile_s"]:.1f} s (ETA {format_seconds(elapsed / i * (len(todo) - i))})',
+            file=sys.stderr, flush=True)
+    rows.append(row)
+    write_reports(rows, args)  # after every row: an interrupted run keeps what it measured
+  return rows
+
+
+if __name__ == '__main__':
+  sys.exit(main())
