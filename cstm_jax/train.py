@@ -219,6 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer = MetricWriter(workdir)
   if main_process:
     (workdir / 'config.json').write_text(config.to_json(indent=1))
+    (workdir / 'classes.json').write_text(json.dumps(list(class_names), indent=0))  # predict
     logging.info('Training %s/%s on %d devices (%d processes): %d videos, %d steps of %d clips '
                  '(%d per epoch), starting at step %d', config.model.temporal,
                  config.model.backbone, jax.device_count(), jax.process_count(), train_size,

@@ -1,0 +1,251 @@
+"""PyTorch weights -> Flax variables, written as an orbax checkpoint that `init_from` loads.
+
+  python -m cstm_jax.convert --config configs/ssv2_16f.py --torch bn_inception.pth --out DIR
+
+Layouts read (a `module.` / `base_model.` prefix and TSM's `.net` conv wrapper are ignored; the
+head may be `fc`, `new_fc` or `last_linear`):
+- BN-Inception / Inception v3, TSN's ImageNet conversions: the layer names of
+  `architecture/*.csv` (`conv1_7x7_s2.weight`, `conv1_7x7_s2_bn.running_mean`, ...), and the
+  GSM release, whose gate modules are `gsm_<conv>.conv3D.*` and `gsm_<conv>.bn.*`;
+- ResNet-50, torchvision's names (`layer1.0.conv1.weight`, `layer1.0.downsample.1.weight`),
+  and the TSM release (`layer1.0.conv1.net.weight`).
+A 1000-way ImageNet head is dropped when the target has another class count. A plain 2D
+network (no temporal-module keys at all) converts into a model with temporal modules: their
+parameters are left out, and the training run initialises them (`init_from` merges). Any other
+mismatch -- a missing or extra key, a wrong shape -- is an error that lists the keys.
+"""
+import argparse
+import json
+import pathlib
+import re
+import sys
+from typing import Mapping, Optional, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cstm_jax.models.build import BACKBONES, build_model
+from cstm_jax.models.inception import TABLES, load_table
+from cstm_jax.models.summary import abstract_variables
+
+IMAGENET_CLASSES = 1000
+BN_NAMES = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
+IGNORED = ('num_batches_tracked',)
+
+
+# --- Reading files ----------------------------------------------------------------------------
+
+def load_state_dict(path) -> dict[str, np.ndarray]:
+  """A name -> array dict from a `.pth`/`.pt` (read with `weights_only=True`), `.safetensors`
+  or `.npz` file. A training checkpoint's `state_dict` entry is used when present."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'{path}: no such weights file')
+  suffix = path.suffix.lower()
+  if suffix in ('.pth', '.pt', '.tar'):
+    try:
+      import torch
+    except ImportError:
+      raise ImportError(f'{path}: reading PyTorch files needs torch (pip install torch); or save '
+                        'the state dict as .safetensors or .npz') from None
+    try:
+      loaded = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # pickles with code in them are refused here, by design
+      raise ValueError(f'{path}: not a plain PyTorch state dict ({e})') from None
+    if isinstance(loaded, dict) and isinstance(loaded.get('state_dict'), dict):
+      loaded = loaded['state_dict']
+    return {k: v.detach().float().numpy() for k, v in loaded.items() if hasattr(v, 'numpy')}
+  if suffix == '.safetensors':
+    return _read_safetensors(path)
+  if suffix == '.npz':
+    with np.load(path, allow_pickle=False) as data:
+      return {k: data[k] for k in data.files}
+  raise ValueError(f'{path}: unknown weights format {suffix!r}; use .pth, .safetensors or .npz')
+
+
+_SAFETENSORS_DTYPES = {'F32': np.float32, 'F16': np.float16, 'F64': np.float64,
+                       'BF16': jnp.bfloat16, 'I64': np.int64, 'I32': np.int32}
+
+
+def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """The safetensors format: 8-byte header size, JSON header, raw little-endian tensors."""
+  data = path.read_bytes()
+  size = int.from_bytes(data[:8], 'little')
+  try:
+    header = json.loads(data[8:8 + size])
+  except ValueError:
+    raise ValueError(f'{path}: not a safetensors file (unreadable header)') from None
+  out = {}
+  for name, info in header.items():
+    if name == '__metadata__':
+      continue
+    if info['dtype'] not in _SAFETENSORS_DTYPES:
+      raise ValueError(f'{path}: tensor {name} has unsupported dtype {info["dtype"]}')
+    begin, end = info['data_offsets']
+    array = np.frombuffer(data[8 + size + begin:8 + size + end],
+                          _SAFETENSORS_DTYPES[info['dtype']]).reshape(info['shape'])
+    out[name] = np.asarray(array, np.float32)
+  return out
+
+
+# --- Key layouts ------------------------------------------------------------------------------
+
+def normalise_key(key: str) -> str:
+  """Released-model spellings -> one canonical PyTorch name."""
+  key = re.sub(r'^(module\.)?(base_model\.)?', '', key)
+  key = re.sub(r'^(new_fc|last_linear)\.', 'fc.', key)
+  return key.replace('.net.', '.')  # TSM wraps each shifted conv as `.net`
+
+
+def _inception_key(path: tuple[str, ...], bn_names: Mapping[str, str]) -> str:
+  layer, rest = path[1], path[2:]
+  if rest[0] == 'conv':
+    return f'{layer}.{"weight" if rest[1] == "kernel" else "bias"}'
+  if rest[0] == 'bn':
+    return f'{bn_names[layer]}.{BN_NAMES[rest[1]]}'
+  if rest[0] == 'temporal' and rest[1] in ('gate_kernel', 'gate_bias'):
+    return f'gsm_{layer}.conv3D.{"weight" if rest[1] == "gate_kernel" else "bias"}'
+  if rest[0] == 'temporal' and rest[1] == 'bn':
+    return f'gsm_{layer}.bn.{BN_NAMES[rest[2]]}'
+  return 'temporal:' + '/'.join(path)  # a module with no PyTorch release (CSTM, SE attention)
+
+
+def _resnet_key(path: tuple[str, ...]) -> str:
+  block, rest = path[1], path[2:]
+  stem = block == 'conv1'
+  if stem:
+    prefix, conv, bn = '', 'conv1', 'bn1'
+  else:
+    stage, index = re.fullmatch(r'layer(\d)_(\d+)', block).groups()
+    prefix = f'layer{stage}.{index}.'
+    if rest[0] == 'downsample':
+      conv, bn = 'downsample.0', 'downsample.1'
+    else:
+      conv, bn = rest[0], rest[0].replace('conv', 'bn')
+    rest = rest[1:]
+  if rest[0] == 'conv':
+    return f'{prefix}{conv}.weight'
+  return f'{prefix}{bn}.{BN_NAMES[rest[1]]}'
+
+
+def torch_key(path: tuple[str, ...], backbone: str) -> str:
+  """The canonical PyTorch name of one Flax variable (`path` without 'params'/'batch_stats')."""
+  if path[0] == 'head':
+    return f'fc.{"weight" if path[1] == "kernel" else "bias"}'
+  if backbone in TABLES:
+    table, _ = load_table(backbone)
+    return _inception_key(path, {layer.name: layer.bn for layer in table if layer.op == 'conv'})
+  if backbone == 'resnet50':
+    return _resnet_key(path)
+  raise ValueError(f'no PyTorch layout for backbone {backbone!r}; the converter reads '
+                   f'{sorted(TABLES) + ["resnet50"]}')
+
+
+def to_flax(array: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarray:
+  """PyTorch layout -> Flax layout: conv [O, I, *k] -> [*k, I, O], linear [O, I] -> [I, O];
+  Caffe-converted BN vectors stored as [1, C] are squeezed."""
+  array = np.asarray(array, np.float32)
+  if array.ndim >= 3:
+    array = np.transpose(array, tuple(range(2, array.ndim)) + (1, 0))
+  elif array.ndim == 2 and len(target_shape) == 2:
+    array = array.T
+  if array.ndim > len(target_shape):
+    array = array.reshape(target_shape) if array.size == np.prod(target_shape) else array
+  return array
+
+
+# --- Conversion -------------------------------------------------------------------------------
+
+def from_torch(state_dict: Mapping[str, np.ndarray], model_config) -> tuple[dict, dict]:
+  """Flax `{'params', 'batch_stats'}` for `model_config` from a PyTorch state dict.
+
+  Returns (variables, report); the report lists what was left to the training run
+  ('dropped_head', 'new_modules'). Raises ValueError listing every missing, extra or
+  misshapen key.
+  """
+  backbone = model_config['backbone']
+  if backbone not in BACKBONES:
+    raise ValueError(f'unknown backbone {backbone!r}')
+  model = build_model(model_config)
+  frames = model_config['num_frames']
+  crop = BACKBONES[backbone].crop
+  abstract = abstract_variables(model, jax.ShapeDtypeStruct((1, frames, crop, crop, 3),
+                                                            jnp.float32))
+  source = {normalise_key(k): np.asarray(v) for k, v in state_dict.items()
+            if not k.endswith(IGNORED)}
+  targets = {}  # torch key -> (collection, flax path, shape)
+  for collection in ('params', 'batch_stats'):
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract[collection]))
+    for path, leaf in flat.items():
+      targets[torch_key(path, backbone)] = (collection, path, leaf.shape)
+
+  report = {'dropped_head': False, 'new_modules': []}
+  # Modules no PyTorch release has (CSTM, the SE attention), and GSM gates when the weights are
+  # a plain 2D network, start from their own initialisation.
+  new = [k for k in targets if k.startswith('temporal:')]
+  gates = [k for k in targets if k.startswith('gsm_')]
+  if not any(k in source for k in gates):
+    new += gates
+  report['new_modules'] = sorted({'/'.join(targets[k][1][1:3]) for k in new})
+  for k in new:
+    del targets[k]
+  head = source.get('fc.weight')
+  if (head is not None and head.shape[0] == IMAGENET_CLASSES
+      and model_config['num_classes'] != IMAGENET_CLASSES):
+    source = {k: v for k, v in source.items() if not k.startswith('fc.')}
+    targets = {k: v for k, v in targets.items() if not k.startswith('fc.')}
+    report['dropped_head'] = True
+
+  missing = sorted(set(targets) - set(source))
+  extra = sorted(set(source) - set(targets))
+  variables = {'params': {}, 'batch_stats': {}}
+  misshapen = []
+  for key in sorted(set(targets) & set(source)):
+    collection, path, shape = targets[key]
+    value = to_flax(source[key], shape)
+    if value.shape != tuple(shape):
+      misshapen.append(f'{key}: {source[key].shape} for {"/".join(path)} {tuple(shape)}')
+      continue
+    variables[collection][path] = value
+  problems = [f'{len(v)} {what}: {", ".join(v[:12])}{" ..." if len(v) > 12 else ""}'
+              for what, v in (('missing keys', missing), ('unexpected keys', extra),
+                              ('wrong shapes', misshapen)) if v]
+  if problems:
+    raise ValueError(f'the weights do not fit {backbone} / {model_config["temporal"]} '
+                     f'(width {model_config["width"]}, {model_config["num_classes"]} classes): '
+                     + '; '.join(problems))
+  return {c: flax.traverse_util.unflatten_dict(v) for c, v in variables.items()}, report
+
+
+# --- Command line -----------------------------------------------------------------------------
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--config', required=True,
+                      help='experiment config file (its model block is the target), '
+                           'e.g. configs/ssv2_16f.py or configs/ssv2_16f.py:smoke')
+  parser.add_argument('--torch', required=True, help='.pth, .safetensors or .npz weights')
+  parser.add_argument('--out', required=True, help='directory of the orbax checkpoint to write')
+  args = parser.parse_args(argv)
+  from cstm_jax import checkpoints, config_file
+  config = config_file.load(args.config)
+  variables, report = from_torch(load_state_dict(args.torch), config.model)
+  out = pathlib.Path(args.out).absolute()
+  checkpoints.save_variables(out, variables)
+  count = sum(np.size(v) for v in jax.tree_util.tree_leaves(variables['params']))
+  print(f'wrote {count / 1e6:.2f} M parameters of {config.model.temporal}_'
+        f'{config.model.backbone} to {out}')
+  if report['dropped_head']:
+    print('dropped the 1000-way ImageNet head: training starts a new '
+          f'{config.model.num_classes}-way head')
+  if report['new_modules']:
+    print(f'{len(report["new_modules"])} temporal modules are new (not in the PyTorch weights) '
+          'and start from their initialisation')
+  print(f'train from it with --config.train.init_from={out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,89 @@
+"""Ship a trained model: the inference function serialised with `jax.export`.
+
+  python -m cstm_jax.export --workdir runs/ssv2_16f --out cstm_ssv2.jax
+  python -m cstm_jax.export --checkpoint converted/ --config configs/ssv2_16f.py --out m.jax
+
+The file holds StableHLO with the weights inside; it runs in any process with jax installed
+and none of this package:
+
+  exported = jax.export.deserialize(open('cstm_ssv2.jax', 'rb').read())
+  logits = exported.call(clips)   # uint8 RGB [batch, T, crop, crop, 3] -> float32 [batch, classes]
+
+The batch size is symbolic (any batch runs). Input is the cropped frames as uint8 RGB: the
+backbone's normalisation is inside. For several views of one video, put the views in the batch
+and average the logits. `FILE.json` beside it says the frames, crop, test scale and classes.
+"""
+import argparse
+import json
+import pathlib
+import sys
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEFAULT_PLATFORMS = ('cpu', 'cuda')
+
+
+def inference_function(model, variables, colour: str):
+  """uint8 RGB clips `[B, T, H, W, 3]` -> float32 logits `[B, classes]`, normalisation inside."""
+  from input_pipeline.transforms import NORMALISATION
+  mean, std = (np.asarray(v, np.float32) for v in NORMALISATION[colour])
+
+  def infer(clips):
+    x = clips.astype(jnp.float32)
+    if colour == 'bgr255':
+      x = x[..., ::-1]
+    return model.apply(variables, (x - mean) / std, train=False)
+
+  return infer
+
+
+def export(model, variables, config, platforms: Sequence[str] = DEFAULT_PLATFORMS):
+  """`jax.export.Exported` of the inference function, batch size symbolic."""
+  batch, = jax.export.symbolic_shape('batch')
+  shape = (batch, config.data.num_frames, config.data.crop, config.data.crop, 3)
+  infer = jax.jit(inference_function(model, variables, config.data.colour))
+  return jax.export.export(infer, platforms=tuple(platforms))(
+      jax.ShapeDtypeStruct(shape, jnp.uint8))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--workdir', help='a training run (config.json and checkpoints)')
+  parser.add_argument('--which', default='best', choices=('best', 'latest'))
+  parser.add_argument('--checkpoint', help='a variables checkpoint (from cstm_jax.convert)')
+  parser.add_argument('--config', help='config file of --checkpoint')
+  parser.add_argument('--out', required=True, help='file to write (and FILE.json beside it)')
+  parser.add_argument('--platforms', default=','.join(DEFAULT_PLATFORMS),
+                      help='comma-separated: cpu, cuda, rocm, tpu')
+  args = parser.parse_args(argv)
+  from cstm_jax.predict import load_model
+  try:
+    config, model, variables, names = load_model(args.workdir, args.checkpoint, args.config,
+                                                 args.which)
+  except (ValueError, FileNotFoundError) as e:
+    parser.error(str(e))
+  exported = export(model, variables, config, args.platforms.split(','))
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_bytes(exported.serialize())
+  meta = {
+      'model': f'{config.model.temporal}_{config.model.backbone}',
+      'input': {'shape': ['batch', config.data.num_frames, config.data.crop, config.data.crop, 3],
+                'dtype': 'uint8', 'channels': 'RGB'},
+      'output': {'shape': ['batch', config.model.num_classes], 'dtype': 'float32',
+                 'meaning': 'logits; softmax for probabilities'},
+      'test_scale': config.data.test_scale,
+      'platforms': list(exported.platforms),
+      'classes': list(names),
+  }
+  pathlib.Path(f'{out}.json').write_text(json.dumps(meta, indent=1))
+  print(f'wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MiB, {", ".join(exported.platforms)}) '
+        f'and {out}.json')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

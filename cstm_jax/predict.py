@@ -1,0 +1,204 @@
+"""Classify your own videos with a trained model.
+
+  python -m cstm_jax.predict --workdir runs/ssv2_16f --video clip.webm [--views 2x3] [--topk 5]
+  python -m cstm_jax.predict --checkpoint converted/ --config configs/ssv2_16f.py --video frames/
+  python -m cstm_jax.predict --workdir runs/ssv2_16f --video my_videos/ --out predictions.csv
+
+`--video` is a video file (webm, mp4, ...), a folder of JPEG frames, or a folder of those, which
+gives a CSV with one row per video. Frames go through exactly the evaluation path: stored as
+the prepared datasets store them, sampled at the segment centres (and starts, with 2 clips),
+resized to the test scale, centre (or three) crops, the backbone's normalisation; the logits of
+the views are averaged.
+"""
+import argparse
+import csv
+import json
+import pathlib
+import sys
+from typing import Optional, Sequence
+
+import flax
+import jax
+import numpy as np
+
+VIDEO_SUFFIXES = ('.webm', '.mp4', '.avi', '.mkv', '.mov', '.m4v')
+
+
+# --- Model and weights ------------------------------------------------------------------------
+
+def load_model(workdir=None, checkpoint=None, config_path=None, which: str = 'best'):
+  """(config, model, variables, class names) from a training run, or from a variables
+  checkpoint (`cstm_jax.convert`) plus the config it belongs to."""
+  from cstm_jax import checkpoints, config_file, sharding, train
+  from cstm_jax.models.summary import abstract_variables
+  from_run = bool(workdir) and not checkpoint
+  if from_run:
+    workdir = pathlib.Path(workdir)
+    config = config_file.load(config_path or workdir / 'config.json')
+  elif checkpoint and config_path:
+    config = config_file.load(config_path)
+  else:
+    raise ValueError('give --workdir RUN, or --checkpoint DIR with --config FILE')
+  model, _, tx, clips_shape = train.model_and_optimizer(config, steps_per_epoch=1)
+  if from_run:
+    mesh = sharding.make_mesh(1)
+    abstract, _ = train.state_layout(model, tx, clips_shape, mesh, config.mesh.shard_threshold)
+    run = checkpoints.RunCheckpoints(workdir)
+    try:
+      state, _ = run.restore_state(which, abstract)
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(f'{workdir}: its {which} checkpoint does not match its config '
+                       f'({type(e).__name__}: {str(e)[:300]})') from None
+    finally:
+      run.close()
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  else:
+    variables = checkpoints.load_variables(checkpoint)
+    expected = abstract_variables(model, jax.ShapeDtypeStruct((1, *clips_shape[1:]), np.float32))
+    check_variables(variables, expected, f'checkpoint {checkpoint}', f'config {config_path}')
+  return config, model, variables, class_names(config, workdir)
+
+
+def check_variables(variables, expected, what: str, against: str) -> None:
+  """Every array of `expected` present in `variables` with its shape, and nothing else."""
+  flat = lambda tree: {k: np.shape(v) for k, v in flax.traverse_util.flatten_dict(
+      flax.core.unfreeze(tree), sep='/').items()}
+  have, want = flat(variables), flat(expected)
+  missing = sorted(set(want) - set(have))
+  extra = sorted(set(have) - set(want))
+  shapes = sorted(f'{k} {have[k]} (model {want[k]})' for k in set(have) & set(want)
+                  if tuple(have[k]) != tuple(want[k]))
+  problems = [f'{what}: {", ".join(v[:8])}' for what, v in (('missing', missing),
+              ('not in the model', extra), ('wrong shapes', shapes)) if v]
+  if problems:
+    raise ValueError(f'{what} does not match the model of {against}: ' + '; '.join(problems))
+
+
+def class_names(config, workdir=None) -> list[str]:
+  """The run's classes.json, else the prepared dataset's names, else class_0, class_1, ..."""
+  if workdir and (pathlib.Path(workdir) / 'classes.json').exists():
+    return json.loads((pathlib.Path(workdir) / 'classes.json').read_text())
+  try:
+    from input_pipeline import pipeline
+    return list(pipeline.open_split(config.data, config.data.eval_split)[1])
+  except (FileNotFoundError, ValueError, ImportError):
+    return [f'class_{i}' for i in range(config.model.num_classes)]
+
+
+# --- Videos -----------------------------------------------------------------------------------
+
+def is_frame_folder(path: pathlib.Path) -> bool:
+  return path.is_dir() and any(p.suffix.lower() in ('.jpg', '.jpeg') for p in path.iterdir())
+
+
+def list_videos(path: pathlib.Path) -> list[pathlib.Path]:
+  """The videos of a folder of videos: video files and frame folders, sorted by name."""
+  return sorted(p for p in path.iterdir()
+                if p.suffix.lower() in VIDEO_SUFFIXES or is_frame_folder(p))
+
+
+def video_views(path: pathlib.Path, data_config, views: str) -> np.ndarray:
+  """Normalised evaluation views `[V, T, crop, crop, 3]` of one video, as evaluation makes them."""
+  from cstm_jax.evaluate import parse_views
+  from input_pipeline import builders, video_io
+  from input_pipeline.pipeline import EvalTransform, _output_dtype
+  clips, crops = parse_views(views)
+  short_side = None if path.is_dir() else builders.SomethingSomethingV2.DEFAULT_SHORT_SIDE
+  jpegs = video_io.video_to_jpegs(path, short_side)
+  transform = EvalTransform(data_config.num_frames, data_config.crop, data_config.test_scale,
+                            clips, crops, data_config.colour, _output_dtype(data_config))
+  return transform({'frames': jpegs, 'label': 0, 'index': 0})['clips']
+
+
+# --- Prediction -------------------------------------------------------------------------------
+
+class Predictor:
+  """Probabilities of every class for one video at a time (views averaged in logit space)."""
+
+  def __init__(self, config, model, variables, names, views: str = '1x1'):
+    from cstm_jax.evaluate import make_eval_step
+    self.config, self.variables, self.names, self.views = config, variables, names, views
+    self._step = jax.jit(make_eval_step(model))
+
+  def probabilities(self, path: pathlib.Path) -> np.ndarray:
+    clips = video_views(path, self.config.data, self.views)
+    logits, _ = self._step(self.variables, {'clips': clips[None]})
+    return np.asarray(jax.nn.softmax(logits[0]))
+
+  def top(self, probabilities: np.ndarray, k: int) -> list[tuple[str, float]]:
+    order = np.argsort(-probabilities)[:k]
+    return [(self.names[i], float(probabilities[i])) for i in order]
+
+
+def predict_folder(predictor: Predictor, videos, topk: int, out: pathlib.Path) -> dict:
+  """Writes one CSV row per video (top-k names and probabilities, or the error)."""
+  from input_pipeline.video_io import VideoError
+  from cstm_jax.progress import Progress
+  failed = 0
+  with open(out, 'w', newline='') as f, Progress(len(videos), 'videos') as progress:
+    writer = csv.writer(f)
+    writer.writerow(['video'] + [c for i in range(1, topk + 1) for c in
+                                 (f'class_{i}', f'probability_{i}')] + ['error'])
+    for video in videos:
+      try:
+        ranked = predictor.top(predictor.probabilities(video), topk)
+        writer.writerow([video.name] + [v for pair in ranked for v in
+                                        (pair[0], f'{pair[1]:.6f}')] + [''])
+      except VideoError as e:
+        failed += 1
+        print(f'{video}: {e} (skipped)', file=sys.stderr)
+        writer.writerow([video.name] + [''] * (2 * topk) + [str(e)])
+      progress.update()
+  return {'videos': len(videos), 'failed': failed, 'csv': str(out)}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--workdir', help='a training run (config.json and checkpoints)')
+  parser.add_argument('--which', default='best', choices=('best', 'latest'),
+                      help='which checkpoint of --workdir')
+  parser.add_argument('--checkpoint', help='a variables checkpoint (from cstm_jax.convert)')
+  parser.add_argument('--config', help='config file of --checkpoint (or overriding the run\'s)')
+  parser.add_argument('--video', required=True,
+                      help='video file, JPEG frame folder, or a folder of either')
+  parser.add_argument('--views', default='1x1', help="clips x crops: '1x1' or '2x3'")
+  parser.add_argument('--topk', type=int, default=5)
+  parser.add_argument('--json', action='store_true', help='print JSON instead of a table')
+  parser.add_argument('--out', default='predictions.csv', help='CSV for a folder of videos')
+  args = parser.parse_args(argv)
+  from input_pipeline.video_io import VideoError
+
+  video = pathlib.Path(args.video)
+  if not video.exists():
+    parser.error(f'{video}: no such video file or folder')
+  try:
+    config, model, variables, names = load_model(args.workdir, args.checkpoint, args.config,
+                                                  args.which)
+  except (ValueError, FileNotFoundError) as e:
+    parser.error(str(e))
+  predictor = Predictor(config, model, variables, names, args.views)
+
+  if video.is_dir() and not is_frame_folder(video):
+    videos = list_videos(video)
+    if not videos:
+      parser.error(f'{video}: no video files or frame folders in it')
+    summary = predict_folder(predictor, videos, args.topk, pathlib.Path(args.out))
+    print(json.dumps(summary) if args.json else
+          f"wrote {summary['csv']}: {summary['videos']} videos, {summary['failed']} unreadable")
+    return 0
+  try:
+    ranked = predictor.top(predictor.probabilities(video), args.topk)
+  except VideoError as e:
+    print(f'{video}: {e}', file=sys.stderr)
+    return 1
+  if args.json:
+    print(json.dumps({'video': str(video), 'views': args.views,
+                      'top': [{'class': n, 'probability': p} for n, p in ranked]}))
+  else:
+    for name, probability in ranked:
+      print(f'{probability:8.4f}  {name}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,110 @@
+"""PyTorch -> Flax weight import: converted reference networks give the same logits; every
+mismatch is an error naming the keys; .pth / .safetensors / .npz files read alike."""
+import json
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+import torch_reference as ref
+from cstm_jax import checkpoints, convert
+from cstm_jax.models.build import build_model, model_config
+
+FRAMES, WIDTH, CLASSES = 4, 0.25, 10
+
+
+def reference(name: str) -> torch.nn.Module:
+  base = {
+      'tsn_bninception': lambda: ref.InceptionBase('bninception', WIDTH, FRAMES),
+      'gsm_bninception': lambda: ref.InceptionBase('bninception', WIDTH, FRAMES, gsm=True),
+      'tsn_inception_v3': lambda: ref.InceptionBase('inception_v3', WIDTH, FRAMES),
+      'tsm_resnet50': lambda: ref.ResNet50(WIDTH, FRAMES),
+  }[name]()
+  return ref.randomise(ref.TSN(base, CLASSES))
+
+
+def state_dict(model: torch.nn.Module, prefix: str = 'module.') -> dict:
+  """As the released training checkpoints store it (DataParallel's `module.` prefix)."""
+  return {prefix + k: v.numpy() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize('name,crop', [('tsn_bninception', 128), ('gsm_bninception', 128),
+                                       ('tsn_inception_v3', 133), ('tsm_resnet50', 96)])
+def test_converted_reference_gives_the_same_logits(name, crop):
+  torch_model = reference(name)
+  clips = torch.randn(2, FRAMES, 3, crop, crop, generator=torch.Generator().manual_seed(1))
+  expected = ref.unit_logits(torch_model, clips).numpy()
+  config = model_config(name, num_frames=FRAMES, width=WIDTH, num_classes=CLASSES)
+  variables, report = convert.from_torch(state_dict(torch_model), config)
+  assert report == {'dropped_head': False, 'new_modules': []}
+  logits = build_model(config).apply(variables, clips.permute(0, 1, 3, 4, 2).numpy())
+  assert np.abs(expected).max() > 0.1  # the comparison is not between near-zero numbers
+  np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+
+
+def test_imagenet_network_into_cstm_drops_the_head_and_leaves_new_modules():
+  torch_model = ref.randomise(ref.TSN(ref.InceptionBase('bninception', WIDTH, FRAMES), 1000))
+  weights = {k.replace('base_model.', '').replace('new_fc', 'fc'): v
+             for k, v in state_dict(torch_model, '').items()}
+  config = model_config('cstm_bninception', num_frames=FRAMES, width=WIDTH, num_classes=174)
+  variables, report = convert.from_torch(weights, config)
+  assert report['dropped_head'] and 'head' not in variables['params']
+  assert 'inception_3a_1x1/temporal' in report['new_modules']
+  layer = variables['params']['backbone']['inception_3a_1x1']
+  assert 'temporal' not in layer
+  np.testing.assert_array_equal(layer['conv']['kernel'],
+                                weights['inception_3a_1x1.weight'].transpose(2, 3, 1, 0))
+  # init_from merges it into a fresh CSTM model: backbone loaded, temporal modules and head new.
+  fresh = build_model(config).init(jax.random.key(0),
+                                   np.zeros((1, FRAMES, 128, 128, 3), np.float32))
+  merged, merge_report = checkpoints.merge_pretrained(fresh, variables)
+  assert any(k.endswith('inception_3a_1x1/temporal/conv3d/kernel') for k in merge_report['missing'])
+  assert 'params/backbone/conv1_7x7_s2/conv/kernel' in merge_report['loaded']
+
+
+def test_mismatches_are_errors_that_name_the_keys():
+  weights = state_dict(reference('tsm_resnet50'))
+  config = model_config('tsm_resnet50', num_frames=FRAMES, width=WIDTH, num_classes=CLASSES)
+  missing = {k: v for k, v in weights.items() if k != 'module.base_model.layer2.1.bn2.weight'}
+  with pytest.raises(ValueError, match=r'1 missing keys: layer2\.1\.bn2\.weight'):
+    convert.from_torch(missing, config)
+  with pytest.raises(ValueError, match=r'unexpected keys: .*layer5\.0\.conv1\.weight'):
+    convert.from_torch({**weights, 'layer5.0.conv1.weight': np.zeros((4, 4, 1, 1))}, config)
+  wider = model_config('tsm_resnet50', num_frames=FRAMES, width=0.5, num_classes=CLASSES)
+  with pytest.raises(ValueError, match=r'wrong shapes: .*conv1\.weight'):
+    convert.from_torch(weights, wider)
+  with pytest.raises(ValueError, match='no PyTorch layout for backbone'):
+    convert.from_torch(weights, model_config('i3d'))
+
+
+def _write_safetensors(path, arrays: dict) -> None:
+  header, offset, blobs = {}, 0, []
+  for name, array in arrays.items():
+    data = np.ascontiguousarray(array, np.float32).tobytes()
+    header[name] = {'dtype': 'F32', 'shape': list(array.shape),
+                    'data_offsets': [offset, offset + len(data)]}
+    offset += len(data)
+    blobs.append(data)
+  encoded = json.dumps(header).encode()
+  path.write_bytes(len(encoded).to_bytes(8, 'little') + encoded + b''.join(blobs))
+
+
+def test_weight_files_read_alike_and_code_in_a_pickle_is_refused(tmp_path):
+  weights = {'conv1.weight': np.random.default_rng(0).normal(size=(8, 3, 7, 7)).astype('f4'),
+             'bn1.running_var': np.ones(8, np.float32)}
+  torch.save({'epoch': 3, 'state_dict': {k: torch.from_numpy(v) for k, v in weights.items()}},
+             tmp_path / 'ckpt.pth.tar')
+  np.savez(tmp_path / 'w.npz', **weights)
+  _write_safetensors(tmp_path / 'w.safetensors', weights)
+  for name in ('ckpt.pth.tar', 'w.npz', 'w.safetensors'):
+    loaded = convert.load_state_dict(tmp_path / name)
+    assert sorted(loaded) == sorted(weights), name
+    for key in weights:
+      np.testing.assert_array_equal(loaded[key], weights[key])
+  torch.save({'model': torch.nn.Linear(2, 2)}, tmp_path / 'pickled_module.pth')
+  with pytest.raises(ValueError, match='pickled_module.pth: not a plain PyTorch state dict'):
+    convert.load_state_dict(tmp_path / 'pickled_module.pth')
+  (tmp_path / 'w.h5').write_bytes(b'')
+  with pytest.raises(ValueError, match=r"w\.h5: unknown weights format '\.h5'"):
+    convert.load_state_dict(tmp_path / 'w.h5')
