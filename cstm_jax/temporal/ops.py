@@ -124,11 +124,23 @@ def conv3d(x: jax.Array, kernel: jax.Array, groups: int = 1) -> jax.Array:
     `[N, T, H, W, C_out]`.
   """
   padding = [(k // 2, k // 2) for k in kernel.shape[:3]]
-  conv = lambda x, kernel: jax.lax.conv_general_dilated(
-      x, kernel.astype(x.dtype), window_strides=(1, 1, 1), padding=padding,
-      dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'), feature_group_count=groups)
+
+  def conv(x, kernel, groups=groups):
+    return jax.lax.conv_general_dilated(
+        x, kernel.astype(x.dtype), window_strides=(1, 1, 1), padding=padding,
+        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'), feature_group_count=groups)
+
+  def one_conv_per_group(x, kernel):
+    x_groups = jnp.split(x, groups, axis=-1)
+    k_groups = jnp.split(kernel, groups, axis=-1)
+    return jnp.concatenate([conv(a, b, 1) for a, b in zip(x_groups, k_groups)], axis=-1)
+
   if 1 < groups < x.shape[-1]:
-    return per_batch_shard(conv)(x, kernel)
+    # XLA:CPU runs grouped convolutions through a slow generic loop (its backward 3-10x slower
+    # than one dense conv per group); GPU and TPU have native grouped kernels.
+    grouped = lambda x, kernel: jax.lax.platform_dependent(
+        x, kernel, cpu=one_conv_per_group, default=conv)
+    return per_batch_shard(grouped)(x, kernel)
   return conv(x, kernel)
 
 
