@@ -113,20 +113,22 @@ def _random_batch(shape, mesh, num_classes: int, seed: int = 0) -> dict:
 
 
 def inference_step(model, mesh, clips_shape, num_classes: int):
-  """(compiled forward, its arguments, a function running it once that returns its output)."""
+  """(lowered eval-mode forward, runner): `runner(compiled)` is a call of it on a batch already
+  on the devices. Logits stay sharded over the batch, as a serving loop would leave them."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   one_clip = jnp.zeros((1, *clips_shape[1:]), jnp.float32)
   variables = jax.jit(model.init, out_shardings=replicated)(jax.random.key(0), one_clip)
   batch = _random_batch(clips_shape, mesh, num_classes)
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False),
                     in_shardings=(replicated, sharding.batch_sharding(mesh)),
-                    out_shardings=replicated)
+                    out_shardings=sharding.batch_sharding(mesh))
   lowered = forward.lower(variables, batch['clips'])
   return lowered, lambda compiled: (lambda: compiled(variables, batch['clips']))
 
 
 def train_step(model, mesh, clips_shape, num_classes: int):
-  """A full optimizer step of the recipe (SGD, clipping, decay); the state threads through."""
+  """(lowered train step, runner): a full optimizer step of the recipe (SGD, clipping, weight
+  decay, BatchNorm statistics); the state threads through successive calls."""
   config = optim.default_config()
   schedule = optim.learning_rate_schedule(config, clips_shape[0], steps_per_epoch=1000)
   params = abstract_variables(model, jax.ShapeDtypeStruct((1, *clips_shape[1:]),
@@ -142,7 +144,7 @@ def train_step(model, mesh, clips_shape, num_classes: int):
   def runner(compiled):
     def run():
       holder['state'], metrics = compiled(holder['state'], batch, rng)
-      return metrics
+      return holder['state'], metrics  # both: the timing waits for the parameter update too
     return run
 
   return lowered, runner
@@ -171,8 +173,9 @@ def layout_ops(hlo_text: str) -> int:
 
 
 def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
-            peak_tflops: Optional[float] = None) -> dict:
-  """One row: parameters, XLA FLOPs and memory, compile time and throughput of `setting`."""
+            peak_tflops: Optional[float] = None, hlo_dir: Optional[str] = None) -> dict:
+  """One row: parameters, XLA FLOPs and memory, compile time and throughput of `setting`;
+  the optimised HLO of the step is written into `hlo_dir` when given."""
   mesh = sharding.make_mesh(1, jax.local_devices())
   sharding.check_batch(setting.batch, mesh)
   config = model_config(setting.model, num_frames=setting.frames, dtype=setting.dtype,
@@ -186,6 +189,11 @@ def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
 
+  hlo = compiled.as_text()
+  if hlo_dir:
+    name = f'{setting.model}_{setting.frames}f_{setting.crop}px_{setting.dtype}_{setting.mode}'
+    pathlib.Path(hlo_dir).mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(hlo_dir) / f'{name}.hlo.txt').write_text(hlo)
   seconds = median_seconds(runner(compiled), warmup, repeats, steps)
   clips_per_s = setting.batch * steps / seconds
   cost = compiled.cost_analysis()
@@ -214,7 +222,7 @@ def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
       'fraction_of_peak': None if peak is None else round(achieved / (peak * mesh.devices.size),
                                                           4),
       'memory_gb': None if memory_gb is None else round(memory_gb, 3),
-      'layout_ops': layout_ops(compiled.as_text()),
+      'layout_ops': layout_ops(hlo),
       'device': f'{mesh.devices.size} x {device.device_kind} ({device.platform})',
       'jax': jax.__version__,
   }
@@ -291,6 +299,7 @@ def parse_args(argv):
   parser.add_argument('--json', help='write the rows as a JSON list to this file')
   parser.add_argument('--markdown', help='write the markdown table to this file')
   parser.add_argument('--plot', help='write clips/s against GFLOPs per clip to this PNG')
+  parser.add_argument('--hlo', help='write each step\'s optimised HLO into this folder')
   args = parser.parse_args(argv)
   try:
     args.models = check_models(_list(args.models))
@@ -354,7 +363,7 @@ def run_settings(todo: Sequence[Setting], args) -> list[dict]:
           f'{setting.crop} {setting.dtype} {setting.mode} ...', end=' ', file=sys.stderr,
           flush=True)
     try:
-      row = measure(setting, args.warmup, args.repeats, args.steps, args.peak_tflops)
+      row = measure(setting, args.warmup, args.repeats, args.steps, args.peak_tflops, args.hlo)
     except jax.errors.JaxRuntimeError as e:  # out of memory and the like: report, go on
       row = {**dataclasses.asdict(setting), 'error': str(e).splitlines()[0]}
       print(f'failed: {row["error"]}', file=sys.stderr)

@@ -25,6 +25,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from cstm_jax.models.build import BACKBONES, build_model
 from cstm_jax.models.inception import TABLES, load_table
@@ -158,13 +159,19 @@ def to_flax(array: np.ndarray, target_shape: tuple[int, ...]) -> np.ndarray:
 
 # --- Conversion -------------------------------------------------------------------------------
 
-def from_torch(state_dict: Mapping[str, np.ndarray], model_config) -> tuple[dict, dict]:
-  """Flax `{'params', 'batch_stats'}` for `model_config` from a PyTorch state dict.
+def from_torch(state_dict: Mapping[str, np.ndarray], model_config) -> dict:
+  """Flax `{'params', 'batch_stats'}` for `model_config` (a `config.model` block) from a
+  PyTorch state dict; raises ValueError listing every missing, extra or misshapen key."""
+  variables, report = convert_state_dict(state_dict, model_config)
+  if report['dropped_head'] or report['new_modules']:
+    logging.info('from_torch: %s the ImageNet head; %d new temporal modules',
+                 'dropped' if report['dropped_head'] else 'kept', len(report['new_modules']))
+  return variables
 
-  Returns (variables, report); the report lists what was left to the training run
-  ('dropped_head', 'new_modules'). Raises ValueError listing every missing, extra or
-  misshapen key.
-  """
+
+def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_config) -> tuple[dict, dict]:
+  """`from_torch`, also returning what is left to the training run: {'dropped_head': bool,
+  'new_modules': ['<layer>/temporal', ...]}."""
   backbone = model_config['backbone']
   if backbone not in BACKBONES:
     raise ValueError(f'unknown backbone {backbone!r}')
@@ -231,7 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parser.parse_args(argv)
   from cstm_jax import checkpoints, config_file
   config = config_file.load(args.config)
-  variables, report = from_torch(load_state_dict(args.torch), config.model)
+  variables, report = convert_state_dict(load_state_dict(args.torch), config.model)
   out = pathlib.Path(args.out).absolute()
   checkpoints.save_variables(out, variables)
   count = sum(np.size(v) for v in jax.tree_util.tree_leaves(variables['params']))

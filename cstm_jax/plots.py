@@ -93,12 +93,16 @@ def throughput(rows, path) -> None:
   frames = sorted({r['frames'] for r in rows})
   colours = {f: plt.get_cmap('tab10')(i) for i, f in enumerate(frames)}
   for ax, (mode, dtype) in zip(axes[0], panels):
-    for r in (r for r in rows if (r['mode'], r['dtype']) == (mode, dtype)):
+    panel = sorted((r for r in rows if (r['mode'], r['dtype']) == (mode, dtype)),
+                   key=lambda r: r['clips_per_s'])
+    for i, r in enumerate(panel):
       is_3d = BACKBONES[MODELS[r['model']]['backbone']].is_3d
       ax.scatter(r['gflops'], r['clips_per_s'], color=colours[r['frames']],
                  marker='s' if is_3d else 'o', s=40)
+      right = i % 2 == 0  # neighbours in speed get labels on alternate sides
       ax.annotate(f"{r['model']} ({r['frames']}f)", (r['gflops'], r['clips_per_s']),
-                  fontsize=7, xytext=(4, 3), textcoords='offset points')
+                  fontsize=7, xytext=(5 if right else -5, 0), textcoords='offset points',
+                  ha='left' if right else 'right', va='center')
     ax.set_xscale('log')
     ax.set_yscale('log')
     ax.set_xlabel('GFLOPs per clip (XLA)')

@@ -23,9 +23,9 @@ def reports(tmp_path_factory):
            (('json', 'json'), ('markdown', 'md'), ('plot', 'png'))}
   assert benchmark.main(['--models', 'tsn_bninception,cstm_bninception',
                          '--mode', 'inference,train', *TINY,
-                         *[a for kind, path in paths.items() for a in (f'--{kind}', str(path))]
-                         ]) == 0
-  return paths
+                         *[a for kind, path in paths.items() for a in (f'--{kind}', str(path))],
+                         '--hlo', str(out / 'hlo')]) == 0
+  return {**paths, 'hlo': out / 'hlo'}
 
 
 def test_reports_are_well_formed(reports):
@@ -47,6 +47,9 @@ def test_reports_are_well_formed(reports):
   table = reports['markdown'].read_text().splitlines()
   assert table[0].startswith('| model | frames x clips |') and len(table) == 2 + len(rows)
   assert all(line.count('|') == table[0].count('|') for line in table)
+  hlo = sorted(reports['hlo'].iterdir())
+  assert [p.name for p in hlo][0] == 'cstm_bninception_2f_63px_float32_inference.hlo.txt'
+  assert len(hlo) == 4 and all('convolution(' in p.read_text() for p in hlo)
   image = matplotlib.image.imread(reports['plot'])
   assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 600
   assert image.std() > 0.01  # something is drawn

@@ -36,7 +36,7 @@ def test_converted_reference_gives_the_same_logits(name, crop):
   clips = torch.randn(2, FRAMES, 3, crop, crop, generator=torch.Generator().manual_seed(1))
   expected = ref.unit_logits(torch_model, clips).numpy()
   config = model_config(name, num_frames=FRAMES, width=WIDTH, num_classes=CLASSES)
-  variables, report = convert.from_torch(state_dict(torch_model), config)
+  variables, report = convert.convert_state_dict(state_dict(torch_model), config)
   assert report == {'dropped_head': False, 'new_modules': []}
   logits = build_model(config).apply(variables, clips.permute(0, 1, 3, 4, 2).numpy())
   assert np.abs(expected).max() > 0.1  # the comparison is not between near-zero numbers
@@ -48,7 +48,7 @@ def test_imagenet_network_into_cstm_drops_the_head_and_leaves_new_modules():
   weights = {k.replace('base_model.', '').replace('new_fc', 'fc'): v
              for k, v in state_dict(torch_model, '').items()}
   config = model_config('cstm_bninception', num_frames=FRAMES, width=WIDTH, num_classes=174)
-  variables, report = convert.from_torch(weights, config)
+  variables, report = convert.convert_state_dict(weights, config)
   assert report['dropped_head'] and 'head' not in variables['params']
   assert 'inception_3a_1x1/temporal' in report['new_modules']
   layer = variables['params']['backbone']['inception_3a_1x1']

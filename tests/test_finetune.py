@@ -125,6 +125,12 @@ def test_predict_errors_are_clear(finetuned, tmp_path, capsys):
                   '--video', str(tmp_path / 'noise.webm')])
   err = capsys.readouterr().err
   assert 'does not match the model of config' in err and 'missing' in err
+  # A run's checkpoint read with another model's config.
+  with pytest.raises(SystemExit):
+    predict.main(['--workdir', workdir, '--config',
+                  str(ROOT / 'configs' / 'ssv2_r2plus1d_18.py') + ':smoke',
+                  '--video', str(tmp_path / 'noise.webm')])
+  assert 'its best checkpoint does not match its config' in capsys.readouterr().err
 
 
 def test_export_runs_in_a_fresh_process_and_matches(finetuned, tmp_path):

@@ -43,6 +43,9 @@ def _eval_dense(jaxpr: core.Jaxpr, consts, *args):
     elif eqn.primitive.name in ('jit', 'pjit'):
       inner = eqn.params['jaxpr']
       outvals = _eval_dense(inner.jaxpr, inner.consts, *invals)
+    elif eqn.primitive.name == 'cond':  # e.g. lax.platform_dependent: rewrite every branch
+      branches = tuple(_dense_closed(branch) for branch in eqn.params['branches'])
+      outvals = eqn.primitive.bind(*invals, **{**eqn.params, 'branches': branches})
     else:
       outvals = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
       if not eqn.primitive.multiple_results:
@@ -50,6 +53,11 @@ def _eval_dense(jaxpr: core.Jaxpr, consts, *args):
     for var, value in zip(eqn.outvars, outvals):
       env[var] = value
   return [read(v) for v in jaxpr.outvars]
+
+
+def _dense_closed(closed: core.ClosedJaxpr) -> core.ClosedJaxpr:
+  avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
+  return jax.make_jaxpr(lambda *a: _eval_dense(closed.jaxpr, closed.consts, *a))(*avals)
 
 
 def count_macs(fn: Callable[..., Any], *args, dense: bool = True) -> float:
