@@ -68,7 +68,7 @@ def check_variables(variables, expected, what: str, against: str) -> None:
   extra = sorted(set(have) - set(want))
   shapes = sorted(f'{k} {have[k]} (model {want[k]})' for k in set(have) & set(want)
                   if tuple(have[k]) != tuple(want[k]))
-  problems = [f'{what}: {", ".join(v[:8])}' for what, v in (('missing', missing),
+  problems = [f'{kind}: {", ".join(v[:8])}' for kind, v in (('missing', missing),
               ('not in the model', extra), ('wrong shapes', shapes)) if v]
   if problems:
     raise ValueError(f'{what} does not match the model of {against}: ' + '; '.join(problems))
@@ -97,16 +97,13 @@ def list_videos(path: pathlib.Path) -> list[pathlib.Path]:
                 if p.suffix.lower() in VIDEO_SUFFIXES or is_frame_folder(p))
 
 
-def video_views(path: pathlib.Path, data_config, views: str) -> np.ndarray:
+def video_views(path: pathlib.Path, config, views: str) -> np.ndarray:
   """Normalised evaluation views `[V, T, crop, crop, 3]` of one video, as evaluation makes them."""
-  from cstm_jax.evaluate import parse_views
-  from input_pipeline import builders, video_io
-  from input_pipeline.pipeline import EvalTransform, _output_dtype
-  clips, crops = parse_views(views)
+  from cstm_jax.train import data_config_with_views
+  from input_pipeline import builders, pipeline, video_io
   short_side = None if path.is_dir() else builders.SomethingSomethingV2.DEFAULT_SHORT_SIDE
   jpegs = video_io.video_to_jpegs(path, short_side)
-  transform = EvalTransform(data_config.num_frames, data_config.crop, data_config.test_scale,
-                            clips, crops, data_config.colour, _output_dtype(data_config))
+  transform = pipeline.eval_transform(data_config_with_views(config, views))
   return transform({'frames': jpegs, 'label': 0, 'index': 0})['clips']
 
 
@@ -121,7 +118,7 @@ class Predictor:
     self._step = jax.jit(make_eval_step(model))
 
   def probabilities(self, path: pathlib.Path) -> np.ndarray:
-    clips = video_views(path, self.config.data, self.views)
+    clips = video_views(path, self.config, self.views)
     logits, _ = self._step(self.variables, {'clips': clips[None]})
     return np.asarray(jax.nn.softmax(logits[0]))
 

@@ -68,7 +68,7 @@ def open_split(config, split: str):
   return builder.as_data_source(split=split), builder.info.features['label'].names
 
 
-def _output_dtype(config):
+def output_dtype(config):
   if config.dtype == 'bfloat16':
     import ml_dtypes  # a jax dependency; imported here so float32 users need nothing more
     return ml_dtypes.bfloat16
@@ -126,6 +126,12 @@ class EvalTransform:
             'mask': np.float32(1)}
 
 
+def eval_transform(config) -> EvalTransform:
+  """The evaluation transform of a `config.data` block (its eval_clips x eval_crops views)."""
+  return EvalTransform(config.num_frames, config.crop, config.test_scale, config.eval_clips,
+                       config.eval_crops, config.colour, output_dtype(config))
+
+
 PADDING = {'padding': True}  # grain drops None elements, so padding is a marker record
 
 
@@ -171,7 +177,7 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1) -> gra
                      f'fewer than its batch of {batch}')
   flip_map = flip_label_map(config, class_names)
   transform = TrainTransform(config.num_frames, config.crop, config.colour, flip_map,
-                             tuple(config.scales), _output_dtype(config))
+                             tuple(config.scales), output_dtype(config))
   dataset = (shard.seed(config.seed).shuffle().repeat(None)
              .random_map(transform).batch(batch, drop_remainder=True))
   return _finish(dataset, config)
@@ -186,8 +192,6 @@ def eval_dataset(config, process_index: int = 0, process_count: int = 1):
   num_batches = math.ceil(per_process / batch)
   mine = list(range(process_index, total, process_count))
   mine += [-1] * (num_batches * batch - len(mine))
-  transform = EvalTransform(config.num_frames, config.crop, config.test_scale,
-                            config.eval_clips, config.eval_crops, config.colour,
-                            _output_dtype(config))
-  dataset = grain.MapDataset.source(IndexedSource(source, mine)).map(transform).batch(batch)
+  dataset = grain.MapDataset.source(IndexedSource(source, mine)).map(
+      eval_transform(config)).batch(batch)
   return _finish(dataset, config), num_batches

@@ -89,8 +89,7 @@ def test_predict_a_video_a_frame_folder_and_a_folder_of_videos(finetuned, synthe
   got = json.loads(capsys.readouterr().out)['top'][0]
   model, variables = predict.load_model(workdir)[1:3]
   data = train.data_config_with_views(config, '2x3')
-  batch = pipeline.EvalTransform(data.num_frames, data.crop, data.test_scale, 2, 3,
-                                 data.colour, np.float32)({**record, 'index': 0})
+  batch = pipeline.eval_transform(data)({**record, 'index': 0})  # what evaluation runs
   logits, _ = make_eval_step(model)(variables, {'clips': batch['clips'][None]})
   expected = np.asarray(jax.nn.softmax(logits[0]))
   assert got['class'] == classes[int(expected.argmax())]
