@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from cstm_jax import optim, sharding, train
-from cstm_jax.models.build import BACKBONES, MODELS, build_model, model_config
+from cstm_jax.models.build import BACKBONES, MODELS, build_model, check_model_names, model_config
 from cstm_jax.models.summary import abstract_variables, count_params
 from cstm_jax.progress import format_seconds
 
@@ -68,13 +68,6 @@ class Setting:
   width: float = 1.0
   shift_impl: str = 'roll'
   setting: str = 'matched'  # 'matched' (the given frames) or 'published' (PUBLISHED)
-
-
-def check_models(names: Sequence[str]) -> list[str]:
-  unknown = [n for n in names if n not in MODELS]
-  if unknown:
-    raise ValueError(f'unknown models {unknown}; known models: {", ".join(MODELS)}')
-  return list(names)
 
 
 def known_peak_tflops(device_kind: str, dtype: str) -> Optional[float]:
@@ -302,7 +295,7 @@ def parse_args(argv):
   parser.add_argument('--hlo', help='write each step\'s optimised HLO into this folder')
   args = parser.parse_args(argv)
   try:
-    args.models = check_models(_list(args.models))
+    args.models = check_model_names(_list(args.models))
     args.frames = _list(args.frames, int)
   except ValueError as e:
     parser.error(str(e))

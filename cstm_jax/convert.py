@@ -216,14 +216,19 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_config) -> tu
       misshapen.append(f'{key}: {source[key].shape} for {"/".join(path)} {tuple(shape)}')
       continue
     variables[collection][path] = value
-  problems = [f'{len(v)} {what}: {", ".join(v[:12])}{" ..." if len(v) > 12 else ""}'
-              for what, v in (('missing keys', missing), ('unexpected keys', extra),
-                              ('wrong shapes', misshapen)) if v]
+  problems = describe_mismatch(missing, extra, misshapen)
   if problems:
     raise ValueError(f'the weights do not fit {backbone} / {model_config["temporal"]} '
                      f'(width {model_config["width"]}, {model_config["num_classes"]} classes): '
-                     + '; '.join(problems))
+                     + problems)
   return {c: flax.traverse_util.unflatten_dict(v) for c, v in variables.items()}, report
+
+
+def describe_mismatch(missing, unexpected, misshapen, shown: int = 12) -> str:
+  """'2 missing: a, b; 1 unexpected: c' for the non-empty lists ('' when all are empty)."""
+  return '; '.join(f'{len(v)} {kind}: {", ".join(v[:shown])}{" ..." if len(v) > shown else ""}'
+                   for kind, v in (('missing', missing), ('unexpected', unexpected),
+                                   ('wrong shapes', misshapen)) if v)
 
 
 # --- Command line -----------------------------------------------------------------------------

@@ -21,6 +21,8 @@ import flax
 import jax
 import numpy as np
 
+from cstm_jax.convert import describe_mismatch
+
 VIDEO_SUFFIXES = ('.webm', '.mp4', '.avi', '.mkv', '.mov', '.m4v')
 
 
@@ -30,32 +32,26 @@ def load_model(workdir=None, checkpoint=None, config_path=None, which: str = 'be
   """(config, model, variables, class names) from a training run, or from a variables
   checkpoint (`cstm_jax.convert`) plus the config it belongs to."""
   from cstm_jax import checkpoints, config_file, sharding, train
+  from cstm_jax.models.build import build_model
   from cstm_jax.models.summary import abstract_variables
-  from_run = bool(workdir) and not checkpoint
-  if from_run:
+  if workdir and not checkpoint:
     workdir = pathlib.Path(workdir)
     config = config_file.load(config_path or workdir / 'config.json')
-  elif checkpoint and config_path:
-    config = config_file.load(config_path)
-  else:
-    raise ValueError('give --workdir RUN, or --checkpoint DIR with --config FILE')
-  model, _, tx, clips_shape = train.model_and_optimizer(config, steps_per_epoch=1)
-  if from_run:
-    mesh = sharding.make_mesh(1)
-    abstract, _ = train.state_layout(model, tx, clips_shape, mesh, config.mesh.shard_threshold)
-    run = checkpoints.RunCheckpoints(workdir)
     try:
-      state, _ = run.restore_state(which, abstract)
+      model, variables, _ = train.restore_variables(config, workdir, which,
+                                                    sharding.make_mesh(1))
     except (ValueError, KeyError, TypeError) as e:
       raise ValueError(f'{workdir}: its {which} checkpoint does not match its config '
                        f'({type(e).__name__}: {str(e)[:300]})') from None
-    finally:
-      run.close()
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
-  else:
+  elif checkpoint and config_path:
+    config = config_file.load(config_path)
+    model = build_model(config.model)
     variables = checkpoints.load_variables(checkpoint)
-    expected = abstract_variables(model, jax.ShapeDtypeStruct((1, *clips_shape[1:]), np.float32))
+    clip = (1, config.data.num_frames, config.data.crop, config.data.crop, 3)
+    expected = abstract_variables(model, jax.ShapeDtypeStruct(clip, np.float32))
     check_variables(variables, expected, f'checkpoint {checkpoint}', f'config {config_path}')
+  else:
+    raise ValueError('give --workdir RUN, or --checkpoint DIR with --config FILE')
   return config, model, variables, class_names(config, workdir)
 
 
@@ -64,14 +60,12 @@ def check_variables(variables, expected, what: str, against: str) -> None:
   flat = lambda tree: {k: np.shape(v) for k, v in flax.traverse_util.flatten_dict(
       flax.core.unfreeze(tree), sep='/').items()}
   have, want = flat(variables), flat(expected)
-  missing = sorted(set(want) - set(have))
-  extra = sorted(set(have) - set(want))
   shapes = sorted(f'{k} {have[k]} (model {want[k]})' for k in set(have) & set(want)
                   if tuple(have[k]) != tuple(want[k]))
-  problems = [f'{kind}: {", ".join(v[:8])}' for kind, v in (('missing', missing),
-              ('not in the model', extra), ('wrong shapes', shapes)) if v]
+  problems = describe_mismatch(sorted(set(want) - set(have)), sorted(set(have) - set(want)),
+                               shapes)
   if problems:
-    raise ValueError(f'{what} does not match the model of {against}: ' + '; '.join(problems))
+    raise ValueError(f'{what} does not match the model of {against}: {problems}')
 
 
 def class_names(config, workdir=None) -> list[str]:

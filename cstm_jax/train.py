@@ -319,17 +319,25 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from input_pipeline import pipeline
   mesh = setup_mesh(config)
   _, class_names = pipeline.open_split(config.data, config.data.eval_split)
-  model, _, tx, clips_shape = model_and_optimizer(config, steps_per_epoch=1)
-  abstract, _ = state_layout(model, tx, clips_shape, mesh, config.mesh.shard_threshold)
-  run_checkpoints = checkpoints.RunCheckpoints(workdir)
-  state, step = run_checkpoints.restore_state(config.eval.checkpoint, abstract)
+  model, variables, step = restore_variables(config, workdir, config.eval.checkpoint, mesh)
   eval_step = sharding.with_mesh(jax.jit(evaluation.make_eval_step(model)), mesh)
   results = {}
   for views in config.eval.final_views.split(','):
-    results[views] = evaluate_views(config, eval_step, _variables(state), mesh, views,
+    results[views] = evaluate_views(config, eval_step, variables, mesh, views,
                                     class_names, workdir, f'{config.eval.checkpoint}_{views}', step)
     if jax.process_index() == 0:
       logging.info('%s checkpoint (step %d): %s', config.eval.checkpoint, step,
                    summary_line(results[views]))
-  run_checkpoints.close()
   return results
+
+
+def restore_variables(config, workdir, which: str, mesh):
+  """(model, {'params', 'batch_stats'}, step) of the run's 'best' or 'latest' checkpoint."""
+  model, _, tx, clips_shape = model_and_optimizer(config, steps_per_epoch=1)
+  abstract, _ = state_layout(model, tx, clips_shape, mesh, config.mesh.shard_threshold)
+  run_checkpoints = checkpoints.RunCheckpoints(workdir)
+  try:
+    state, step = run_checkpoints.restore_state(which, abstract)
+  finally:
+    run_checkpoints.close()
+  return model, _variables(state), step

@@ -67,9 +67,9 @@ def test_mismatches_are_errors_that_name_the_keys():
   weights = state_dict(reference('tsm_resnet50'))
   config = model_config('tsm_resnet50', num_frames=FRAMES, width=WIDTH, num_classes=CLASSES)
   missing = {k: v for k, v in weights.items() if k != 'module.base_model.layer2.1.bn2.weight'}
-  with pytest.raises(ValueError, match=r'1 missing keys: layer2\.1\.bn2\.weight'):
+  with pytest.raises(ValueError, match=r'1 missing: layer2\.1\.bn2\.weight'):
     convert.from_torch(missing, config)
-  with pytest.raises(ValueError, match=r'unexpected keys: .*layer5\.0\.conv1\.weight'):
+  with pytest.raises(ValueError, match=r'1 unexpected: .*layer5\.0\.conv1\.weight'):
     convert.from_torch({**weights, 'layer5.0.conv1.weight': np.zeros((4, 4, 1, 1))}, config)
   wider = model_config('tsm_resnet50', num_frames=FRAMES, width=0.5, num_classes=CLASSES)
   with pytest.raises(ValueError, match=r'wrong shapes: .*conv1\.weight'):

@@ -66,10 +66,17 @@ MODELS = {
 }
 
 
+def check_model_names(names) -> list[str]:
+  """`names` if every one is a named model; else a ValueError listing the known names."""
+  unknown = [n for n in names if n not in MODELS]
+  if unknown:
+    raise ValueError(f'unknown models {unknown}; known models: {", ".join(MODELS)}')
+  return list(names)
+
+
 def model_config(name: str = 'cstm_bninception', **overrides) -> ml_collections.ConfigDict:
   """The full `config.model` block of a named model, with `overrides` applied."""
-  if name not in MODELS:
-    raise ValueError(f'unknown model {name!r}; known models: {", ".join(MODELS)}')
+  check_model_names([name])
   return _checked({**DEFAULTS, **MODELS[name], **overrides})
 
 

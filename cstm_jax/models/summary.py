@@ -16,7 +16,8 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from cstm_jax.models.build import BACKBONES, MODELS, build_model, model_config, model_name
+from cstm_jax.models.build import (BACKBONES, MODELS, build_model, check_model_names,
+                                   model_config, model_name)
 from cstm_jax.models.flops import count_macs
 
 
@@ -72,10 +73,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--models', default=','.join(MODELS),
                       help=f'comma-separated model names (default: all): {", ".join(MODELS)}')
   args = parser.parse_args(argv)
-  names = [n for n in args.models.split(',') if n]
-  unknown = [n for n in names if n not in MODELS]
-  if unknown:
-    parser.error(f'unknown models {unknown}; known: {", ".join(MODELS)}')
+  try:
+    names = check_model_names([n for n in args.models.split(',') if n])
+  except ValueError as e:
+    parser.error(str(e))
   rows = []
   for i, name in enumerate(names, 1):
     if not args.json:

@@ -136,7 +136,7 @@ def conv3d(x: jax.Array, kernel: jax.Array, groups: int = 1) -> jax.Array:
     return jnp.concatenate([conv(a, b, 1) for a, b in zip(x_groups, k_groups)], axis=-1)
 
   if 1 < groups < x.shape[-1]:
-    # XLA:CPU runs grouped convolutions through a slow generic loop (its backward 3-10x slower
+    # XLA:CPU runs grouped convolutions through a slow generic loop (its backward 2-6x slower
     # than one dense conv per group); GPU and TPU have native grouped kernels.
     grouped = lambda x, kernel: jax.lax.platform_dependent(
         x, kernel, cpu=one_conv_per_group, default=conv)
