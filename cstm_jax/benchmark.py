@@ -10,7 +10,8 @@ times `--repeats` runs of `--steps` consecutive steps after `--warmup` runs, inp
 the device and `block_until_ready` inside the timing; clips/s is the median run's.
 `inference` is the eval-mode forward; `train` is a full optimizer step of the training recipe
 (forward, backward, SGD update, BatchNorm statistics). `gflops` is XLA's cost analysis of the
-compiled step per clip (train counts forward and backward); `memory_gb` is XLA's buffer
+compiled step per clip (train counts forward and backward; on GPUs, whose compiled count leaves
+out the cuDNN and cuBLAS calls, that of the step lowered for the CPU); `memory_gb` is XLA's buffer
 assignment of the step per device (arguments + outputs + temporaries - donated buffers).
 A crop that breaks a backbone's shapes (Inception v3 needs 229 rather than 224) is raised to the
 nearest crop that fits, and the row says which crop ran. A clip is one view: a video evaluated
@@ -28,7 +29,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from cstm_jax import optim, sharding, train
+from cstm_jax import hlo_stats, optim, sharding, train
 from cstm_jax.models.build import BACKBONES, MODELS, build_model, check_model_names, model_config
 from cstm_jax.models.summary import abstract_variables, count_params
 from cstm_jax.progress import format_seconds
@@ -67,6 +68,7 @@ class Setting:
   views: int = 1
   width: float = 1.0
   shift_impl: str = 'roll'
+  gpu_conv_nhwc: bool = True
   setting: str = 'matched'  # 'matched' (the given frames) or 'published' (PUBLISHED)
 
 
@@ -105,7 +107,7 @@ def _random_batch(shape, mesh, num_classes: int, seed: int = 0) -> dict:
   return jax.jit(make, out_shardings=batch_sharding)(jax.random.key(seed))
 
 
-def inference_step(model, mesh, clips_shape, num_classes: int):
+def inference_step(model, mesh, clips_shape, num_classes: int, gpu_conv_nhwc: bool = True):
   """(lowered eval-mode forward, runner): `runner(compiled)` is a call of it on a batch already
   on the devices. Logits stay sharded over the batch, as a serving loop would leave them."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -114,12 +116,13 @@ def inference_step(model, mesh, clips_shape, num_classes: int):
   batch = _random_batch(clips_shape, mesh, num_classes)
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False),
                     in_shardings=(replicated, sharding.batch_sharding(mesh)),
-                    out_shardings=sharding.batch_sharding(mesh))
+                    out_shardings=sharding.batch_sharding(mesh),
+                    compiler_options=sharding.compiler_options(mesh, gpu_conv_nhwc))
   lowered = forward.lower(variables, batch['clips'])
   return lowered, lambda compiled: (lambda: compiled(variables, batch['clips']))
 
 
-def train_step(model, mesh, clips_shape, num_classes: int):
+def train_step(model, mesh, clips_shape, num_classes: int, gpu_conv_nhwc: bool = True):
   """(lowered train step, runner): a full optimizer step of the recipe (SGD, clipping, weight
   decay, BatchNorm statistics); the state threads through successive calls."""
   config = optim.default_config()
@@ -130,7 +133,8 @@ def train_step(model, mesh, clips_shape, num_classes: int):
   state, shardings = train.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
   batch = _random_batch(clips_shape, mesh, num_classes)
   rng = jax.random.key(1)
-  step = train.jit_train_step(train.make_train_step(model, schedule), shardings, mesh)
+  step = train.jit_train_step(train.make_train_step(model, schedule), shardings, mesh,
+                              gpu_conv_nhwc)
   lowered = step.lower(state, batch, rng)
   holder = {'state': state}
 
@@ -159,10 +163,16 @@ def median_seconds(run: Callable[[], object], warmup: int, repeats: int, steps: 
   return statistics.median(times)
 
 
-def layout_ops(hlo_text: str) -> int:
-  """Transposes and copies in optimised HLO: layout changes XLA could not fuse away."""
-  return sum(1 for line in hlo_text.splitlines()
-             if ' transpose(' in line or ' copy(' in line or '= copy' in line)
+def unoptimised_gflops_per_clip(make, model, clips_shape, num_classes: int) -> float:
+  """XLA's FLOPs per clip of the step `make` builds, lowered (not compiled) for one CPU device."""
+  cpu_mesh = sharding.make_mesh(1, jax.devices('cpu')[:1])
+  with jax.set_mesh(cpu_mesh):
+    lowered, _ = make(model, cpu_mesh, clips_shape, num_classes)
+  return _first(lowered.cost_analysis())['flops'] / clips_shape[0] / 1e9
+
+
+def _first(cost):
+  return cost[0] if isinstance(cost, (list, tuple)) else cost
 
 
 def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
@@ -177,22 +187,23 @@ def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
   clips_shape = (setting.batch, setting.frames, setting.crop, setting.crop, 3)
   make = inference_step if setting.mode == 'inference' else train_step
   with jax.set_mesh(mesh):
-    lowered, runner = make(model, mesh, clips_shape, config.num_classes)
+    lowered, runner = make(model, mesh, clips_shape, config.num_classes, setting.gpu_conv_nhwc)
   start = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
 
   hlo = compiled.as_text()
+  stats = hlo_stats.step_stats(hlo)
   if hlo_dir:
     name = f'{setting.model}_{setting.frames}f_{setting.crop}px_{setting.dtype}_{setting.mode}'
     pathlib.Path(hlo_dir).mkdir(parents=True, exist_ok=True)
     (pathlib.Path(hlo_dir) / f'{name}.hlo.txt').write_text(hlo)
   seconds = median_seconds(runner(compiled), warmup, repeats, steps)
   clips_per_s = setting.batch * steps / seconds
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  # The compiled module is one device's partition of the step.
-  gflops = cost['flops'] * mesh.devices.size / setting.batch / 1e9
+  if mesh.devices.flat[0].platform == 'gpu':  # XLA:GPU's count leaves out cuDNN and cuBLAS calls
+    gflops = unoptimised_gflops_per_clip(make, model, clips_shape, config.num_classes)
+  else:  # the compiled module is one device's partition of the step
+    gflops = _first(compiled.cost_analysis())['flops'] * mesh.devices.size / setting.batch / 1e9
   memory = compiled.memory_analysis()
   memory_gb = None if memory is None else (
       memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
@@ -215,7 +226,8 @@ def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
       'fraction_of_peak': None if peak is None else round(achieved / (peak * mesh.devices.size),
                                                           4),
       'memory_gb': None if memory_gb is None else round(memory_gb, 3),
-      'layout_ops': layout_ops(hlo),
+      'kernels': stats.kernels,
+      'transpose_gb': round(stats.transpose_bytes / 1e9, 3),
       'device': f'{mesh.devices.size} x {device.device_kind} ({device.platform})',
       'jax': jax.__version__,
   }
@@ -245,11 +257,11 @@ def _fmt(value, spec: str) -> str:
 def markdown_table(rows: Sequence[dict], reference: str = REFERENCE) -> str:
   lines = [f'| model | frames x clips | crop | batch | dtype | mode | params (M) | GFLOPs / clip '
            f'| compile (s) | clips/s | videos/s | vs {reference} | TFLOP/s | % of peak '
-           f'| memory (GiB) |', '|' + '---|' * 15]
+           f'| memory (GiB) | kernels | transposes (GB) |', '|' + '---|' * 17]
   for r in with_reference_ratios(rows, reference):
     if r.get('error'):
       lines.append(f"| {r['model']} | {r['frames']} x {r['views']} | {r['crop']} | {r['batch']} "
-                   f"| {r['dtype']} | {r['mode']} | failed: {r['error'][:60]} |" + ' |' * 9)
+                   f"| {r['dtype']} | {r['mode']} | failed: {r['error'][:60]} |" + ' |' * 11)
       continue
     fraction = r['fraction_of_peak']
     lines.append(
@@ -258,7 +270,8 @@ def markdown_table(rows: Sequence[dict], reference: str = REFERENCE) -> str:
         f"| {r['compile_s']:.1f} | {r['clips_per_s']:.2f} | {r['videos_per_s']:.2f} "
         f"| {_fmt(r['vs_reference'], '.2f')} | {r['achieved_tflops']:.3f} "
         f"| {_fmt(None if fraction is None else 100 * fraction, '.1f')} "
-        f"| {_fmt(r['memory_gb'], '.2f')} |")
+        f"| {_fmt(r['memory_gb'], '.2f')} | {_fmt(r.get('kernels'), '')} "
+        f"| {_fmt(r.get('transpose_gb'), '.2f')} |")
   return '\n'.join(lines)
 
 
@@ -283,6 +296,9 @@ def parse_args(argv):
   parser.add_argument('--mode', default='inference', help=f'mode(s): {MODES}')
   parser.add_argument('--width', type=float, default=1.0, help='channel multiplier (tests)')
   parser.add_argument('--shift-impl', default='roll', choices=('roll', 'slice'))
+  parser.add_argument('--gpu-conv-nhwc', default='true', choices=('true', 'false'),
+                      help='GPUs: channels-last convolutions (XLA:GPU\'s default runs 3D convs '
+                           'NCDHW); no effect elsewhere')
   parser.add_argument('--warmup', type=int, default=2, help='untimed runs')
   parser.add_argument('--repeats', type=int, default=5, help='timed runs (the median counts)')
   parser.add_argument('--steps', type=int, default=5, help='steps per run')
@@ -318,7 +334,8 @@ def settings(args) -> list[Setting]:
       for dtype in args.dtype:
         for mode in args.mode:
           out.append(Setting(name, frames, crop, args.batch, dtype, mode, views, args.width,
-                             args.shift_impl, 'published' if args.published else 'matched'))
+                             args.shift_impl, args.gpu_conv_nhwc == 'true',
+                             'published' if args.published else 'matched'))
   return out
 
 

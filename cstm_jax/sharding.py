@@ -28,6 +28,15 @@ def with_mesh(fn, mesh: Mesh):
   return call
 
 
+def compiler_options(mesh: Mesh, gpu_conv_nhwc: bool = True) -> dict:
+  """XLA options for a step compiled for `mesh`'s devices. On GPUs `gpu_conv_nhwc` keeps
+  convolutions channels-last: XLA:GPU otherwise gives 3D convolutions NCDHW and wraps each of
+  CSTM's grouped 3D convolutions in activation transposes (docs/accelerators.md)."""
+  if mesh.devices.flat[0].platform == 'gpu':
+    return {'xla_gpu_force_conv_nhwc': gpu_conv_nhwc}
+  return {}
+
+
 def leaf_spec(shape, model_axis: int, threshold: int) -> P:
   """Replicated, or split over `model` along the largest dimension it divides."""
   if model_axis == 1 or int(np.prod(shape, dtype=np.int64)) < threshold:

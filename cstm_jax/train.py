@@ -104,7 +104,7 @@ def make_train_step(model, schedule, grad_accum_steps: int = 1):
     metrics = {
         'loss': loss,
         'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['labels']),
-        'grad_norm': optax.tree.norm(grads),
+        'grad_norm': optim.global_norm(grads),
         'lr': optim.current_learning_rate(schedule, state.step - 1, grad_accum_steps),
     }
     return state, metrics
@@ -112,10 +112,17 @@ def make_train_step(model, schedule, grad_accum_steps: int = 1):
   return step
 
 
-def jit_train_step(step, state_shardings, mesh):
+def jit_train_step(step, state_shardings, mesh, gpu_conv_nhwc: bool = True):
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
-                 out_shardings=(state_shardings, replicated), donate_argnums=0)
+                 out_shardings=(state_shardings, replicated), donate_argnums=0,
+                 compiler_options=sharding.compiler_options(mesh, gpu_conv_nhwc))
+
+
+def jit_eval_step(model, mesh, gpu_conv_nhwc: bool = True):
+  """`evaluate.make_eval_step(model)` jitted for `mesh` (shardings follow the arguments)."""
+  return jax.jit(evaluation.make_eval_step(model),
+                 compiler_options=sharding.compiler_options(mesh, gpu_conv_nhwc))
 
 
 # --- Evaluation -------------------------------------------------------------------------------
@@ -213,8 +220,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state, shardings, start = initial_state(config, model, tx, mesh, clips_shape, run_checkpoints,
                                           train_iterator)
   train_step = sharding.with_mesh(jit_train_step(
-      make_train_step(model, schedule, config.optim.grad_accum_steps), shardings, mesh), mesh)
-  eval_step = sharding.with_mesh(jax.jit(evaluation.make_eval_step(model)), mesh)
+      make_train_step(model, schedule, config.optim.grad_accum_steps), shardings, mesh,
+      config.xla.gpu_conv_nhwc), mesh)
+  eval_step = sharding.with_mesh(jit_eval_step(model, mesh, config.xla.gpu_conv_nhwc), mesh)
   rng = jax.random.key(config.train.seed + 1)
   writer = MetricWriter(workdir)
   if main_process:
@@ -257,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.warning('Stopped at step %d on request; the same command resumes.', step)
         return {}
       if step % eval_every == 0 and step != total_steps:
-        results = evaluate_views(config, eval_step, _variables(state), mesh, config.eval.views,
+        results = evaluate_views(config, eval_step, variables_of(state), mesh, config.eval.views,
                                  class_names, step=step)
         _record_eval(writer, run_checkpoints, step, state, config, results, main_process)
         window_start = time.monotonic()
@@ -267,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Final evaluation, with every requested set of views.
   final = {}
   for views in config.eval.final_views.split(','):
-    results = evaluate_views(config, eval_step, _variables(state), mesh, views, class_names,
+    results = evaluate_views(config, eval_step, variables_of(state), mesh, views, class_names,
                              workdir, f'final_{views}', step)
     final[views] = results
     if views == config.eval.views:
@@ -285,7 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return final
 
 
-def _variables(state):
+def variables_of(state):
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
@@ -320,7 +328,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = setup_mesh(config)
   _, class_names = pipeline.open_split(config.data, config.data.eval_split)
   model, variables, step = restore_variables(config, workdir, config.eval.checkpoint, mesh)
-  eval_step = sharding.with_mesh(jax.jit(evaluation.make_eval_step(model)), mesh)
+  eval_step = sharding.with_mesh(jit_eval_step(model, mesh, config.xla.gpu_conv_nhwc), mesh)
   results = {}
   for views in config.eval.final_views.split(','):
     results[views] = evaluate_views(config, eval_step, variables, mesh, views,
@@ -340,4 +348,4 @@ def restore_variables(config, workdir, which: str, mesh):
     state, step = run_checkpoints.restore_state(which, abstract)
   finally:
     run_checkpoints.close()
-  return model, _variables(state), step
+  return model, variables_of(state), step

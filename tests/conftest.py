@@ -9,6 +9,10 @@ if 'xla_force_host_platform_device_count' not in _flags:
 if 'xla_backend_optimization_level' not in _flags:
   _flags += ' --xla_backend_optimization_level=0'  # compile speed matters more than run speed
 os.environ['XLA_FLAGS'] = _flags.strip()
+# CPU only, also where libtpu is installed (the ahead-of-time TPU tests use it deviceless); several
+# test processes may load libtpu at once.
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 # Also for the subprocesses tests start (main.py runs): cheaper random init to compile, and one
 # persistent compilation cache, so a program compiled once is not compiled again.
 os.environ.setdefault('JAX_DEFAULT_PRNG_IMPL', 'rbg')

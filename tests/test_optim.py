@@ -80,3 +80,17 @@ def test_bad_optimizer_settings_are_refused():
     optim.make_optimizer(optim_config(param_groups='lars'), optax.constant_schedule(0.1), PARAMS)
   with pytest.raises(ValueError, match='optim.schedule'):
     optim.learning_rate_schedule(optim_config(schedule='linear'), 32, 10)
+
+
+def test_clipping_by_the_fused_global_norm_matches_optax():
+  rng = np.random.default_rng(0)
+  grads = {'a': jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+           'b': {'c': jnp.asarray(rng.normal(size=(5,)), jnp.bfloat16)}}
+  squares = sum(np.sum(np.asarray(g, np.float64) ** 2) for g in jax.tree_util.tree_leaves(grads))
+  np.testing.assert_allclose(optim.global_norm(grads), np.sqrt(squares), rtol=1e-6)
+  for max_norm in (0.5, 100.0):  # clipped, and left alone
+    ours, _ = optim.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    theirs, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+      assert a.dtype == b.dtype
+      np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-2)

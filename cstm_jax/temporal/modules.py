@@ -147,10 +147,30 @@ class CSTM(nn.Module):
     if self.attention_pool not in axes:
       raise ValueError(
           f"unknown attention_pool {self.attention_pool!r}; expected 'clip' or 'frame'")
-    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
-    head = functools.partial(dense, clip.shape[-1], kernel_init=nn.initializers.zeros_init())
-    squeezed = jnp.mean(conv + shifted, axis=axes[self.attention_pool], keepdims=True)
-    z = nn.relu(dense(squeeze_width(clip.shape[-1]), name='squeeze')(squeezed))
-    alpha_conv, alpha_shift = ops.branch_softmax(head(name='attend_conv')(z),
-                                                 head(name='attend_shift')(z))
-    return ops.fold_time(alpha_conv * conv + alpha_shift * shifted)
+    # The attention runs in float32 whatever the compute dtype: its squeeze is a mean over a
+    # whole clip, and its MLP is tiny (float32 also spares the casts of its weights).
+    channels, hidden = clip.shape[-1], squeeze_width(clip.shape[-1])
+    squeezed = jnp.mean(conv + shifted, axis=axes[self.attention_pool], keepdims=True,
+                        dtype=jnp.float32)
+    squeeze = nn.Dense(hidden, dtype=jnp.float32, param_dtype=self.param_dtype, name='squeeze')
+    z = nn.relu(squeeze(squeezed))
+    # The two zero-initialised heads a_D, a_S enter only through softmax([a_D, a_S]), which
+    # depends on a_D - a_S alone: one matmul with the difference of their weights.
+    k_conv, b_conv = DenseParams(hidden, channels, self.param_dtype, name='attend_conv')()
+    k_shift, b_shift = DenseParams(hidden, channels, self.param_dtype, name='attend_shift')()
+    logit_difference = jnp.dot(z, k_conv - k_shift) + (b_conv - b_shift)
+    return ops.fold_time(ops.attention_fuse(conv, shifted, logit_difference))
+
+
+class DenseParams(nn.Module):
+  """The zero-initialised kernel `[in_features, features]` and bias of a dense layer, returned
+  rather than applied (CSTM combines its two attention heads before the matmul)."""
+  in_features: int
+  features: int
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self):
+    zeros = nn.initializers.zeros_init()
+    return (self.param('kernel', zeros, (self.in_features, self.features), self.param_dtype),
+            self.param('bias', zeros, (self.features,), self.param_dtype))

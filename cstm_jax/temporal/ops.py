@@ -174,7 +174,16 @@ def identity_centre_kernel(channels: int, groups: int, size: int = 3,
   return jnp.asarray(kernel, dtype)
 
 
-def branch_softmax(logit_a: jax.Array, logit_b: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-channel softmax across two branches: returns (alpha_a, alpha_b), alpha_a + alpha_b = 1."""
-  weights = jax.nn.softmax(jnp.stack([logit_a, logit_b], axis=0), axis=0)
-  return weights[0], weights[1]
+def attention_fuse(a: jax.Array, b: jax.Array, logit_difference: jax.Array) -> jax.Array:
+  """`alpha_a * a + alpha_b * b` with `[alpha_a, alpha_b] = softmax([l_a, l_b])` per channel.
+
+  A softmax across two branches is `alpha_a = sigmoid(l_a - l_b)`, `alpha_b = 1 - alpha_a`, so
+  only the difference of the logits is needed (one small matmul instead of two, no stacking).
+
+  Args:
+    a, b: the branches, e.g. `[N, T, H, W, C]`.
+    logit_difference: `l_a - l_b`, broadcastable to `a` (e.g. `[N, 1, 1, 1, C]`), any float
+      dtype (the weights are cast to the branches' dtype).
+  """
+  alpha_a = jax.nn.sigmoid(logit_difference).astype(a.dtype)
+  return b + alpha_a * (a - b)

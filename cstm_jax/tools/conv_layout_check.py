@@ -1,0 +1,75 @@
+"""On a GPU: does `xla.gpu_conv_nhwc` (channels-last convolutions) compute the same train step?
+
+  python -m cstm_jax.tools.conv_layout_check [--model cstm_bninception] [--width 0.5]
+
+Runs one training step (loss, gradients, BatchNorm statistics) and the eval-mode forward of a
+randomly initialised model on the same random batch with XLA:GPU's default convolution layouts
+and with channels-last forced, float32 with full-precision matmuls and convolutions (no TF32),
+and prints the largest relative difference of each output. Exits 1 above `--tolerance`.
+"""
+import argparse
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cstm_jax import optim, sharding, train
+from cstm_jax.models.build import build_model, model_config
+
+
+def relative_difference(a, b) -> float:
+  leaves = zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+  return max(float(np.linalg.norm(np.asarray(x, np.float64) - np.asarray(y, np.float64))
+                   / max(np.linalg.norm(np.asarray(y, np.float64)), 1e-30)) for x, y in leaves)
+
+
+def outputs(model, mesh, clips_shape, nhwc: bool, batch, seed: int = 0) -> dict:
+  config = optim.default_config()
+  schedule = optim.learning_rate_schedule(config, clips_shape[0], steps_per_epoch=100)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *clips_shape[1:]))))
+  tx = optim.make_optimizer(config, schedule, params['params'])
+  state, shardings = train.create_train_state(model, tx, clips_shape, mesh, jax.random.key(seed))
+  variables = train.variables_of(state)
+  logits, _ = train.jit_eval_step(model, mesh, nhwc)(variables, {'clips': batch['clips'][:, None]})
+  step = train.jit_train_step(train.make_train_step(model, schedule), shardings, mesh, nhwc)
+  new_state, metrics = step(state, batch, jax.random.key(1))
+  return {'eval_logits': logits, 'loss': metrics['loss'], 'params_after_step': new_state.params,
+          'batch_stats_after_step': new_state.batch_stats}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--model', default='cstm_bninception')
+  parser.add_argument('--width', type=float, default=0.5)
+  parser.add_argument('--frames', type=int, default=8)
+  parser.add_argument('--crop', type=int, default=112)
+  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--tolerance', type=float, default=1e-4)
+  args = parser.parse_args(argv)
+  device = jax.devices()[0]
+  if device.platform != 'gpu':
+    print(f'no GPU here ({device.platform}): the option only changes GPU compiles')
+    return 0
+  jax.config.update('jax_default_matmul_precision', 'highest')
+  model = build_model(model_config(args.model, num_frames=args.frames, width=args.width))
+  mesh = sharding.make_mesh(1, jax.devices()[:1])
+  clips_shape = (args.batch, args.frames, args.crop, args.crop, 3)
+  key = jax.random.key(42)
+  batch = {'clips': jax.random.normal(key, clips_shape),
+           'labels': jax.random.randint(key, (args.batch,), 0, 174)}
+  with jax.set_mesh(mesh):
+    default, nhwc = (outputs(model, mesh, clips_shape, flag, batch) for flag in (False, True))
+  print(f'{args.model} width {args.width}, {args.frames}x{args.crop}, batch {args.batch}, '
+        f'float32 on {device.device_kind}: NHWC vs default layouts, relative difference')
+  worst = 0.0
+  for name in default:
+    diff = relative_difference(nhwc[name], default[name])
+    worst = max(worst, diff)
+    print(f'  {name:24s} {diff:.2e}')
+  print('same function' if worst <= args.tolerance else f'DIFFERENT (> {args.tolerance:g})')
+  return 0 if worst <= args.tolerance else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())
