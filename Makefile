@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: test demo summary benchmark benchmark-gpu clean
+.PHONY: test demo summary benchmark benchmark-gpu accelerators clean
 
 # libtpu goes into its own folder, on the path of the tests only (the ahead-of-time TPU compiles):
 # in the environment itself jax would look for a TPU, and say so, in every run.
@@ -44,7 +44,7 @@ benchmark: $(INSTALLED)
 
 # The GPU tables of docs/benchmarks.md, on a CUDA host whose python has jax[cuda] and
 # requirements.txt (no .venv is made): make benchmark-gpu GPU_PYTHON=python3 GPU_OUT=docs/bench
-# GPU_PART=1 is the 8-frame table and XLA's default NCDHW 3D convs; 2 the 16 frames and roll/slice.
+# GPU_PART=1 is the 8-frame table and forced NHWC convs; 2 the 16-frame table and roll/slice.
 GPU_PYTHON ?= python3
 GPU_OUT ?= docs/bench
 GPU_PART ?= 1 2
@@ -54,8 +54,8 @@ benchmark-gpu:
 ifneq (,$(filter 1,$(GPU_PART)))
 	$(GPU_BENCH) --frames 8 --json $(GPU_OUT)/gpu_8f.json --markdown $(GPU_OUT)/gpu_8f.md \
 	  --models cstm_bninception,tsn_bninception,tsm_bninception,gsm_bninception,i3d_resnet50
-	$(GPU_BENCH) --frames 8 --gpu-conv-nhwc false --models cstm_bninception,tsn_bninception \
-	  --json $(GPU_OUT)/gpu_8f_ncdhw.json --markdown $(GPU_OUT)/gpu_8f_ncdhw.md
+	$(GPU_BENCH) --frames 8 --gpu-conv-nhwc true --models cstm_bninception,tsn_bninception \
+	  --json $(GPU_OUT)/gpu_8f_nhwc.json --markdown $(GPU_OUT)/gpu_8f_nhwc.md
 endif
 ifneq (,$(filter 2,$(GPU_PART)))
 	$(GPU_BENCH) --frames 16 --models cstm_bninception,tsn_bninception \
@@ -63,6 +63,41 @@ ifneq (,$(filter 2,$(GPU_PART)))
 	$(GPU_BENCH) --frames 8 --models cstm_bninception,tsm_bninception --shift-impl slice \
 	  --json $(GPU_OUT)/gpu_8f_slice.json --markdown $(GPU_OUT)/gpu_8f_slice.md
 endif
+
+# docs/accelerators.md: the experiments compiled ahead of time for TPU slices and H100s (no
+# accelerator needed; about 30 minutes on 2 cores). CUDA targets need the jax CUDA plugin:
+# make accelerators CUDA_PYTHON=path/to/python-with-requirements-cuda.txt
+CUDA_PYTHON ?= .venv-cuda/bin/python
+AOT_ARGS := --config.model.dtype=bfloat16
+TPU_AOT := PYTHONPATH=$(LIBTPU) $(PYTHON) -m cstm_jax.aot
+GPU_AOT := $(CUDA_PYTHON) -m cstm_jax.aot
+AOT_OUT := docs/aot
+accelerators: $(INSTALLED)
+	mkdir -p $(AOT_OUT)
+	-$(TPU_AOT) --config=configs/ssv2_8f.py $(AOT_ARGS) --target=tpu:v5e-8 \
+	  --json $(AOT_OUT)/tpu_cstm_8f_v5e8.json
+	-$(TPU_AOT) --config=configs/ssv2_8f.py $(AOT_ARGS) --target=tpu:v5p-8 --target=tpu:v6e-8 \
+	  --steps=train --json $(AOT_OUT)/tpu_cstm_8f_v5p8_v6e8.json
+	-$(TPU_AOT) --config=configs/ssv2_8f.py $(AOT_ARGS) --target=tpu:v5e-256 --steps=train \
+	  --config.data.batch_size=256 --json $(AOT_OUT)/tpu_cstm_8f_v5e256.json
+	-$(TPU_AOT) --config=configs/ssv2_16f.py $(AOT_ARGS) --target=tpu:v5e-8 --steps=train \
+	  --json $(AOT_OUT)/tpu_cstm_16f.json
+	-$(TPU_AOT) --config=configs/ssv2_ablation_tsn.py $(AOT_ARGS) --target=tpu:v5e-8 --steps=train \
+	  --json $(AOT_OUT)/tpu_tsn_8f.json
+	-$(TPU_AOT) --config=configs/ssv2_i3d_resnet50.py $(AOT_ARGS) --target=tpu:v5e-8 --steps=train \
+	  --json $(AOT_OUT)/tpu_i3d_resnet50_8f.json
+	-$(GPU_AOT) --config=configs/ssv2_8f.py $(AOT_ARGS) --target=cuda:h100 --target=cuda:h100x8 \
+	  --max_batch=512 --json $(AOT_OUT)/cuda_cstm_8f.json
+	-$(GPU_AOT) --config=configs/ssv2_16f.py $(AOT_ARGS) --target=cuda:h100 --target=cuda:h100x8 \
+	  --steps=train --json $(AOT_OUT)/cuda_cstm_16f.json
+	-$(GPU_AOT) --config=configs/ssv2_ablation_tsn.py $(AOT_ARGS) --target=cuda:h100 --steps=train \
+	  --json $(AOT_OUT)/cuda_tsn_8f.json
+	-$(GPU_AOT) --config=configs/ssv2_i3d_resnet50.py $(AOT_ARGS) --target=cuda:h100 --steps=train \
+	  --json $(AOT_OUT)/cuda_i3d_resnet50_8f.json
+	for nhwc in false true; do for cfg in ssv2_8f ssv2_ablation_tsn; do \
+	  $(GPU_AOT) --config=configs/$$cfg.py $(AOT_ARGS) --target=cuda:h100 --steps=train \
+	    --config.data.batch_size=64 --config.xla.gpu_conv_nhwc=$$nhwc \
+	    --json $(AOT_OUT)/cuda_kernels_$${cfg}_nhwc_$$nhwc.json || exit 1; done; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .jax_cache runs/demo data/demo

@@ -28,9 +28,13 @@ import sys
 import time
 from typing import Callable, Optional
 
+import jax
+import jax.numpy as jnp
 from absl import app, flags
+from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
+from cstm_jax import evaluate as evaluation, hlo_stats, sharding, train
 from cstm_jax import targets as target_specs
 
 FLAGS = flags.FLAGS
@@ -53,11 +57,6 @@ class Compiled:
 
 def step_builder(config, mesh, step: str) -> Callable[[int], object]:
   """global batch -> the lowered `step` ('train' or 'eval') of main.py for `config` on `mesh`."""
-  import jax
-  import jax.numpy as jnp
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  from cstm_jax import evaluate as evaluation, sharding, train
-
   model, schedule, tx, clips_shape = train.model_and_optimizer(config, steps_per_epoch=1000)
   abstract, shardings = train.state_layout(model, tx, clips_shape, mesh,
                                            config.mesh.shard_threshold)
@@ -97,7 +96,6 @@ _OOM = re.compile(r'(?:Used |required[^(]*\()([\d.]+)([KMGT]?)')
 
 def compile_at(lower: Callable[[int], object], batch: int) -> Compiled:
   """Lowers and compiles at global `batch`; an out-of-memory refusal becomes `needed` bytes."""
-  import jax
   start = time.perf_counter()
   lowered = lower(batch)
   try:
@@ -149,50 +147,60 @@ def largest_fitting(memory_at: Callable[[int], Optional[int]], limit: int,
 def analyse(config, target: target_specs.Target, steps=STEPS, max_batch: int = 0,
             hlo_dir: Optional[str] = None, log=print) -> list[dict]:
   """Rows of the report for `config` on `target`, one per step."""
-  from cstm_jax import hlo_stats, sharding
   devices = target_specs.devices(target)
   mesh = sharding.make_mesh(config.mesh.model, devices)
   hosts = len({d.process_index for d in devices})
   limit = target_specs.memory_limit_bytes(target, devices[0])
   rows = []
-  for step in steps:
-    global_batch = config.data.batch_size if step == 'train' else config.data.eval_batch_size
-    data_devices = mesh.shape['data']
-    for divisor, what in ((data_devices, 'devices on the data axis'), (hosts, 'hosts')):
-      if global_batch % divisor:
-        raise ValueError(f'{target.spec}: global {step} batch {global_batch} does not split over '
-                         f'{divisor} {what}; set --config.data.'
-                         f'{"batch_size" if step == "train" else "eval_batch_size"} to a multiple')
-    lower = step_builder(config, mesh, step)
-    log(f'{target.spec}: compiling the {step} step for {len(devices)} x {devices[0].device_kind} '
-        f'({hosts} host{"s" * (hosts > 1)}), global batch {global_batch} ...')
-    result = compile_at(lower, global_batch)
-    row = {
-        'target': target.spec, 'platform': target.platform, 'device_kind': devices[0].device_kind,
-        'devices': len(devices), 'hosts': hosts, 'step': step, 'model': config.model.temporal
-        + '_' + config.model.backbone, 'frames': config.model.num_frames,
-        'crop': config.data.crop, 'dtype': config.model.dtype, 'global_batch': global_batch,
-        'per_device_batch': global_batch // data_devices, 'compile_s': round(result.seconds, 1),
-        'limit_gib': round(limit / GiB, 2),
-    }
-    row.update(_memory_columns(result, limit))
-    if result.executable is not None:
-      row.update(_cost_columns(result, config, step, len(devices), global_batch))
-      stats = hlo_stats.step_stats(result.executable.as_text())
-      row.update(_hlo_columns(stats, mesh, global_batch))
-      if hlo_dir:
-        path = pathlib.Path(hlo_dir) / f'{_slug(target.spec)}_{step}.hlo.txt'
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(result.executable.as_text())
-    if max_batch:
-      known = {global_batch // data_devices: result.needed}
-      row['largest_per_device_batch'] = largest_fitting(
-          lambda b: _probe(compile_at(lower, b * data_devices), log, step, b),
-          limit, known, max_batch)
-      row['largest_is_max_batch'] = row['largest_per_device_batch'] == max_batch
-    log(f'  {_summary(row)}')
-    rows.append(row)
+  cache = jax.config.jax_enable_compilation_cache
+  jax.config.update('jax_enable_compilation_cache', False)  # compile_s is a cold compile
+  try:
+    for step in steps:
+      rows.append(_analyse_step(config, target, step, mesh, devices, hosts, limit, max_batch,
+                                hlo_dir, log))
+  finally:
+    jax.config.update('jax_enable_compilation_cache', cache)
   return rows
+
+
+def _analyse_step(config, target, step, mesh, devices, hosts, limit, max_batch, hlo_dir,
+                  log) -> dict:
+  global_batch = config.data.batch_size if step == 'train' else config.data.eval_batch_size
+  data_devices = mesh.shape['data']
+  for divisor, what in ((data_devices, 'devices on the data axis'), (hosts, 'hosts')):
+    if global_batch % divisor:
+      raise ValueError(f'{target.spec}: global {step} batch {global_batch} does not split over '
+                       f'{divisor} {what}; set --config.data.'
+                       f'{"batch_size" if step == "train" else "eval_batch_size"} to a multiple')
+  lower = step_builder(config, mesh, step)
+  log(f'{target.spec}: compiling the {step} step for {len(devices)} x {devices[0].device_kind} '
+      f'({hosts} host{"s" * (hosts > 1)}), global batch {global_batch} ...')
+  result = compile_at(lower, global_batch)
+  row = {
+      'target': target.spec, 'platform': target.platform, 'device_kind': devices[0].device_kind,
+      'devices': len(devices), 'hosts': hosts, 'step': step, 'model': config.model.temporal
+      + '_' + config.model.backbone, 'frames': config.model.num_frames,
+      'crop': config.data.crop, 'dtype': config.model.dtype, 'global_batch': global_batch,
+      'per_device_batch': global_batch // data_devices, 'compile_s': round(result.seconds, 1),
+      'limit_gib': round(limit / GiB, 2),
+  }
+  row.update(_memory_columns(result, limit))
+  if result.executable is not None:
+    row.update(_cost_columns(result, config, step, len(devices), global_batch))
+    stats = hlo_stats.step_stats(result.executable.as_text())
+    row.update(_hlo_columns(stats, mesh, global_batch))
+    if hlo_dir:
+      path = pathlib.Path(hlo_dir) / f'{_slug(target.spec)}_{step}.hlo.txt'
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text(result.executable.as_text())
+  if max_batch:
+    known = {global_batch // data_devices: result.needed}
+    row['largest_per_device_batch'] = largest_fitting(
+        lambda b: _probe(compile_at(lower, b * data_devices), log, step, b),
+        limit, known, max_batch)
+    row['largest_is_max_batch'] = row['largest_per_device_batch'] == max_batch
+  log(f'  {_summary(row)}')
+  return row
 
 
 def _probe(result: Compiled, log, step: str, batch: int) -> Optional[int]:
@@ -227,8 +235,6 @@ def _cost_columns(result: Compiled, config, step: str, devices: int, global_batc
 def cpu_gflops_per_clip(config, step: str, batch: int) -> float:
   """XLA's FLOPs per clip of the unoptimised step lowered for one CPU device (XLA:GPU gives no
   cost analysis without a GPU); within a few percent of the optimised count."""
-  import jax
-  from cstm_jax import sharding
   mesh = sharding.make_mesh(1, jax.devices('cpu')[:1])
   return _first(step_builder(config, mesh, step)(batch).cost_analysis())['flops'] / batch / 1e9
 
@@ -355,10 +361,6 @@ def _write(rows) -> None:
     pathlib.Path(FLAGS.markdown).write_text(markdown_table(rows) + '\n')
 
 
-def run() -> None:
-  target_specs.prepare_environment()  # before jax is imported
-  app.run(lambda argv: sys.exit(main(argv)))
-
-
 if __name__ == '__main__':
-  run()
+  target_specs.prepare_environment()
+  app.run(lambda argv: sys.exit(main(argv)))

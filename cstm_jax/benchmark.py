@@ -68,7 +68,7 @@ class Setting:
   views: int = 1
   width: float = 1.0
   shift_impl: str = 'roll'
-  gpu_conv_nhwc: bool = True
+  gpu_conv_nhwc: bool = False
   setting: str = 'matched'  # 'matched' (the given frames) or 'published' (PUBLISHED)
 
 
@@ -107,7 +107,7 @@ def _random_batch(shape, mesh, num_classes: int, seed: int = 0) -> dict:
   return jax.jit(make, out_shardings=batch_sharding)(jax.random.key(seed))
 
 
-def inference_step(model, mesh, clips_shape, num_classes: int, gpu_conv_nhwc: bool = True):
+def inference_step(model, mesh, clips_shape, num_classes: int, gpu_conv_nhwc: bool = False):
   """(lowered eval-mode forward, runner): `runner(compiled)` is a call of it on a batch already
   on the devices. Logits stay sharded over the batch, as a serving loop would leave them."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -122,7 +122,7 @@ def inference_step(model, mesh, clips_shape, num_classes: int, gpu_conv_nhwc: bo
   return lowered, lambda compiled: (lambda: compiled(variables, batch['clips']))
 
 
-def train_step(model, mesh, clips_shape, num_classes: int, gpu_conv_nhwc: bool = True):
+def train_step(model, mesh, clips_shape, num_classes: int, gpu_conv_nhwc: bool = False):
   """(lowered train step, runner): a full optimizer step of the recipe (SGD, clipping, weight
   decay, BatchNorm statistics); the state threads through successive calls."""
   config = optim.default_config()
@@ -296,9 +296,9 @@ def parse_args(argv):
   parser.add_argument('--mode', default='inference', help=f'mode(s): {MODES}')
   parser.add_argument('--width', type=float, default=1.0, help='channel multiplier (tests)')
   parser.add_argument('--shift-impl', default='roll', choices=('roll', 'slice'))
-  parser.add_argument('--gpu-conv-nhwc', default='true', choices=('true', 'false'),
-                      help='GPUs: channels-last convolutions (XLA:GPU\'s default runs 3D convs '
-                           'NCDHW); no effect elsewhere')
+  parser.add_argument('--gpu-conv-nhwc', default='false', choices=('true', 'false'),
+                      help='GPUs: force channels-last convolutions (XLA:GPU runs 3D convs NCDHW); '
+                           'config key xla.gpu_conv_nhwc; no effect elsewhere')
   parser.add_argument('--warmup', type=int, default=2, help='untimed runs')
   parser.add_argument('--repeats', type=int, default=5, help='timed runs (the median counts)')
   parser.add_argument('--steps', type=int, default=5, help='steps per run')

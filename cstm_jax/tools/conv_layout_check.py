@@ -1,6 +1,6 @@
 """On a GPU: does `xla.gpu_conv_nhwc` (channels-last convolutions) compute the same train step?
 
-  python -m cstm_jax.tools.conv_layout_check [--model cstm_bninception] [--width 0.5]
+  python -m cstm_jax.tools.conv_layout_check [--model cstm_bninception] [--width 0.25]
 
 Runs one training step (loss, gradients, BatchNorm statistics) and the eval-mode forward of a
 randomly initialised model on the same random batch with XLA:GPU's default convolution layouts
@@ -18,10 +18,14 @@ from cstm_jax import optim, sharding, train
 from cstm_jax.models.build import build_model, model_config
 
 
-def relative_difference(a, b) -> float:
-  leaves = zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
-  return max(float(np.linalg.norm(np.asarray(x, np.float64) - np.asarray(y, np.float64))
-                   / max(np.linalg.norm(np.asarray(y, np.float64)), 1e-30)) for x, y in leaves)
+def relative_difference(a, b) -> tuple[float, str]:
+  """Largest ||a - b|| / ||b|| over the leaves, and that leaf's path."""
+  worst = (0.0, '')
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves(b)):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    diff = float(np.linalg.norm(x - y) / max(np.linalg.norm(y), 1e-30))
+    worst = max(worst, (diff, jax.tree_util.keystr(path)))
+  return worst
 
 
 def outputs(model, mesh, clips_shape, nhwc: bool, batch, seed: int = 0) -> dict:
@@ -41,10 +45,10 @@ def outputs(model, mesh, clips_shape, nhwc: bool, batch, seed: int = 0) -> dict:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--model', default='cstm_bninception')
-  parser.add_argument('--width', type=float, default=0.5)
-  parser.add_argument('--frames', type=int, default=8)
-  parser.add_argument('--crop', type=int, default=112)
-  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--width', type=float, default=0.25)
+  parser.add_argument('--frames', type=int, default=4)
+  parser.add_argument('--crop', type=int, default=224)
+  parser.add_argument('--batch', type=int, default=2)
   parser.add_argument('--tolerance', type=float, default=1e-4)
   args = parser.parse_args(argv)
   device = jax.devices()[0]
@@ -64,9 +68,9 @@ def main(argv=None) -> int:
         f'float32 on {device.device_kind}: NHWC vs default layouts, relative difference')
   worst = 0.0
   for name in default:
-    diff = relative_difference(nhwc[name], default[name])
+    diff, where = relative_difference(nhwc[name], default[name])
     worst = max(worst, diff)
-    print(f'  {name:24s} {diff:.2e}')
+    print(f'  {name:24s} {diff:.2e}  {where}')
   print('same function' if worst <= args.tolerance else f'DIFFERENT (> {args.tolerance:g})')
   return 0 if worst <= args.tolerance else 1
 
