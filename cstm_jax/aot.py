@@ -36,6 +36,7 @@ from ml_collections import config_flags
 
 from cstm_jax import evaluate as evaluation, hlo_stats, sharding, train
 from cstm_jax import targets as target_specs
+from cstm_jax.models.build import model_name
 
 FLAGS = flags.FLAGS
 STEPS = ('train', 'eval')
@@ -178,8 +179,9 @@ def _analyse_step(config, target, step, mesh, devices, hosts, limit, max_batch, 
   result = compile_at(lower, global_batch)
   row = {
       'target': target.spec, 'platform': target.platform, 'device_kind': devices[0].device_kind,
-      'devices': len(devices), 'hosts': hosts, 'step': step, 'model': config.model.temporal
-      + '_' + config.model.backbone, 'frames': config.model.num_frames,
+      'devices': len(devices), 'hosts': hosts, 'step': step,
+      'model': model_name(config.model.backbone, config.model.temporal),
+      'frames': config.model.num_frames,
       'crop': config.data.crop, 'dtype': config.model.dtype, 'global_batch': global_batch,
       'per_device_batch': global_batch // data_devices, 'compile_s': round(result.seconds, 1),
       'limit_gib': round(limit / GiB, 2),
@@ -222,7 +224,7 @@ def _memory_columns(result: Compiled, limit: int) -> dict:
 def _cost_columns(result: Compiled, config, step: str, devices: int, global_batch: int) -> dict:
   """FLOPs per clip (the compiled module is one device's partition) and the TPU compiler's
   estimated step time when it gives a positive one."""
-  cost = _first(result.executable.cost_analysis()) or {}
+  cost = hlo_stats.first_cost(result.executable.cost_analysis())
   if cost.get('flops'):
     gflops = cost['flops'] * devices / global_batch / 1e9
   else:
@@ -236,7 +238,8 @@ def cpu_gflops_per_clip(config, step: str, batch: int) -> float:
   """XLA's FLOPs per clip of the unoptimised step lowered for one CPU device (XLA:GPU gives no
   cost analysis without a GPU); within a few percent of the optimised count."""
   mesh = sharding.make_mesh(1, jax.devices('cpu')[:1])
-  return _first(step_builder(config, mesh, step)(batch).cost_analysis())['flops'] / batch / 1e9
+  lowered = step_builder(config, mesh, step)(batch)
+  return hlo_stats.first_cost(lowered.cost_analysis())['flops'] / batch / 1e9
 
 
 def _hlo_columns(stats, mesh, global_batch: int) -> dict:
@@ -256,10 +259,6 @@ def _hlo_columns(stats, mesh, global_batch: int) -> dict:
 def _leading_dim(shape: str) -> int:
   m = re.search(r'\[(\d+)', shape)
   return int(m.group(1)) if m else 0
-
-
-def _first(cost):
-  return cost[0] if isinstance(cost, (list, tuple)) and cost else cost
 
 
 def _slug(text: str) -> str:

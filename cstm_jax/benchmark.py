@@ -168,11 +168,7 @@ def unoptimised_gflops_per_clip(make, model, clips_shape, num_classes: int) -> f
   cpu_mesh = sharding.make_mesh(1, jax.devices('cpu')[:1])
   with jax.set_mesh(cpu_mesh):
     lowered, _ = make(model, cpu_mesh, clips_shape, num_classes)
-  return _first(lowered.cost_analysis())['flops'] / clips_shape[0] / 1e9
-
-
-def _first(cost):
-  return cost[0] if isinstance(cost, (list, tuple)) else cost
+  return hlo_stats.first_cost(lowered.cost_analysis())['flops'] / clips_shape[0] / 1e9
 
 
 def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
@@ -203,7 +199,8 @@ def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
   if mesh.devices.flat[0].platform == 'gpu':  # XLA:GPU's count leaves out cuDNN and cuBLAS calls
     gflops = unoptimised_gflops_per_clip(make, model, clips_shape, config.num_classes)
   else:  # the compiled module is one device's partition of the step
-    gflops = _first(compiled.cost_analysis())['flops'] * mesh.devices.size / setting.batch / 1e9
+    flops = hlo_stats.first_cost(compiled.cost_analysis())['flops']
+    gflops = flops * mesh.devices.size / setting.batch / 1e9
   memory = compiled.memory_analysis()
   memory_gb = None if memory is None else (
       memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes

@@ -34,6 +34,14 @@ class Instruction:
   attrs: str     # everything after the operand list
 
 
+def first_cost(cost_analysis) -> dict:
+  """`compiled.cost_analysis()` / `lowered.cost_analysis()` as one dict (older jax gives a list
+  of one); {} when the backend gives none."""
+  if isinstance(cost_analysis, (list, tuple)):
+    cost_analysis = cost_analysis[0] if cost_analysis else None
+  return cost_analysis or {}
+
+
 def shape_bytes(shape: str) -> int:
   """Bytes of an HLO shape (tuples summed)."""
   total = 0

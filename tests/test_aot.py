@@ -40,6 +40,14 @@ def test_cuda_targets_and_bad_targets():
       targets.parse(bad)
 
 
+def test_gpu_memory_is_the_share_jax_allocates(monkeypatch):
+  h100 = targets.parse('cuda:h100')
+  monkeypatch.delenv('XLA_PYTHON_CLIENT_MEM_FRACTION', raising=False)
+  assert targets.memory_limit_bytes(h100, None) == int(0.75 * targets.GPUS['h100']['memory'])
+  monkeypatch.setenv('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.9')
+  assert targets.memory_limit_bytes(h100, None) == int(0.9 * targets.GPUS['h100']['memory'])
+
+
 def test_topology_devices_and_hosts():
   v5e_256 = targets.devices(targets.parse('tpu:v5e-256'))
   assert len(v5e_256) == 256 and len({d.process_index for d in v5e_256}) == 64

@@ -64,16 +64,23 @@ def test_flops_agree_with_the_model_summary(reports):
     assert row['gflops'] == pytest.approx(2 * counted['gmacs_xla'], rel=0.02)
 
 
-def test_gpu_flop_count_agrees_with_the_compiled_count(reports):
+def test_gpu_flop_count_agrees_with_the_model_summary(reports):
   """On GPUs the harness counts FLOPs on the step lowered for the CPU (XLA:GPU's compiled count
-  leaves out cuDNN calls); here both counts exist, for the same rows."""
+  leaves out cuDNN calls): the same forward as the summary's, about 3x that for a train step."""
   from cstm_jax.models.build import build_model, model_config
   for row in json.loads(reports['json'].read_text()):
+    if row['model'] != 'cstm_bninception':
+      continue
     config = model_config(row['model'], num_frames=2, width=0.125)
     make = benchmark.inference_step if row['mode'] == 'inference' else benchmark.train_step
     counted = benchmark.unoptimised_gflops_per_clip(
         make, build_model(config), (8, 2, row['crop'], row['crop'], 3), config.num_classes)
-    assert counted == pytest.approx(row['gflops'], rel=0.08)
+    forward = 2 * summary.summarize(row['model'], frames=2, crop=row['crop'],
+                                    width=0.125)['gmacs_xla']
+    if row['mode'] == 'inference':
+      assert counted == pytest.approx(forward, rel=0.02)
+    else:
+      assert 2.5 * forward < counted < 3.5 * forward
     assert row['gpu_conv_nhwc'] is False and row['kernels'] > 0
 
 
