@@ -78,18 +78,18 @@ accelerators: accelerators-tpu accelerators-gpu
 
 accelerators-tpu: $(INSTALLED)
 	mkdir -p $(AOT_OUT)
-	-$(TPU_AOT) --config=configs/ssv2_8f.py $(AOT_ARGS) --target=tpu:v5e-8 \
-	  --json $(AOT_OUT)/tpu_cstm_8f_v5e8.json
-	-$(TPU_AOT) --config=configs/ssv2_8f.py $(AOT_ARGS) --target=tpu:v5p-8 --target=tpu:v6e-8 \
-	  --steps=train --json $(AOT_OUT)/tpu_cstm_8f_v5p8_v6e8.json
+	-$(TPU_AOT) --config=configs/ssv2_8f.py $(AOT_ARGS) --target=tpu:v5e-8 --target=tpu:v5e-256 \
+	  --steps=eval --config.data.eval_batch_size=256 --json $(AOT_OUT)/tpu_cstm_8f_eval.json
 	-$(TPU_AOT) --config=configs/ssv2_8f.py $(AOT_ARGS) --target=tpu:v5e-256 --steps=train \
-	  --config.data.batch_size=256 --json $(AOT_OUT)/tpu_cstm_8f_v5e256.json
+	  --config.data.batch_size=256 --json $(AOT_OUT)/tpu_cstm_8f_v5e256_train.json
+	-$(TPU_AOT) --config=configs/ssv2_8f.py $(AOT_ARGS) --target=tpu:v5e-8 --target=tpu:v5p-8 \
+	  --target=tpu:v6e-8 --steps=train --json $(AOT_OUT)/tpu_cstm_8f_train.json
 	-$(TPU_AOT) --config=configs/ssv2_16f.py $(AOT_ARGS) --target=tpu:v5e-8 --steps=train \
 	  --json $(AOT_OUT)/tpu_cstm_16f.json
 	-$(TPU_AOT) --config=configs/ssv2_ablation_tsn.py $(AOT_ARGS) --target=tpu:v5e-8 --steps=train \
 	  --json $(AOT_OUT)/tpu_tsn_8f.json
 	-$(TPU_AOT) --config=configs/ssv2_i3d_resnet50.py $(AOT_ARGS) --target=tpu:v5e-8 --steps=train \
-	  --json $(AOT_OUT)/tpu_i3d_resnet50_8f.json
+	  --json $(AOT_OUT)/tpu_i3d_resnet50.json
 
 accelerators-gpu: $(INSTALLED)
 	mkdir -p $(AOT_OUT)
@@ -102,7 +102,7 @@ accelerators-gpu: $(INSTALLED)
 	-$(GPU_AOT) --config=configs/ssv2_ablation_tsn.py $(AOT_ARGS) --target=cuda:h100 --steps=train \
 	  --json $(AOT_OUT)/cuda_tsn_8f.json
 	-$(GPU_AOT) --config=configs/ssv2_i3d_resnet50.py $(AOT_ARGS) --target=cuda:h100 --steps=train \
-	  --json $(AOT_OUT)/cuda_i3d_resnet50_8f.json
+	  --json $(AOT_OUT)/cuda_i3d_resnet50.json
 	for nhwc in false true; do for cfg in ssv2_8f ssv2_ablation_tsn; do \
 	  $(GPU_AOT) --config=configs/$$cfg.py $(AOT_ARGS) --target=cuda:h100 --steps=train \
 	    --config.data.batch_size=64 --config.xla.gpu_conv_nhwc=$$nhwc \
