@@ -66,8 +66,8 @@ ifneq (,$(filter 2,$(GPU_PART)))
 endif
 
 # docs/accelerators.md: the experiments compiled ahead of time for TPU slices and H100s (no
-# accelerator needed; the GPU part takes about 15 minutes on 2 cores, a full-size TPU training
-# step more than 8 minutes a target there). CUDA targets need the jax CUDA plugin:
+# accelerator needed; on 2 cores each H100 compile took 33-213 s, a full-size TPU step 447-744 s
+# or more). CUDA targets need the jax CUDA plugin:
 # make accelerators CUDA_PYTHON=path/to/python-with-requirements-cuda.txt
 CUDA_PYTHON ?= .venv-cuda/bin/python
 AOT_ARGS := --config.model.dtype=bfloat16

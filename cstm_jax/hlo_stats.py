@@ -131,13 +131,6 @@ class StepStats:
   conv_layouts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   all_gathers: list = dataclasses.field(default_factory=list)  # (shape, gathered dimensions)
 
-  def as_dict(self) -> dict:
-    return {'kernels': self.kernels, 'fusions': self.fusions,
-            'library_calls': dict(self.library_calls), 'transposes': self.transposes,
-            'transpose_bytes': self.transpose_bytes, 'copies': self.copies,
-            'copy_bytes': self.copy_bytes, 'collectives': self.collectives,
-            'conv_layouts': dict(self.conv_layouts)}
-
 
 def step_stats(hlo_text: str) -> StepStats:
   computations = parse(hlo_text)

@@ -70,10 +70,6 @@ class Target:
   chips_per_host: Optional[tuple[int, int, int]] = None
   gpu: Optional[str] = None      # key of GPUS
 
-  @property
-  def name(self) -> str:
-    return self.spec.split(':', 1)[1]
-
 
 def _tpu_from_accelerator_type(kind: str) -> tuple[str, Optional[tuple]]:
   """'v5e-8' -> ('v5e:2x4', (2, 4, 1)); 'v5p-16' -> ('v5p:2x2x2', None) (v4 and v5p count two
