@@ -6,13 +6,14 @@ A variables checkpoint (`{'params', 'batch_stats'}`, e.g. from `cstm_jax.convert
 `config.train.init_from` loads.
 """
 import json
-import pathlib
 
 import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+from cstm_jax import paths
 
 # Orbax splits each replicated array into per-replica slices before writing it ("replica
 # parallel"); for these models' hundreds of small arrays the slicing costs seconds a save.
@@ -24,7 +25,7 @@ class RunCheckpoints:
   """The latest (`max_to_keep`) and the best checkpoints of a run."""
 
   def __init__(self, workdir, max_to_keep: int = 2):
-    workdir = pathlib.Path(workdir).absolute()
+    workdir = paths.resolve(workdir)
     self.latest = ocp.CheckpointManager(
         workdir / 'checkpoints',
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
@@ -94,12 +95,12 @@ class RunCheckpoints:
 def save_variables(path, variables) -> None:
   """Writes `{'params': ..., 'batch_stats': ...}` as an orbax checkpoint at `path`."""
   checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(pathlib.Path(path).absolute(), flax.core.unfreeze(variables), force=True)
+  checkpointer.save(paths.resolve(path), flax.core.unfreeze(variables), force=True)
   checkpointer.wait_until_finished()
 
 
 def load_variables(path) -> dict:
-  path = pathlib.Path(path).absolute()
+  path = paths.resolve(path)
   if not path.exists():
     raise FileNotFoundError(f'init_from: no checkpoint at {path}')
   return ocp.StandardCheckpointer().restore(path)

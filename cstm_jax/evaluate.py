@@ -1,11 +1,10 @@
 """Evaluation over a whole split: logits averaged over views, exact top-1 / top-5 / mean class
 accuracy (padding masked out), per-class accuracy, confusion matrix and clip features."""
 import json
-import pathlib
 
 import numpy as np
 
-from cstm_jax import sharding
+from cstm_jax import paths, sharding
 
 
 def parse_views(views: str) -> tuple[int, int]:
@@ -73,16 +72,15 @@ def metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
 
 
 def write_results(directory, name: str, results: dict, class_names, features=None,
-                  labels=None) -> pathlib.Path:
+                  labels=None):
   """Writes `<name>.json` (metrics, per-class accuracy, class names), the confusion-matrix PNG
   and the t-SNE PNG of clip features into `directory`; returns the JSON path."""
   from cstm_jax import plots  # matplotlib only where results are written
-  directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
+  directory = paths.resolve(directory)
   summary = {**results, 'confusion': np.asarray(results['confusion']).tolist(),
              'class_names': list(class_names)}
   path = directory / f'{name}.json'
-  path.write_text(json.dumps(summary, indent=1))
+  paths.write_text(path, json.dumps(summary, indent=1))
   plots.confusion_matrix(results['confusion'], class_names, directory / f'{name}_confusion.png',
                          title=f"{name}: top-1 {results['top1']:.1f}%")
   if features is not None and len(features) >= 4:

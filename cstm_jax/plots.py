@@ -6,6 +6,17 @@ matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cstm_jax import paths  # noqa: E402
+
+
+def _save(fig, path) -> None:
+  """Writes `fig` as a PNG to a local or `gs://` path and closes it."""
+  path = paths.resolve(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open('wb') as f:
+    fig.savefig(f, format='png', dpi=100)
+  plt.close(fig)
+
 
 def _short(name: str, width: int = 38) -> str:
   return name if len(name) <= width else name[:width - 1] + '…'
@@ -26,8 +37,7 @@ def confusion_matrix(confusion: np.ndarray, class_names, path, title: str = '') 
   ax.set_title(title)
   fig.colorbar(image, ax=ax, fraction=0.046)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def tsne(features: np.ndarray, labels: np.ndarray, class_names, path, seed: int = 0) -> None:
@@ -48,8 +58,7 @@ def tsne(features: np.ndarray, labels: np.ndarray, class_names, path, seed: int 
   ax.set_xticks([])
   ax.set_yticks([])
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def class_gains(names, gains, path, title: str) -> None:
@@ -62,8 +71,7 @@ def class_gains(names, gains, path, title: str) -> None:
   ax.set_title(title)
   ax.axvline(0, color='black', linewidth=0.8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def training_curves(records, path) -> None:
@@ -78,8 +86,7 @@ def training_curves(records, path) -> None:
   right.set_xlabel('step')
   right.set_ylabel('validation top-1 (%)')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def throughput(rows, path) -> None:
@@ -113,5 +120,4 @@ def throughput(rows, path) -> None:
       ax.scatter([], [], color=colours[f], label=f'{f} frames')
     ax.legend(fontsize=8, loc='lower left')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)

@@ -4,7 +4,6 @@ Reads top to bottom: setup (processes, mesh), data, model and optimizer, state a
 shardings, step functions, restore, evaluation, and the training loop.
 """
 import json
-import pathlib
 import signal
 import time
 from typing import Any
@@ -17,7 +16,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from cstm_jax import checkpoints, evaluate as evaluation, optim, sharding
+from cstm_jax import checkpoints, evaluate as evaluation, optim, paths, sharding
 from cstm_jax.models.build import build_model
 from cstm_jax.progress import format_seconds
 from cstm_jax.writer import MetricWriter, read_metrics
@@ -138,7 +137,7 @@ def evaluate_views(config, eval_step, variables, mesh, views: str, class_names, 
   results = evaluation.metrics(outputs['logits'], outputs['labels'], config.model.num_classes)
   results.update({'views': views, 'step': step})
   if workdir is not None and jax.process_index() == 0:
-    evaluation.write_results(pathlib.Path(workdir) / 'eval', name or f'views_{views}', results,
+    evaluation.write_results(paths.resolve(workdir) / 'eval', name or f'views_{views}', results,
                              class_names, outputs['features'], outputs['labels'])
   return results
 
@@ -194,10 +193,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Returns the final evaluation results of each of `config.eval.final_views`.
   """
   from input_pipeline import pipeline
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = paths.resolve(workdir)
   mesh = setup_mesh(config)
   main_process = jax.process_index() == 0
+  if main_process:
+    workdir.mkdir(parents=True, exist_ok=True)
 
   # Data.
   train_data = pipeline.train_dataset(config.data, jax.process_index(), jax.process_count())

@@ -1,11 +1,12 @@
 """Metrics out of a run: TensorBoard event files (tensorboardX) and `metrics.jsonl`.
 
-Only process 0 writes; on the others every call is a no-op.
+Only process 0 writes; on the others every call is a no-op. The workdir may be local or `gs://`.
 """
 import json
-import pathlib
 
 import jax
+
+from cstm_jax import paths
 
 
 class MetricWriter:
@@ -15,17 +16,18 @@ class MetricWriter:
     if not self.active:
       return
     from tensorboardX import SummaryWriter
-    workdir = pathlib.Path(workdir)
+    paths.register_tensorboard_filesystems()
+    workdir = paths.resolve(workdir)
     self.tensorboard = SummaryWriter(str(workdir / 'tensorboard'))
-    self.jsonl = open(workdir / 'metrics.jsonl', 'a')
+    self.jsonl = paths.GrowingFile(workdir / 'metrics.jsonl')
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.active:
       return
     for name, value in scalars.items():
       self.tensorboard.add_scalar(name, value, step)
-    self.jsonl.write(json.dumps({'step': int(step), **{k: float(v) for k, v in scalars.items()}})
-                     + '\n')
+    line = json.dumps({'step': int(step), **{k: float(v) for k, v in scalars.items()}}) + '\n'
+    self.jsonl.write(line.encode())
     self.jsonl.flush()
 
   def close(self) -> None:
@@ -35,5 +37,5 @@ class MetricWriter:
 
 
 def read_metrics(workdir) -> list[dict]:
-  path = pathlib.Path(workdir) / 'metrics.jsonl'
+  path = paths.resolve(workdir) / 'metrics.jsonl'
   return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

@@ -1,8 +1,8 @@
 """grain pipelines over a prepared dataset: training and evaluation iterators.
 
-Training: this process's shard (`records[process_index::process_count]`), shuffled every
-epoch, TSN-sampled, multi-scale cropped, flipped with label swap, batched to the local batch
-(`global batch / process count`). Deterministic for a seed; the iterator's state
+Training: all records shuffled every epoch, TSN-sampled, multi-scale cropped, flipped with label
+swap; each process takes its rows of every global batch (`global batch / process count`), so
+the global batches are the same for any process count. Deterministic for a seed; the iterator's state
 (`get_state` / `set_state`, or grain's orbax handlers) resumes it batch for batch.
 
 Evaluation: every record exactly once over all processes; the last batch is padded and
@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from input_pipeline import builders, labels, transforms  # noqa: F401  (registers the builders)
+from input_pipeline import builders, labels, paths, transforms  # noqa: F401 (registers builders)
 
 # Every key a `config.data` block may hold, with its default.
 DEFAULTS = {
@@ -56,13 +56,21 @@ def data_config(**overrides) -> ml_collections.ConfigDict:
 
 def open_split(config, split: str):
   """The TFDS data source of a prepared split and the dataset's class names."""
-  root = pathlib.Path(config.data_dir) / config.name
-  if not config.data_dir or not root.is_dir():
+  data_dir = paths.expand(config.data_dir)
+  if paths.is_remote(data_dir):
+    raise ValueError(
+        f'data_dir={data_dir}: prepared datasets are read from a local disk (the ArrayRecord '
+        'reader opens local files only). Copy the dataset to each host: gcloud storage cp -r '
+        f'{data_dir.rstrip("/")}/{config.name} ~/tensorflow_datasets/ and pass '
+        '--config.data.data_dir=~/tensorflow_datasets; or mount the bucket with gcsfuse '
+        '(gcsfuse --implicit-dirs BUCKET /mnt/BUCKET) and pass the mounted path.')
+  root = pathlib.Path(data_dir) / config.name
+  if not data_dir or not root.is_dir():
     raise FileNotFoundError(
-        f'prepared dataset {config.name!r} not found under data_dir={config.data_dir!r}; '
+        f'prepared dataset {config.name!r} not found under data_dir={data_dir!r}; '
         'build it with: python -m input_pipeline.prepare --dataset ... --manual_dir ... '
-        f'--data_dir {config.data_dir or "DIR"}')
-  builder = tfds.builder(config.name, data_dir=config.data_dir)
+        f'--data_dir {data_dir or "DIR"}')
+  builder = tfds.builder(config.name, data_dir=data_dir)
   if split not in builder.info.splits:
     raise ValueError(f'{root}: no split {split!r}; has {sorted(builder.info.splits)}')
   return builder.as_data_source(split=split), builder.info.features['label'].names
@@ -167,20 +175,45 @@ def _finish(dataset: grain.MapDataset, config) -> grain.IterDataset:
   return iterable
 
 
+class ProcessRows(grain.MapDataset):
+  """This process's rows of every global batch of `parent`: local element k is global element
+  `(k // local) * global_batch + process_index * local + k % local`. The global batches, and
+  each element's random augmentation, are therefore the same for any number of processes."""
+
+  def __init__(self, parent: grain.MapDataset, global_batch: int, process_index: int,
+               process_count: int):
+    super().__init__(parent)
+    self._local = local_batch_size(global_batch, process_count)
+    self._global, self._offset = global_batch, process_index * self._local
+
+  def __len__(self):
+    return len(self._parent) // self._global * self._local
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    batch, row = divmod(index, self._local)
+    return self._parent[batch * self._global + self._offset + row]
+
+  def __str__(self):
+    return f'ProcessRows(offset={self._offset}, local={self._local}, global={self._global})'
+
+
 def train_dataset(config, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """The endless training stream of this process. `iter()` it; the iterator checkpoints."""
+  """The endless training stream of this process: its rows of each global batch. `iter()` it;
+  the iterator checkpoints."""
   source, class_names = open_split(config, config.train_split)
-  batch = local_batch_size(config.batch_size, process_count)
-  shard = grain.MapDataset.source(IndexedSource(source))[process_index::process_count]
-  if len(shard) < batch:
-    raise ValueError(f'{config.name}/{config.train_split}: {len(shard)} videos for this process, '
-                     f'fewer than its batch of {batch}')
+  if len(source) < config.batch_size:
+    raise ValueError(f'{config.name}/{config.train_split}: {len(source)} videos, fewer than the '
+                     f'global batch of {config.batch_size}')
   flip_map = flip_label_map(config, class_names)
   transform = TrainTransform(config.num_frames, config.crop, config.colour, flip_map,
                              tuple(config.scales), output_dtype(config))
-  dataset = (shard.seed(config.seed).shuffle().repeat(None)
-             .random_map(transform).batch(batch, drop_remainder=True))
-  return _finish(dataset, config)
+  clips = (grain.MapDataset.source(IndexedSource(source)).seed(config.seed).shuffle()
+           .repeat(None).random_map(transform))
+  mine = ProcessRows(clips, config.batch_size, process_index, process_count)
+  batch = local_batch_size(config.batch_size, process_count)
+  return _finish(mine.batch(batch, drop_remainder=True), config)
 
 
 def eval_dataset(config, process_index: int = 0, process_count: int = 1):

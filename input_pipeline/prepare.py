@@ -15,7 +15,7 @@ import time
 
 import tensorflow_datasets as tfds
 
-from input_pipeline import builders, labels
+from input_pipeline import builders, labels, paths
 
 REPORT = 'prepare_report.json'
 
@@ -24,7 +24,11 @@ def prepare(dataset: str, manual_dir, data_dir, workers=None, short_side=None) -
   """Builds the dataset; returns the report (also written beside the dataset)."""
   if dataset not in builders.BUILDERS:
     raise ValueError(f'unknown dataset {dataset!r}; choose one of {sorted(builders.BUILDERS)}')
-  manual_dir = pathlib.Path(manual_dir)
+  manual_dir = pathlib.Path(paths.expand(manual_dir))
+  data_dir = paths.expand(data_dir)
+  if paths.is_remote(data_dir):
+    raise ValueError(f'data_dir={data_dir}: prepare writes to a local disk (ArrayRecord files); '
+                     'prepare locally, then copy the dataset folder with gcloud storage cp -r')
   if not manual_dir.is_dir():
     raise FileNotFoundError(f'{manual_dir}: manual dir not found')
   cls = builders.BUILDERS[dataset]
@@ -64,7 +68,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     report = prepare(args.dataset, args.manual_dir, args.data_dir, args.workers, args.short_side)
-  except (labels.AnnotationError, FileNotFoundError) as e:
+  except (labels.AnnotationError, FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   rate = report['videos_written'] / max(report['seconds'], 1e-9)

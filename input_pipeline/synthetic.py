@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from cstm_jax.progress import Progress
-from input_pipeline import labels, video_io
+from input_pipeline import labels, paths, video_io
 
 TEMPLATES = (
     'Moving [something] from left to right',
@@ -152,7 +152,7 @@ def _write_one(job):
 def generate(out, train=240, val=60, test=12, size=64, seed=0, fmt='webm', layout='ssv1',
              workers=None):
   """Writes the dataset under `out`; returns {split: [(id, class name)]}."""
-  out = pathlib.Path(out)
+  out = pathlib.Path(paths.expand(out))
   names = class_names()
   if fmt == 'webm':
     (out / labels.SSV2_VIDEOS).mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,6 @@
 """The grain pipelines over a prepared synthetic dataset."""
+import pathlib
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -59,15 +61,16 @@ def test_worker_processes_give_the_same_batches_and_resume(config):
   np.testing.assert_array_equal(next(resumed)['index'], in_process[1]['index'])
 
 
-def test_process_shards_are_disjoint_and_cover_the_split(config):
-  config.batch_size = 4  # global: 2 per process, 6 training videos per process
-  seen = []
-  for process in range(2):
-    batches = take(pipeline.train_dataset(config, process, 2), 3)  # one epoch of the shard
-    assert all(b['clips'].shape[0] == 2 for b in batches)
-    seen.append({int(i) for b in batches for i in b['index']})
-  assert not seen[0] & seen[1]
-  assert seen[0] | seen[1] == set(range(12))
+def test_processes_split_the_global_batches_of_one_process(config):
+  config.batch_size = 4  # global: 2 per process
+  one = take(pipeline.train_dataset(config), 4)
+  two = [take(pipeline.train_dataset(config, process, 2), 4) for process in range(2)]
+  for step, batch in enumerate(one):
+    for key in ('clips', 'labels', 'index'):  # the same clips, augmented the same way
+      np.testing.assert_array_equal(
+          np.concatenate([two[0][step][key], two[1][step][key]]), batch[key])
+  epoch = {int(i) for b in one[:3] for i in b['index']}  # 12 videos, 3 global batches
+  assert epoch == set(range(12))
 
 
 def test_flip_swaps_left_right_labels(config):
@@ -119,6 +122,19 @@ def test_configuration_errors(config, tmp_path):
   config.data_dir = str(tmp_path)
   with pytest.raises(FileNotFoundError, match='python -m input_pipeline.prepare'):
     pipeline.train_dataset(config)
+  config.data_dir = 'gs://bucket/tfds'
+  with pytest.raises(ValueError, match='gcloud storage cp -r gs://bucket/tfds/something_some'):
+    pipeline.train_dataset(config)
+
+
+def test_data_dir_expands_home_and_variables(config, monkeypatch):
+  data_dir = pathlib.Path(config.data_dir)
+  monkeypatch.setenv('HOME', str(data_dir.parent))
+  monkeypatch.setenv('PREPARED', data_dir.name)
+  for spelling in (f'~/{data_dir.name}', '~/$PREPARED', '${HOME}/${PREPARED}'):
+    config.data_dir = spelling
+    source, names = pipeline.open_split(config, 'train')
+    assert len(source) == len(names) == 12
 
 
 def test_synthetic_classes_pair_up_under_time_reversal():
