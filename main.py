@@ -3,47 +3,35 @@
 Trains and evaluates (resuming from the workdir's latest checkpoint when there is one);
 `--config.mode=eval` evaluates the workdir's best (or `--config.eval.checkpoint=latest`)
 checkpoint without training. The config is locked: a misspelt `--config.x=...` is an error.
+The workdir may be local or in Cloud Storage (`gs://bucket/runs/x`); `~` and `$VARS` in paths
+are expanded.
 
 Several processes (multi-host GPU, TPU pods): run the same command on every host. Under SLURM,
-Open MPI or on a Cloud TPU `jax.distributed` finds its peers itself; elsewhere pass
-`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
+Open MPI or on a Cloud TPU slice the processes find each other (`cstm_jax/launch.py` picks each
+one's GPUs); elsewhere pass `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
 """
-import os
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and plots.')
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and plots (local or gs://).')
 flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (multi-process).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
 flags.DEFINE_integer('process_id', None, 'This process (multi-process).')
+flags.DEFINE_list('local_device_ids', None,
+                  'GPUs this process uses, as it numbers them (default: chosen from the SLURM or '
+                  'Open MPI layout; all visible GPUs for one process per node).')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-def cluster_processes() -> int:
-  """Processes in this job as SLURM, Open MPI or a Cloud TPU slice announce them."""
-  for variable in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
-    if variable in os.environ:
-      return int(os.environ[variable])
-  return len(os.environ.get('TPU_WORKER_HOSTNAMES', 'localhost').split(','))
-
-
-def initialize_distributed() -> None:
-  """jax.distributed.initialize() when this job has several processes."""
-  import jax
-  if FLAGS.coordinator_address:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  elif cluster_processes() > 1:
-    jax.distributed.initialize()  # finds its peers from the cluster's environment
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from cstm_jax import logs
+  from cstm_jax import launch, logs
   logs.quiet_library_logs()
-  initialize_distributed()
+  launch.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                    FLAGS.local_device_ids and [int(i) for i in FLAGS.local_device_ids])
   import jax
   from cstm_jax import train
   config = FLAGS.config
@@ -58,4 +46,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from cstm_jax import config_file
+  app.run(main, flags_parser=config_file.parse_flags)

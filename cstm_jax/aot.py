@@ -22,7 +22,6 @@ TPU targets need libtpu (requirements-tpu.txt), CUDA targets the jax CUDA plugin
 """
 import dataclasses
 import json
-import pathlib
 import re
 import sys
 import time
@@ -34,7 +33,7 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from cstm_jax import evaluate as evaluation, hlo_stats, sharding, train
+from cstm_jax import evaluate as evaluation, hlo_stats, paths, sharding, train
 from cstm_jax import targets as target_specs
 from cstm_jax.models.build import model_name
 
@@ -192,9 +191,8 @@ def _analyse_step(config, target, step, mesh, devices, hosts, limit, max_batch, 
     stats = hlo_stats.step_stats(result.executable.as_text())
     row.update(_hlo_columns(stats, mesh, global_batch))
     if hlo_dir:
-      path = pathlib.Path(hlo_dir) / f'{_slug(target.spec)}_{step}.hlo.txt'
-      path.parent.mkdir(parents=True, exist_ok=True)
-      path.write_text(result.executable.as_text())
+      paths.write_text(paths.resolve(hlo_dir) / f'{_slug(target.spec)}_{step}.hlo.txt',
+                       result.executable.as_text())
   if max_batch:
     known = {global_batch // data_devices: result.needed}
     row['largest_per_device_batch'] = largest_fitting(
@@ -355,11 +353,12 @@ def main(argv) -> int:
 
 def _write(rows) -> None:
   if FLAGS.json:
-    pathlib.Path(FLAGS.json).write_text(json.dumps(rows, indent=1) + '\n')
+    paths.write_text(FLAGS.json, json.dumps(rows, indent=1) + '\n')
   if FLAGS.markdown:
-    pathlib.Path(FLAGS.markdown).write_text(markdown_table(rows) + '\n')
+    paths.write_text(FLAGS.markdown, markdown_table(rows) + '\n')
 
 
 if __name__ == '__main__':
   target_specs.prepare_environment()
-  app.run(lambda argv: sys.exit(main(argv)))
+  from cstm_jax import config_file
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_file.parse_flags)

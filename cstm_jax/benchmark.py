@@ -20,7 +20,6 @@ with V clips costs V clips, so `videos_per_s` = clips/s / V.
 import argparse
 import dataclasses
 import json
-import pathlib
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from cstm_jax import hlo_stats, optim, sharding, train
+from cstm_jax import hlo_stats, optim, paths, sharding, train
 from cstm_jax.models.build import BACKBONES, MODELS, build_model, check_model_names, model_config
 from cstm_jax.models.summary import abstract_variables, count_params
 from cstm_jax.progress import format_seconds
@@ -192,8 +191,7 @@ def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
   stats = hlo_stats.step_stats(hlo)
   if hlo_dir:
     name = f'{setting.model}_{setting.frames}f_{setting.crop}px_{setting.dtype}_{setting.mode}'
-    pathlib.Path(hlo_dir).mkdir(parents=True, exist_ok=True)
-    (pathlib.Path(hlo_dir) / f'{name}.hlo.txt').write_text(hlo)
+    paths.write_text(paths.resolve(hlo_dir) / f'{name}.hlo.txt', hlo)
   seconds = median_seconds(runner(compiled), warmup, repeats, steps)
   clips_per_s = setting.batch * steps / seconds
   if mesh.devices.flat[0].platform == 'gpu':  # XLA:GPU's count leaves out cuDNN and cuBLAS calls
@@ -339,9 +337,9 @@ def settings(args) -> list[Setting]:
 def write_reports(rows: Sequence[dict], args) -> None:
   rows = with_reference_ratios(rows)
   if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(rows, indent=1) + '\n')
+    paths.write_text(args.json, json.dumps(rows, indent=1) + '\n')
   if args.markdown:
-    pathlib.Path(args.markdown).write_text(markdown_table(rows) + '\n')
+    paths.write_text(args.markdown, markdown_table(rows) + '\n')
   if args.plot:
     from cstm_jax import plots
     plots.throughput(rows, args.plot)

@@ -7,16 +7,17 @@ the classes whose top-1 improves most from A to B and plots them as bars.
 """
 import argparse
 import json
-import pathlib
 import sys
 
 import numpy as np
+
+from cstm_jax import paths
 
 RESULT_PREFIXES = ('final', 'best', 'latest')
 
 
 def load_results(run, views: str = '1x1') -> dict:
-  run = pathlib.Path(run)
+  run = paths.resolve(run)
   for prefix in RESULT_PREFIXES:
     path = run / 'eval' / f'{prefix}_{views}.json'
     if path.exists():
@@ -49,15 +50,15 @@ def main(argv=None) -> int:
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  name_a, name_b = pathlib.Path(args.run_a).name, pathlib.Path(args.run_b).name
+  run_a, run_b = paths.resolve(args.run_a), paths.resolve(args.run_b)
+  name_a, name_b = run_a.name, run_b.name
   print(f'top-1: {name_a} {a["top1"]:.2f}  {name_b} {b["top1"]:.2f}  '
         f'({b["top1"] - a["top1"]:+.2f})')
   print(f'{"class":<50} {name_a:>8} {name_b:>8} {"gain":>8}')
   for name, pa, pb, gain in rows:
     print(f'{name[:50]:<50} {pa:8.1f} {pb:8.1f} {gain:+8.1f}')
   from cstm_jax import plots
-  out = pathlib.Path(args.out or pathlib.Path(args.run_b) / 'eval' / f'gains_over_{name_a}.png')
-  out.parent.mkdir(parents=True, exist_ok=True)
+  out = paths.resolve(args.out or run_b / 'eval' / f'gains_over_{name_a}.png')
   plots.class_gains([r[0] for r in rows], np.array([r[3] for r in rows]), out,
                     f'Classes improved most from {name_a} to {name_b} (top-1, {args.views})')
   print(f'plot: {out}')

@@ -16,7 +16,6 @@ mismatch -- a missing or extra key, a wrong shape -- is an error that lists the 
 """
 import argparse
 import json
-import pathlib
 import re
 import sys
 from typing import Mapping, Optional, Sequence
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from cstm_jax import paths
 from cstm_jax.models.build import BACKBONES, build_model
 from cstm_jax.models.inception import TABLES, load_table
 from cstm_jax.models.summary import abstract_variables
@@ -41,7 +41,7 @@ IGNORED = ('num_batches_tracked',)
 def load_state_dict(path) -> dict[str, np.ndarray]:
   """A name -> array dict from a `.pth`/`.pt` (read with `weights_only=True`), `.safetensors`
   or `.npz` file. A training checkpoint's `state_dict` entry is used when present."""
-  path = pathlib.Path(path)
+  path = paths.resolve(path)
   if not path.is_file():
     raise FileNotFoundError(f'{path}: no such weights file')
   suffix = path.suffix.lower()
@@ -52,7 +52,8 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
       raise ImportError(f'{path}: reading PyTorch files needs torch (pip install torch); or save '
                         'the state dict as .safetensors or .npz') from None
     try:
-      loaded = torch.load(path, map_location='cpu', weights_only=True)
+      with path.open('rb') as f:
+        loaded = torch.load(f, map_location='cpu', weights_only=True)
     except Exception as e:  # pickles with code in them are refused here, by design
       raise ValueError(f'{path}: not a plain PyTorch state dict ({e})') from None
     if isinstance(loaded, dict) and isinstance(loaded.get('state_dict'), dict):
@@ -61,7 +62,7 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
   if suffix == '.safetensors':
     return _read_safetensors(path)
   if suffix == '.npz':
-    with np.load(path, allow_pickle=False) as data:
+    with path.open('rb') as f, np.load(f, allow_pickle=False) as data:
       return {k: data[k] for k in data.files}
   raise ValueError(f'{path}: unknown weights format {suffix!r}; use .pth, .safetensors or .npz')
 
@@ -70,7 +71,7 @@ _SAFETENSORS_DTYPES = {'F32': np.float32, 'F16': np.float16, 'F64': np.float64,
                        'BF16': jnp.bfloat16, 'I64': np.int64, 'I32': np.int32}
 
 
-def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+def _read_safetensors(path) -> dict[str, np.ndarray]:
   """The safetensors format: 8-byte header size, JSON header, raw little-endian tensors."""
   data = path.read_bytes()
   size = int.from_bytes(data[:8], 'little')
@@ -238,13 +239,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--config', required=True,
                       help='experiment config file (its model block is the target), '
                            'e.g. configs/ssv2_16f.py or configs/ssv2_16f.py:smoke')
-  parser.add_argument('--torch', required=True, help='.pth, .safetensors or .npz weights')
-  parser.add_argument('--out', required=True, help='directory of the orbax checkpoint to write')
+  parser.add_argument('--torch', required=True,
+                      help='.pth, .safetensors or .npz weights (local or gs://)')
+  parser.add_argument('--out', required=True,
+                      help='directory of the orbax checkpoint to write (local or gs://)')
   args = parser.parse_args(argv)
   from cstm_jax import checkpoints, config_file
   config = config_file.load(args.config)
   variables, report = convert_state_dict(load_state_dict(args.torch), config.model)
-  out = pathlib.Path(args.out).absolute()
+  out = paths.resolve(args.out)
   checkpoints.save_variables(out, variables)
   count = sum(np.size(v) for v in jax.tree_util.tree_leaves(variables['params']))
   print(f'wrote {count / 1e6:.2f} M parameters of {config.model.temporal}_'

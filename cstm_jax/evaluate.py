@@ -84,6 +84,7 @@ def write_results(directory, name: str, results: dict, class_names, features=Non
   plots.confusion_matrix(results['confusion'], class_names, directory / f'{name}_confusion.png',
                          title=f"{name}: top-1 {results['top1']:.1f}%")
   if features is not None and len(features) >= 4:
-    plots.tsne(features, labels, class_names, directory / f'{name}_tsne.png')
+    # `run` keeps the features of the first `max_features` clips only.
+    plots.tsne(features, labels[:len(features)], class_names, directory / f'{name}_tsne.png')
   return path
 

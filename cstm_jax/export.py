@@ -15,13 +15,14 @@ and average the logits. `FILE.json` beside it says the frames, crop, test scale 
 """
 import argparse
 import json
-import pathlib
 import sys
 from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from cstm_jax import paths
 
 DEFAULT_PLATFORMS = ('cpu', 'cuda')
 
@@ -55,7 +56,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--which', default='best', choices=('best', 'latest'))
   parser.add_argument('--checkpoint', help='a variables checkpoint (from cstm_jax.convert)')
   parser.add_argument('--config', help='config file of --checkpoint')
-  parser.add_argument('--out', required=True, help='file to write (and FILE.json beside it)')
+  parser.add_argument('--out', required=True,
+                      help='file to write, local or gs:// (and FILE.json beside it)')
   parser.add_argument('--platforms', default=','.join(DEFAULT_PLATFORMS),
                       help='comma-separated: cpu, cuda, rocm, tpu')
   args = parser.parse_args(argv)
@@ -66,9 +68,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except (ValueError, FileNotFoundError) as e:
     parser.error(str(e))
   exported = export(model, variables, config, args.platforms.split(','))
-  out = pathlib.Path(args.out)
+  out = paths.resolve(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_bytes(exported.serialize())
+  serialized = exported.serialize()
+  out.write_bytes(serialized)
   meta = {
       'model': f'{config.model.temporal}_{config.model.backbone}',
       'input': {'shape': ['batch', config.data.num_frames, config.data.crop, config.data.crop, 3],
@@ -79,8 +82,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       'platforms': list(exported.platforms),
       'classes': list(names),
   }
-  pathlib.Path(f'{out}.json').write_text(json.dumps(meta, indent=1))
-  print(f'wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MiB, {", ".join(exported.platforms)}) '
+  paths.write_text(f'{out}.json', json.dumps(meta, indent=1))
+  print(f'wrote {out} ({len(serialized) / 2 ** 20:.1f} MiB, {", ".join(exported.platforms)}) '
         f'and {out}.json')
   return 0
 

@@ -12,6 +12,7 @@ the views are averaged.
 """
 import argparse
 import csv
+import io
 import json
 import pathlib
 import sys
@@ -21,6 +22,7 @@ import flax
 import jax
 import numpy as np
 
+from cstm_jax import paths
 from cstm_jax.convert import describe_mismatch
 
 VIDEO_SUFFIXES = ('.webm', '.mp4', '.avi', '.mkv', '.mov', '.m4v')
@@ -35,7 +37,7 @@ def load_model(workdir=None, checkpoint=None, config_path=None, which: str = 'be
   from cstm_jax.models.build import build_model
   from cstm_jax.models.summary import abstract_variables
   if workdir and not checkpoint:
-    workdir = pathlib.Path(workdir)
+    workdir = paths.resolve(workdir)
     config = config_file.load(config_path or workdir / 'config.json')
     try:
       model, variables, _ = train.restore_variables(config, workdir, which,
@@ -70,8 +72,8 @@ def check_variables(variables, expected, what: str, against: str) -> None:
 
 def class_names(config, workdir=None) -> list[str]:
   """The run's classes.json, else the prepared dataset's names, else class_0, class_1, ..."""
-  if workdir and (pathlib.Path(workdir) / 'classes.json').exists():
-    return json.loads((pathlib.Path(workdir) / 'classes.json').read_text())
+  if workdir and (paths.resolve(workdir) / 'classes.json').exists():
+    return json.loads((paths.resolve(workdir) / 'classes.json').read_text())
   try:
     from input_pipeline import pipeline
     return list(pipeline.open_split(config.data, config.data.eval_split)[1])
@@ -121,13 +123,15 @@ class Predictor:
     return [(self.names[i], float(probabilities[i])) for i in order]
 
 
-def predict_folder(predictor: Predictor, videos, topk: int, out: pathlib.Path) -> dict:
-  """Writes one CSV row per video (top-k names and probabilities, or the error)."""
+def predict_folder(predictor: Predictor, videos, topk: int, out) -> dict:
+  """Writes one CSV row per video (top-k names and probabilities, or the error) to `out`
+  (local or gs://)."""
   from input_pipeline.video_io import VideoError
   from cstm_jax.progress import Progress
   failed = 0
-  with open(out, 'w', newline='') as f, Progress(len(videos), 'videos') as progress:
-    writer = csv.writer(f)
+  table = io.StringIO()
+  with Progress(len(videos), 'videos') as progress:
+    writer = csv.writer(table)
     writer.writerow(['video'] + [c for i in range(1, topk + 1) for c in
                                  (f'class_{i}', f'probability_{i}')] + ['error'])
     for video in videos:
@@ -140,12 +144,15 @@ def predict_folder(predictor: Predictor, videos, topk: int, out: pathlib.Path) -
         print(f'{video}: {e} (skipped)', file=sys.stderr)
         writer.writerow([video.name] + [''] * (2 * topk) + [str(e)])
       progress.update()
+  out = paths.resolve(out)
+  paths.write_text(out, table.getvalue())
   return {'videos': len(videos), 'failed': failed, 'csv': str(out)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--workdir', help='a training run (config.json and checkpoints)')
+  parser.add_argument('--workdir',
+                      help='a training run, local or gs:// (config.json and checkpoints)')
   parser.add_argument('--which', default='best', choices=('best', 'latest'),
                       help='which checkpoint of --workdir')
   parser.add_argument('--checkpoint', help='a variables checkpoint (from cstm_jax.convert)')
@@ -155,11 +162,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--views', default='1x1', help="clips x crops: '1x1' or '2x3'")
   parser.add_argument('--topk', type=int, default=5)
   parser.add_argument('--json', action='store_true', help='print JSON instead of a table')
-  parser.add_argument('--out', default='predictions.csv', help='CSV for a folder of videos')
+  parser.add_argument('--out', default='predictions.csv',
+                      help='CSV for a folder of videos (local or gs://)')
   args = parser.parse_args(argv)
   from input_pipeline.video_io import VideoError
 
-  video = pathlib.Path(args.video)
+  video = pathlib.Path(paths.expand(args.video))
   if not video.exists():
     parser.error(f'{video}: no such video file or folder')
   try:
@@ -173,7 +181,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     videos = list_videos(video)
     if not videos:
       parser.error(f'{video}: no video files or frame folders in it')
-    summary = predict_folder(predictor, videos, args.topk, pathlib.Path(args.out))
+    summary = predict_folder(predictor, videos, args.topk, args.out)
     print(json.dumps(summary) if args.json else
           f"wrote {summary['csv']}: {summary['videos']} videos, {summary['failed']} unreadable")
     return 0

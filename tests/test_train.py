@@ -4,29 +4,19 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from configs import ssv2_8f, ssv2_r2plus1d_18, ssv2_tsm_resnet50
 from cstm_jax import checkpoints, compare, demo, sharding, train
+from runs import final_params, free_port, smoke
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def smoke(module, data_dir, **overrides):
-  config = module.get_config('smoke')
-  config.data.data_dir = str(data_dir)
-  for key, value in overrides.items():
-    section, name = key.split('__')
-    config[section][name] = value
-  return config
 
 
 @pytest.mark.parametrize('module', [ssv2_8f, ssv2_tsm_resnet50, ssv2_r2plus1d_18],
@@ -52,15 +42,6 @@ def test_smoke_run_writes_everything_and_eval_mode_reproduces_it(module, prepare
   for key in ('top1', 'top5', 'mean_class_accuracy'):
     assert again[key] == pytest.approx(final[key])
   np.testing.assert_array_equal(again['confusion'], final['confusion'])
-
-
-def final_params(workdir):
-  """The parameters of a run's latest checkpoint, as NumPy arrays."""
-  manager = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / 'checkpoints',
-                                  item_names=('state',))
-  step = manager.latest_step()
-  state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return step, jax.tree_util.tree_leaves(state['state']['params'])
 
 
 def main_command(workdir, data_dir):
@@ -104,12 +85,6 @@ def test_sigterm_and_sigkill_resume_to_the_uninterrupted_result(prepared_ssv2, t
   assert step_a == step_b == 30
   for a, b in zip(params_a, params_b):
     np.testing.assert_array_equal(a, b)
-
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
 
 
 def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
