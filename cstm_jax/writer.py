@@ -26,6 +26,7 @@ class MetricWriter:
       return
     for name, value in scalars.items():
       self.tensorboard.add_scalar(name, value, step)
+    self.tensorboard.flush()  # a killed run keeps its curves (in gs://: rewrites the object)
     line = json.dumps({'step': int(step), **{k: float(v) for k, v in scalars.items()}}) + '\n'
     self.jsonl.write(line.encode())
     self.jsonl.flush()

@@ -1,6 +1,11 @@
-"""Helpers for tests that train: smoke configs, a run's final parameters, a free port."""
+"""Helpers for tests that train: smoke configs, a run's final parameters, a free port, runs in
+subprocesses."""
+import os
 import pathlib
+import signal
 import socket
+import subprocess
+import time
 
 import jax
 import numpy as np
@@ -34,3 +39,28 @@ def free_port():
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
+
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def process_env(devices_per_process: int, **extra) -> dict:
+  """The test environment (conftest's XLA flags) with `devices_per_process` CPU devices."""
+  flags = os.environ['XLA_FLAGS'].replace('--xla_force_host_platform_device_count=8',
+                                          f'--xla_force_host_platform_device_count='
+                                          f'{devices_per_process}')
+  return {**os.environ, 'XLA_FLAGS': flags, 'PYTHONPATH': str(ROOT), **extra}
+
+
+def run_until(command, env, done, timeout=300):
+  """Runs `command` in its own process group; SIGKILLs the whole group once `done()` is true.
+  Returns (exit code, stderr)."""
+  process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline and process.poll() is None and not done():
+    time.sleep(0.02)
+  if process.poll() is None:
+    os.killpg(process.pid, signal.SIGKILL)
+  _, err = process.communicate(timeout=120)
+  return process.returncode, err

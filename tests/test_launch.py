@@ -4,16 +4,14 @@ import json
 import os
 import pathlib
 import signal
-import subprocess
 import sys
-import time
 
 import jax
 import pytest
 
 from configs import ssv2_r2plus1d_18
 from cstm_jax import launch, train
-from runs import final_params, free_port, smoke
+from runs import final_params, free_port, process_env, run_until, smoke
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -48,28 +46,6 @@ def test_cluster_size_from_the_environment():
   assert launch.cluster_processes({'SLURM_NTASKS': '16'}) == 16
   assert launch.cluster_processes({'OMPI_COMM_WORLD_SIZE': '4'}) == 4
   assert launch.cluster_processes({'TPU_WORKER_HOSTNAMES': 'w0,w1,w2,w3'}) == 4
-
-
-def process_env(devices_per_process: int, **extra) -> dict:
-  """The test environment (conftest's XLA flags) with `devices_per_process` CPU devices."""
-  flags = os.environ['XLA_FLAGS'].replace('--xla_force_host_platform_device_count=8',
-                                          f'--xla_force_host_platform_device_count='
-                                          f'{devices_per_process}')
-  return {**os.environ, 'XLA_FLAGS': flags, 'PYTHONPATH': str(ROOT), **extra}
-
-
-def run_until(command, env, done, timeout=300):
-  """Runs `command` in its own process group; SIGKILLs the whole group once `done()` is true.
-  Returns (exit code, stderr)."""
-  process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline and process.poll() is None and not done():
-    time.sleep(0.02)
-  if process.poll() is None:
-    os.killpg(process.pid, signal.SIGKILL)
-  _, err = process.communicate(timeout=120)
-  return process.returncode, err
 
 
 def test_slurm_job_of_two_processes_resumes_and_matches_one_process(prepared_ssv2, tmp_path):
