@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from input_pipeline import pipeline, prepare, synthetic
+from input_pipeline import paths, pipeline, prepare, synthetic
 
 
 def time_prepare(root: pathlib.Path, videos: int) -> dict:
@@ -120,9 +120,9 @@ def main(argv=None) -> int:
   if 'prepare' in result:
     print(f"preparation: {result['prepare']['videos_per_s_per_core']:.1f} videos/s per core")
   if args.markdown:
-    write_section(pathlib.Path(args.markdown), markdown(result))
+    write_section(pathlib.Path(paths.expand(args.markdown)), markdown(result))
   if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(result, indent=1))
+    pathlib.Path(paths.expand(args.json)).write_text(json.dumps(result, indent=1))
   return 0
 
 
