@@ -224,7 +224,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config.xla.gpu_conv_nhwc), mesh)
   eval_step = sharding.with_mesh(jit_eval_step(model, mesh, config.xla.gpu_conv_nhwc), mesh)
   rng = jax.random.key(config.train.seed + 1)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, start)
   if main_process:
     (workdir / 'config.json').write_text(config.to_json(indent=1))
     (workdir / 'classes.json').write_text(json.dumps(list(class_names), indent=0))  # predict

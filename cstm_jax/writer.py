@@ -5,20 +5,25 @@ Only process 0 writes; on the others every call is a no-op. The workdir may be l
 import json
 
 import jax
+from absl import logging
 
 from cstm_jax import paths
 
 
 class MetricWriter:
+  """Writes scalars of a run that starts (or resumes) at `start_step`: what an earlier, killed
+  start logged after that step is dropped from `metrics.jsonl` and hidden in TensorBoard."""
 
-  def __init__(self, workdir):
+  def __init__(self, workdir, start_step: int = 0):
     self.active = jax.process_index() == 0
     if not self.active:
       return
     from tensorboardX import SummaryWriter
     paths.register_tensorboard_filesystems()
     workdir = paths.resolve(workdir)
-    self.tensorboard = SummaryWriter(str(workdir / 'tensorboard'))
+    self.tensorboard = SummaryWriter(str(workdir / 'tensorboard'),
+                                     purge_step=start_step + 1 if start_step else None)
+    _drop_after(workdir / 'metrics.jsonl', start_step)
     self.jsonl = paths.GrowingFile(workdir / 'metrics.jsonl')
 
   def write(self, step: int, scalars: dict) -> None:
@@ -40,3 +45,15 @@ class MetricWriter:
 def read_metrics(workdir) -> list[dict]:
   path = paths.resolve(workdir) / 'metrics.jsonl'
   return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _drop_after(path, step: int) -> None:
+  """Removes the records after `step` (logged past the checkpoint a run resumes from)."""
+  if not path.exists():
+    return
+  lines = path.read_text().splitlines()
+  kept = [line for line in lines if json.loads(line)['step'] <= step]
+  if len(kept) < len(lines):
+    path.write_text(''.join(line + '\n' for line in kept))
+    logging.info('metrics.jsonl: dropped %d records logged after step %d', len(lines) - len(kept),
+                 step)

@@ -2,8 +2,9 @@
 
 Training: all records shuffled every epoch, TSN-sampled, multi-scale cropped, flipped with label
 swap; each process takes its rows of every global batch (`global batch / process count`), so
-the global batches are the same for any process count. Deterministic for a seed; the iterator's state
-(`get_state` / `set_state`, or grain's orbax handlers) resumes it batch for batch.
+the global batches are the same for any process count. Deterministic for a seed; the
+iterator's state (`get_state` / `set_state`, or grain's orbax handlers) resumes it batch for
+batch.
 
 Evaluation: every record exactly once over all processes; the last batch is padded and
 `mask` is 0 on padding; every process yields the same number of batches.
@@ -59,8 +60,8 @@ def open_split(config, split: str):
   data_dir = paths.expand(config.data_dir)
   if paths.is_remote(data_dir):
     raise ValueError(
-        f'data_dir={data_dir}: prepared datasets are read from a local disk (the ArrayRecord '
-        'reader opens local files only). Copy the dataset to each host: gcloud storage cp -r '
+        f'data_dir={data_dir}: prepared datasets are read from a local disk or a mounted '
+        'bucket, not from gs:// paths. Copy the dataset to each host: gcloud storage cp -r '
         f'{data_dir.rstrip("/")}/{config.name} ~/tensorflow_datasets/ and pass '
         '--config.data.data_dir=~/tensorflow_datasets; or mount the bucket with gcsfuse '
         '(gcsfuse --implicit-dirs BUCKET /mnt/BUCKET) and pass the mounted path.')

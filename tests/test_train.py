@@ -1,7 +1,6 @@
-"""Training and evaluation as users run them: smoke runs, resume after SIGKILL, several
-processes, device counts, errors."""
+"""Training and evaluation as users run them: smoke runs, resume after SIGTERM, device counts,
+errors. (Several processes: tests/test_launch.py and tests/test_cloud_storage.py.)"""
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 
 from configs import ssv2_8f, ssv2_r2plus1d_18, ssv2_tsm_resnet50
 from cstm_jax import checkpoints, compare, demo, sharding, train
-from runs import final_params, free_port, smoke
+from runs import final_params, smoke
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -65,7 +64,8 @@ def interrupt(workdir, data_dir, sig):
   return process.returncode, err.decode()
 
 
-def test_sigterm_and_sigkill_resume_to_the_uninterrupted_result(prepared_ssv2, tmp_path):
+def test_sigterm_saves_and_the_restart_ends_at_the_uninterrupted_result(prepared_ssv2, tmp_path):
+  # (SIGKILL and resume: tests/test_launch.py and tests/test_cloud_storage.py.)
   data_dir = prepared_ssv2[0]
   config = smoke(ssv2_r2plus1d_18, data_dir, train__max_steps=30, optim__epochs=40.0,
                  train__eval_every_epochs=1000.0)
@@ -76,34 +76,12 @@ def test_sigterm_and_sigkill_resume_to_the_uninterrupted_result(prepared_ssv2, t
   stopped_at, _ = final_params(run)
   assert code == 0 and f'Stopped at step {stopped_at} on request' in err
   assert stopped_at < 30 and not (run / 'final_metrics.json').exists()
-  # SIGKILL: nothing saved on the way out; the next start resumes from the last checkpoint.
-  code, _ = interrupt(run, data_dir, signal.SIGKILL)
-  assert code == -signal.SIGKILL and not (run / 'final_metrics.json').exists()
   train.train_and_evaluate(config, run)  # the same run, started again
   step_a, params_a = final_params(tmp_path / 'straight')
   step_b, params_b = final_params(run)
   assert step_a == step_b == 30
   for a, b in zip(params_a, params_b):
     np.testing.assert_array_equal(a, b)
-
-
-def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
-  worker = [sys.executable, str(ROOT / 'tests' / 'multiprocess_train.py')]
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env['PYTHONPATH'] = str(ROOT)
-  port = free_port()
-  two = [subprocess.Popen(worker + [str(tmp_path / 'two.npz'), '2', str(i), str(port), '2'],
-                          cwd=ROOT, env=env, stderr=subprocess.PIPE) for i in range(2)]
-  subprocess.run(worker + [str(tmp_path / 'one.npz'), '1', '0', '0', '4'], cwd=ROOT, env=env,
-                 check=True, capture_output=True, timeout=300)
-  for p in two:
-    _, err = p.communicate(timeout=300)
-    assert p.returncode == 0, err.decode()[-2000:]
-  one, both = np.load(tmp_path / 'one.npz'), np.load(tmp_path / 'two.npz')
-  np.testing.assert_allclose(both['losses'], one['losses'], rtol=1e-5)
-  assert len(one.files) == len(both.files) > 50
-  for name in one.files:
-    np.testing.assert_allclose(both[name], one[name], rtol=1e-4, atol=1e-6)
 
 
 def test_one_device_and_eight_devices_give_the_same_step():
@@ -187,3 +165,16 @@ def test_pair_accuracy_reads_the_time_reversed_pairs():
   a, b = demo.synthetic.time_reversed_pairs()[0]
   confusion[a, a], confusion[a, b] = 5, 5
   assert demo.pair_accuracy(confusion) == pytest.approx(100 * 95 / 100)
+
+
+def test_a_resumed_run_drops_the_metrics_logged_after_its_checkpoint(tmp_path):
+  from cstm_jax.writer import MetricWriter, read_metrics
+  writer = MetricWriter(tmp_path)
+  for step in (2, 4, 6):
+    writer.write(step, {'loss': 1.0 / step})
+  writer.close()  # killed after step 6 was logged; the checkpoint it resumes from is step 4
+  writer = MetricWriter(tmp_path, start_step=4)
+  writer.write(6, {'loss': 0.5})
+  writer.close()
+  assert [(r['step'], r['loss']) for r in read_metrics(tmp_path)] == [(2, 0.5), (4, 0.25),
+                                                                      (6, 0.5)]
