@@ -234,6 +234,21 @@ def describe_mismatch(missing, unexpected, misshapen, shown: int = 12) -> str:
 
 # --- Command line -----------------------------------------------------------------------------
 
+def output_problem(out, weights, overwrite: bool) -> str:
+  """Why converting into `out` would lose data ('' when it would not). Writing a checkpoint
+  replaces the whole folder, so it must be new, empty, or an earlier conversion."""
+  if weights == out or out in weights.parents:
+    return (f'--out {out} holds the input {weights}; writing the checkpoint there would delete '
+            'it: pass a new path')
+  if out.exists() and not out.is_dir():
+    return f'--out {out} is a file; pass a folder path'
+  earlier = (out / '_CHECKPOINT_METADATA').exists()
+  if out.exists() and any(out.iterdir()) and not earlier and not overwrite:
+    return (f'--out {out} already holds files that are not a converted checkpoint, and writing '
+            'the checkpoint would delete them: pass a new path, or --overwrite to replace it')
+  return ''
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--config', required=True,
@@ -243,11 +258,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help='.pth, .safetensors or .npz weights (local or gs://)')
   parser.add_argument('--out', required=True,
                       help='directory of the orbax checkpoint to write (local or gs://)')
+  parser.add_argument('--overwrite', action='store_true',
+                      help='replace --out even if it holds something other than a conversion')
   args = parser.parse_args(argv)
   from cstm_jax import checkpoints, config_file
+  out = paths.resolve(args.out)
+  problem = output_problem(out, paths.resolve(args.torch), args.overwrite)
+  if problem:
+    parser.error(problem)
   config = config_file.load(args.config)
   variables, report = convert_state_dict(load_state_dict(args.torch), config.model)
-  out = paths.resolve(args.out)
   checkpoints.save_variables(out, variables)
   count = sum(np.size(v) for v in jax.tree_util.tree_leaves(variables['params']))
   print(f'wrote {count / 1e6:.2f} M parameters of {config.model.temporal}_'

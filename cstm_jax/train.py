@@ -234,7 +234,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  total_steps, config.data.batch_size, steps_per_epoch, start)
 
   preemption = Preemption()
-  pending = []  # (step, metrics) not yet fetched from the device
+  unchecked = []  # (step, metrics on the device) whose finiteness is not yet checked
   window_start, window_steps = time.monotonic(), 0
   step = start
   try:
@@ -243,22 +243,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state, metrics = train_step(state, batch, rng)
       step += 1
       window_steps += 1
-      pending.append((step, metrics))
+      unchecked.append((step, metrics))
       stop = preemption.requested or (jax.process_count() > 1 and
                                       run_checkpoints.latest.reached_preemption(step))
-      if step % config.train.log_every_steps == 0 or step == total_steps or stop:
-        _check_finite(pending, run_checkpoints)
+      logging_step = step % config.train.log_every_steps == 0 or step == total_steps or stop
+      saving = stop or step % config.train.checkpoint_every_steps == 0 or step == total_steps
+      if logging_step or saving or step % eval_every == 0:
+        # Never log, save or promote to best a state reached through a non-finite step.
+        _check_finite(unchecked, run_checkpoints)
+        unchecked = []
+      if logging_step:
         seconds = time.monotonic() - window_start
         clips_per_s = window_steps * config.data.batch_size / max(seconds, 1e-9)
-        last = jax.device_get(pending[-1][1])
+        last = jax.device_get(metrics)
         writer.write(step, {**last, 'clips_per_s': clips_per_s})
         if main_process:
           eta = (total_steps - step) * seconds / max(window_steps, 1)
           logging.info('step %d/%d  loss %.4f  acc %.3f  lr %.5f  %.1f clips/s  ETA %s', step,
                        total_steps, last['loss'], last['accuracy'], last['lr'], clips_per_s,
                        format_seconds(eta))
-        pending, window_start, window_steps = [], time.monotonic(), 0
-      if stop or step % config.train.checkpoint_every_steps == 0 or step == total_steps:
+        window_start, window_steps = time.monotonic(), 0
+      if saving:
         run_checkpoints.save(step, state, train_iterator, config, force=True)
       if stop:
         run_checkpoints.wait()
@@ -302,14 +307,20 @@ def _scalars(results: dict) -> dict:
                                   'views')}
 
 
-def _check_finite(pending, run_checkpoints) -> None:
-  for step, metrics in pending:
-    loss = float(metrics['loss'])
-    if not np.isfinite(loss):
+def _check_finite(unchecked, run_checkpoints) -> None:
+  """Raises if the loss or the gradient norm of a step not yet checked is not finite (the
+  update of such a step makes the weights non-finite), naming the last checkpoint."""
+  for step, metrics in unchecked:
+    loss, grad_norm = (float(metrics[k]) for k in ('loss', 'grad_norm'))
+    if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+      run_checkpoints.wait()  # the last complete checkpoint, not one still being written
       last = run_checkpoints.latest.latest_step()
+      resume = (f'the last checkpoint is step {last}' if last is not None
+                else 'there is no checkpoint yet')
       raise FloatingPointError(
-          f'loss is {loss} at step {step}; stopping. The last checkpoint is step {last}; lower '
-          'optim.base_lr or check the data, then run the same command to resume from it.')
+          f'loss is {loss} at step {step} (gradient norm {grad_norm}); stopping, nothing saved '
+          f'after it: {resume}. Lower optim.base_lr or check the data, then run the same '
+          'command to resume.')
 
 
 def _record_eval(writer, run_checkpoints, step, state, config, results, main_process):
