@@ -47,4 +47,5 @@ def main(argv):
 
 if __name__ == '__main__':
   from cstm_jax import config_file
-  app.run(main, flags_parser=config_file.parse_flags)
+  from input_pipeline.errors import run_main
+  app.run(lambda argv: run_main(main, argv), flags_parser=config_file.parse_flags)

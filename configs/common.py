@@ -45,6 +45,7 @@ def experiment(dataset: str, model: str, frames: int, arg: str = '',
       'keep_checkpoints': 2,
       'eval_every_epochs': 5.0,
       'init_from': '',            # a variables checkpoint (cstm_jax.convert) when starting fresh
+      'init_partial': False,      # True: init_from may leave backbone weights that do not fit
   })
   config.eval = ml_collections.ConfigDict({
       'views': '1x1',             # during training: 1 clip x centre crop
@@ -74,6 +75,7 @@ def shrink(config: ml_collections.ConfigDict, arg: str) -> ml_collections.Config
   config.model.width = 0.125
   config.model.num_frames = 4
   config.model.dropout = 0.0
+  config.model.num_classes = 0  # the prepared dataset's (smoke runs take any dataset)
   is_v3 = config.model.backbone == 'inception_v3'
   config.data.crop = 75 if is_v3 else 32
   config.data.test_scale = 80 if is_v3 else 36

@@ -36,6 +36,7 @@ from ml_collections import config_flags
 from cstm_jax import evaluate as evaluation, hlo_stats, paths, sharding, train
 from cstm_jax import targets as target_specs
 from cstm_jax.models.build import model_name
+from input_pipeline.errors import ConfigError
 
 FLAGS = flags.FLAGS
 STEPS = ('train', 'eval')
@@ -169,7 +170,7 @@ def _analyse_step(config, target, step, mesh, devices, hosts, limit, max_batch, 
   data_devices = mesh.shape['data']
   for divisor, what in ((data_devices, 'devices on the data axis'), (hosts, 'hosts')):
     if global_batch % divisor:
-      raise ValueError(f'{target.spec}: global {step} batch {global_batch} does not split over '
+      raise ConfigError(f'{target.spec}: global {step} batch {global_batch} does not split over '
                        f'{divisor} {what}; set --config.data.'
                        f'{"batch_size" if step == "train" else "eval_batch_size"} to a multiple')
   lower = step_builder(config, mesh, step)
@@ -361,4 +362,5 @@ def _write(rows) -> None:
 if __name__ == '__main__':
   target_specs.prepare_environment()
   from cstm_jax import config_file
-  app.run(lambda argv: sys.exit(main(argv)), flags_parser=config_file.parse_flags)
+  from input_pipeline.errors import run_main
+  app.run(lambda argv: sys.exit(run_main(main, argv)), flags_parser=config_file.parse_flags)

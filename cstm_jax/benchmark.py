@@ -383,4 +383,5 @@ def run_settings(todo: Sequence[Setting], args) -> list[dict]:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  from input_pipeline.errors import run_main
+  sys.exit(run_main(main))

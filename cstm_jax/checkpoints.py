@@ -14,6 +14,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from cstm_jax import paths
+from input_pipeline.errors import BadFile, ConfigError, MissingFile, UserError
 
 # Orbax splits each replicated array into per-replica slices before writing it ("replica
 # parallel"); for these models' hundreds of small arrays the slicing costs seconds a save.
@@ -42,17 +43,13 @@ class RunCheckpoints:
         data=grain.checkpoint.CheckpointSave(data_iterator),
         config=ocp.args.JsonSave(config.to_dict())), force=force)
 
-  def restore_latest(self, abstract_state, data_iterator):
-    """(state, step) from the latest checkpoint, the data iterator restored in place; or
-    (None, None) when the run has no checkpoint yet."""
-    step = self.latest.latest_step()
-    if step is None:
-      return None, None
-    import grain
-    restored = self.latest.restore(step, args=ocp.args.Composite(
+  def restore_latest(self, abstract_state, data_iterator, config):
+    """(state, step) from the newest intact checkpoint, the data iterator restored in place; or
+    (None, None) when the run has no checkpoint yet. See `_restore_newest`."""
+    import grain  # here: variables checkpoints and the benchmark work without the data stack
+    return _restore_newest(self.latest, config, lambda: ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
         data=grain.checkpoint.CheckpointRestore(data_iterator)))
-    return restored['state'], step
 
   def best_top1(self) -> float:
     if self.best_file.exists():
@@ -71,17 +68,16 @@ class RunCheckpoints:
       self.best_file.write_text(json.dumps({'step': step, **metrics}, indent=1))
     return True
 
-  def restore_state(self, which: str, abstract_state):
+  def restore_state(self, which: str, abstract_state, config):
     """(state, step) of the 'latest' or 'best' checkpoint, for evaluation."""
     manager = {'latest': self.latest, 'best': self.best}.get(which)
     if manager is None:
-      raise ValueError(f"checkpoint {which!r} is not 'latest' or 'best'")
-    step = manager.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'no {which} checkpoint in {manager.directory}')
-    restored = manager.restore(step, args=ocp.args.Composite(
+      raise UserError(f"eval.checkpoint {which!r} is not 'latest' or 'best'")
+    state, step = _restore_newest(manager, config, lambda: ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))
-    return restored['state'], step
+    if state is None:
+      raise UserError(f'{manager.directory}: no {which} checkpoint (has this run trained?)')
+    return state, step
 
   def wait(self) -> None:
     self.latest.wait_until_finished()
@@ -92,6 +88,85 @@ class RunCheckpoints:
     self.best.close()
 
 
+# Blocks whose settings decide the shapes of a train state: a checkpoint that does not restore
+# is compared with the current config on these before it is called corrupt.
+STATE_BLOCKS = ('model', 'optim')
+
+
+def _restore_newest(manager, config, restore_args):
+  """(restored state, step) from the newest checkpoint of `manager` that restores; (None, None)
+  when there is none.
+
+  A checkpoint written by a different model or optimizer is an error naming the differing
+  config keys. A checkpoint that fails to restore otherwise (a truncated file of a killed copy,
+  a damaged disk) is corrupt: it is moved to `<run>/corrupt/<folder>_<step>` with a warning and
+  the next older one is tried; when none is intact, the error names the folder.
+  """
+  corrupt = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=restore_args())
+    except Exception as error:  # orbax and tensorstore raise many kinds for a damaged file
+      differences = config_differences(saved_config(manager, step), config)
+      if differences:
+        raise UserError(
+            f'{manager.directory / str(step)} was written by a different model or optimizer '
+            f'({"; ".join(differences)}); use the run\'s settings, or another --workdir to '
+            'start a new run') from error
+      reason = short_reason(error)
+      logging.warning('Checkpoint %s does not restore (%s); trying an older one',
+                      manager.directory / str(step), reason)
+      corrupt.append((step, reason))
+      continue
+    if corrupt:
+      _set_aside(manager, [s for s, _ in corrupt])
+      logging.warning('Using step %d, the newest intact checkpoint', step)
+    return restored['state'], step
+  if corrupt:
+    raise UserError(
+        f'{manager.directory}: no intact checkpoint (step {corrupt[0][0]}: {corrupt[0][1]}); '
+        'move the folder aside to start the run afresh')
+  return None, None
+
+
+def saved_config(manager, step) -> dict | None:
+  """The config a checkpoint was saved with, or None when it cannot be read."""
+  try:
+    return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
+        'config']
+  except Exception:  # a damaged config file is one more sign of a corrupt checkpoint
+    return None
+
+
+def config_differences(saved: dict | None, config) -> list[str]:
+  """'model.width: 0.25 in the checkpoint, 0.5 now' for each differing key of STATE_BLOCKS."""
+  if saved is None or config is None:
+    return []
+  flat = lambda d: flax.traverse_util.flatten_dict(d, sep='.')
+  now = flat({b: json.loads(config[b].to_json()) for b in STATE_BLOCKS if b in config})
+  then = flat({b: saved[b] for b in STATE_BLOCKS if b in saved})
+  return [f'{key}: {then.get(key)!r} in the checkpoint, {now.get(key)!r} now'
+          for key in sorted(set(now) | set(then)) if now.get(key) != then.get(key)]
+
+
+def _set_aside(manager, steps) -> None:
+  """Moves corrupt step folders out of the manager's view (nothing is deleted)."""
+  if jax.process_index() == 0:
+    aside = manager.directory.parent / 'corrupt'
+    aside.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      target = aside / f'{manager.directory.name}_{step}'
+      while target.exists():
+        target = target.with_name(target.name + '_again')
+      (manager.directory / str(step)).rename(target)
+      logging.warning('Moved the corrupt checkpoint %s to %s', manager.directory / str(step),
+                      target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('corrupt checkpoints set aside')
+  manager.reload()
+
+
 def save_variables(path, variables) -> None:
   """Writes `{'params': ..., 'batch_stats': ...}` as an orbax checkpoint at `path`."""
   checkpointer = ocp.StandardCheckpointer()
@@ -100,33 +175,58 @@ def save_variables(path, variables) -> None:
 
 
 def load_variables(path) -> dict:
+  """The `{'params', 'batch_stats'}` of a variables checkpoint (`save_variables`)."""
   path = paths.resolve(path)
   if not path.exists():
-    raise FileNotFoundError(f'init_from: no checkpoint at {path}')
-  return ocp.StandardCheckpointer().restore(path)
+    raise MissingFile(f'{path}: no such variables checkpoint')
+  try:
+    return ocp.StandardCheckpointer().restore(path)
+  except Exception as error:  # orbax and tensorstore raise many kinds for a damaged file
+    raise BadFile(f'{path}: not a readable variables checkpoint ({short_reason(error)}); write '
+                  'it again with python -m cstm_jax.convert') from error
 
 
-def merge_pretrained(variables, pretrained) -> tuple[dict, dict]:
+def short_reason(error: Exception) -> str:
+  """The first 200 characters of an error, without tensorstore's dump of its spec."""
+  text = ' '.join(str(error).split()).split(' See full')[0][:200]
+  return f'{type(error).__name__}: {text}'
+
+
+def merge_pretrained(variables, pretrained, partial: bool = False,
+                     source: str = 'the checkpoint') -> tuple[dict, dict]:
   """Copies every pretrained leaf whose path and shape match into `variables`.
 
   Returns (merged variables, report with 'loaded', 'mismatched' and 'missing' path lists).
-  A head of another class count shows up under 'mismatched' and keeps its initial values.
+  Only the head (another class count) and temporal modules a 2D network lacks may keep their
+  initial values; any other backbone weight that does not load is an error listing them,
+  unless `partial` (then it is logged as a warning).
   """
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables), sep='/')
-  source = flax.traverse_util.flatten_dict(flax.core.unfreeze(pretrained), sep='/')
+  pretrained = flax.traverse_util.flatten_dict(flax.core.unfreeze(pretrained), sep='/')
   report = {'loaded': [], 'mismatched': [], 'missing': []}
   for key, value in flat.items():
-    if key not in source:
+    if key not in pretrained:
       report['missing'].append(key)
-    elif np.shape(source[key]) != np.shape(value):
+    elif np.shape(pretrained[key]) != np.shape(value):
       report['mismatched'].append(key)
     else:
-      flat[key] = jax.numpy.asarray(source[key], dtype=value.dtype)
+      flat[key] = jax.numpy.asarray(pretrained[key], dtype=value.dtype)
       report['loaded'].append(key)
-  if not report['loaded']:
-    raise ValueError('init_from: no parameter of the checkpoint matches this model '
-                     f'(model has e.g. {sorted(flat)[:3]}, checkpoint {sorted(source)[:3]})')
-  logging.info('init_from: loaded %d arrays; %d mismatched (%s); %d not in the checkpoint',
-               len(report['loaded']), len(report['mismatched']),
-               ', '.join(report['mismatched'][:4]), len(report['missing']))
+  head = lambda key: '/head/' in key
+  unloaded = ([f'{k} {np.shape(pretrained[k])} for {np.shape(flat[k])}'
+               for k in report['mismatched'] if not head(k)]
+              + [f'{k} (not in it)' for k in report['missing']
+                 if not head(k) and '/temporal/' not in k])
+  if unloaded and not report['loaded']:
+    raise ConfigError(f'init_from {source}: no parameter matches this model (model has e.g. '
+                      f'{sorted(flat)[:2]}, the checkpoint {sorted(pretrained)[:2]})')
+  if unloaded:
+    message = (f'init_from {source}: {len(unloaded)} of {len(flat)} arrays of this model do not '
+               f'load: {", ".join(unloaded[:6])}{" ..." if len(unloaded) > 6 else ""}')
+    if not partial:
+      raise ConfigError(f'{message}. Were the weights made for another width or backbone? Set '
+                        '--config.train.init_partial=True to start those fresh on purpose.')
+    logging.warning('%s; they start from their initialisation (train.init_partial)', message)
+  logging.info('init_from %s: loaded %d arrays; %d start fresh (head, new temporal modules)',
+               source, len(report['loaded']), len(report['mismatched']) + len(report['missing']))
   return flax.traverse_util.unflatten_dict(flat, sep='/'), report

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 from cstm_jax import paths
+from input_pipeline.errors import ConfigError, MissingFile
 
 RESULT_PREFIXES = ('final', 'best', 'latest')
 
@@ -22,14 +23,14 @@ def load_results(run, views: str = '1x1') -> dict:
     path = run / 'eval' / f'{prefix}_{views}.json'
     if path.exists():
       return json.loads(path.read_text())
-  raise FileNotFoundError(f'{run}: no evaluation results for {views} views in {run / "eval"} '
+  raise MissingFile(f'{run}: no evaluation results for {views} views in {run / "eval"} '
                           '(train the run, or evaluate it with --config.mode=eval)')
 
 
 def class_gains(a: dict, b: dict) -> list[tuple[str, float, float, float]]:
   """(class, top-1 of A, top-1 of B, gain) for the classes both runs saw, biggest gain first."""
   if a['class_names'] != b['class_names']:
-    raise ValueError('the two runs were evaluated on different classes')
+    raise ConfigError('the two runs were evaluated on different classes')
   rows = [(name, pa, pb, pb - pa) for name, pa, pb in
           zip(a['class_names'], a['per_class_top1'], b['per_class_top1'])
           if pa is not None and pb is not None]
@@ -66,4 +67,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  from input_pipeline.errors import run_main
+  sys.exit(run_main(main))

@@ -1,10 +1,18 @@
 """Experiment configs read outside `main.py`: a config file (with its `:arg`) or a run's JSON."""
+import difflib
 import importlib.util
 import json
+import sys
 
 import ml_collections
 
 from cstm_jax import paths
+from input_pipeline.errors import ConfigError, MissingFile, UserError
+
+# Names other codebases use for our keys: a misspelling is matched to these too.
+ALIASES = {'learning_rate': 'base_lr', 'lr': 'base_lr', 'wd': 'weight_decay',
+           'warmup': 'warmup_epochs', 'num_epochs': 'epochs', 'frames': 'num_frames',
+           'classes': 'num_classes', 'arch': 'backbone', 'workers': 'num_workers'}
 
 
 def load(spec) -> ml_collections.ConfigDict:
@@ -17,23 +25,24 @@ def load(spec) -> ml_collections.ConfigDict:
     path, _, arg = spec.partition(':')
     path = paths.resolve(path)
   if not path.is_file():
-    raise FileNotFoundError(f'{path}: no such config file')
+    raise MissingFile(f'{path}: no such config file')
   if path.suffix == '.json':
     return ml_collections.ConfigDict(json.loads(path.read_text()))
   if paths.is_remote(path):
-    raise ValueError(f'{path}: a config file is read from a local disk (only a run\'s '
+    raise ConfigError(f'{path}: a config file is read from a local disk (only a run\'s '
                      'config.json may be in Cloud Storage)')
   module_spec = importlib.util.spec_from_file_location(f'_config_{path.stem}', str(path))
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   if not hasattr(module, 'get_config'):
-    raise ValueError(f'{path}: a config file defines get_config(arg)')
+    raise ConfigError(f'{path}: a config file defines get_config(arg)')
   return module.get_config(arg) if arg else module.get_config()
 
 
 def parse_flags(argv: list[str]) -> list[str]:
   """absl `flags_parser` that expands `~` and `$VARS` in `--config=FILE[:ARG]` first (the shell
-  does not expand `~` after `=`, and config_flags reads the file while parsing)."""
+  does not expand `~` after `=`, and config_flags reads the file while parsing), and turns an
+  unknown `--config.KEY` into one line naming the closest keys."""
   from absl import flags
   expanded = []
   for arg in argv:
@@ -41,4 +50,58 @@ def parse_flags(argv: list[str]) -> list[str]:
       path, colon, rest = arg[len('--config='):].partition(':')
       arg = f'--config={paths.expand(path)}{colon}{rest}'
     expanded.append(arg)
-  return flags.FLAGS(expanded)
+  try:
+    return flags.FLAGS(expanded)
+  except (AttributeError, KeyError) as error:  # what config_flags raises for an unknown key
+    problem = unknown_override(expanded)
+    if not problem:
+      raise
+    print(f'error: {problem}', file=sys.stderr)
+    raise SystemExit(1) from error
+
+
+def unknown_override(argv: list[str]) -> str:
+  """The problem with the first `--config.KEY=...` of `argv` that the config lacks ('' if
+  none)."""
+  spec = next((a[len('--config='):] for a in argv if a.startswith('--config=')), '')
+  try:
+    config = load(spec)
+  except UserError:
+    return ''
+  for arg in argv:
+    if arg.startswith('--config.'):
+      key = arg[len('--config.'):].partition('=')[0]
+      if key not in _keys(config):
+        return unknown_key_message(config, key)
+  return ''
+
+
+def unknown_key_message(config, key: str) -> str:
+  """'unknown config key optim.lerning_rate; did you mean optim.base_lr?'"""
+  keys = _keys(config, blocks=False)
+  block, _, leaf = key.rpartition('.')
+  leaf = ALIASES.get(leaf, leaf)
+  close_leaves = difflib.get_close_matches(leaf, {k.rpartition('.')[2] for k in keys}, n=3,
+                                           cutoff=0.7)
+  close_leaves = [ALIASES.get(l, l) for l in close_leaves] + [
+      ALIASES[a] for a in difflib.get_close_matches(leaf, ALIASES, n=1, cutoff=0.7)]
+  same_block = [k for k in keys if k.rpartition('.')[0] == block]
+  suggestions = ([k for k in same_block if k.rpartition('.')[2] in close_leaves]
+                 + [k for k in keys if k.rpartition('.')[2] in close_leaves and k not in same_block]
+                 + difflib.get_close_matches(key, keys, n=2, cutoff=0.75))
+  suggestions = list(dict.fromkeys(suggestions))[:3]
+  hint = (f'did you mean {" or ".join(suggestions)}?' if suggestions else
+          f'the {block} keys are {", ".join(same_block)}' if same_block else
+          f'the top-level keys are {", ".join(sorted({k.partition(".")[0] for k in keys}))}')
+  return f'unknown config key {key}; {hint}'
+
+
+def _keys(config, blocks: bool = True) -> list[str]:
+  """Every key of `config` as a dotted path: its leaves, and its blocks when `blocks`."""
+  keys = []
+  for name, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      keys += [name] * blocks + [f'{name}.{k}' for k in _keys(value, blocks)]
+    else:
+      keys.append(name)
+  return keys

@@ -16,6 +16,7 @@ mismatch -- a missing or extra key, a wrong shape -- is an error that lists the 
 """
 import argparse
 import json
+import math
 import re
 import sys
 from typing import Mapping, Optional, Sequence
@@ -30,6 +31,7 @@ from cstm_jax import paths
 from cstm_jax.models.build import BACKBONES, build_model
 from cstm_jax.models.inception import TABLES, load_table
 from cstm_jax.models.summary import abstract_variables
+from input_pipeline.errors import BadFile, MissingFile
 
 IMAGENET_CLASSES = 1000
 BN_NAMES = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
@@ -40,31 +42,50 @@ IGNORED = ('num_batches_tracked',)
 
 def load_state_dict(path) -> dict[str, np.ndarray]:
   """A name -> array dict from a `.pth`/`.pt` (read with `weights_only=True`), `.safetensors`
-  or `.npz` file. A training checkpoint's `state_dict` entry is used when present."""
+  or `.npz` file. A training checkpoint's `state_dict` entry is used when present. A file that
+  is not such a dict is a `BadFile` error naming it and what is wrong."""
   path = paths.resolve(path)
   if not path.is_file():
-    raise FileNotFoundError(f'{path}: no such weights file')
+    raise MissingFile(f'{path}: no such weights file')
   suffix = path.suffix.lower()
-  if suffix in ('.pth', '.pt', '.tar'):
-    try:
-      import torch
-    except ImportError:
-      raise ImportError(f'{path}: reading PyTorch files needs torch (pip install torch); or save '
-                        'the state dict as .safetensors or .npz') from None
-    try:
-      with path.open('rb') as f:
-        loaded = torch.load(f, map_location='cpu', weights_only=True)
-    except Exception as e:  # pickles with code in them are refused here, by design
-      raise ValueError(f'{path}: not a plain PyTorch state dict ({e})') from None
-    if isinstance(loaded, dict) and isinstance(loaded.get('state_dict'), dict):
-      loaded = loaded['state_dict']
-    return {k: v.detach().float().numpy() for k, v in loaded.items() if hasattr(v, 'numpy')}
-  if suffix == '.safetensors':
-    return _read_safetensors(path)
-  if suffix == '.npz':
-    with path.open('rb') as f, np.load(f, allow_pickle=False) as data:
-      return {k: data[k] for k in data.files}
-  raise ValueError(f'{path}: unknown weights format {suffix!r}; use .pth, .safetensors or .npz')
+  readers = {'.pth': _read_torch, '.pt': _read_torch, '.tar': _read_torch,
+             '.safetensors': _read_safetensors, '.npz': _read_npz}
+  if suffix not in readers:
+    raise BadFile(f'{path}: unknown weights format {suffix!r}; use .pth, .safetensors or .npz')
+  try:
+    state = readers[suffix](path)
+  except (BadFile, ImportError):
+    raise
+  except Exception as e:  # each format fails in its own way on a damaged file
+    raise BadFile(f'{path}: not a readable {suffix} weights file ({type(e).__name__}: '
+                  f'{" ".join(str(e).split())[:200]})') from e
+  if not isinstance(state, dict) or not state:
+    raise BadFile(f'{path}: holds {type(state).__name__}, not a state dict (names -> tensors)')
+  return state
+
+
+def _read_torch(path) -> dict[str, np.ndarray]:
+  try:
+    import torch
+  except ImportError:
+    raise ImportError(f'{path}: reading PyTorch files needs torch (pip install torch); or save '
+                      'the state dict as .safetensors or .npz') from None
+  try:
+    with path.open('rb') as f:
+      loaded = torch.load(f, map_location='cpu', weights_only=True)
+  except Exception as e:  # pickles with code in them are refused here, by design
+    raise BadFile(f'{path}: not a plain PyTorch state dict ({e})') from None
+  if isinstance(loaded, dict) and isinstance(loaded.get('state_dict'), dict):
+    loaded = loaded['state_dict']
+  if not isinstance(loaded, dict):
+    raise BadFile(f'{path}: holds a {type(loaded).__name__}, not a state dict (names -> '
+                  'tensors); save model.state_dict()')
+  return {k: v.detach().float().numpy() for k, v in loaded.items() if hasattr(v, 'numpy')}
+
+
+def _read_npz(path) -> dict[str, np.ndarray]:
+  with path.open('rb') as f, np.load(f, allow_pickle=False) as data:
+    return {k: data[k] for k in data.files}
 
 
 _SAFETENSORS_DTYPES = {'F32': np.float32, 'F16': np.float16, 'F64': np.float64,
@@ -78,17 +99,28 @@ def _read_safetensors(path) -> dict[str, np.ndarray]:
   try:
     header = json.loads(data[8:8 + size])
   except ValueError:
-    raise ValueError(f'{path}: not a safetensors file (unreadable header)') from None
+    raise BadFile(f'{path}: not a safetensors file (unreadable header)') from None
+  if not isinstance(header, dict):
+    raise BadFile(f'{path}: not a safetensors file (the header is a {type(header).__name__}, '
+                  'not an object)')
+  body = data[8 + size:]
   out = {}
   for name, info in header.items():
     if name == '__metadata__':
       continue
+    if not isinstance(info, dict) or any(k not in info for k in ('dtype', 'shape',
+                                                                 'data_offsets')):
+      raise BadFile(f'{path}: tensor {name} lacks dtype, shape or data_offsets')
     if info['dtype'] not in _SAFETENSORS_DTYPES:
-      raise ValueError(f'{path}: tensor {name} has unsupported dtype {info["dtype"]}')
+      raise BadFile(f'{path}: tensor {name} has unsupported dtype {info["dtype"]}')
+    dtype = np.dtype(_SAFETENSORS_DTYPES[info['dtype']])
     begin, end = info['data_offsets']
-    array = np.frombuffer(data[8 + size + begin:8 + size + end],
-                          _SAFETENSORS_DTYPES[info['dtype']]).reshape(info['shape'])
-    out[name] = np.asarray(array, np.float32)
+    if (not 0 <= begin <= end <= len(body)
+        or end - begin != math.prod(info['shape']) * dtype.itemsize):
+      raise BadFile(f'{path}: tensor {name} has data offsets {begin}..{end} that do not hold '
+                    f'its shape {info["shape"]} in the {len(body)} data bytes (a truncated file?)')
+    out[name] = np.asarray(np.frombuffer(body[begin:end], dtype).reshape(info['shape']),
+                           np.float32)
   return out
 
 
@@ -141,7 +173,7 @@ def torch_key(path: tuple[str, ...], backbone: str) -> str:
     return _inception_key(path, {layer.name: layer.bn for layer in table if layer.op == 'conv'})
   if backbone == 'resnet50':
     return _resnet_key(path)
-  raise ValueError(f'no PyTorch layout for backbone {backbone!r}; the converter reads '
+  raise BadFile(f'no PyTorch layout for backbone {backbone!r}; the converter reads '
                    f'{sorted(TABLES) + ["resnet50"]}')
 
 
@@ -175,7 +207,12 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_config) -> tu
   'new_modules': ['<layer>/temporal', ...]}."""
   backbone = model_config['backbone']
   if backbone not in BACKBONES:
-    raise ValueError(f'unknown backbone {backbone!r}')
+    raise BadFile(f'unknown backbone {backbone!r}')
+  # num_classes 0: the training run takes it from the dataset, so no head is converted.
+  without_head = model_config['num_classes'] == 0
+  if without_head:
+    model_config = {**(model_config.to_dict() if hasattr(model_config, 'to_dict')
+                       else dict(model_config)), 'num_classes': 1}
   model = build_model(model_config)
   frames = model_config['num_frames']
   crop = BACKBONES[backbone].crop
@@ -200,11 +237,11 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_config) -> tu
   for k in new:
     del targets[k]
   head = source.get('fc.weight')
-  if (head is not None and head.shape[0] == IMAGENET_CLASSES
-      and model_config['num_classes'] != IMAGENET_CLASSES):
+  if without_head or (head is not None and head.shape[0] == IMAGENET_CLASSES
+                      and model_config['num_classes'] != IMAGENET_CLASSES):
     source = {k: v for k, v in source.items() if not k.startswith('fc.')}
     targets = {k: v for k, v in targets.items() if not k.startswith('fc.')}
-    report['dropped_head'] = True
+    report['dropped_head'] = head is not None
 
   missing = sorted(set(targets) - set(source))
   extra = sorted(set(source) - set(targets))
@@ -219,7 +256,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_config) -> tu
     variables[collection][path] = value
   problems = describe_mismatch(missing, extra, misshapen)
   if problems:
-    raise ValueError(f'the weights do not fit {backbone} / {model_config["temporal"]} '
+    raise BadFile(f'the weights do not fit {backbone} / {model_config["temporal"]} '
                      f'(width {model_config["width"]}, {model_config["num_classes"]} classes): '
                      + problems)
   return {c: flax.traverse_util.unflatten_dict(v) for c, v in variables.items()}, report
@@ -267,14 +304,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if problem:
     parser.error(problem)
   config = config_file.load(args.config)
-  variables, report = convert_state_dict(load_state_dict(args.torch), config.model)
+  try:
+    variables, report = convert_state_dict(load_state_dict(args.torch), config.model)
+  except BadFile as e:
+    if str(e).startswith(str(paths.resolve(args.torch))):
+      raise
+    raise BadFile(f'{paths.resolve(args.torch)}: {e}') from e
   checkpoints.save_variables(out, variables)
   count = sum(np.size(v) for v in jax.tree_util.tree_leaves(variables['params']))
   print(f'wrote {count / 1e6:.2f} M parameters of {config.model.temporal}_'
         f'{config.model.backbone} to {out}')
   if report['dropped_head']:
-    print('dropped the 1000-way ImageNet head: training starts a new '
-          f'{config.model.num_classes}-way head')
+    classes = config.model.num_classes or "the dataset's"
+    print(f'dropped the head of the weights: training starts a new one for {classes} classes')
   if report['new_modules']:
     print(f'{len(report["new_modules"])} temporal modules are new (not in the PyTorch weights) '
           'and start from their initialisation')
@@ -283,4 +325,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  from input_pipeline.errors import run_main
+  sys.exit(run_main(main))

@@ -5,6 +5,7 @@ import json
 import numpy as np
 
 from cstm_jax import paths, sharding
+from input_pipeline.errors import ConfigError
 
 
 def parse_views(views: str) -> tuple[int, int]:
@@ -12,9 +13,9 @@ def parse_views(views: str) -> tuple[int, int]:
   try:
     clips, crops = (int(v) for v in views.split('x'))
   except ValueError:
-    raise ValueError(f"views {views!r} is not 'CLIPSxCROPS' such as '1x1' or '2x3'") from None
+    raise ConfigError(f"views {views!r} is not 'CLIPSxCROPS' such as '1x1' or '2x3'") from None
   if clips not in (1, 2) or crops not in (1, 3):
-    raise ValueError(f"views {views!r}: clips must be 1 or 2 and crops 1 or 3")
+    raise ConfigError(f"views {views!r}: clips must be 1 or 2 and crops 1 or 3")
   return clips, crops
 
 

@@ -89,4 +89,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  from input_pipeline.errors import run_main
+  sys.exit(run_main(main))

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from input_pipeline.errors import ConfigError
+
 VALID_SCHEDULES = ('cosine', 'steps')
 VALID_OPTIMIZERS = ('sgd', 'adamw')
 VALID_GROUPS = ('uniform', 'tsm')
@@ -49,7 +51,7 @@ def learning_rate_schedule(config, global_batch: int, steps_per_epoch: int) -> o
     boundaries = {int(e * steps_per_epoch) - warmup: 0.1 for e in config.decay_epochs}
     main = optax.piecewise_constant_schedule(peak, boundaries)
   else:
-    raise ValueError(f'optim.schedule {config.schedule!r} not in {VALID_SCHEDULES}')
+    raise ConfigError(f'optim.schedule {config.schedule!r} not in {VALID_SCHEDULES}')
   if not warmup:
     return main
   ramp = optax.linear_schedule(peak * config.warmup_start, peak, warmup)
@@ -62,7 +64,7 @@ def _sgd(learning_rate, config, weight_decay: float) -> optax.GradientTransforma
   if config.optimizer == 'adamw':
     return optax.adamw(learning_rate, b1=config.momentum, weight_decay=weight_decay)
   if config.optimizer != 'sgd':
-    raise ValueError(f'optim.optimizer {config.optimizer!r} not in {VALID_OPTIMIZERS}')
+    raise ConfigError(f'optim.optimizer {config.optimizer!r} not in {VALID_OPTIMIZERS}')
   parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
   parts += [optax.trace(decay=config.momentum, nesterov=False),
             optax.scale_by_learning_rate(learning_rate)]
@@ -99,7 +101,7 @@ def make_optimizer(config, schedule: optax.Schedule, params) -> optax.GradientTr
         {path: param_group(path, jnp.ndim(leaf)) for path, leaf in flat.items()})
     sgd = optax.multi_transform(groups, labels)
   else:
-    raise ValueError(f'optim.param_groups {config.param_groups!r} not in {VALID_GROUPS}')
+    raise ConfigError(f'optim.param_groups {config.param_groups!r} not in {VALID_GROUPS}')
   tx = optax.chain(clip_by_global_norm(config.clip_norm), sgd) if config.clip_norm else sgd
   if config.grad_accum_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)

@@ -23,10 +23,17 @@ def resolve(path) -> epath.Path:
 
 
 def write_text(path, text: str) -> None:
-  """Writes a whole file, creating its folder (a no-op on Cloud Storage)."""
+  """Writes a whole file, creating its folder (a no-op on Cloud Storage). Atomic: a reader (or
+  a kill) never sees half a file; locally through a temporary file renamed over it, and a
+  Cloud Storage object appears whole by itself."""
   path = resolve(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(text)
+  if is_remote(path):
+    path.write_text(text)
+    return
+  partial = path.with_name(f'.{path.name}.partial')
+  partial.write_text(text)
+  partial.rename(path)
 
 
 class GrowingFile:

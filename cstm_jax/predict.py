@@ -24,8 +24,9 @@ import numpy as np
 
 from cstm_jax import paths
 from cstm_jax.convert import describe_mismatch
+from input_pipeline import labels
+from input_pipeline.errors import ConfigError
 
-VIDEO_SUFFIXES = ('.webm', '.mp4', '.avi', '.mkv', '.mov', '.m4v')
 
 
 # --- Model and weights ------------------------------------------------------------------------
@@ -39,21 +40,24 @@ def load_model(workdir=None, checkpoint=None, config_path=None, which: str = 'be
   if workdir and not checkpoint:
     workdir = paths.resolve(workdir)
     config = config_file.load(config_path or workdir / 'config.json')
-    try:
-      model, variables, _ = train.restore_variables(config, workdir, which,
-                                                    sharding.make_mesh(1))
-    except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(f'{workdir}: its {which} checkpoint does not match its config '
-                       f'({type(e).__name__}: {str(e)[:300]})') from None
+    if config.model.num_classes == 0:  # a config that leaves it to the dataset: the run's
+      config.model.num_classes = len(class_names(config, workdir))
+    model, variables, _ = train.restore_variables(config, workdir, which, sharding.make_mesh(1))
   elif checkpoint and config_path:
     config = config_file.load(config_path)
-    model = build_model(config.model)
     variables = checkpoints.load_variables(checkpoint)
+    if config.model.num_classes == 0:  # a config that leaves it to the dataset: the head's
+      head = variables['params'].get('head', {}).get('kernel')
+      if head is None:
+        raise ConfigError(f'{checkpoint} has no classification head and {config_path} sets no '
+                          'model.num_classes: give the config of a trained run')
+      config.model.num_classes = int(np.shape(head)[-1])
+    model = build_model(config.model)
     clip = (1, config.data.num_frames, config.data.crop, config.data.crop, 3)
     expected = abstract_variables(model, jax.ShapeDtypeStruct(clip, np.float32))
     check_variables(variables, expected, f'checkpoint {checkpoint}', f'config {config_path}')
   else:
-    raise ValueError('give --workdir RUN, or --checkpoint DIR with --config FILE')
+    raise ConfigError('give --workdir RUN, or --checkpoint DIR with --config FILE')
   return config, model, variables, class_names(config, workdir)
 
 
@@ -67,7 +71,7 @@ def check_variables(variables, expected, what: str, against: str) -> None:
   problems = describe_mismatch(sorted(set(want) - set(have)), sorted(set(have) - set(want)),
                                shapes)
   if problems:
-    raise ValueError(f'{what} does not match the model of {against}: {problems}')
+    raise ConfigError(f'{what} does not match the model of {against}: {problems}')
 
 
 def class_names(config, workdir=None) -> list[str]:
@@ -90,7 +94,7 @@ def is_frame_folder(path: pathlib.Path) -> bool:
 def list_videos(path: pathlib.Path) -> list[pathlib.Path]:
   """The videos of a folder of videos: video files and frame folders, sorted by name."""
   return sorted(p for p in path.iterdir()
-                if p.suffix.lower() in VIDEO_SUFFIXES or is_frame_folder(p))
+                if p.suffix.lower() in labels.VIDEO_SUFFIXES or is_frame_folder(p))
 
 
 def video_views(path: pathlib.Path, config, views: str) -> np.ndarray:
@@ -165,16 +169,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--out', default='predictions.csv',
                       help='CSV for a folder of videos (local or gs://)')
   args = parser.parse_args(argv)
+  from cstm_jax.evaluate import parse_views
   from input_pipeline.video_io import VideoError
 
+  # Every argument is checked before the model is loaded.
   video = pathlib.Path(paths.expand(args.video))
   if not video.exists():
     parser.error(f'{video}: no such video file or folder')
   try:
-    config, model, variables, names = load_model(args.workdir, args.checkpoint, args.config,
-                                                  args.which)
-  except (ValueError, FileNotFoundError) as e:
-    parser.error(str(e))
+    parse_views(args.views)
+  except ConfigError as e:
+    parser.error(f'--views: {e}')
+  if args.topk < 1:
+    parser.error(f'--topk {args.topk}: give 1 or more classes')
+  config, model, variables, names = load_model(args.workdir, args.checkpoint, args.config,
+                                               args.which)
   predictor = Predictor(config, model, variables, names, args.views)
 
   if video.is_dir() and not is_frame_folder(video):
@@ -200,4 +209,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  from input_pipeline.errors import run_main
+  sys.exit(run_main(main))

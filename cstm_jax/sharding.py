@@ -8,11 +8,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from input_pipeline.errors import ConfigError
+
 
 def make_mesh(model_axis: int = 1, devices=None) -> Mesh:
   devices = np.asarray(jax.devices() if devices is None else devices)
   if devices.size % model_axis:
-    raise ValueError(f'{devices.size} devices do not split into a model axis of {model_axis}')
+    raise ConfigError(f'{devices.size} devices do not split into a model axis of {model_axis}')
   return Mesh(devices.reshape(devices.size // model_axis, model_axis), ('data', 'model'),
               axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
@@ -69,10 +71,10 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
 def check_batch(global_size: int, mesh: Mesh, what: str = 'batch') -> None:
   data_axis = mesh.shape['data']
   if global_size % data_axis:
-    raise ValueError(f'global {what} size {global_size} is not divisible by the {data_axis} '
+    raise ConfigError(f'global {what} size {global_size} is not divisible by the {data_axis} '
                      f'devices of the data axis ({jax.device_count()} devices in all)')
   if global_size % jax.process_count():
-    raise ValueError(f'global {what} size {global_size} does not split over '
+    raise ConfigError(f'global {what} size {global_size} does not split over '
                      f'{jax.process_count()} processes')
 
 

@@ -15,6 +15,8 @@ import os
 import re
 from typing import Optional
 
+from input_pipeline.errors import ConfigError
+
 # Chips per host of the Cloud TPU VMs that are single-host at 8 chips (v5e-8, v6e-8); larger
 # slices of these chips have 4 chips per host, which is libtpu's default.
 SINGLE_HOST_8 = (2, 4, 1)
@@ -76,12 +78,12 @@ def _tpu_from_accelerator_type(kind: str) -> tuple[str, Optional[tuple]]:
   TensorCores per chip in the name)."""
   m = re.fullmatch(r'(v4|v5p|v5e|v5litepod|v6e)-(\d+)', kind)
   if not m:
-    raise ValueError(kind)
+    raise ConfigError(kind)
   generation, count = m.group(1).replace('v5litepod', 'v5e'), int(m.group(2))
   if generation in ('v4', 'v5p'):
     chips = count // 2
     if chips < 4 or chips & (chips - 1):
-      raise ValueError(kind)
+      raise ConfigError(kind)
     x = y = z = 1
     for i in range(int(math.log2(chips))):  # grow x, y, z in turn: 2x2x1, 2x2x2, 4x2x2, ...
       if i % 3 == 0:
@@ -94,7 +96,7 @@ def _tpu_from_accelerator_type(kind: str) -> tuple[str, Optional[tuple]]:
   shapes = {1: '1x1', 4: '2x2', 8: '2x4', 16: '4x4', 32: '4x8', 64: '8x8', 128: '8x16',
             256: '16x16'}
   if count not in shapes:
-    raise ValueError(kind)
+    raise ConfigError(kind)
   return f'{generation}:{shapes[count]}', SINGLE_HOST_8 if count == 8 else None
 
 
@@ -104,21 +106,21 @@ def parse(spec: str) -> Target:
   if platform == 'tpu' and rest:
     if ':' in rest:  # a libtpu topology: generation:AxB[xC]
       if not re.fullmatch(r'v\d+[a-z]*:\d+x\d+(x\d+)?', rest):
-        raise ValueError(f'--target {spec}: expected tpu:GENERATION:AxB[xC], e.g. tpu:v5e:2x2')
+        raise ConfigError(f'--target {spec}: expected tpu:GENERATION:AxB[xC], e.g. tpu:v5e:2x2')
       generation, shape = rest.split(':')
       single = generation in ('v5e', 'v6e') and shape == '2x4'
       return Target(spec, 'tpu', rest, SINGLE_HOST_8 if single else None)
     try:
       topology, per_host = _tpu_from_accelerator_type(rest)
     except ValueError:
-      raise ValueError(f'--target {spec}: unknown Cloud TPU type {rest!r}; expected e.g. v5e-8, '
+      raise ConfigError(f'--target {spec}: unknown Cloud TPU type {rest!r}; expected e.g. v5e-8, '
                        'v5e-256, v5p-8, v6e-8, or a topology such as tpu:v5e:2x4') from None
     return Target(spec, 'tpu', topology, per_host)
   m = re.fullmatch(r'(\w+?)(?:x(\d+))?(?:x(\d+))?', rest) if platform == 'cuda' else None
   if m and m.group(1) in GPUS:
     per_host, hosts = int(m.group(2) or 1), int(m.group(3) or 1)
     return Target(spec, 'cuda', f'1x{hosts}x{per_host}', gpu=m.group(1))
-  raise ValueError(f'--target {spec}: expected tpu:TOPOLOGY (tpu:v5e:2x2), tpu:CLOUD_TYPE '
+  raise ConfigError(f'--target {spec}: expected tpu:TOPOLOGY (tpu:v5e:2x2), tpu:CLOUD_TYPE '
                    f'(tpu:v5e-8) or cuda:GPU[xPER_HOST[xHOSTS]] with GPU in {sorted(GPUS)} '
                    '(cuda:h100x8)')
 

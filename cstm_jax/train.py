@@ -3,6 +3,7 @@
 Reads top to bottom: setup (processes, mesh), data, model and optimizer, state and its
 shardings, step functions, restore, evaluation, and the training loop.
 """
+import copy
 import json
 import signal
 import time
@@ -20,10 +21,15 @@ from cstm_jax import checkpoints, evaluate as evaluation, optim, paths, sharding
 from cstm_jax.models.build import build_model
 from cstm_jax.progress import format_seconds
 from cstm_jax.writer import MetricWriter, read_metrics
+from input_pipeline.errors import ConfigError, UserError
 
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
+
+
+class NonFiniteLoss(UserError, FloatingPointError):
+  """Training diverged; nothing reached through the diverging step was saved."""
 
 
 # --- Setup ------------------------------------------------------------------------------------
@@ -41,6 +47,24 @@ def data_config_with_views(config, views: str) -> ml_collections.ConfigDict:
   data = ml_collections.ConfigDict(config.data.to_dict())
   data.eval_clips, data.eval_crops = evaluation.parse_views(views)
   return data
+
+
+def with_dataset_classes(config, class_names) -> ml_collections.ConfigDict:
+  """`config` with `model.num_classes` taken from the dataset when it is 0; a different
+  non-zero count is refused (it would train into NaN, or evaluate classes with no data)."""
+  count = config.model.num_classes
+  if count == 0:
+    config = copy.deepcopy(config)
+    with config.unlocked():
+      config.model.num_classes = len(class_names)
+    return config
+  if count != len(class_names):
+    raise ConfigError(
+        f'model.num_classes is {count} but the dataset {config.data.name} in '
+        f'{config.data.data_dir} has {len(class_names)} '
+        f'classes: set --config.model.num_classes={len(class_names)} (or 0 to take the '
+        "dataset's count)")
+  return config
 
 
 # --- Model, optimizer, state ------------------------------------------------------------------
@@ -155,14 +179,15 @@ def initial_state(config, model, tx, mesh, clips_shape, run_checkpoints, train_i
   state, shardings = create_train_state(model, tx, clips_shape, mesh, rng,
                                         config.mesh.shard_threshold)
   abstract, _ = state_layout(model, tx, clips_shape, mesh, config.mesh.shard_threshold)
-  restored, step = run_checkpoints.restore_latest(abstract, train_iterator)
+  restored, step = run_checkpoints.restore_latest(abstract, train_iterator, config)
   if restored is not None:
     logging.info('Resuming from the checkpoint of step %d', step)
     return restored, shardings, step
   if config.train.init_from:
     pretrained = checkpoints.load_variables(config.train.init_from)
     merged, _ = checkpoints.merge_pretrained(
-        {'params': state.params, 'batch_stats': state.batch_stats}, pretrained)
+        {'params': state.params, 'batch_stats': state.batch_stats}, pretrained,
+        config.train.init_partial, config.train.init_from)
     merged = jax.device_put(merged, {'params': shardings.params,
                                      'batch_stats': shardings.batch_stats})
     state = state.replace(params=merged['params'], batch_stats=merged['batch_stats'])
@@ -202,6 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Data.
   train_data = pipeline.train_dataset(config.data, jax.process_index(), jax.process_count())
   train_source, class_names = pipeline.open_split(config.data, config.data.train_split)
+  config = with_dataset_classes(config, class_names)
   train_size = len(train_source)
   steps_per_epoch = max(1, train_size // config.data.batch_size)
   optimizer_steps = int(config.optim.epochs * steps_per_epoch)
@@ -317,7 +343,7 @@ def _check_finite(unchecked, run_checkpoints) -> None:
       last = run_checkpoints.latest.latest_step()
       resume = (f'the last checkpoint is step {last}' if last is not None
                 else 'there is no checkpoint yet')
-      raise FloatingPointError(
+      raise NonFiniteLoss(
           f'loss is {loss} at step {step} (gradient norm {grad_norm}); stopping, nothing saved '
           f'after it: {resume}. Lower optim.base_lr or check the data, then run the same '
           'command to resume.')
@@ -338,6 +364,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from input_pipeline import pipeline
   mesh = setup_mesh(config)
   _, class_names = pipeline.open_split(config.data, config.data.eval_split)
+  config = with_dataset_classes(config, class_names)
   model, variables, step = restore_variables(config, workdir, config.eval.checkpoint, mesh)
   eval_step = sharding.with_mesh(jit_eval_step(model, mesh, config.xla.gpu_conv_nhwc), mesh)
   results = {}
@@ -356,7 +383,7 @@ def restore_variables(config, workdir, which: str, mesh):
   abstract, _ = state_layout(model, tx, clips_shape, mesh, config.mesh.shard_threshold)
   run_checkpoints = checkpoints.RunCheckpoints(workdir)
   try:
-    state, step = run_checkpoints.restore_state(which, abstract)
+    state, step = run_checkpoints.restore_state(which, abstract, config)
   finally:
     run_checkpoints.close()
   return model, variables_of(state), step

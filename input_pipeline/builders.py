@@ -11,6 +11,7 @@ import pathlib
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from cstm_jax.progress import Progress
 from input_pipeline import labels, video_io
@@ -38,6 +39,7 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._short_side = self.DEFAULT_SHORT_SIDE if short_side is None else short_side
     self._workers = workers or multiprocessing.cpu_count()
     self.skipped = []   # dicts: split, id, path, reason
+    self.in_both_splits = []  # ids in the training and the validation split
     self.stats = collections.Counter()
     kwargs.setdefault('file_format', 'array_record')
     super().__init__(**kwargs)
@@ -63,6 +65,11 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     manual_dir = dl_manager.manual_dir
     entries = {split: self.entries(manual_dir, split) for split in SPLITS}
+    self.in_both_splits = labels.shared_ids(entries['train'], entries['validation'])
+    if self.in_both_splits:
+      logging.warning('%d videos are in both the training and the validation split (e.g. %s): '
+                      'validation accuracy will be optimistic', len(self.in_both_splits),
+                      ', '.join(self.in_both_splits[:5]))
     return {split: self._generate_examples(split, items) for split, items in entries.items()
             if items}
 

@@ -8,8 +8,10 @@ import json
 import pathlib
 import re
 
+from input_pipeline.errors import UserError
 
-class AnnotationError(ValueError):
+
+class AnnotationError(UserError, ValueError):
   """An annotation file that is not in the expected format."""
 
   def __init__(self, path, problem: str):
@@ -21,6 +23,26 @@ class VideoEntry:
   video_id: str
   path: pathlib.Path        # a video file or a folder of JPEG frames
   label: str | None         # class name; None for unlabelled (test) entries
+
+
+def unique(entries: list[VideoEntry], source) -> list[VideoEntry]:
+  """`entries`, if no video id occurs twice in them (the dataset is keyed by id); else an
+  AnnotationError naming the repeated ids, before any video is decoded."""
+  seen, repeated = {}, {}
+  for entry in entries:
+    if entry.video_id in seen:
+      repeated.setdefault(entry.video_id, [seen[entry.video_id]]).append(entry.path.name)
+    seen.setdefault(entry.video_id, entry.path.name)
+  if repeated:
+    listed = '; '.join(f'{i} ({", ".join(names)})' for i, names in list(repeated.items())[:5])
+    raise AnnotationError(source, f'{len(repeated)} video ids occur more than once: {listed}'
+                          f'{" ..." if len(repeated) > 5 else ""}; give each video one entry')
+  return entries
+
+
+def shared_ids(train: list[VideoEntry], validation: list[VideoEntry]) -> list[str]:
+  """Ids that are in both splits (a video trained on and evaluated on)."""
+  return sorted({e.video_id for e in train} & {e.video_id for e in validation})
 
 
 # --- Something-Something v2: json ----------------------------------------------------------
@@ -70,7 +92,7 @@ def read_ssv2_split(manual_dir, split: str) -> list[VideoEntry]:
       raise AnnotationError(path, f'entry {i} lacks {" or ".join(needed)}')
     label = None if split == 'test' else ssv2_template_to_class(item['template'])
     entries.append(VideoEntry(str(item['id']), root / SSV2_VIDEOS / f"{item['id']}.webm", label))
-  return entries
+  return unique(entries, path)
 
 
 # --- SSv1 and Jester: csv + frame folders --------------------------------------------------
@@ -109,12 +131,15 @@ def read_frames_split(manual_dir, layout: str, split: str) -> list[VideoEntry]:
       raise AnnotationError(path, f'line {number} is not "<id>;<class name>": {line!r}')
     label = parts[1] if len(parts) > 1 else None
     entries.append(VideoEntry(parts[0], root / videos / parts[0], label))
-  return entries
+  return unique(entries, path)
 
 
 # --- Generic: <class>/<video> folders or a path,label csv ----------------------------------
 
-VIDEO_SUFFIXES = ('.webm', '.mp4', '.avi', '.mkv', '.mov')
+VIDEO_SUFFIXES = ('.webm', '.mp4', '.avi', '.mkv', '.mov', '.m4v')
+# A first line of a `path,label` csv that names its columns.
+CSV_HEADERS = [['path', 'label'], ['video', 'label'], ['path', 'class'], ['video', 'class'],
+               ['file', 'label']]
 
 
 def read_folder_dataset(manual_dir, split_csv: str | None = None) -> list[VideoEntry]:
@@ -127,16 +152,18 @@ def read_folder_dataset(manual_dir, split_csv: str | None = None) -> list[VideoE
       raise AnnotationError(path, 'file not found')
     with open(path, newline='') as f:
       for number, row in enumerate(csv.reader(f), 1):
+        if number == 1 and [c.strip().lower() for c in row] in CSV_HEADERS:
+          continue
         if len(row) != 2:
           raise AnnotationError(path, f'line {number} is not "path,label": {row!r}')
         video = root / row[0]
         entries.append(VideoEntry(str(pathlib.Path(row[0]).with_suffix('')), video, row[1]))
-    return entries
+    return unique(entries, path)
   for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
     for video in sorted(class_dir.iterdir()):
       if video.is_dir() or video.suffix.lower() in VIDEO_SUFFIXES:
         entries.append(VideoEntry(f'{class_dir.name}/{video.stem}', video, class_dir.name))
-  return entries
+  return unique(entries, root)
 
 
 # --- Horizontal flip -----------------------------------------------------------------------

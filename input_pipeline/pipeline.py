@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from input_pipeline import builders, labels, paths, transforms  # noqa: F401 (registers builders)
+from input_pipeline.errors import ConfigError, MissingFile
 
 # Every key a `config.data` block may hold, with its default.
 DEFAULTS = {
@@ -51,7 +52,7 @@ DEFAULTS = {
 def data_config(**overrides) -> ml_collections.ConfigDict:
   unknown = sorted(set(overrides) - set(DEFAULTS))
   if unknown:
-    raise ValueError(f'unknown data config keys {unknown}; known keys: {sorted(DEFAULTS)}')
+    raise ConfigError(f'unknown data config keys {unknown}; known keys: {sorted(DEFAULTS)}')
   return ml_collections.ConfigDict({**DEFAULTS, **overrides})
 
 
@@ -59,7 +60,7 @@ def open_split(config, split: str):
   """The TFDS data source of a prepared split and the dataset's class names."""
   data_dir = paths.expand(config.data_dir)
   if paths.is_remote(data_dir):
-    raise ValueError(
+    raise ConfigError(
         f'data_dir={data_dir}: prepared datasets are read from a local disk or a mounted '
         'bucket, not from gs:// paths. Copy the dataset to each host: gcloud storage cp -r '
         f'{data_dir.rstrip("/")}/{config.name} ~/tensorflow_datasets/ and pass '
@@ -67,13 +68,13 @@ def open_split(config, split: str):
         '(gcsfuse --implicit-dirs BUCKET /mnt/BUCKET) and pass the mounted path.')
   root = pathlib.Path(data_dir) / config.name
   if not data_dir or not root.is_dir():
-    raise FileNotFoundError(
+    raise MissingFile(
         f'prepared dataset {config.name!r} not found under data_dir={data_dir!r}; '
         'build it with: python -m input_pipeline.prepare --dataset ... --manual_dir ... '
         f'--data_dir {data_dir or "DIR"}')
   builder = tfds.builder(config.name, data_dir=data_dir)
   if split not in builder.info.splits:
-    raise ValueError(f'{root}: no split {split!r}; has {sorted(builder.info.splits)}')
+    raise ConfigError(f'{root}: no split {split!r}; has {sorted(builder.info.splits)}')
   return builder.as_data_source(split=split), builder.info.features['label'].names
 
 
@@ -82,13 +83,13 @@ def output_dtype(config):
     import ml_dtypes  # a jax dependency; imported here so float32 users need nothing more
     return ml_dtypes.bfloat16
   if config.dtype != 'float32':
-    raise ValueError(f"data dtype {config.dtype!r} is not 'float32' or 'bfloat16'")
+    raise ConfigError(f"data dtype {config.dtype!r} is not 'float32' or 'bfloat16'")
   return np.float32
 
 
 def local_batch_size(global_batch: int, process_count: int) -> int:
   if global_batch % process_count:
-    raise ValueError(f'global batch {global_batch} does not split over {process_count} processes')
+    raise ConfigError(f'global batch {global_batch} does not split over {process_count} processes')
   return global_batch // process_count
 
 
@@ -205,7 +206,7 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1) -> gra
   the iterator checkpoints."""
   source, class_names = open_split(config, config.train_split)
   if len(source) < config.batch_size:
-    raise ValueError(f'{config.name}/{config.train_split}: {len(source)} videos, fewer than the '
+    raise ConfigError(f'{config.name}/{config.train_split}: {len(source)} videos, fewer than the '
                      f'global batch of {config.batch_size}')
   flip_map = flip_label_map(config, class_names)
   transform = TrainTransform(config.num_frames, config.crop, config.colour, flip_map,

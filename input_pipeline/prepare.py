@@ -1,40 +1,69 @@
 """Turns a downloaded dataset into a prepared TFDS dataset (ArrayRecord).
 
   python -m input_pipeline.prepare --dataset {ssv2,ssv1,jester,folder} --manual_dir SRC
-      --data_dir OUT [--workers N] [--short_side PX]
+      --data_dir OUT [--workers N] [--short_side PX] [--rebuild]
 
 Writes OUT/<name>/1.0.0/ (name: something_something_v2, something_something_v1, jester,
 video_folder) and, beside it, `prepare_report.json`: the summary and every skipped video with
-its reason. An annotation file in the wrong format stops the run with an error naming it.
+its reason. An annotation file in the wrong format, or a video id listed twice, stops the run
+with an error naming it. Run again, it keeps the prepared dataset and its report (and removes
+what a killed run left); with other options it refuses unless --rebuild.
 """
 import argparse
 import json
 import pathlib
+import shutil
 import sys
 import time
 
 import tensorflow_datasets as tfds
+from absl import logging
+from tensorflow_datasets.core.constants import INCOMPLETE_PREFIX
 
-from input_pipeline import builders, labels, paths
+from input_pipeline import builders, paths
+from input_pipeline.errors import ConfigError, MissingFile
 
 REPORT = 'prepare_report.json'
 
 
-def prepare(dataset: str, manual_dir, data_dir, workers=None, short_side=None) -> dict:
-  """Builds the dataset; returns the report (also written beside the dataset)."""
+def prepare(dataset: str, manual_dir, data_dir, workers=None, short_side=None,
+            rebuild: bool = False) -> dict:
+  """Builds the dataset; returns the report (also written beside the dataset).
+
+  A dataset already prepared in `data_dir` is kept with its report when it was made with the
+  same options, refused when the options differ (`rebuild` replaces it), and leftovers of a
+  killed preparation are removed first.
+  """
   if dataset not in builders.BUILDERS:
-    raise ValueError(f'unknown dataset {dataset!r}; choose one of {sorted(builders.BUILDERS)}')
+    raise ConfigError(f'unknown dataset {dataset!r}; choose one of {sorted(builders.BUILDERS)}')
   manual_dir = pathlib.Path(paths.expand(manual_dir))
   data_dir = paths.expand(data_dir)
   if paths.is_remote(data_dir):
-    raise ValueError(f'data_dir={data_dir}: prepare writes to a local disk (ArrayRecord files); '
-                     'prepare locally, then copy the dataset folder with gcloud storage cp -r')
+    raise ConfigError(f'data_dir={data_dir}: prepare writes to a local disk (ArrayRecord files); '
+                      'prepare locally, then copy the dataset folder with gcloud storage cp -r')
   if not manual_dir.is_dir():
-    raise FileNotFoundError(f'{manual_dir}: manual dir not found')
+    raise MissingFile(f'{manual_dir}: manual dir not found')
   cls = builders.BUILDERS[dataset]
   start = time.monotonic()
   builder = cls(data_dir=str(data_dir), class_names=cls.class_names(manual_dir),
                 short_side=short_side, workers=workers)
+  options = {'short_side': builder._short_side}  # what the stored frames depend on
+  folder = pathlib.Path(builder.data_dir)
+  remove_incomplete(folder)
+  if (folder / 'dataset_info.json').exists():
+    report_file = folder / REPORT
+    earlier = json.loads(report_file.read_text()) if report_file.exists() else {}
+    made_with = earlier.get('options', options)  # unknown for data of older versions: kept
+    changed = {k: (made_with.get(k), v) for k, v in options.items() if made_with.get(k) != v}
+    if not changed:
+      logging.info('%s is already prepared with these options; kept as it is', folder)
+      return {**earlier, 'reused': True}
+    if not rebuild:
+      listed = ', '.join(f'{k} {old!r} then, {new!r} now' for k, (old, new) in changed.items())
+      raise ConfigError(f'{folder} was prepared with other options ({listed}): pass --rebuild '
+                        'to replace it, or another --data_dir')
+    logging.warning('Rebuilding %s (--rebuild)', folder)
+    shutil.rmtree(folder)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
   seconds = time.monotonic() - start
@@ -42,6 +71,8 @@ def prepare(dataset: str, manual_dir, data_dir, workers=None, short_side=None) -
   report = {
       'dataset': builder.name,
       'path': str(builder.data_dir),
+      'options': options,
+      'manual_dir': str(manual_dir),
       'classes': len(builder.info.features['label'].names),
       'splits': {name: split.num_examples for name, split in builder.info.splits.items()},
       'videos_written': stats['videos'],
@@ -51,9 +82,19 @@ def prepare(dataset: str, manual_dir, data_dir, workers=None, short_side=None) -
       'seconds': round(seconds, 2),
       'workers': builder._workers,
       'skipped': builder.skipped,
+      'in_train_and_validation': builder.in_both_splits,
   }
-  (pathlib.Path(builder.data_dir) / REPORT).write_text(json.dumps(report, indent=1))
+  (folder / REPORT).write_text(json.dumps(report, indent=1))
   return report
+
+
+def remove_incomplete(folder: pathlib.Path) -> None:
+  """Deletes what a killed preparation of `folder` left (TFDS's `incomplete.*` folders)."""
+  for leftover in folder.parent.glob(f'{INCOMPLETE_PREFIX}*'):
+    size = sum(f.stat().st_size for f in leftover.rglob('*') if f.is_file())
+    logging.warning('Removing %s, left by a killed preparation (%.1f MiB)', leftover,
+                    size / 2 ** 20)
+    shutil.rmtree(leftover)
 
 
 def main(argv=None) -> int:
@@ -65,12 +106,18 @@ def main(argv=None) -> int:
   parser.add_argument('--short_side', type=int, default=None,
                       help='resize frames to this short side (default 256 for videos, native '
                            'frames for SSv1 / Jester; 0 keeps native)')
+  parser.add_argument('--rebuild', action='store_true',
+                      help='replace a dataset prepared before with other options')
   args = parser.parse_args(argv)
-  try:
-    report = prepare(args.dataset, args.manual_dir, args.data_dir, args.workers, args.short_side)
-  except (labels.AnnotationError, FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  report = prepare(args.dataset, args.manual_dir, args.data_dir, args.workers, args.short_side,
+                   args.rebuild)
+  if report.get('reused'):
+    print(f"{report.get('path', args.data_dir)}: already prepared with these options; kept "
+          f"({report.get('videos_written', '?')} videos written, "
+          f"{report.get('videos_skipped', '?')} skipped when it was made)")
+    return 0
+  for video_id in report['in_train_and_validation'][:20]:
+    print(f'  warning: {video_id} is in both the training and the validation split')
   rate = report['videos_written'] / max(report['seconds'], 1e-9)
   print(f"{report['dataset']}: {report['videos_written']} videos written, "
         f"{report['videos_skipped']} skipped, {report['frames']} frames, "
@@ -84,4 +131,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  from input_pipeline.errors import run_main
+  sys.exit(run_main(main))

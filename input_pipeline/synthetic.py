@@ -233,4 +233,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  from input_pipeline.errors import run_main
+  sys.exit(run_main(main))

@@ -46,18 +46,23 @@ def frame_files(folder: pathlib.Path) -> list[pathlib.Path]:
   return sorted(p for p in folder.iterdir() if p.suffix.lower() in ('.jpg', '.jpeg'))
 
 
-def decode_video(path: pathlib.Path) -> list[np.ndarray]:
-  """All frames of a video file (webm/VP9, mp4, ...) as RGB arrays.
+def decode_video(path: pathlib.Path, each_frame=None) -> list:
+  """All frames of a video file (webm/VP9, mp4, ...) as RGB arrays, or `each_frame(frame)` of
+  each as it is decoded (so a long high-resolution video never has all its full-size frames in
+  memory at once).
 
   A file that decodes to clearly fewer frames than its header's duration promises (a truncated
   download) is an error, not a short video.
   """
+  each_frame = each_frame or (lambda frame: frame)
+  if pathlib.Path(path).stat().st_size == 0:
+    raise VideoError('empty file (0 bytes)')
   try:
     with av.open(str(path)) as container:
       if not container.streams.video:
         raise VideoError('no video stream')
       stream = container.streams.video[0]
-      frames = [f.to_ndarray(format='rgb24') for f in container.decode(stream)]
+      frames = [each_frame(f.to_ndarray(format='rgb24')) for f in container.decode(stream)]
       duration, rate = container.duration, stream.average_rate
   except av.error.FFmpegError as e:  # unreadable or not a video
     raise VideoError(f'cannot decode video ({type(e).__name__}: {e})') from e
@@ -89,7 +94,7 @@ def video_to_jpegs(path, short_side: int = 256, quality: int = JPEG_QUALITY) -> 
       out.append(data if not short_side or min(frame.shape[:2]) == short_side else
                  encode_jpeg(resize_short_side(frame, short_side), quality))
     return out
-  return [encode_jpeg(resize_short_side(f, short_side), quality) for f in decode_video(path)]
+  return decode_video(path, lambda f: encode_jpeg(resize_short_side(f, short_side), quality))
 
 
 def write_webm(path, frames, fps: int = 12) -> None:

@@ -78,6 +78,7 @@ def test_train_step_on_a_tpu_slice(tmp_path):
   """main.py's smoke train step on a v5e 2x2 slice: fits, gradients all-reduced, activations
   never all-gathered, and the FLOPs of a train step (about 3x the forward)."""
   config = config_file.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
+  config.model.num_classes = 174
   hlo_dir = tmp_path / 'hlo'
   (row,) = aot.analyse(config, targets.parse('tpu:v5e:2x2'), steps=('train',),
                        hlo_dir=str(hlo_dir), log=lambda _: None)
@@ -94,6 +95,7 @@ def test_train_step_on_a_tpu_slice(tmp_path):
 
 def test_eval_step_on_two_hosts_matches_the_cpu_summary():
   config = config_file.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
+  config.model.num_classes = 174
   (row,) = aot.analyse(config, targets.parse('tpu:v5p-16'), steps=('eval',), log=lambda _: None)
   assert (row['devices'], row['hosts'], row['per_device_batch']) == (8, 2, 1)
   assert row['fits'] and row['collectives'] == {} and row['activation_all_gathers'] == 0
@@ -107,7 +109,7 @@ def test_cli_reports_a_step_that_does_not_fit(tmp_path):
   out = tmp_path / 'aot.json'
   result = subprocess.run(
       [sys.executable, '-m', 'cstm_jax.aot', '--config=configs/ssv2_8f.py:smoke',
-       '--target=tpu:v5e:2x2', '--steps=eval', '--config.data.eval_batch_size=16384',
+       '--config.model.num_classes=174', '--target=tpu:v5e:2x2', '--steps=eval', '--config.data.eval_batch_size=16384',
        '--config.data.crop=224',
        f'--json={out}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 1, result.stderr[-2000:]

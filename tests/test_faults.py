@@ -1,11 +1,21 @@
 """Faults planted the way a user meets them: nothing is lost and no poisoned state is kept."""
+import json
+import logging
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from configs import ssv2_r2plus1d_18
-from cstm_jax import checkpoints, convert, paths, train
+from cstm_jax import checkpoints, config_file, convert, paths, predict, train
+from input_pipeline import errors, labels, pipeline, prepare, video_io
+from input_pipeline.errors import ConfigError, UserError
 from runs import smoke
 
 
@@ -39,15 +49,17 @@ def test_a_non_finite_step_is_never_saved(prepared_ssv2, tmp_path):
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], optim__base_lr=1e30,
                  train__checkpoint_every_steps=1, train__log_every_steps=100,
                  train__eval_every_epochs=1000.0)
-  with pytest.raises(FloatingPointError) as error:
+  with pytest.raises(train.NonFiniteLoss) as error:
     train.train_and_evaluate(config, tmp_path)
   message = str(error.value)
+  assert re.match(r'loss is (nan|inf) at step \d+ \(gradient norm ', message), message
   assert 'nothing saved after it' in message
   saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').glob('*') if p.name.isdigit())
   if saved:
     assert f'the last checkpoint is step {saved[-1]}' in message
   else:
     assert 'there is no checkpoint yet' in message
+  config.model.num_classes = prepared_ssv2[1]['classes']
   model, _, tx, clips_shape = train.model_and_optimizer(config, steps_per_epoch=1)
   mesh = train.setup_mesh(config)
   abstract, _ = train.state_layout(model, tx, clips_shape, mesh)
@@ -58,3 +70,291 @@ def test_a_non_finite_step_is_never_saved(prepared_ssv2, tmp_path):
     assert all(np.isfinite(np.asarray(leaf)).all()
                for leaf in jax.tree_util.tree_leaves(state.params)), step
   run.close()
+
+
+# --- Checkpoints: corrupt, from another model ---------------------------------------------------
+
+@pytest.fixture(scope='module')
+def saved_run(prepared_ssv2, tmp_path_factory):
+  """A run folder with checkpoints at steps 2 and 4 (states saved directly, no training)."""
+  config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], model__num_classes=12)
+  workdir = tmp_path_factory.mktemp('saved_run')
+  model, _, tx, clips_shape = train.model_and_optimizer(config, steps_per_epoch=1)
+  mesh = train.setup_mesh(config)
+  state, _ = train.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
+  iterator = iter(pipeline.train_dataset(config.data, 0, 1))
+  run = checkpoints.RunCheckpoints(workdir)
+  for step in (2, 4):
+    run.save(step, state.replace(step=step), iterator, config, force=True)
+  run.wait()
+  run.close()
+  return config, workdir
+
+
+def restore(config, workdir):
+  """(state, step) as a restarted run restores them."""
+  model, _, tx, clips_shape = train.model_and_optimizer(config, steps_per_epoch=1)
+  mesh = train.setup_mesh(config)
+  run = checkpoints.RunCheckpoints(workdir)
+  iterator = iter(pipeline.train_dataset(config.data, 0, 1))
+  try:
+    state, _, step = train.initial_state(config, model, tx, mesh, clips_shape, run, iterator)
+  finally:
+    run.close()
+  return state, step
+
+
+def truncate(path, size):
+  with open(path, 'r+b') as f:
+    f.truncate(size)
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_newest_intact_one(saved_run, tmp_path,
+                                                                         caplog):
+  config, saved = saved_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(saved, workdir)
+  # A copy killed half way: the largest array file of step 4 cut short.
+  arrays = sorted((workdir / 'checkpoints/4/state').glob('ocdbt.process_0/d/*'),
+                  key=lambda p: p.stat().st_size)
+  truncate(arrays[-1], 100)
+  with caplog.at_level(logging.WARNING):
+    state, step = restore(config, workdir)
+  assert step == 2 and int(state.step) == 2
+  assert 'checkpoints/4 does not restore' in caplog.text
+  # Set aside, not deleted, so the run can save step 4 again.
+  assert not (workdir / 'checkpoints/4').exists()
+  assert (workdir / 'corrupt/checkpoints_4/state').is_dir()
+
+  # No intact checkpoint left: one line naming the folder; nothing is moved.
+  truncate(workdir / 'checkpoints/2/state/_METADATA', 50)
+  with pytest.raises(UserError, match=f'{workdir}/checkpoints: no intact checkpoint'):
+    restore(config, workdir)
+  assert (workdir / 'checkpoints/2').is_dir()
+
+
+def test_a_checkpoint_of_another_model_names_the_differing_keys(saved_run, tmp_path):
+  config, workdir = saved_run
+  config = smoke(ssv2_r2plus1d_18, config.data.data_dir, model__num_classes=12,
+                 model__width=0.25, optim__optimizer='adamw')
+  config.mode, config.eval.checkpoint = 'eval', 'latest'
+  with pytest.raises(UserError) as error:
+    train.evaluate(config, workdir)
+  message = str(error.value)
+  assert 'was written by a different model or optimizer' in message
+  assert 'model.width: 0.125 in the checkpoint, 0.25 now' in message
+  assert "optim.optimizer: 'sgd' in the checkpoint, 'adamw' now" in message
+  assert (workdir / 'checkpoints/4').is_dir()  # a good checkpoint is never set aside
+
+
+def test_num_classes_comes_from_the_dataset_and_a_mismatch_is_refused(prepared_ssv2, tmp_path):
+  classes = prepared_ssv2[1]['classes']
+  config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0])
+  assert config.model.num_classes == 0  # smoke runs take the dataset's
+  resolved = train.with_dataset_classes(config, ['c'] * classes)
+  assert resolved.model.num_classes == classes and config.model.num_classes == 0
+  config.model.num_classes = 174
+  with pytest.raises(ConfigError, match=f'model.num_classes is 174 but the dataset '
+                     f'something_something_v2 in .* has {classes} classes: set '
+                     f'--config.model.num_classes={classes}'):
+    train.train_and_evaluate(config, tmp_path)
+  assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_init_from_weights_of_another_width_fails_unless_partial_is_asked(saved_run, tmp_path,
+                                                                        caplog):
+  config, workdir = saved_run
+  narrow = tmp_path / 'narrow'
+  state, _ = restore(config, workdir)
+  checkpoints.save_variables(narrow, train.variables_of(state))
+  wider = smoke(ssv2_r2plus1d_18, config.data.data_dir, model__num_classes=12,
+                model__width=0.25, train__init_from=str(narrow))
+  with pytest.raises(ConfigError) as error:
+    restore(wider, tmp_path / 'fresh')
+  message = str(error.value)
+  assert f'init_from {narrow}: ' in message and 'do not load' in message
+  assert 'params/backbone/layer1_0/bn1/bias (8,) for (16,)' in message
+  assert 'init_partial=True' in message
+  wider.train.init_partial = True
+  with caplog.at_level(logging.WARNING):
+    restore(wider, tmp_path / 'fresh')
+  assert 'start from their initialisation' in caplog.text
+  # Another class count only changes the head: that loads without asking.
+  other_head = smoke(ssv2_r2plus1d_18, config.data.data_dir, model__num_classes=5,
+                     train__init_from=str(narrow))
+  state, _ = restore(other_head, tmp_path / 'fresh2')
+  assert state.params['head']['kernel'].shape[-1] == 5
+
+
+# --- Preparing data: again, killed, duplicates, headers, empty and long videos -----------------
+
+@pytest.fixture
+def small_download(synthetic_ssv2, tmp_path):
+  """A copy of the synthetic SSv2 download cut to 4 training and 2 validation videos."""
+  src = tmp_path / 'ssv2'
+  shutil.copytree(synthetic_ssv2[0], src)
+  for split, count in (('train', 4), ('validation', 2)):
+    annotations = src / f'something-something-v2-{split}.json'
+    annotations.write_text(json.dumps(json.loads(annotations.read_text())[:count]))
+  return src
+
+
+def annotations(src, split):
+  return json.loads((src / f'something-something-v2-{split}.json').read_text())
+
+
+def test_preparing_again_keeps_the_data_and_its_report(small_download, tmp_path, capsys):
+  src, data_dir = small_download, tmp_path / 'data'
+  train = annotations(src, 'train')
+  (src / '20bn-something-something-v2' / f"{train[0]['id']}.webm").write_bytes(b'')
+  validation = annotations(src, 'validation')
+  validation.append(train[1])  # a training video listed for validation as well
+  (src / 'something-something-v2-validation.json').write_text(json.dumps(validation))
+  args = ['--dataset', 'ssv2', '--manual_dir', str(src), '--data_dir', str(data_dir),
+          '--workers', '1', '--short_side', '32']
+  assert prepare.main(args) == 0
+  first = capsys.readouterr().out
+  assert '6 videos written, 1 skipped' in first
+  assert f"{train[1]['id']} is in both the training and the validation split" in first
+  folder = data_dir / 'something_something_v2' / '1.0.0'
+  report = json.loads((folder / prepare.REPORT).read_text())
+  assert report['skipped'][0]['reason'] == 'empty file (0 bytes)'
+  assert report['in_train_and_validation'] == [train[1]['id']]
+
+  # What a killed preparation leaves beside the dataset.
+  leftover = folder.parent / 'incomplete.K1LLED_1.0.0'
+  (leftover / 'something_something_v2-train.array_record-00000-of-00001').parent.mkdir()
+  (leftover / 'something_something_v2-train.array_record-00000-of-00001').write_bytes(b'0' * 99)
+  assert prepare.main(args) == 0
+  assert 'already prepared with these options; kept (6 videos written, 1 skipped' in (
+      capsys.readouterr().out)
+  assert json.loads((folder / prepare.REPORT).read_text()) == report
+  assert not leftover.exists()
+
+  # Other options: refused with the difference named, or rebuilt when asked.
+  assert errors.run_main(prepare.main, args[:-1] + ['40']) == 1
+  assert f'{folder} was prepared with other options (short_side 32 then, 40 now): pass ' \
+         '--rebuild' in capsys.readouterr().err
+  assert prepare.main(args[:-1] + ['40', '--rebuild']) == 0
+  assert json.loads((folder / prepare.REPORT).read_text())['options'] == {'short_side': 40}
+
+
+def test_a_video_id_listed_twice_stops_before_any_decoding(small_download, tmp_path, capsys):
+  train = annotations(small_download, 'train')
+  path = small_download / 'something-something-v2-train.json'
+  path.write_text(json.dumps(train + [train[2]]))
+  for video in (small_download / '20bn-something-something-v2').iterdir():
+    video.write_bytes(b'')  # were anything decoded, it would be reported as empty instead
+  args = ['--dataset', 'ssv2', '--manual_dir', str(small_download), '--data_dir',
+          str(tmp_path / 'data'), '--workers', '1']
+  assert errors.run_main(prepare.main, args) == 1
+  assert (f"error: {path}: 1 video ids occur more than once: {train[2]['id']} "
+          in capsys.readouterr().err)
+
+  # One class folder holding a.webm and a.mp4.
+  folder = tmp_path / 'mine' / 'waving'
+  folder.mkdir(parents=True)
+  (folder / 'a.webm').write_bytes(b'')
+  (folder / 'a.mp4').write_bytes(b'')
+  with pytest.raises(labels.AnnotationError,
+                     match=r'1 video ids occur more than once: waving/a \(a.mp4, a.webm\)'):
+    prepare.prepare('folder', tmp_path / 'mine', tmp_path / 'data2', workers=1)
+
+
+def test_a_csv_header_line_is_not_a_class(tmp_path):
+  (tmp_path / 'train.csv').write_text('path,label\nv/1.webm,waving\nv/2.webm,clapping\n')
+  entries = labels.read_folder_dataset(tmp_path, 'train.csv')
+  assert [e.label for e in entries] == ['waving', 'clapping']
+
+
+PEAK_MEMORY = """
+import sys
+from input_pipeline import video_io
+
+def status(key):
+  for line in open('/proc/self/status'):
+    if line.startswith(key):
+      return int(line.split()[1]) * 1024
+
+def peak_of(work):
+  open('/proc/self/clear_refs', 'w').write('5')  # resets the peak (VmHWM) to the current size
+  before = status('VmRSS')
+  work()
+  return status('VmHWM') - before
+
+video_io.video_to_jpegs(sys.argv[1], 64)  # codecs and buffers allocated once
+every_frame = peak_of(lambda: video_io.decode_video(sys.argv[1]))
+print(peak_of(lambda: video_io.video_to_jpegs(sys.argv[1], 64)), every_frame)
+"""
+
+
+def test_a_long_video_is_resized_while_it_decodes(tmp_path):
+  """The memory a 48-frame 640x480 video takes to become 64 px JPEGs: a few frames, not all of
+  them at full size (what decoding every frame first takes, 44 MiB)."""
+  path = tmp_path / 'long.webm'
+  rng = np.random.default_rng(0)
+  video_io.write_webm(path, [rng.integers(0, 255, (480, 640, 3), np.uint8)] * 48)
+  result = subprocess.run([sys.executable, '-c', PEAK_MEMORY, str(path)], capture_output=True,
+                          text=True, check=True, cwd=pathlib.Path(__file__).parent.parent)
+  resized, every_frame = map(int, result.stdout.split())
+  assert every_frame > 40 * 2 ** 20  # the measurement sees 48 x 0.9 MiB frames
+  assert resized < 8 * 2 ** 20, (resized, every_frame)
+
+
+# --- Weight files and predict ------------------------------------------------------------------
+
+def safetensors_file(path, header: bytes, body: bytes = b''):
+  path.write_bytes(len(header).to_bytes(8, 'little') + header + body)
+  return path
+
+
+def test_every_damaged_weights_file_is_named_with_its_problem(tmp_path):
+  import torch
+  cases = {
+      safetensors_file(tmp_path / 'short.safetensors', json.dumps(
+          {'w': {'dtype': 'F32', 'shape': [1000], 'data_offsets': [0, 4000]}}).encode(),
+          b'\0' * 8): 'data offsets 0..4000 that do not hold its shape [1000] in the 8 data',
+      safetensors_file(tmp_path / 'list.safetensors', b'[1, 2]'):
+          'not a safetensors file (the header is a list',
+      safetensors_file(tmp_path / 'nodtype.safetensors', json.dumps(
+          {'w': {'shape': [2], 'data_offsets': [0, 8]}}).encode(), b'\0' * 8):
+          'tensor w lacks dtype, shape or data_offsets',
+  }
+  torch.save(torch.zeros(3), tmp_path / 'tensor.pth')
+  cases[tmp_path / 'tensor.pth'] = 'holds a Tensor, not a state dict'
+  np.savez(tmp_path / 'objects.npz', w=np.array([{'a': 1}], dtype=object))
+  cases[tmp_path / 'objects.npz'] = 'not a readable .npz weights file (ValueError: Object arrays'
+  for path, problem in cases.items():
+    with pytest.raises(errors.BadFile) as error:
+      convert.load_state_dict(path)
+    assert str(error.value).startswith(f'{path}: ') and problem in str(error.value), error.value
+
+
+def test_predict_checks_its_arguments_before_loading_anything(tmp_path, capsys):
+  video = tmp_path / 'clip.webm'
+  video.write_bytes(b'')
+  missing_run = str(tmp_path / 'no_run')  # loading it would fail: the checks come first
+  for flags, problem in ((['--views', '3x3'], "--views: views '3x3': clips must be 1 or 2"),
+                         (['--topk', '-3'], '--topk -3: give 1 or more classes')):
+    with pytest.raises(SystemExit):
+      predict.main(['--workdir', missing_run, '--video', str(video), *flags])
+    assert problem in capsys.readouterr().err
+  assert not (tmp_path / 'predictions.csv').exists()
+
+  # A damaged variables checkpoint: one line naming it.
+  weights = tmp_path / 'weights'
+  checkpoints.save_variables(weights, {'params': {'head': {'kernel': np.ones((4, 3))}}})
+  truncate(weights / '_METADATA', 20)
+  assert errors.run_main(predict.main, ['--checkpoint', str(weights), '--config',
+                                        'configs/ssv2_8f.py:smoke', '--video', str(video)]) == 1
+  assert f'error: {weights}: not a readable variables checkpoint' in capsys.readouterr().err
+
+
+def test_a_misspelt_or_misplaced_config_key_gets_the_closest_keys():
+  config = ssv2_r2plus1d_18.get_config()
+  message = lambda key: config_file.unknown_key_message(config, key)
+  assert message('optim.lerning_rate') == (
+      'unknown config key optim.lerning_rate; did you mean optim.base_lr?')
+  assert message('train.batch_size').startswith(
+      'unknown config key train.batch_size; did you mean data.batch_size')
+  assert 'did you mean train.init_partial?' in message('train.init_parital')

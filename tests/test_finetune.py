@@ -15,7 +15,7 @@ import torch
 import torch_reference as ref
 from cstm_jax import checkpoints, config_file, convert, export, predict, sharding, train
 from cstm_jax.evaluate import make_eval_step
-from input_pipeline import pipeline, transforms
+from input_pipeline import errors, pipeline, transforms
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = str(ROOT / 'configs' / 'ssv2_16f.py') + ':smoke'
@@ -36,6 +36,7 @@ def finetuned(prepared_ssv2, tmp_path_factory):
                        '--out', str(root / 'pretrained')]) == 0
 
   config.data.data_dir = str(prepared_ssv2[0])
+  config.model.num_classes = prepared_ssv2[1]['classes']
   config.train.init_from = str(root / 'pretrained')
   config.train.eval_every_epochs = 1000.0
   workdir = root / 'run'
@@ -118,18 +119,18 @@ def test_predict_errors_are_clear(finetuned, tmp_path, capsys):
   assert predict.main(['--workdir', workdir, '--video', str(tmp_path / 'noise.webm')]) == 1
   assert 'noise.webm: cannot decode video' in capsys.readouterr().err
   # A converted checkpoint given with the config of another model.
-  with pytest.raises(SystemExit):
-    predict.main(['--checkpoint', str(finetuned['root'] / 'pretrained'), '--config',
-                  str(ROOT / 'configs' / 'ssv2_tsm_resnet50.py') + ':smoke',
-                  '--video', str(tmp_path / 'noise.webm')])
+  assert errors.run_main(predict.main, [
+      '--checkpoint', str(finetuned['root'] / 'pretrained'), '--config',
+      str(ROOT / 'configs' / 'ssv2_tsm_resnet50.py'), '--video', str(tmp_path / 'noise.webm')]) == 1
   err = capsys.readouterr().err
   assert 'does not match the model of config' in err and 'missing' in err
   # A run's checkpoint read with another model's config.
-  with pytest.raises(SystemExit):
-    predict.main(['--workdir', workdir, '--config',
-                  str(ROOT / 'configs' / 'ssv2_r2plus1d_18.py') + ':smoke',
-                  '--video', str(tmp_path / 'noise.webm')])
-  assert 'its best checkpoint does not match its config' in capsys.readouterr().err
+  assert errors.run_main(predict.main, [
+      '--workdir', workdir, '--config', str(ROOT / 'configs' / 'ssv2_r2plus1d_18.py') + ':smoke',
+      '--video', str(tmp_path / 'noise.webm')]) == 1
+  err = capsys.readouterr().err
+  assert 'was written by a different model or optimizer' in err
+  assert "model.backbone: 'bninception' in the checkpoint, 'r2plus1d_18' now" in err
 
 
 def test_export_runs_in_a_fresh_process_and_matches(finetuned, tmp_path):

@@ -1,4 +1,5 @@
 """main.py as users run it: a locked config, the smoke variant of an experiment."""
+import os
 import pathlib
 import subprocess
 import sys
@@ -6,22 +7,29 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def run_main(*args):
+def run_main(*args, env=None):
   return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300)
+                        text=True, timeout=300, env=env)
 
 
 def test_missing_dataset_fails_at_start_with_the_fix(tmp_path):
-  result = run_main('--config=configs/ssv2_16f.py:smoke', f'--workdir={tmp_path / "run"}',
-                    f'--config.data.data_dir={tmp_path / "nowhere"}')
-  assert result.returncode != 0
-  assert "prepared dataset 'something_something_v2' not found" in result.stderr
-  assert 'python -m input_pipeline.prepare' in result.stderr
+  args = ('--config=configs/ssv2_16f.py:smoke', f'--workdir={tmp_path / "run"}',
+          f'--config.data.data_dir={tmp_path / "nowhere"}')
+  result = run_main(*args)
+  assert result.returncode == 1
+  (line,) = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+  assert "prepared dataset 'something_something_v2' not found" in line
+  assert 'python -m input_pipeline.prepare' in line
+  assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'run' / 'checkpoints').exists()
+  # The traceback, for a bug report, on request.
+  debug = run_main(*args, env={**os.environ, 'CSTM_DEBUG': '1'})
+  assert debug.returncode == 1 and 'Traceback' in debug.stderr
 
 
 def test_misspelt_config_key_is_an_error(tmp_path):
   result = run_main('--config=configs/ssv2_16f.py', '--config.model.widht=0.5',
                     f'--workdir={tmp_path}')
   assert result.returncode != 0
-  assert 'Did you mean "width"' in result.stderr
+  assert 'error: unknown config key model.widht; did you mean model.width?' in result.stderr
+  assert 'Traceback' not in result.stderr

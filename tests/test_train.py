@@ -87,6 +87,7 @@ def test_sigterm_saves_and_the_restart_ends_at_the_uninterrupted_result(prepared
 def test_one_device_and_eight_devices_give_the_same_step():
   assert jax.device_count() == 8
   config = ssv2_r2plus1d_18.get_config('smoke')
+  config.model.num_classes = 174
   model, schedule, tx, clips_shape = train.model_and_optimizer(config, steps_per_epoch=10)
   rng = np.random.default_rng(0)
   batch = {'clips': rng.normal(size=clips_shape).astype(np.float32),
@@ -112,15 +113,9 @@ def test_start_errors_are_clear(prepared_ssv2, tmp_path):
     train.train_and_evaluate(config, tmp_path / 'b')
 
 
-def test_non_finite_loss_stops_and_names_the_step(prepared_ssv2, tmp_path):
-  config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], optim__base_lr=1e30,
-                 train__eval_every_epochs=1000.0)
-  with pytest.raises(FloatingPointError, match=r'loss is nan at step \d+'):
-    train.train_and_evaluate(config, tmp_path)
-
-
 def test_init_from_loads_the_backbone_and_keeps_a_new_head(tmp_path):
   config = ssv2_r2plus1d_18.get_config('smoke')
+  config.model.num_classes = 174
   mesh = sharding.make_mesh(1)
   model, _, tx, clips_shape = train.model_and_optimizer(config, steps_per_epoch=10)
   source, _ = train.create_train_state(model, tx, clips_shape, mesh, jax.random.key(7))

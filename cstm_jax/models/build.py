@@ -9,6 +9,7 @@ import ml_collections
 from cstm_jax.models import inception, inception3d, r2plus1d, resnet
 from cstm_jax.models.video import VideoClassifier
 from cstm_jax.temporal import modules as tm
+from input_pipeline.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +71,7 @@ def check_model_names(names) -> list[str]:
   """`names` if every one is a named model; else a ValueError listing the known names."""
   unknown = [n for n in names if n not in MODELS]
   if unknown:
-    raise ValueError(f'unknown models {unknown}; known models: {", ".join(MODELS)}')
+    raise ConfigError(f'unknown models {unknown}; known models: {", ".join(MODELS)}')
   return list(names)
 
 
@@ -83,17 +84,17 @@ def model_config(name: str = 'cstm_bninception', **overrides) -> ml_collections.
 def _checked(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
   unknown = sorted(set(values) - set(DEFAULTS))
   if unknown:
-    raise ValueError(f'unknown model config keys {unknown}; known keys: {sorted(DEFAULTS)}')
+    raise ConfigError(f'unknown model config keys {unknown}; known keys: {sorted(DEFAULTS)}')
   config = ml_collections.ConfigDict({**DEFAULTS, **values})
   if config.backbone not in BACKBONES:
-    raise ValueError(f'unknown backbone {config.backbone!r}; known: {sorted(BACKBONES)}')
+    raise ConfigError(f'unknown backbone {config.backbone!r}; known: {sorted(BACKBONES)}')
   allowed = ('none',) if BACKBONES[config.backbone].is_3d else (
       ('tsn', 'tsm') if config.backbone == 'resnet50' else TEMPORAL_MODULES)
   if config.temporal not in allowed:
-    raise ValueError(f'temporal module {config.temporal!r} does not fit backbone '
+    raise ConfigError(f'temporal module {config.temporal!r} does not fit backbone '
                      f'{config.backbone!r}; choose one of {list(allowed)}')
   if config.dtype not in ('float32', 'bfloat16', 'float16'):
-    raise ValueError(f"model dtype {config.dtype!r} is not 'float32', 'bfloat16' or 'float16'")
+    raise ConfigError(f"model dtype {config.dtype!r} is not 'float32', 'bfloat16' or 'float16'")
   return config
 
 
@@ -126,6 +127,10 @@ def build_model(model_config: Mapping[str, Any]) -> VideoClassifier:
   """
   values = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
   config = _checked(values)
+  if config.num_classes < 1:
+    raise ConfigError(f'model.num_classes is {config.num_classes}: training takes it from the '
+                      'prepared dataset when it is 0; set --config.model.num_classes to build '
+                      'the model without a dataset')
   dtype = jnp.dtype(config.dtype)
   common = {'width': config.width, 'dtype': dtype}
   temporal = temporal_module(config, dtype)

@@ -1,0 +1,39 @@
+"""Faults a user can fix, reported as one line; and the command-line wrapper that reports them.
+
+A `UserError`'s message is the whole report: the file, key or value at fault and what to do.
+Every command catches it at the top (`run_main`), prints `error: <message>` on stderr and exits
+with status 1; set `CSTM_DEBUG=1` to get the traceback instead. Anything else is a bug and keeps
+its traceback. (Defined here, in the layer that imports nothing of the package, so that data
+preparation and training raise the same kind.)
+"""
+import os
+import sys
+
+DEBUG_VARIABLE = 'CSTM_DEBUG'
+
+
+class UserError(Exception):
+  """A fault in the user's input, files or settings; the message says what and what to do."""
+
+
+def run_main(main, *args) -> int:
+  """`main(*args)`, or 1 after printing a `UserError` as one line on stderr."""
+  try:
+    return main(*args)
+  except UserError as error:
+    if os.environ.get(DEBUG_VARIABLE, '') not in ('', '0'):
+      raise
+    print(f'error: {error}', file=sys.stderr, flush=True)
+    return 1
+
+
+class ConfigError(UserError, ValueError):
+  """A setting that cannot work (an unknown key, a value out of range, a mismatch)."""
+
+
+class MissingFile(UserError, FileNotFoundError):
+  """A file or folder the user named, or that a step needs, is not there."""
+
+
+class BadFile(UserError, ValueError):
+  """A file that exists but is not what it should be (format, contents); names the file."""
