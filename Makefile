@@ -20,7 +20,7 @@ $(INSTALLED): requirements.txt requirements-dev.txt requirements-tpu.txt
 	touch $@
 
 test: $(INSTALLED)
-	PYTHONPATH=$(LIBTPU) $(PYTHON) -m pytest -n $(PYTEST_WORKERS) tests
+	PYTHONPATH=$(LIBTPU) $(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup tests
 
 # Synthetic SSv2-format data -> TFDS dataset -> train and evaluate TSN and CSTM -> table, plots.
 demo: $(INSTALLED)

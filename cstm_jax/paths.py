@@ -33,7 +33,7 @@ def write_text(path, text: str) -> None:
     return
   partial = path.with_name(f'.{path.name}.partial')
   partial.write_text(text)
-  partial.rename(path)
+  os.replace(partial, path)
 
 
 class GrowingFile:

@@ -97,7 +97,13 @@ def loss_and_grad(model, variables, clips, labels):
   return loss, grads, logits
 
 
-@pytest.mark.parametrize('name', list(MODELS))
+# Every temporal module on BN-Inception; on the other backbones one each (the temporal modules
+# are the same code there), and each 3D family once (R(2+1)D-34 is R(2+1)D-18 deeper).
+TRAINED = [n for n in MODELS if n.endswith('_bninception')] + [
+    'cstm_inception_v3', 'tsm_resnet50', 'i3d', 's3d', 'i3d_resnet50', 'r2plus1d_18']
+
+
+@pytest.mark.parametrize('name', TRAINED)
 def test_every_model_trains_with_finite_gradients(name):
   config = model_config(name, dropout=0.0, **TINY)
   size = TINY_SIZE.get(config.backbone, 32)
