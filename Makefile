@@ -19,8 +19,10 @@ $(INSTALLED): requirements.txt requirements-dev.txt requirements-tpu.txt
 	  $$(grep '^libtpu==' requirements-tpu.txt)
 	touch $@
 
+# --dist loadfile: each test file runs on one worker, so its module fixtures (a trained run, a
+# benchmark report) are built once.
 test: $(INSTALLED)
-	PYTHONPATH=$(LIBTPU) $(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup tests
+	PYTHONPATH=$(LIBTPU) $(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests
 
 # Synthetic SSv2-format data -> TFDS dataset -> train and evaluate TSN and CSTM -> table, plots.
 demo: $(INSTALLED)

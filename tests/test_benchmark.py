@@ -10,8 +10,6 @@ import pytest
 from cstm_jax import benchmark
 from cstm_jax.models import summary
 
-# One worker runs this file, so its module fixtures are built once (make test: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group('benchmark')
 
 TINY = ['--frames', '2', '--batch', '8', '--crop', '60', '--width', '0.125', '--warmup', '1',
         '--repeats', '2', '--steps', '1']

@@ -56,8 +56,8 @@ def test_imagenet_network_into_cstm_drops_the_head_and_leaves_new_modules():
   np.testing.assert_array_equal(layer['conv']['kernel'],
                                 weights['inception_3a_1x1.weight'].transpose(2, 3, 1, 0))
   # init_from merges it into a fresh CSTM model: backbone loaded, temporal modules and head new.
-  fresh = build_model(config).init(jax.random.key(0),
-                                   np.zeros((1, FRAMES, 128, 128, 3), np.float32))
+  fresh = jax.eval_shape(build_model(config).init, jax.random.key(0),
+                         np.zeros((1, FRAMES, 128, 128, 3), np.float32))  # shapes are enough
   merged, merge_report = checkpoints.merge_pretrained(fresh, variables)
   assert any(k.endswith('inception_3a_1x1/temporal/conv3d/kernel') for k in merge_report['missing'])
   assert 'params/backbone/conv1_7x7_s2/conv/kernel' in merge_report['loaded']

@@ -20,8 +20,6 @@ from input_pipeline import errors, labels, pipeline, prepare, video_io
 from input_pipeline.errors import ConfigError, UserError
 from runs import smoke
 
-# One worker runs this file, so its module fixtures are built once (make test: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group('faults')
 
 
 def test_convert_refuses_an_output_folder_it_would_empty(tmp_path, capsys):

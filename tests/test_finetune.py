@@ -17,8 +17,6 @@ from cstm_jax import checkpoints, config_file, convert, export, predict, shardin
 from cstm_jax.evaluate import make_eval_step
 from input_pipeline import errors, pipeline, transforms
 
-# One worker runs this file, so its module fixtures are built once (make test: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group('finetuned')
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = str(ROOT / 'configs' / 'ssv2_16f.py') + ':smoke'

@@ -97,10 +97,11 @@ def loss_and_grad(model, variables, clips, labels):
   return loss, grads, logits
 
 
-# Every temporal module on BN-Inception; on the other backbones one each (the temporal modules
-# are the same code there), and each 3D family once (R(2+1)D-34 is R(2+1)D-18 deeper).
-TRAINED = [n for n in MODELS if n.endswith('_bninception')] + [
-    'cstm_inception_v3', 'tsm_resnet50', 'i3d', 's3d', 'i3d_resnet50', 'r2plus1d_18']
+# TSN, GSM and CSTM on BN-Inception (3D_Shift_sum and GSM+attention are CSTM and GSM with a
+# flag: tests/test_temporal_modules.py), CSTM on Inception v3, TSM on ResNet-50, and each 3D
+# family once (S3D is I3D with separable convs, R(2+1)D-34 is R(2+1)D-18 deeper).
+TRAINED = ['tsn_bninception', 'gsm_bninception', 'cstm_bninception', 'cstm_inception_v3',
+           'tsm_resnet50', 'i3d', 'i3d_resnet50', 'r2plus1d_18']
 
 
 @pytest.mark.parametrize('name', TRAINED)
