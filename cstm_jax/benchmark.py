@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from cstm_jax import hlo_stats, optim, paths, sharding, train
 from cstm_jax.models.build import BACKBONES, MODELS, build_model, check_model_names, model_config
 from cstm_jax.models.summary import abstract_variables, count_params
-from cstm_jax.progress import format_seconds
+from input_pipeline.progress import format_seconds
 
 MODES = ('inference', 'train')
 DTYPES = ('float32', 'bfloat16')

@@ -131,7 +131,7 @@ def predict_folder(predictor: Predictor, videos, topk: int, out) -> dict:
   """Writes one CSV row per video (top-k names and probabilities, or the error) to `out`
   (local or gs://)."""
   from input_pipeline.video_io import VideoError
-  from cstm_jax.progress import Progress
+  from input_pipeline.progress import Progress
   failed = 0
   table = io.StringIO()
   with Progress(len(videos), 'videos') as progress:

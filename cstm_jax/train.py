@@ -19,7 +19,7 @@ from flax.training import train_state
 
 from cstm_jax import checkpoints, evaluate as evaluation, optim, paths, sharding
 from cstm_jax.models.build import build_model
-from cstm_jax.progress import format_seconds
+from input_pipeline.progress import format_seconds
 from cstm_jax.writer import MetricWriter, read_metrics
 from input_pipeline.errors import ConfigError, UserError
 

@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from cstm_jax.progress import Progress
 from input_pipeline import labels, video_io
+from input_pipeline.progress import Progress
 
 SPLITS = ('train', 'validation')
 

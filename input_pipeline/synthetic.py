@@ -24,8 +24,8 @@ import sys
 import cv2
 import numpy as np
 
-from cstm_jax.progress import Progress
 from input_pipeline import labels, paths, video_io
+from input_pipeline.progress import Progress
 
 TEMPLATES = (
     'Moving [something] from left to right',

@@ -1,0 +1,49 @@
+"""Imports flow one way: input_pipeline stands alone; the model code does not reach up into
+training, inference or the configs."""
+import ast
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def imported_packages(path: pathlib.Path) -> set[str]:
+  """Dotted names of every module `path` imports, at the top or inside functions."""
+  names = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      names |= {alias.name for alias in node.names}
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      names |= {node.module} | {f'{node.module}.{alias.name}' for alias in node.names}
+  return names
+
+
+def wrong_way(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+  found = {}
+  for path in sorted((ROOT / folder).rglob('*.py')):
+    bad = sorted(n for n in imported_packages(path) if n.split('.')[0] in forbidden
+                 or any(n == f or n.startswith(f + '.') for f in forbidden))
+    if bad:
+      found[str(path.relative_to(ROOT))] = bad
+  return found
+
+
+def test_input_pipeline_imports_nothing_of_the_package_above():
+  assert wrong_way('input_pipeline', ('cstm_jax', 'configs')) == {}
+
+
+def test_models_and_temporal_ops_do_not_import_training_or_configs():
+  above = tuple(f'cstm_jax.{m}' for m in (
+      'train', 'evaluate', 'checkpoints', 'predict', 'export', 'convert', 'benchmark', 'aot',
+      'demo', 'writer', 'plots', 'launch')) + ('configs',)
+  for folder in ('cstm_jax/models', 'cstm_jax/temporal'):
+    assert wrong_way(folder, above) == {}, folder
+
+
+def test_the_check_sees_a_wrong_way_import(tmp_path, monkeypatch):
+  module = tmp_path / 'input_pipeline' / 'bad.py'
+  module.parent.mkdir()
+  module.write_text('def f():\n  from cstm_jax.train import train_and_evaluate\n')
+  monkeypatch.setattr(sys.modules[__name__], 'ROOT', tmp_path)
+  assert wrong_way('input_pipeline', ('cstm_jax',)) == {
+      'input_pipeline/bad.py': ['cstm_jax.train', 'cstm_jax.train.train_and_evaluate']}
