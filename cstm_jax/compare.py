@@ -45,12 +45,8 @@ def main(argv=None) -> int:
   parser.add_argument('--top', type=int, default=15)
   parser.add_argument('--out', help='PNG path (default: RUN_B/eval/gains_over_<A>.png)')
   args = parser.parse_args(argv)
-  try:
-    a, b = load_results(args.run_a, args.views), load_results(args.run_b, args.views)
-    rows = class_gains(a, b)[:args.top]
-  except (FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  a, b = load_results(args.run_a, args.views), load_results(args.run_b, args.views)
+  rows = class_gains(a, b)[:args.top]
   run_a, run_b = paths.resolve(args.run_a), paths.resolve(args.run_b)
   name_a, name_b = run_a.name, run_b.name
   print(f'top-1: {name_a} {a["top1"]:.2f}  {name_b} {b["top1"]:.2f}  '

@@ -59,8 +59,8 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
   except Exception as e:  # each format fails in its own way on a damaged file
     raise BadFile(f'{path}: not a readable {suffix} weights file ({type(e).__name__}: '
                   f'{" ".join(str(e).split())[:200]})') from e
-  if not isinstance(state, dict) or not state:
-    raise BadFile(f'{path}: holds {type(state).__name__}, not a state dict (names -> tensors)')
+  if not state:
+    raise BadFile(f'{path}: holds no tensors')
   return state
 
 
@@ -304,11 +304,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if problem:
     parser.error(problem)
   config = config_file.load(args.config)
+  state_dict = load_state_dict(args.torch)
   try:
-    variables, report = convert_state_dict(load_state_dict(args.torch), config.model)
-  except BadFile as e:
-    if str(e).startswith(str(paths.resolve(args.torch))):
-      raise
+    variables, report = convert_state_dict(state_dict, config.model)
+  except BadFile as e:  # the weights do not fit the model: name the file too
     raise BadFile(f'{paths.resolve(args.torch)}: {e}') from e
   checkpoints.save_variables(out, variables)
   count = sum(np.size(v) for v in jax.tree_util.tree_leaves(variables['params']))

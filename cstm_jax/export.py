@@ -62,11 +62,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help='comma-separated: cpu, cuda, rocm, tpu')
   args = parser.parse_args(argv)
   from cstm_jax.predict import load_model
-  try:
-    config, model, variables, names = load_model(args.workdir, args.checkpoint, args.config,
-                                                 args.which)
-  except (ValueError, FileNotFoundError) as e:
-    parser.error(str(e))
+  config, model, variables, names = load_model(args.workdir, args.checkpoint, args.config,
+                                               args.which)
   exported = export(model, variables, config, args.platforms.split(','))
   out = paths.resolve(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import os
 
 from etils import epath
 
+from input_pipeline.errors import ConfigError
 from input_pipeline.paths import REMOTE_SCHEMES, expand, is_remote  # noqa: F401 (re-exported)
 
 
@@ -18,7 +19,7 @@ def resolve(path) -> epath.Path:
   """`path` with `~` and variables expanded; a local path made absolute."""
   text = expand(str(path))
   if not text:
-    raise ValueError('empty path')
+    raise ConfigError('empty path')
   return epath.Path(text) if is_remote(text) else epath.Path(os.path.abspath(text))
 
 

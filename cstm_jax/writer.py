@@ -54,6 +54,6 @@ def _drop_after(path, step: int) -> None:
   lines = path.read_text().splitlines()
   kept = [line for line in lines if json.loads(line)['step'] <= step]
   if len(kept) < len(lines):
-    path.write_text(''.join(line + '\n' for line in kept))
+    paths.write_text(path, ''.join(line + '\n' for line in kept))
     logging.info('metrics.jsonl: dropped %d records logged after step %d', len(lines) - len(kept),
                  step)

@@ -2,6 +2,7 @@
 
 Every reader raises `AnnotationError` naming the file when it is not in the expected format.
 """
+import collections
 import csv
 import dataclasses
 import json
@@ -28,11 +29,10 @@ class VideoEntry:
 def unique(entries: list[VideoEntry], source) -> list[VideoEntry]:
   """`entries`, if no video id occurs twice in them (the dataset is keyed by id); else an
   AnnotationError naming the repeated ids, before any video is decoded."""
-  seen, repeated = {}, {}
+  files = collections.defaultdict(list)
   for entry in entries:
-    if entry.video_id in seen:
-      repeated.setdefault(entry.video_id, [seen[entry.video_id]]).append(entry.path.name)
-    seen.setdefault(entry.video_id, entry.path.name)
+    files[entry.video_id].append(entry.path.name)
+  repeated = {video_id: names for video_id, names in files.items() if len(names) > 1}
   if repeated:
     listed = '; '.join(f'{i} ({", ".join(names)})' for i, names in list(repeated.items())[:5])
     raise AnnotationError(source, f'{len(repeated)} video ids occur more than once: {listed}'

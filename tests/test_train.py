@@ -13,6 +13,7 @@ import pytest
 
 from configs import ssv2_8f, ssv2_r2plus1d_18
 from cstm_jax import checkpoints, compare, demo, sharding, train
+from input_pipeline import errors
 from runs import final_params, smoke
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -149,7 +150,7 @@ def test_compare_plots_the_classes_that_improve_most(tmp_path, capsys):
                                   'Holding something still')]
   assert order == sorted(order) and '+60.0' in out
   assert (tmp_path / 'cstm' / 'eval' / 'gains_over_tsn.png').stat().st_size > 1000
-  assert compare.main([str(tmp_path / 'tsn'), str(tmp_path / 'missing')]) == 2
+  assert errors.run_main(compare.main, [str(tmp_path / 'tsn'), str(tmp_path / 'missing')]) == 1
 
 
 def test_pair_accuracy_reads_the_time_reversed_pairs():
