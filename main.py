@@ -33,14 +33,14 @@ def main(argv):
   launch.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                     FLAGS.local_device_ids and [int(i) for i in FLAGS.local_device_ids])
   import jax
-  from cstm_jax import train
+  from cstm_jax import evaluation, train
   config = FLAGS.config
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
   if config.mode == 'train':
     train.train_and_evaluate(config, FLAGS.workdir)
   elif config.mode == 'eval':
-    train.evaluate(config, FLAGS.workdir)
+    evaluation.evaluate_checkpoint(config, FLAGS.workdir)
   else:
     raise app.UsageError(f"config.mode {config.mode!r} is not 'train' or 'eval'")
 

@@ -7,17 +7,19 @@
 synthetic classes come in time-reversed pairs, so TSN (no temporal modelling) stays near chance
 inside each pair while CSTM separates them.
 """
-from configs import common
+from cstm_jax import base_config
+from cstm_jax.models import zoo
+from input_pipeline.errors import ConfigError
 
 DATA = 'data/demo'
 
 
 def get_config(arg: str = 'cstm'):
   temporal, _, size = arg.partition(':')
-  if temporal not in ('cstm', 'tsn', 'tsm', 'gsm', '3d_shift_sum', 'gsm_attention'):
-    raise ValueError(f'demo config argument {arg!r}: expected a temporal module, e.g. "cstm"')
-  config = common.experiment('ssv2', f'{temporal}_bninception', 8, '', width=0.25,
-                             num_classes=12, dropout=0.2)
+  if temporal not in zoo.TEMPORAL_MODULES:
+    raise ConfigError(f'demo config argument {arg!r}: expected a temporal module, e.g. "cstm"')
+  config = base_config.experiment('ssv2', f'{temporal}_bninception', 8, '', width=0.25,
+                                  num_classes=12, dropout=0.2)
   config.data.update(data_dir=f'{DATA}/prepared', crop=32, test_scale=32, scales=(1.0, 0.875),
                      batch_size=16, eval_batch_size=32, num_workers=0)
   # From scratch rather than from ImageNet weights: AdamW converges in the few minutes a CPU has.
@@ -25,4 +27,4 @@ def get_config(arg: str = 'cstm'):
                       warmup_epochs=1.0, weight_decay=1e-4)
   config.train.update(log_every_steps=50, checkpoint_every_steps=500, eval_every_epochs=8.0)
   config.eval.update(final_views='1x1', checkpoint='latest', tsne_examples=600)
-  return common.shrink(config, size)
+  return base_config.shrink(config, size)

@@ -5,8 +5,8 @@
 Paper (1 clip, centre crop, validation): 96.48 / 99.87 top-1 / top-5 (%).
 `--config=configs/jester_16f.py:smoke` shrinks it to a tiny CPU run.
 """
-from configs import common
+from cstm_jax import base_config
 
 
 def get_config(arg: str = ''):
-  return common.experiment('jester', 'cstm_bninception', 16, arg)
+  return base_config.experiment('jester', 'cstm_bninception', 16, arg)

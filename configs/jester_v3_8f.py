@@ -5,8 +5,8 @@
 Paper (1 clip, centre crop, validation): 96.51 / 99.86 top-1 / top-5 (%).
 `--config=configs/jester_v3_8f.py:smoke` shrinks it to a tiny CPU run.
 """
-from configs import common
+from cstm_jax import base_config
 
 
 def get_config(arg: str = ''):
-  return common.experiment('jester', 'cstm_inception_v3', 8, arg)
+  return base_config.experiment('jester', 'cstm_inception_v3', 8, arg)

@@ -5,8 +5,8 @@
 Paper (1 clip, centre crop, validation): not reported in the paper.
 `--config=configs/ssv2_r2plus1d_34.py:smoke` shrinks it to a tiny CPU run.
 """
-from configs import common
+from cstm_jax import base_config
 
 
 def get_config(arg: str = ''):
-  return common.experiment('ssv2', 'r2plus1d_34', 32, arg)
+  return base_config.experiment('ssv2', 'r2plus1d_34', 32, arg)

@@ -1,4 +1,5 @@
-"""cstm-jax: CSTM and its baselines for video action recognition in JAX/Flax."""
-from cstm_jax.models.build import build_model, model_config, MODELS
+"""cstm-jax: CSTM and its baselines for video action recognition in JAX/Flax.
 
-__all__ = ['build_model', 'model_config', 'MODELS']
+`cstm_jax.models.build.build_model(cstm_jax.base_config.model_config('cstm_bninception'))` gives
+a Flax module; README.md's Layout section says where everything else is.
+"""

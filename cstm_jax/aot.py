@@ -33,9 +33,9 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from cstm_jax import evaluate as evaluation, hlo_stats, paths, sharding, train
+from cstm_jax import evaluation, hlo_stats, paths, sharding, states, steps
 from cstm_jax import targets as target_specs
-from cstm_jax.models.build import model_name
+from cstm_jax.models.zoo import model_name
 from input_pipeline.errors import ConfigError
 
 FLAGS = flags.FLAGS
@@ -58,15 +58,15 @@ class Compiled:
 
 def step_builder(config, mesh, step: str) -> Callable[[int], object]:
   """global batch -> the lowered `step` ('train' or 'eval') of main.py for `config` on `mesh`."""
-  model, schedule, tx, clips_shape = train.model_and_optimizer(config, steps_per_epoch=1000)
-  abstract, shardings = train.state_layout(model, tx, clips_shape, mesh,
-                                           config.mesh.shard_threshold)
+  model, schedule, tx, clips_shape = states.model_and_optimizer(config, steps_per_epoch=1000)
+  abstract, shardings = states.state_layout(model, tx, clips_shape, mesh,
+                                            config.mesh.shard_threshold)
   batch_sharding = sharding.batch_sharding(mesh)
   clips_dtype = jnp.dtype(config.data.dtype)
   labels = lambda n: jax.ShapeDtypeStruct((n,), jnp.int32, sharding=batch_sharding)
   if step == 'train':
-    jitted = train.jit_train_step(
-        train.make_train_step(model, schedule, config.optim.grad_accum_steps), shardings, mesh,
+    jitted = steps.jit_train_step(
+        steps.make_train_step(model, schedule, config.optim.grad_accum_steps), shardings, mesh,
         config.xla.gpu_conv_nhwc)
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
 
@@ -75,19 +75,15 @@ def step_builder(config, mesh, step: str) -> Callable[[int], object]:
       return jitted.lower(abstract, {'clips': clips, 'labels': labels(batch)}, rng)
   else:
     clips, crops = evaluation.parse_views(config.eval.views)
-    jitted = train.jit_eval_step(model, mesh, config.xla.gpu_conv_nhwc)
-    variables = train.variables_of(abstract)
+    jitted = steps.jit_eval_step(model, mesh, config.xla.gpu_conv_nhwc)
+    variables = states.variables_of(abstract)
 
     def lower(batch: int):
       clips_abstract = jax.ShapeDtypeStruct((batch, clips * crops, *clips_shape[1:]), clips_dtype,
                                             sharding=batch_sharding)
       return jitted.lower(variables, {'clips': clips_abstract, 'labels': labels(batch)})
 
-  def lower_with_mesh(batch: int):
-    with jax.set_mesh(mesh):
-      return lower(batch)
-
-  return lower_with_mesh
+  return lower
 
 
 # The TPU compiler refuses a program that does not fit: "Used 21.3G of 15.75G hbm" or "memory

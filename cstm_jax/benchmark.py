@@ -28,8 +28,10 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from cstm_jax import hlo_stats, optim, paths, sharding, train
-from cstm_jax.models.build import BACKBONES, MODELS, build_model, check_model_names, model_config
+from cstm_jax import base_config, hlo_stats, optim, paths, sharding, states, steps
+from cstm_jax.base_config import model_config
+from cstm_jax.models.build import build_model
+from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names
 from cstm_jax.models.summary import abstract_variables, count_params
 from input_pipeline.progress import format_seconds
 
@@ -113,10 +115,7 @@ def inference_step(model, mesh, clips_shape, num_classes: int, gpu_conv_nhwc: bo
   one_clip = jnp.zeros((1, *clips_shape[1:]), jnp.float32)
   variables = jax.jit(model.init, out_shardings=replicated)(jax.random.key(0), one_clip)
   batch = _random_batch(clips_shape, mesh, num_classes)
-  forward = jax.jit(lambda v, x: model.apply(v, x, train=False),
-                    in_shardings=(replicated, sharding.batch_sharding(mesh)),
-                    out_shardings=sharding.batch_sharding(mesh),
-                    compiler_options=sharding.compiler_options(mesh, gpu_conv_nhwc))
+  forward = steps.jit_forward(model, mesh, gpu_conv_nhwc)
   lowered = forward.lower(variables, batch['clips'])
   return lowered, lambda compiled: (lambda: compiled(variables, batch['clips']))
 
@@ -124,16 +123,16 @@ def inference_step(model, mesh, clips_shape, num_classes: int, gpu_conv_nhwc: bo
 def train_step(model, mesh, clips_shape, num_classes: int, gpu_conv_nhwc: bool = False):
   """(lowered train step, runner): a full optimizer step of the recipe (SGD, clipping, weight
   decay, BatchNorm statistics); the state threads through successive calls."""
-  config = optim.default_config()
+  config = base_config.get_config().optim
   schedule = optim.learning_rate_schedule(config, clips_shape[0], steps_per_epoch=1000)
   params = abstract_variables(model, jax.ShapeDtypeStruct((1, *clips_shape[1:]),
                                                           jnp.float32))['params']
   tx = optim.make_optimizer(config, schedule, params)
-  state, shardings = train.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
+  state, shardings = states.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
   batch = _random_batch(clips_shape, mesh, num_classes)
   rng = jax.random.key(1)
-  step = train.jit_train_step(train.make_train_step(model, schedule), shardings, mesh,
-                              gpu_conv_nhwc)
+  step = steps.jit_train_step(steps.make_train_step(model, schedule), shardings, mesh,
+                             gpu_conv_nhwc)
   lowered = step.lower(state, batch, rng)
   holder = {'state': state}
 
@@ -165,8 +164,7 @@ def median_seconds(run: Callable[[], object], warmup: int, repeats: int, steps: 
 def unoptimised_gflops_per_clip(make, model, clips_shape, num_classes: int) -> float:
   """XLA's FLOPs per clip of the step `make` builds, lowered (not compiled) for one CPU device."""
   cpu_mesh = sharding.make_mesh(1, jax.devices('cpu')[:1])
-  with jax.set_mesh(cpu_mesh):
-    lowered, _ = make(model, cpu_mesh, clips_shape, num_classes)
+  lowered, _ = make(model, cpu_mesh, clips_shape, num_classes)
   return hlo_stats.first_cost(lowered.cost_analysis())['flops'] / clips_shape[0] / 1e9
 
 
@@ -181,8 +179,7 @@ def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
   model = build_model(config)
   clips_shape = (setting.batch, setting.frames, setting.crop, setting.crop, 3)
   make = inference_step if setting.mode == 'inference' else train_step
-  with jax.set_mesh(mesh):
-    lowered, runner = make(model, mesh, clips_shape, config.num_classes, setting.gpu_conv_nhwc)
+  lowered, runner = make(model, mesh, clips_shape, config.num_classes, setting.gpu_conv_nhwc)
   start = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start

@@ -1,4 +1,7 @@
-"""Experiment configs read outside `main.py`: a config file (with its `:arg`) or a run's JSON."""
+"""Experiment configs read outside `main.py` (a config file with its `:arg`, or a run's JSON),
+checked (unknown keys named with the closest known ones), and completed (`num_classes` 0 takes
+the data's count)."""
+import copy
 import difflib
 import importlib.util
 import json
@@ -105,3 +108,19 @@ def _keys(config, blocks: bool = True) -> list[str]:
     else:
       keys.append(name)
   return keys
+
+
+def with_num_classes(config, count: int, source: str) -> ml_collections.ConfigDict:
+  """`config` with `model.num_classes` set to `count`, the class count of `source` (a dataset,
+  a run's classes.json, a checkpoint's head), when it is 0. A different non-zero count is
+  refused: it would train into NaN, or evaluate classes with no data."""
+  if config.model.num_classes == 0:
+    config = copy.deepcopy(config)
+    with config.unlocked():
+      config.model.num_classes = count
+    return config
+  if config.model.num_classes != count:
+    raise ConfigError(
+        f'model.num_classes is {config.model.num_classes} but {source} has {count} classes: set '
+        f"--config.model.num_classes={count} (or 0 to take the dataset's count)")
+  return config

@@ -28,7 +28,8 @@ import numpy as np
 from absl import logging
 
 from cstm_jax import paths
-from cstm_jax.models.build import BACKBONES, build_model
+from cstm_jax.models.build import build_model
+from cstm_jax.models.zoo import BACKBONES
 from cstm_jax.models.inception import TABLES, load_table
 from cstm_jax.models.summary import abstract_variables
 from input_pipeline.errors import BadFile, MissingFile

@@ -23,13 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from cstm_jax import paths
+from cstm_jax.models.zoo import model_name
+from cstm_jax.predict import load_model
+from input_pipeline.conventions import NORMALISATION
 
 DEFAULT_PLATFORMS = ('cpu', 'cuda')
 
 
 def inference_function(model, variables, colour: str):
   """uint8 RGB clips `[B, T, H, W, 3]` -> float32 logits `[B, classes]`, normalisation inside."""
-  from input_pipeline.transforms import NORMALISATION
   mean, std = (np.asarray(v, np.float32) for v in NORMALISATION[colour])
 
   def infer(clips):
@@ -61,7 +63,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--platforms', default=','.join(DEFAULT_PLATFORMS),
                       help='comma-separated: cpu, cuda, rocm, tpu')
   args = parser.parse_args(argv)
-  from cstm_jax.predict import load_model
   config, model, variables, names = load_model(args.workdir, args.checkpoint, args.config,
                                                args.which)
   exported = export(model, variables, config, args.platforms.split(','))
@@ -70,7 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   serialized = exported.serialize()
   out.write_bytes(serialized)
   meta = {
-      'model': f'{config.model.temporal}_{config.model.backbone}',
+      'model': model_name(config.model.backbone, config.model.temporal),
       'input': {'shape': ['batch', config.data.num_frames, config.data.crop, config.data.crop, 3],
                 'dtype': 'uint8', 'channels': 'RGB'},
       'output': {'shape': ['batch', config.model.num_classes], 'dtype': 'float32',

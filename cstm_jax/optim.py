@@ -1,4 +1,5 @@
-"""Optimizer and learning-rate schedule of SPEC section 7 (the GSM recipe), and TSM's variant.
+"""Optimizer and learning-rate schedule of the GSM recipe (docs/design.md, "Recipe"), and TSM's
+variant. Functions take the `config.optim` block (keys and defaults: cstm_jax/base_config.py).
 
 GSM recipe: SGD with momentum 0.9, weight decay added to the gradient (coupled, as PyTorch's
 SGD does), global-norm clipping at 20 before the decay, lr 0.01 per 32 clips scaled linearly
@@ -17,27 +18,6 @@ from input_pipeline.errors import ConfigError
 VALID_SCHEDULES = ('cosine', 'steps')
 VALID_OPTIMIZERS = ('sgd', 'adamw')
 VALID_GROUPS = ('uniform', 'tsm')
-
-
-def default_config() -> ml_collections.ConfigDict:
-  """`config.optim` of the experiment configs: the GSM recipe."""
-  return ml_collections.ConfigDict({
-      'optimizer': 'sgd',         # 'sgd' (the recipe) or 'adamw' (momentum is its beta1)
-      'base_lr': 0.01,            # per base_batch clips; scaled with the global batch
-      'base_batch': 32,
-      'momentum': 0.9,
-      'weight_decay': 5e-4,       # coupled: added to the gradient, as PyTorch's SGD does
-      'epochs': 60.0,
-      'warmup_epochs': 10.0,
-      'warmup_start': 0.1,        # warmup from 0.1 x the peak learning rate
-      'schedule': 'cosine',       # 'cosine', or 'steps' (x0.1 at decay_epochs)
-      'decay_epochs': (20, 40),
-      'clip_norm': 20.0,          # global-norm gradient clipping (0 disables)
-      'param_groups': 'uniform',  # 'uniform', or 'tsm' (bias x2 no decay, BN no decay, head x5/x10)
-      'head_lr_mult': 5.0,
-      'head_bias_lr_mult': 10.0,
-      'grad_accum_steps': 1,
-  })
 
 
 def learning_rate_schedule(config, global_batch: int, steps_per_epoch: int) -> optax.Schedule:

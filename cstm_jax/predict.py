@@ -22,10 +22,13 @@ import flax
 import jax
 import numpy as np
 
-from cstm_jax import paths
+from cstm_jax import checkpoints, config_file, evaluation, paths, sharding, states, steps
 from cstm_jax.convert import describe_mismatch
-from input_pipeline import labels
+from cstm_jax.models.build import build_model
+from cstm_jax.models.summary import abstract_variables
+from input_pipeline import builders, labels, pipeline, video_io
 from input_pipeline.errors import ConfigError
+from input_pipeline.progress import Progress
 
 
 
@@ -34,24 +37,22 @@ from input_pipeline.errors import ConfigError
 def load_model(workdir=None, checkpoint=None, config_path=None, which: str = 'best'):
   """(config, model, variables, class names) from a training run, or from a variables
   checkpoint (`cstm_jax.convert`) plus the config it belongs to."""
-  from cstm_jax import checkpoints, config_file, sharding, train
-  from cstm_jax.models.build import build_model
-  from cstm_jax.models.summary import abstract_variables
   if workdir and not checkpoint:
     workdir = paths.resolve(workdir)
     config = config_file.load(config_path or workdir / 'config.json')
-    if config.model.num_classes == 0:  # a config that leaves it to the dataset: the run's
-      config.model.num_classes = len(class_names(config, workdir))
-    model, variables, _ = train.restore_variables(config, workdir, which, sharding.make_mesh(1))
+    names = class_names(config, workdir)
+    config = config_file.with_num_classes(config, len(names), f'{workdir}/classes.json')
+    model, variables, _ = states.restore_variables(config, workdir, which, one_device_mesh())
   elif checkpoint and config_path:
     config = config_file.load(config_path)
     variables = checkpoints.load_variables(checkpoint)
-    if config.model.num_classes == 0:  # a config that leaves it to the dataset: the head's
-      head = variables['params'].get('head', {}).get('kernel')
-      if head is None:
-        raise ConfigError(f'{checkpoint} has no classification head and {config_path} sets no '
-                          'model.num_classes: give the config of a trained run')
-      config.model.num_classes = int(np.shape(head)[-1])
+    head = variables['params'].get('head', {}).get('kernel')
+    if head is None and config.model.num_classes == 0:
+      raise ConfigError(f'{checkpoint} has no classification head and {config_path} sets no '
+                        'model.num_classes: give the config of a trained run')
+    if head is not None:
+      config = config_file.with_num_classes(config, int(np.shape(head)[-1]),
+                                            f'the classification head of {checkpoint}')
     model = build_model(config.model)
     clip = (1, config.data.num_frames, config.data.crop, config.data.crop, 3)
     expected = abstract_variables(model, jax.ShapeDtypeStruct(clip, np.float32))
@@ -59,6 +60,11 @@ def load_model(workdir=None, checkpoint=None, config_path=None, which: str = 'be
   else:
     raise ConfigError('give --workdir RUN, or --checkpoint DIR with --config FILE')
   return config, model, variables, class_names(config, workdir)
+
+
+def one_device_mesh() -> jax.sharding.Mesh:
+  """Predictions run on one device: a video's views are a small batch."""
+  return sharding.make_mesh(1, jax.devices()[:1])
 
 
 def check_variables(variables, expected, what: str, against: str) -> None:
@@ -79,9 +85,8 @@ def class_names(config, workdir=None) -> list[str]:
   if workdir and (paths.resolve(workdir) / 'classes.json').exists():
     return json.loads((paths.resolve(workdir) / 'classes.json').read_text())
   try:
-    from input_pipeline import pipeline
     return list(pipeline.open_split(config.data, config.data.eval_split)[1])
-  except (FileNotFoundError, ValueError, ImportError):
+  except (FileNotFoundError, ValueError):
     return [f'class_{i}' for i in range(config.model.num_classes)]
 
 
@@ -99,11 +104,9 @@ def list_videos(path: pathlib.Path) -> list[pathlib.Path]:
 
 def video_views(path: pathlib.Path, config, views: str) -> np.ndarray:
   """Normalised evaluation views `[V, T, crop, crop, 3]` of one video, as evaluation makes them."""
-  from cstm_jax.train import data_config_with_views
-  from input_pipeline import builders, pipeline, video_io
   short_side = None if path.is_dir() else builders.SomethingSomethingV2.DEFAULT_SHORT_SIDE
   jpegs = video_io.video_to_jpegs(path, short_side)
-  transform = pipeline.eval_transform(data_config_with_views(config, views))
+  transform = pipeline.eval_transform(evaluation.data_config_with_views(config, views))
   return transform({'frames': jpegs, 'label': 0, 'index': 0})['clips']
 
 
@@ -113,9 +116,8 @@ class Predictor:
   """Probabilities of every class for one video at a time (views averaged in logit space)."""
 
   def __init__(self, config, model, variables, names, views: str = '1x1'):
-    from cstm_jax.evaluate import make_eval_step
     self.config, self.variables, self.names, self.views = config, variables, names, views
-    self._step = jax.jit(make_eval_step(model))
+    self._step = steps.jit_eval_step(model, one_device_mesh())
 
   def probabilities(self, path: pathlib.Path) -> np.ndarray:
     clips = video_views(path, self.config, self.views)
@@ -130,8 +132,6 @@ class Predictor:
 def predict_folder(predictor: Predictor, videos, topk: int, out) -> dict:
   """Writes one CSV row per video (top-k names and probabilities, or the error) to `out`
   (local or gs://)."""
-  from input_pipeline.video_io import VideoError
-  from input_pipeline.progress import Progress
   failed = 0
   table = io.StringIO()
   with Progress(len(videos), 'videos') as progress:
@@ -143,7 +143,7 @@ def predict_folder(predictor: Predictor, videos, topk: int, out) -> dict:
         ranked = predictor.top(predictor.probabilities(video), topk)
         writer.writerow([video.name] + [v for pair in ranked for v in
                                         (pair[0], f'{pair[1]:.6f}')] + [''])
-      except VideoError as e:
+      except video_io.VideoError as e:
         failed += 1
         print(f'{video}: {e} (skipped)', file=sys.stderr)
         writer.writerow([video.name] + [''] * (2 * topk) + [str(e)])
@@ -169,15 +169,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--out', default='predictions.csv',
                       help='CSV for a folder of videos (local or gs://)')
   args = parser.parse_args(argv)
-  from cstm_jax.evaluate import parse_views
-  from input_pipeline.video_io import VideoError
 
   # Every argument is checked before the model is loaded.
   video = pathlib.Path(paths.expand(args.video))
   if not video.exists():
     parser.error(f'{video}: no such video file or folder')
   try:
-    parse_views(args.views)
+    evaluation.parse_views(args.views)
   except ConfigError as e:
     parser.error(f'--views: {e}')
   if args.topk < 1:
@@ -196,7 +194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
   try:
     ranked = predictor.top(predictor.probabilities(video), args.topk)
-  except VideoError as e:
+  except video_io.VideoError as e:
     print(f'{video}: {e}', file=sys.stderr)
     return 1
   if args.json:

@@ -19,17 +19,6 @@ def make_mesh(model_axis: int = 1, devices=None) -> Mesh:
               axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
-def with_mesh(fn, mesh: Mesh):
-  """`fn` called -- and so traced -- with `mesh` set, for the ops that read it
-  (`temporal.ops.per_batch_shard`)."""
-
-  def call(*args):
-    with jax.set_mesh(mesh):
-      return fn(*args)
-
-  return call
-
-
 def compiler_options(mesh: Mesh, gpu_conv_nhwc: bool = False) -> dict:
   """XLA options for a step compiled for `mesh`'s devices. On GPUs `gpu_conv_nhwc` keeps
   convolutions channels-last: XLA:GPU otherwise gives 3D convolutions NCDHW and wraps each of

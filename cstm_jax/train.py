@@ -1,188 +1,43 @@
-"""Training and evaluation: `train_and_evaluate(config, workdir)` and `evaluate(config, workdir)`.
+"""Training: `train_and_evaluate(config, workdir)` trains (resuming where a run stopped) and
+evaluates the result.
 
-Reads top to bottom: setup (processes, mesh), data, model and optimizer, state and its
-shardings, step functions, restore, evaluation, and the training loop.
+Reads top to bottom: where a run starts (resume, init_from or scratch), then the loop: data,
+model and optimizer, state, steps, and the loop that logs, saves and evaluates. The pieces
+live one level down: `states` (model, optimizer, sharded state), `steps` (jitted steps),
+`evaluation` (metrics over a split), `checkpoints`.
 """
-import copy
 import json
 import signal
 import time
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
-from flax.training import train_state
 
-from cstm_jax import checkpoints, evaluate as evaluation, optim, paths, sharding
-from cstm_jax.models.build import build_model
-from input_pipeline.progress import format_seconds
+from cstm_jax import checkpoints, config_file, evaluation, paths, plots, sharding, states, steps
 from cstm_jax.writer import MetricWriter, read_metrics
-from input_pipeline.errors import ConfigError, UserError
-
-
-class TrainState(train_state.TrainState):
-  batch_stats: Any
+from input_pipeline import pipeline
+from input_pipeline.errors import UserError
+from input_pipeline.progress import format_seconds
 
 
 class NonFiniteLoss(UserError, FloatingPointError):
   """Training diverged; nothing reached through the diverging step was saved."""
 
 
-# --- Setup ------------------------------------------------------------------------------------
-
-def setup_mesh(config) -> jax.sharding.Mesh:
-  mesh = sharding.make_mesh(config.mesh.model)
-  sharding.check_batch(config.data.batch_size, mesh)
-  sharding.check_batch(config.data.eval_batch_size, mesh, 'evaluation batch')
-  return mesh
-
-
-# --- Data -------------------------------------------------------------------------------------
-
-def data_config_with_views(config, views: str) -> ml_collections.ConfigDict:
-  data = ml_collections.ConfigDict(config.data.to_dict())
-  data.eval_clips, data.eval_crops = evaluation.parse_views(views)
-  return data
-
-
-def with_dataset_classes(config, class_names) -> ml_collections.ConfigDict:
-  """`config` with `model.num_classes` taken from the dataset when it is 0; a different
-  non-zero count is refused (it would train into NaN, or evaluate classes with no data)."""
-  count = config.model.num_classes
-  if count == 0:
-    config = copy.deepcopy(config)
-    with config.unlocked():
-      config.model.num_classes = len(class_names)
-    return config
-  if count != len(class_names):
-    raise ConfigError(
-        f'model.num_classes is {count} but the dataset {config.data.name} in '
-        f'{config.data.data_dir} has {len(class_names)} '
-        f'classes: set --config.model.num_classes={len(class_names)} (or 0 to take the '
-        "dataset's count)")
-  return config
-
-
-# --- Model, optimizer, state ------------------------------------------------------------------
-
-def model_and_optimizer(config, steps_per_epoch: int):
-  """(model, lr schedule, optimizer, shape of a global training batch of clips)."""
-  model = build_model(config.model)
-  schedule = optim.learning_rate_schedule(config.optim, config.data.batch_size, steps_per_epoch)
-  clips_shape = (config.data.batch_size, config.data.num_frames, config.data.crop,
-                 config.data.crop, 3)
-  abstract_params = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, *clips_shape[1:]), jnp.float32)))[
-          'params']
-  return model, schedule, optim.make_optimizer(config.optim, schedule, abstract_params), clips_shape
-
-
-def _init_fn(model, tx, clips_shape):
-  def init(rng):
-    # One clip is enough: no variable's shape depends on the batch.
-    variables = model.init({'params': rng}, jnp.zeros((1, *clips_shape[1:]), jnp.float32))
-    return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                             batch_stats=variables['batch_stats'])
-
-  return init
-
-
-def state_layout(model, tx, clips_shape, mesh, threshold=2 ** 20):
-  """(abstract state whose leaves carry their shardings, the shardings)."""
-  abstract = jax.eval_shape(_init_fn(model, tx, clips_shape), jax.random.key(0))
-  shardings = sharding.state_shardings(abstract, mesh, threshold)
-  with_shardings = jax.tree_util.tree_map(
-      lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-      abstract, shardings)
-  return with_shardings, shardings
-
-
-def create_train_state(model, tx, clips_shape, mesh, rng, threshold=2 ** 20):
-  """The initial state, created directly with its shardings (nothing built on one device)."""
-  _, shardings = state_layout(model, tx, clips_shape, mesh, threshold)
-  return jax.jit(_init_fn(model, tx, clips_shape), out_shardings=shardings)(rng), shardings
-
-
-# --- Step functions ---------------------------------------------------------------------------
-
-def make_train_step(model, schedule, grad_accum_steps: int = 1):
-  """(state, batch, rng) -> (state, metrics); dropout rng folded in per step."""
-
-  def step(state, batch, rng):
-    dropout_rng = jax.random.fold_in(rng, state.step)
-
-    def loss_fn(params):
-      logits, updates = model.apply(
-          {'params': params, 'batch_stats': state.batch_stats}, batch['clips'], train=True,
-          mutable=['batch_stats'], rngs={'dropout': dropout_rng})
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['labels']).mean()
-      return loss, (logits, updates['batch_stats'])
-
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    metrics = {
-        'loss': loss,
-        'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['labels']),
-        'grad_norm': optim.global_norm(grads),
-        'lr': optim.current_learning_rate(schedule, state.step - 1, grad_accum_steps),
-    }
-    return state, metrics
-
-  return step
-
-
-def jit_train_step(step, state_shardings, mesh, gpu_conv_nhwc: bool = False):
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh), replicated),
-                 out_shardings=(state_shardings, replicated), donate_argnums=0,
-                 compiler_options=sharding.compiler_options(mesh, gpu_conv_nhwc))
-
-
-def jit_eval_step(model, mesh, gpu_conv_nhwc: bool = False):
-  """`evaluate.make_eval_step(model)` jitted for `mesh` (shardings follow the arguments)."""
-  return jax.jit(evaluation.make_eval_step(model),
-                 compiler_options=sharding.compiler_options(mesh, gpu_conv_nhwc))
-
-
-# --- Evaluation -------------------------------------------------------------------------------
-
-def evaluate_views(config, eval_step, variables, mesh, views: str, class_names, workdir=None,
-                   name=None, step=None) -> dict:
-  """Metrics of `variables` on the evaluation split with `views`; writes results and plots
-  into `workdir/eval` when given. `eval_step` is the jitted `evaluate.make_eval_step`."""
-  from input_pipeline import pipeline
-  data = data_config_with_views(config, views)
-  dataset, _ = pipeline.eval_dataset(data, jax.process_index(), jax.process_count())
-  outputs = evaluation.run(eval_step, variables, dataset, mesh, config.eval.tsne_examples)
-  results = evaluation.metrics(outputs['logits'], outputs['labels'], config.model.num_classes)
-  results.update({'views': views, 'step': step})
-  if workdir is not None and jax.process_index() == 0:
-    evaluation.write_results(paths.resolve(workdir) / 'eval', name or f'views_{views}', results,
-                             class_names, outputs['features'], outputs['labels'])
-  return results
-
-
-def summary_line(results: dict) -> str:
-  return (f"{results['views']} views: top-1 {results['top1']:.2f}  top-5 {results['top5']:.2f}  "
-          f"mean class {results['mean_class_accuracy']:.2f}  ({results['examples']} clips)")
-
-
-# --- Restore ----------------------------------------------------------------------------------
+# --- Where a run starts -------------------------------------------------------------------------
 
 def initial_state(config, model, tx, mesh, clips_shape, run_checkpoints, train_iterator):
   """Resume > init_from > scratch. Returns (state, state shardings, first step)."""
-  rng = jax.random.key(config.train.seed)
-  state, shardings = create_train_state(model, tx, clips_shape, mesh, rng,
-                                        config.mesh.shard_threshold)
-  abstract, _ = state_layout(model, tx, clips_shape, mesh, config.mesh.shard_threshold)
+  abstract, shardings = states.state_layout(model, tx, clips_shape, mesh,
+                                            config.mesh.shard_threshold)
   restored, step = run_checkpoints.restore_latest(abstract, train_iterator, config)
   if restored is not None:
     logging.info('Resuming from the checkpoint of step %d', step)
     return restored, shardings, step
+  state, _ = states.create_train_state(model, tx, clips_shape, mesh,
+                                       jax.random.key(config.train.seed), shardings=shardings)
   if config.train.init_from:
     pretrained = checkpoints.load_variables(config.train.init_from)
     merged, _ = checkpoints.merge_pretrained(
@@ -217,9 +72,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Returns the final evaluation results of each of `config.eval.final_views`.
   """
-  from input_pipeline import pipeline
   workdir = paths.resolve(workdir)
-  mesh = setup_mesh(config)
+  mesh = states.setup_mesh(config)
   main_process = jax.process_index() == 0
   if main_process:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -227,7 +81,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Data.
   train_data = pipeline.train_dataset(config.data, jax.process_index(), jax.process_count())
   train_source, class_names = pipeline.open_split(config.data, config.data.train_split)
-  config = with_dataset_classes(config, class_names)
+  config = config_file.with_num_classes(
+      config, len(class_names), f'the dataset {config.data.name} in {config.data.data_dir}')
   train_size = len(train_source)
   steps_per_epoch = max(1, train_size // config.data.batch_size)
   optimizer_steps = int(config.optim.epochs * steps_per_epoch)
@@ -238,17 +93,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           * config.optim.grad_accum_steps))
 
   # Model and optimizer.
-  model, schedule, tx, clips_shape = model_and_optimizer(config, steps_per_epoch)
+  model, schedule, tx, clips_shape = states.model_and_optimizer(config, steps_per_epoch)
 
   # State, restored or fresh.
   run_checkpoints = checkpoints.RunCheckpoints(workdir, config.train.keep_checkpoints)
   train_iterator = iter(train_data)
   state, shardings, start = initial_state(config, model, tx, mesh, clips_shape, run_checkpoints,
                                           train_iterator)
-  train_step = sharding.with_mesh(jit_train_step(
-      make_train_step(model, schedule, config.optim.grad_accum_steps), shardings, mesh,
-      config.xla.gpu_conv_nhwc), mesh)
-  eval_step = sharding.with_mesh(jit_eval_step(model, mesh, config.xla.gpu_conv_nhwc), mesh)
+  train_step = steps.jit_train_step(
+      steps.make_train_step(model, schedule, config.optim.grad_accum_steps), shardings, mesh,
+      config.xla.gpu_conv_nhwc)
+  eval_step = steps.jit_eval_step(model, mesh, config.xla.gpu_conv_nhwc)
   rng = jax.random.key(config.train.seed + 1)
   writer = MetricWriter(workdir, start)
   if main_process:
@@ -265,7 +120,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step = start
   try:
     while step < total_steps:
-      batch = sharding.global_batch(next(train_iterator), mesh)
+      local = next(train_iterator)
+      batch = sharding.global_batch({k: local[k] for k in ('clips', 'labels')}, mesh)
       state, metrics = train_step(state, batch, rng)
       step += 1
       window_steps += 1
@@ -296,8 +152,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.warning('Stopped at step %d on request; the same command resumes.', step)
         return {}
       if step % eval_every == 0 and step != total_steps:
-        results = evaluate_views(config, eval_step, variables_of(state), mesh, config.eval.views,
-                                 class_names, step=step)
+        results = evaluation.evaluate_views(config, eval_step, states.variables_of(state), mesh,
+                                            config.eval.views, class_names, step=step)
         _record_eval(writer, run_checkpoints, step, state, config, results, main_process)
         window_start = time.monotonic()
   finally:
@@ -306,26 +162,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Final evaluation, with every requested set of views.
   final = {}
   for views in config.eval.final_views.split(','):
-    results = evaluate_views(config, eval_step, variables_of(state), mesh, views, class_names,
-                             workdir, f'final_{views}', step)
+    results = evaluation.evaluate_views(config, eval_step, states.variables_of(state), mesh,
+                                        views, class_names, workdir, f'final_{views}', step)
     final[views] = results
     if views == config.eval.views:
       _record_eval(writer, run_checkpoints, step, state, config, results, main_process)
     if main_process:
-      logging.info('final %s', summary_line(results))
+      logging.info('final %s', evaluation.summary_line(results))
   run_checkpoints.wait()
   run_checkpoints.close()
   if main_process:
-    from cstm_jax import plots
     plots.training_curves(read_metrics(workdir), workdir / 'training_curves.png')
     (workdir / 'final_metrics.json').write_text(json.dumps(
         {v: _scalars(r) for v, r in final.items()}, indent=1))
   writer.close()
   return final
-
-
-def variables_of(state):
-  return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
 def _scalars(results: dict) -> dict:
@@ -354,36 +205,5 @@ def _record_eval(writer, run_checkpoints, step, state, config, results, main_pro
                       'val_mean_class_accuracy': results['mean_class_accuracy']})
   improved = run_checkpoints.save_best(step, state, config, _scalars(results))
   if main_process:
-    logging.info('eval at step %d: %s%s', step, summary_line(results),
+    logging.info('eval at step %d: %s%s', step, evaluation.summary_line(results),
                  '  (best so far)' if improved else '')
-
-
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Evaluates the `config.eval.checkpoint` ('latest' or 'best') checkpoint of `workdir` with
-  each of `config.eval.final_views`, without training."""
-  from input_pipeline import pipeline
-  mesh = setup_mesh(config)
-  _, class_names = pipeline.open_split(config.data, config.data.eval_split)
-  config = with_dataset_classes(config, class_names)
-  model, variables, step = restore_variables(config, workdir, config.eval.checkpoint, mesh)
-  eval_step = sharding.with_mesh(jit_eval_step(model, mesh, config.xla.gpu_conv_nhwc), mesh)
-  results = {}
-  for views in config.eval.final_views.split(','):
-    results[views] = evaluate_views(config, eval_step, variables, mesh, views,
-                                    class_names, workdir, f'{config.eval.checkpoint}_{views}', step)
-    if jax.process_index() == 0:
-      logging.info('%s checkpoint (step %d): %s', config.eval.checkpoint, step,
-                   summary_line(results[views]))
-  return results
-
-
-def restore_variables(config, workdir, which: str, mesh):
-  """(model, {'params', 'batch_stats'}, step) of the run's 'best' or 'latest' checkpoint."""
-  model, _, tx, clips_shape = model_and_optimizer(config, steps_per_epoch=1)
-  abstract, _ = state_layout(model, tx, clips_shape, mesh, config.mesh.shard_threshold)
-  run_checkpoints = checkpoints.RunCheckpoints(workdir)
-  try:
-    state, step = run_checkpoints.restore_state(which, abstract, config)
-  finally:
-    run_checkpoints.close()
-  return model, variables_of(state), step

@@ -19,7 +19,9 @@ import sys
 import tempfile
 import time
 
-from input_pipeline import paths, pipeline, prepare, synthetic
+import ml_collections
+
+from input_pipeline import conventions, paths, pipeline, prepare, synthetic
 
 
 def time_prepare(root: pathlib.Path, videos: int) -> dict:
@@ -106,9 +108,11 @@ def main(argv=None) -> int:
       result['prepare'] = time_prepare(pathlib.Path(tmp), args.videos)
       data_dir = str(pathlib.Path(tmp) / 'data')
     for workers in [int(w) for w in args.workers.split(',')]:
-      config = pipeline.data_config(name=args.name, data_dir=data_dir, num_frames=args.frames,
-                                    crop=args.crop, batch_size=args.batch, num_workers=workers,
-                                    dtype=args.dtype)
+      config = ml_collections.ConfigDict({  # what the training pipeline reads
+          'name': args.name, 'data_dir': data_dir, 'train_split': 'train',
+          'num_frames': args.frames, 'crop': args.crop, 'colour': 'bgr255',
+          'scales': conventions.TSN_SCALES, 'flip': True, 'batch_size': args.batch,
+          'num_workers': workers, 'prefetch': 2, 'seed': 0, 'dtype': args.dtype})
       rate = time_loader(config, args.batches)
       processes = max(workers, 1)
       row = {'frames': args.frames, 'crop': args.crop, 'batch': args.batch, 'dtype': args.dtype,

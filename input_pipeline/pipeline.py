@@ -12,6 +12,9 @@ Evaluation: every record exactly once over all processes; the last batch is padd
 Batches are dicts of NumPy arrays: `clips` `[B, T, H, W, 3]` (evaluation: `[B, V, T, H, W, 3]`
 with V views), `labels` `[B]` int32, `index` `[B]` int32 (the record's position in its split,
 -1 for padding) and, for evaluation, `mask` `[B]` float32.
+
+Functions take a `config.data` block (its keys, defaults and meaning: cstm_jax/base_config.py;
+this package does not import it).
 """
 import dataclasses
 import math
@@ -19,41 +22,11 @@ import pathlib
 
 import grain
 from absl import flags
-import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
 from input_pipeline import builders, labels, paths, transforms  # noqa: F401 (registers builders)
 from input_pipeline.errors import ConfigError, MissingFile
-
-# Every key a `config.data` block may hold, with its default.
-DEFAULTS = {
-    'name': 'something_something_v2',   # TFDS name of the prepared dataset
-    'data_dir': '',                     # where `input_pipeline.prepare` wrote it
-    'train_split': 'train',
-    'eval_split': 'validation',
-    'num_frames': 8,
-    'crop': 224,
-    'test_scale': 256,
-    'colour': 'bgr255',                 # 'bgr255' (Inception nets) or 'rgb_imagenet'
-    'scales': (1.0, 0.875, 0.75, 0.66),
-    'flip': None,                       # with label swap; None: on, except for Jester
-    'eval_clips': 1,                    # 1 (centres) or 2 (centres + starts)
-    'eval_crops': 1,                    # 1 (centre) or 3 (along the long side)
-    'batch_size': 32,                   # global batch over all processes
-    'eval_batch_size': 32,
-    'num_workers': 0,                   # grain worker processes (0: decode in this process)
-    'prefetch': 2,                      # batches buffered per worker
-    'seed': 0,
-    'dtype': 'float32',                 # 'float32' or 'bfloat16'
-}
-
-
-def data_config(**overrides) -> ml_collections.ConfigDict:
-  unknown = sorted(set(overrides) - set(DEFAULTS))
-  if unknown:
-    raise ConfigError(f'unknown data config keys {unknown}; known keys: {sorted(DEFAULTS)}')
-  return ml_collections.ConfigDict({**DEFAULTS, **overrides})
 
 
 def open_split(config, split: str):
@@ -162,9 +135,8 @@ class IndexedSource:
 
 def flip_label_map(config, class_names) -> tuple[int, ...] | None:
   """Label after a horizontal flip for each label, or None where clips are never flipped
-  (`flip=False`, or Jester by default: its gestures change meaning in a mirror)."""
-  flip = config.name != 'jester' if config.flip is None else config.flip
-  return tuple(labels.flip_label_map(list(class_names))) if flip else None
+  (`flip=False`, as Jester's configs set: its gestures change meaning in a mirror)."""
+  return tuple(labels.flip_label_map(list(class_names))) if config.flip else None
 
 
 def _finish(dataset: grain.MapDataset, config) -> grain.IterDataset:

@@ -1,4 +1,5 @@
-"""Clip transforms: decode the sampled frames, crop, resize, flip, normalise (SPEC section 6).
+"""Clip transforms: decode the sampled frames, crop, resize, flip, normalise (docs/design.md,
+"Data").
 
 A box is `(x, y, w, h)` in pixels of the decoded frame. Clips are `[T, H, W, 3]`.
 """
@@ -6,14 +7,7 @@ import cv2
 import numpy as np
 
 from input_pipeline import sampling, video_io
-
-SCALES = (1.0, 0.875, 0.75, 0.66)
-# Mean / std per input convention of the backbones (cstm_jax.models.build.BACKBONES colour).
-NORMALISATION = {
-    'bgr255': (np.array([104.0, 117.0, 128.0], np.float32), np.ones(3, np.float32)),
-    'rgb_imagenet': (np.array([0.485, 0.456, 0.406], np.float32) * 255,
-                     np.array([0.229, 0.224, 0.225], np.float32) * 255),
-}
+from input_pipeline.conventions import NORMALISATION, TSN_SCALES
 
 
 def fixed_offsets(image_w: int, image_h: int, crop_w: int, crop_h: int) -> list[tuple[int, int]]:
@@ -25,7 +19,7 @@ def fixed_offsets(image_w: int, image_h: int, crop_w: int, crop_h: int) -> list[
 
 
 def multiscale_crop_box(image_w: int, image_h: int, crop_size: int, rng: np.random.Generator,
-                        scales=SCALES, max_distort: int = 1) -> tuple[int, int, int, int]:
+                        scales=TSN_SCALES, max_distort: int = 1) -> tuple[int, int, int, int]:
   """TSN multi-scale crop: width and height from neighbouring scales of the short side,
   position from the 13 fixed offsets."""
   base = min(image_w, image_h)
@@ -81,7 +75,7 @@ def normalise(clip: np.ndarray, colour: str, dtype=np.float32) -> np.ndarray:
 
 
 def train_clip(jpegs, num_frames: int, crop: int, rng: np.random.Generator,
-               flip: bool = False, scales=SCALES) -> tuple[np.ndarray, bool]:
+               flip: bool = False, scales=TSN_SCALES) -> tuple[np.ndarray, bool]:
   """A training clip `[T, crop, crop, 3]` uint8 RGB and whether it was flipped: TSN segment
   sampling, one multi-scale crop for every frame, a horizontal flip with probability 1/2."""
   indices = sampling.train_indices(len(jpegs), num_frames, rng)

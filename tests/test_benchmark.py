@@ -65,7 +65,8 @@ def test_flops_agree_with_the_model_summary(reports):
 def test_gpu_flop_count_agrees_with_the_model_summary(reports):
   """On GPUs the harness counts FLOPs on the step lowered for the CPU (XLA:GPU's compiled count
   leaves out cuDNN calls): the same forward as the summary's, about 3x that for a train step."""
-  from cstm_jax.models.build import build_model, model_config
+  from cstm_jax.base_config import model_config
+  from cstm_jax.models.build import build_model
   for row in json.loads(reports['json'].read_text()):
     if row['model'] != 'cstm_bninception':
       continue

@@ -9,7 +9,8 @@ import torch
 
 import torch_reference as ref
 from cstm_jax import checkpoints, convert
-from cstm_jax.models.build import build_model, model_config
+from cstm_jax.base_config import model_config
+from cstm_jax.models.build import build_model
 
 FRAMES, WIDTH, CLASSES = 4, 0.25, 10
 

@@ -1,7 +1,9 @@
 """Imports flow one way: input_pipeline stands alone; the model code does not reach up into
-training, inference or the configs."""
+training, inference or the configs; nothing of the package imports a config file; config files
+load no JAX and no data stack."""
 import ast
 import pathlib
+import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -34,10 +36,28 @@ def test_input_pipeline_imports_nothing_of_the_package_above():
 
 def test_models_and_temporal_ops_do_not_import_training_or_configs():
   above = tuple(f'cstm_jax.{m}' for m in (
-      'train', 'evaluate', 'checkpoints', 'predict', 'export', 'convert', 'benchmark', 'aot',
-      'demo', 'writer', 'plots', 'launch')) + ('configs',)
+      'train', 'evaluation', 'states', 'steps', 'checkpoints', 'predict', 'export', 'convert',
+      'benchmark', 'aot', 'demo', 'writer', 'plots', 'launch')) + ('configs',)
   for folder in ('cstm_jax/models', 'cstm_jax/temporal'):
     assert wrong_way(folder, above) == {}, folder
+
+
+def test_only_the_demo_imports_a_config_file():
+  # The configs sit on top: the package reads them by path (config_file.load), except the demo
+  # command, which runs its own.
+  found = wrong_way('cstm_jax', ('configs',))
+  assert found == {'cstm_jax/demo.py': ['configs', 'configs.demo']}
+
+
+def test_config_files_load_no_jax_and_no_data_stack():
+  heavy = ('jax', 'flax', 'optax', 'orbax', 'grain', 'tensorflow_datasets', 'cv2', 'av')
+  code = ('import glob, importlib, pathlib, sys\n'
+          'for path in sorted(glob.glob("configs/[!_]*.py")):\n'
+          '  importlib.import_module("configs." + pathlib.Path(path).stem).get_config()\n'
+          f'print(sorted(m for m in {heavy!r} if m in sys.modules))')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                       cwd=ROOT)
+  assert out.stdout.strip() == '[]'
 
 
 def test_the_check_sees_a_wrong_way_import(tmp_path, monkeypatch):

@@ -8,8 +8,9 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cstm_jax import MODELS, build_model, model_config
-from cstm_jax.models.build import BACKBONES
+from cstm_jax.base_config import model_config
+from cstm_jax.models.build import build_model
+from cstm_jax.models.zoo import BACKBONES, MODELS
 from cstm_jax.models.summary import abstract_variables, count_params, summarize
 
 TINY = {'width': 0.125, 'num_classes': 7}
@@ -171,16 +172,21 @@ def test_sharded_forward_equals_unsharded():
 # --- Configuration errors -------------------------------------------------------------------
 
 def test_bad_model_configs_are_refused():
-  with pytest.raises(ValueError, match=r"unknown model config keys \['widht'\]"):
-    build_model({**model_config('tsn_bninception'), 'widht': 0.5})
+  tsn = model_config('tsn_bninception').to_dict()
+  with pytest.raises(ValueError, match=r"unknown keys \['widht'\], missing keys \[\]"):
+    build_model({**tsn, 'widht': 0.5})
+  with pytest.raises(ValueError, match=r"unknown keys \[\], missing keys \['width'\]"):
+    build_model({k: v for k, v in tsn.items() if k != 'width'})
   with pytest.raises(ValueError, match='unknown backbone'):
-    build_model({'backbone': 'vgg16'})
+    build_model({**tsn, 'backbone': 'vgg16'})
   with pytest.raises(ValueError, match="does not fit backbone 'i3d'"):
-    build_model({'backbone': 'i3d', 'temporal': 'cstm'})
+    build_model({**tsn, 'backbone': 'i3d', 'temporal': 'cstm'})
   with pytest.raises(ValueError, match="does not fit backbone 'resnet50'"):
-    build_model({'backbone': 'resnet50', 'temporal': 'gsm'})
-  with pytest.raises(ValueError, match='unknown model'):
+    build_model({**tsn, 'backbone': 'resnet50', 'temporal': 'gsm'})
+  with pytest.raises(ValueError, match='unknown models'):
     model_config('cstm_vgg')
+  with pytest.raises(ValueError, match=r"unknown model config keys \['frames'\]"):
+    model_config('cstm_bninception', frames=8)
 
 
 def test_inception_v3_names_a_broken_input_size():

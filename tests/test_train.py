@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import ssv2_8f, ssv2_r2plus1d_18
-from cstm_jax import checkpoints, compare, demo, sharding, train
+from cstm_jax import checkpoints, compare, demo, evaluation, sharding, states, steps, train
 from input_pipeline import errors
 from runs import final_params, smoke
 
@@ -23,9 +23,12 @@ def test_smoke_run_writes_everything_and_eval_mode_reproduces_it(prepared_ssv2, 
   # R(2+1)D compiles fastest; tests/test_finetune.py trains CSTM on BN-Inception the same way.
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], train__eval_every_epochs=3.0)
   final = train.train_and_evaluate(config, tmp_path)['1x1']
-  assert final['examples'] == 8 and 0 <= final['top1'] <= 100
-  steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
-  assert steps == [4, 6]  # keep_checkpoints = 2
+  confusion = np.asarray(final['confusion'])
+  assert final['examples'] == confusion.sum() == 8  # every validation clip once
+  assert final['top1'] == pytest.approx(100 * np.trace(confusion) / 8)
+  assert final['top1'] <= final['top5']
+  saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+  assert saved == [4, 6]  # keep_checkpoints = 2
   assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in records if 'loss' in r] == [2, 4, 6]
@@ -35,7 +38,7 @@ def test_smoke_run_writes_everything_and_eval_mode_reproduces_it(prepared_ssv2, 
   for png in ('training_curves.png', 'eval/final_1x1_confusion.png', 'eval/final_1x1_tsne.png'):
     assert (tmp_path / png).stat().st_size > 1000
   config.mode, config.eval.checkpoint = 'eval', 'latest'
-  again = train.evaluate(config, tmp_path)['1x1']
+  again = evaluation.evaluate_checkpoint(config, tmp_path)['1x1']
   assert again['step'] == 6
   for key in ('top1', 'top5', 'mean_class_accuracy'):
     assert again[key] == pytest.approx(final[key])
@@ -87,15 +90,15 @@ def test_one_device_and_eight_devices_give_the_same_step():
   assert jax.device_count() == 8
   config = ssv2_r2plus1d_18.get_config('smoke')
   config.model.num_classes = 174
-  model, schedule, tx, clips_shape = train.model_and_optimizer(config, steps_per_epoch=10)
+  model, schedule, tx, clips_shape = states.model_and_optimizer(config, steps_per_epoch=10)
   rng = np.random.default_rng(0)
   batch = {'clips': rng.normal(size=clips_shape).astype(np.float32),
            'labels': rng.integers(0, 174, clips_shape[0]).astype(np.int32)}
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(1, devices)
-    state, shardings = train.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
-    step = train.jit_train_step(train.make_train_step(model, schedule), shardings, mesh)
+    state, shardings = states.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
+    step = steps.jit_train_step(steps.make_train_step(model, schedule), shardings, mesh)
     state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.key(1))
     results.append((float(metrics['loss']), jax.tree_util.tree_leaves(state.params)))
   assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
@@ -116,13 +119,13 @@ def test_init_from_loads_the_backbone_and_keeps_a_new_head(tmp_path):
   config = ssv2_r2plus1d_18.get_config('smoke')
   config.model.num_classes = 174
   mesh = sharding.make_mesh(1)
-  model, _, tx, clips_shape = train.model_and_optimizer(config, steps_per_epoch=10)
-  source, _ = train.create_train_state(model, tx, clips_shape, mesh, jax.random.key(7))
+  model, _, tx, clips_shape = states.model_and_optimizer(config, steps_per_epoch=10)
+  source, _ = states.create_train_state(model, tx, clips_shape, mesh, jax.random.key(7))
   checkpoints.save_variables(tmp_path / 'pretrained', {'params': source.params,
                                                        'batch_stats': source.batch_stats})
   config.model.num_classes = 12
   config.train.init_from = str(tmp_path / 'pretrained')
-  model, _, tx, clips_shape = train.model_and_optimizer(config, steps_per_epoch=10)
+  model, _, tx, clips_shape = states.model_and_optimizer(config, steps_per_epoch=10)
   run = checkpoints.RunCheckpoints(tmp_path / 'run')
   state, _, start = train.initial_state(config, model, tx, mesh, clips_shape, run, None)
   assert start == 0 and state.params['head']['kernel'].shape[-1] == 12
@@ -130,7 +133,7 @@ def test_init_from_loads_the_backbone_and_keeps_a_new_head(tmp_path):
   np.testing.assert_array_equal(kernel(state.params), kernel(source.params))
   stats = lambda s: np.asarray(s['backbone']['stem_spatial']['bn']['mean'])
   np.testing.assert_array_equal(stats(state.batch_stats), stats(source.batch_stats))
-  fresh, _ = train.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
+  fresh, _ = states.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
   assert not np.array_equal(kernel(fresh.params), kernel(source.params))
 
 

@@ -1,98 +1,34 @@
-"""The one place that maps a `config.model` block to a Flax module, and the named model zoo."""
-import dataclasses
+"""The one place that maps a `config.model` block to a Flax module."""
 import functools
 from typing import Any, Mapping, Optional
 
 import jax.numpy as jnp
 import ml_collections
 
-from cstm_jax.models import inception, inception3d, r2plus1d, resnet
+from cstm_jax import base_config
+from cstm_jax.models import inception, inception3d, r2plus1d, resnet, zoo
 from cstm_jax.models.video import VideoClassifier
 from cstm_jax.temporal import modules as tm
 from input_pipeline.errors import ConfigError
 
 
-@dataclasses.dataclass(frozen=True)
-class BackboneInfo:
-  crop: int             # native training crop
-  test_scale: int       # short side before the centre crop at test time
-  is_3d: bool
-  colour: str           # 'bgr255' (Caffe Inception nets) or 'rgb_imagenet' (torchvision)
-
-
-BACKBONES = {
-    'bninception': BackboneInfo(224, 256, False, 'bgr255'),
-    'inception_v3': BackboneInfo(229, 261, False, 'bgr255'),
-    'resnet50': BackboneInfo(224, 256, False, 'rgb_imagenet'),
-    'i3d': BackboneInfo(224, 256, True, 'rgb_imagenet'),
-    's3d': BackboneInfo(224, 256, True, 'rgb_imagenet'),
-    'i3d_resnet50': BackboneInfo(224, 256, True, 'rgb_imagenet'),
-    'r2plus1d_18': BackboneInfo(112, 128, True, 'rgb_imagenet'),
-    'r2plus1d_34': BackboneInfo(112, 128, True, 'rgb_imagenet'),
-}
-TEMPORAL_MODULES = ('tsn', 'tsm', 'gsm', '3d_shift_sum', 'gsm_attention', 'cstm')
-
-# Every key a `config.model` block may hold, with its default.
-DEFAULTS = {
-    'backbone': 'bninception',
-    'temporal': 'cstm',        # one of TEMPORAL_MODULES; 'none' for 3D backbones
-    'num_classes': 174,
-    'num_frames': 8,
-    'dropout': 0.5,
-    'dtype': 'float32',        # compute dtype; parameters stay float32
-    'width': 1.0,              # channel multiplier (tests and the demo use small ones)
-    'shift_div': 8,            # shifted channels: C // shift_div each way
-    'shift_impl': 'roll',      # 'roll' (masked jnp.roll) or 'slice' (slice + pad)
-    'gsm_interleave': True,    # the GSM reference's channel interleave
-    'conv3d': 'grouped',       # 3D branch: 'grouped', 'depthwise' or 'full'
-    'conv3d_group_width': 16,  # channels per group of the grouped 3D branch
-    'cstm_shift': 'tsm',       # shift path inside cstm / 3d_shift_sum: 'tsm' or 'gsm'
-    'attention_pool': 'clip',  # cstm attention squeeze: per 'clip' or per 'frame'
-}
-
-
-
-def model_name(backbone: str, temporal: str) -> str:
-  """'cstm_bninception' for a 2D backbone with a temporal module; the backbone name for 3D."""
-  return backbone if temporal == 'none' else f'{temporal}_{backbone}'
-
-
-# Named models: the summary and the benchmark know these.
-MODELS = {
-    model_name(b, t): {'backbone': b, 'temporal': t}
-    for b, temporals in [('bninception', TEMPORAL_MODULES), ('inception_v3', TEMPORAL_MODULES),
-                         ('resnet50', ('tsn', 'tsm'))] + [
-        (b, ('none',)) for b in ('i3d', 'i3d_resnet50', 's3d', 'r2plus1d_18', 'r2plus1d_34')]
-    for t in temporals
-}
-
-
-def check_model_names(names) -> list[str]:
-  """`names` if every one is a named model; else a ValueError listing the known names."""
-  unknown = [n for n in names if n not in MODELS]
-  if unknown:
-    raise ConfigError(f'unknown models {unknown}; known models: {", ".join(MODELS)}')
-  return list(names)
-
-
-def model_config(name: str = 'cstm_bninception', **overrides) -> ml_collections.ConfigDict:
-  """The full `config.model` block of a named model, with `overrides` applied."""
-  check_model_names([name])
-  return _checked({**DEFAULTS, **MODELS[name], **overrides})
-
-
-def _checked(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  unknown = sorted(set(values) - set(DEFAULTS))
-  if unknown:
-    raise ConfigError(f'unknown model config keys {unknown}; known keys: {sorted(DEFAULTS)}')
-  config = ml_collections.ConfigDict({**DEFAULTS, **values})
-  if config.backbone not in BACKBONES:
-    raise ConfigError(f'unknown backbone {config.backbone!r}; known: {sorted(BACKBONES)}')
-  allowed = ('none',) if BACKBONES[config.backbone].is_3d else (
-      ('tsn', 'tsm') if config.backbone == 'resnet50' else TEMPORAL_MODULES)
+def checked(model_config: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """`model_config` (a ConfigDict or a dict) as a ConfigDict, if it has the keys of the base
+  config's model block and its backbone, temporal module and dtype go together; else a
+  ConfigError naming the problem."""
+  values = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
+  keys = list(base_config.get_config().model)
+  unknown, missing = sorted(set(values) - set(keys)), sorted(set(keys) - set(values))
+  if unknown or missing:
+    raise ConfigError(f'model config: unknown keys {unknown}, missing keys {missing}; '
+                      f'the keys are {keys}')
+  config = ml_collections.ConfigDict(values)
+  if config.backbone not in zoo.BACKBONES:
+    raise ConfigError(f'unknown backbone {config.backbone!r}; known: {sorted(zoo.BACKBONES)}')
+  allowed = zoo.temporal_modules(config.backbone)
   if config.temporal not in allowed:
     raise ConfigError(f'temporal module {config.temporal!r} does not fit backbone '
-                     f'{config.backbone!r}; choose one of {list(allowed)}')
+                      f'{config.backbone!r}; choose one of {list(allowed)}')
   if config.dtype not in ('float32', 'bfloat16', 'float16'):
     raise ConfigError(f"model dtype {config.dtype!r} is not 'float32', 'bfloat16' or 'float16'")
   return config
@@ -121,12 +57,13 @@ def temporal_module(config, dtype) -> Optional[functools.partial]:
 def build_model(model_config: Mapping[str, Any]) -> VideoClassifier:
   """Returns the Flax module for a `config.model` block (a ConfigDict or a dict).
 
-  Unknown keys are refused; missing keys take `DEFAULTS`. The module maps normalised clips
+  The block holds the keys of `base_config.get_config().model` (`base_config.model_config`
+  makes one for a named model).
+  The module maps normalised clips
   `[N, T, H, W, 3]` to logits `[N, num_classes]`; call it with `train=True` for dropout and
   batch statistics (mutable 'batch_stats').
   """
-  values = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
-  config = _checked(values)
+  config = checked(model_config)
   if config.num_classes < 1:
     raise ConfigError(f'model.num_classes is {config.num_classes}: training takes it from the '
                       'prepared dataset when it is 0; set --config.model.num_classes to build '

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cstm_jax.temporal.modules import batch_norm
+from cstm_jax.norm import batch_norm
 
 Dtype = Any
 ModuleDef = Callable[..., nn.Module]

@@ -16,8 +16,9 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from cstm_jax.models.build import (BACKBONES, MODELS, build_model, check_model_names,
-                                   model_config, model_name)
+from cstm_jax.base_config import model_config
+from cstm_jax.models.build import build_model
+from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names, model_name
 from cstm_jax.models.flops import count_macs
 
 

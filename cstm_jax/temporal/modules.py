@@ -11,11 +11,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cstm_jax.norm import batch_norm
 from cstm_jax.temporal import ops
 
 Dtype = Any
-BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
-BN_EPSILON = 1e-5
 
 
 def squeeze_width(channels: int) -> int:
@@ -37,12 +36,6 @@ def conv3d_groups(channels: int, mode: str, group_width: int = 16) -> int:
   else:
     raise ValueError(f"unknown conv3d mode {mode!r}; expected 'grouped', 'depthwise' or 'full'")
   return groups
-
-
-def batch_norm(train: bool, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.BatchNorm:
-  """BatchNorm with PyTorch's settings (eps 1e-5, momentum 0.1); statistics over all but C."""
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                      dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 class TemporalShift(nn.Module):

@@ -149,7 +149,9 @@ def per_batch_shard(fn):
   axis is set (`jax.set_mesh`), `weights` whole; plain `fn` otherwise.
 
   XLA's SPMD partitioner does not split a grouped convolution (1 < groups < channels) along a
-  sharded batch: it gathers the whole batch onto every device and computes it there.
+  sharded batch: it gathers the whole batch onto every device and computes it there. The step
+  builders of `cstm_jax/steps.py` always set the mesh; a step jitted by hand must set it too
+  (`with jax.set_mesh(mesh):` around the call or `.lower`).
   """
 
   def wrapped(x, *weights):

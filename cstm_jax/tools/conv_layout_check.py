@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cstm_jax import optim, sharding, train
-from cstm_jax.models.build import build_model, model_config
+from cstm_jax import base_config, optim, sharding, states, steps
+from cstm_jax.base_config import model_config
+from cstm_jax.models.build import build_model
 
 
 def relative_difference(a, b) -> tuple[float, str]:
@@ -29,14 +30,14 @@ def relative_difference(a, b) -> tuple[float, str]:
 
 
 def outputs(model, mesh, clips_shape, nhwc: bool, batch, seed: int = 0) -> dict:
-  config = optim.default_config()
+  config = base_config.get_config().optim
   schedule = optim.learning_rate_schedule(config, clips_shape[0], steps_per_epoch=100)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *clips_shape[1:]))))
   tx = optim.make_optimizer(config, schedule, params['params'])
-  state, shardings = train.create_train_state(model, tx, clips_shape, mesh, jax.random.key(seed))
-  variables = train.variables_of(state)
-  logits, _ = train.jit_eval_step(model, mesh, nhwc)(variables, {'clips': batch['clips'][:, None]})
-  step = train.jit_train_step(train.make_train_step(model, schedule), shardings, mesh, nhwc)
+  state, shardings = states.create_train_state(model, tx, clips_shape, mesh, jax.random.key(seed))
+  variables = states.variables_of(state)
+  logits, _ = steps.jit_eval_step(model, mesh, nhwc)(variables, {'clips': batch['clips'][:, None]})
+  step = steps.jit_train_step(steps.make_train_step(model, schedule), shardings, mesh, nhwc)
   new_state, metrics = step(state, batch, jax.random.key(1))
   return {'eval_logits': logits, 'loss': metrics['loss'], 'params_after_step': new_state.params,
           'batch_stats_after_step': new_state.batch_stats}
@@ -62,8 +63,7 @@ def main(argv=None) -> int:
   key = jax.random.key(42)
   batch = {'clips': jax.random.normal(key, clips_shape),
            'labels': jax.random.randint(key, (args.batch,), 0, 174)}
-  with jax.set_mesh(mesh):
-    default, nhwc = (outputs(model, mesh, clips_shape, flag, batch) for flag in (False, True))
+  default, nhwc = (outputs(model, mesh, clips_shape, flag, batch) for flag in (False, True))
   print(f'{args.model} width {args.width}, {args.frames}x{args.crop}, batch {args.batch}, '
         f'float32 on {device.device_kind}: NHWC vs default layouts, relative difference')
   worst = 0.0

@@ -1,10 +1,16 @@
 """Evaluation over a whole split: logits averaged over views, exact top-1 / top-5 / mean class
-accuracy (padding masked out), per-class accuracy, confusion matrix and clip features."""
+accuracy (padding masked out), per-class accuracy, confusion matrix and clip features; and
+`evaluate_checkpoint`, main.py's mode=eval.
+"""
 import json
 
+import jax
+import ml_collections
 import numpy as np
+from absl import logging
 
-from cstm_jax import paths, sharding
+from cstm_jax import config_file, paths, sharding, states, steps
+from input_pipeline import pipeline
 from input_pipeline.errors import ConfigError
 
 
@@ -19,37 +25,28 @@ def parse_views(views: str) -> tuple[int, int]:
   return clips, crops
 
 
-def make_eval_step(model):
-  """(variables, batch) -> (logits [B, C] averaged over views, clip features [B, D])."""
-
-  def step(variables, batch):
-    clips = batch['clips']
-    size, views = clips.shape[:2]
-    logits, state = model.apply(variables, clips.reshape(size * views, *clips.shape[2:]),
-                                train=False, mutable=['intermediates'])
-    features = state['intermediates']['features'][0]
-    return (logits.reshape(size, views, -1).mean(axis=1),
-            features.reshape(size, views, -1).mean(axis=1))
-
-  return step
+def data_config_with_views(config, views: str) -> ml_collections.ConfigDict:
+  """`config.data` with the evaluation clips and crops of `views` ('1x1', '2x3')."""
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  data.eval_clips, data.eval_crops = parse_views(views)
+  return data
 
 
 def run(eval_step, variables, dataset, mesh, max_features: int = 2000) -> dict:
-  """Runs `eval_step` over every batch; returns host arrays of the valid examples."""
-  logits, labels, index, features = [], [], [], []
+  """Runs `eval_step` (`steps.jit_eval_step`) over every batch of `dataset`; returns host
+  arrays of the valid examples: logits, labels and the features of the first `max_features`."""
+  logits, labels, features = [], [], []
   kept = 0
   for local in dataset:
-    batch = sharding.global_batch(local, mesh)
+    batch = sharding.global_batch({k: local[k] for k in ('clips', 'labels', 'mask')}, mesh)
     batch_logits, batch_features = eval_step(variables, batch)
     mask = sharding.to_host(batch['mask']) > 0
     logits.append(sharding.to_host(batch_logits)[mask])
     labels.append(sharding.to_host(batch['labels'])[mask])
-    index.append(sharding.to_host(batch['index'])[mask])
     if kept < max_features:
       features.append(sharding.to_host(batch_features)[mask])
       kept += int(mask.sum())
   return {'logits': np.concatenate(logits), 'labels': np.concatenate(labels),
-          'index': np.concatenate(index),
           'features': np.concatenate(features)[:max_features] if features else None}
 
 
@@ -89,3 +86,42 @@ def write_results(directory, name: str, results: dict, class_names, features=Non
     plots.tsne(features, labels[:len(features)], class_names, directory / f'{name}_tsne.png')
   return path
 
+
+
+def evaluate_views(config, eval_step, variables, mesh, views: str, class_names, workdir=None,
+                   name=None, step=None) -> dict:
+  """Metrics of `variables` on the evaluation split with `views`; writes results and plots
+  into `workdir/eval` when given. `eval_step` is a `steps.jit_eval_step`."""
+  data = data_config_with_views(config, views)
+  dataset, _ = pipeline.eval_dataset(data, jax.process_index(), jax.process_count())
+  outputs = run(eval_step, variables, dataset, mesh, config.eval.tsne_examples)
+  results = metrics(outputs['logits'], outputs['labels'], config.model.num_classes)
+  results.update({'views': views, 'step': step})
+  if workdir is not None and jax.process_index() == 0:
+    write_results(paths.resolve(workdir) / 'eval', name or f'views_{views}', results,
+                  class_names, outputs['features'], outputs['labels'])
+  return results
+
+
+def summary_line(results: dict) -> str:
+  return (f"{results['views']} views: top-1 {results['top1']:.2f}  top-5 {results['top5']:.2f}  "
+          f"mean class {results['mean_class_accuracy']:.2f}  ({results['examples']} clips)")
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Evaluates the `config.eval.checkpoint` ('latest' or 'best') checkpoint of `workdir` with
+  each of `config.eval.final_views`, without training."""
+  mesh = states.setup_mesh(config)
+  _, class_names = pipeline.open_split(config.data, config.data.eval_split)
+  config = config_file.with_num_classes(config, len(class_names),
+                                        f'the dataset {config.data.name} in {config.data.data_dir}')
+  model, variables, step = states.restore_variables(config, workdir, config.eval.checkpoint, mesh)
+  eval_step = steps.jit_eval_step(model, mesh, config.xla.gpu_conv_nhwc)
+  results = {}
+  for views in config.eval.final_views.split(','):
+    results[views] = evaluate_views(config, eval_step, variables, mesh, views, class_names,
+                                    workdir, f'{config.eval.checkpoint}_{views}', step)
+    if jax.process_index() == 0:
+      logging.info('%s checkpoint (step %d): %s', config.eval.checkpoint, step,
+                   summary_line(results[views]))
+  return results

@@ -1,0 +1,63 @@
+"""Facts about the models, importable without JAX: the backbones, which temporal modules each
+takes, and the named models.
+
+Configs read this file (to set a backbone's crop and colour convention); `models/build.py`
+maps a `config.model` block to a Flax module using it.
+"""
+import dataclasses
+
+from input_pipeline.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneInfo:
+  """What a backbone expects of its input.
+
+  Attributes:
+    crop: native training crop (pixels).
+    test_scale: short side the frames are resized to before the centre crop at test time.
+    is_3d: a 3D CNN (no 2D temporal module; `temporal` is 'none').
+    colour: 'bgr255' (Caffe Inception nets) or 'rgb_imagenet' (torchvision nets).
+  """
+  crop: int
+  test_scale: int
+  is_3d: bool
+  colour: str
+
+
+BACKBONES = {
+    'bninception': BackboneInfo(224, 256, False, 'bgr255'),
+    'inception_v3': BackboneInfo(229, 261, False, 'bgr255'),
+    'resnet50': BackboneInfo(224, 256, False, 'rgb_imagenet'),
+    'i3d': BackboneInfo(224, 256, True, 'rgb_imagenet'),
+    'i3d_resnet50': BackboneInfo(224, 256, True, 'rgb_imagenet'),
+    's3d': BackboneInfo(224, 256, True, 'rgb_imagenet'),
+    'r2plus1d_18': BackboneInfo(112, 128, True, 'rgb_imagenet'),
+    'r2plus1d_34': BackboneInfo(112, 128, True, 'rgb_imagenet'),
+}
+TEMPORAL_MODULES = ('tsn', 'tsm', 'gsm', '3d_shift_sum', 'gsm_attention', 'cstm')
+
+
+def temporal_modules(backbone: str) -> tuple[str, ...]:
+  """The `temporal` values `backbone` takes: 'none' for 3D nets; TSN and TSM on ResNet-50."""
+  if BACKBONES[backbone].is_3d:
+    return ('none',)
+  return ('tsn', 'tsm') if backbone == 'resnet50' else TEMPORAL_MODULES
+
+
+def model_name(backbone: str, temporal: str) -> str:
+  """'cstm_bninception' for a 2D backbone with a temporal module; the backbone name for 3D."""
+  return backbone if temporal == 'none' else f'{temporal}_{backbone}'
+
+
+# Named models -> their backbone and temporal module.
+MODELS = {model_name(b, t): {'backbone': b, 'temporal': t}
+          for b in BACKBONES for t in temporal_modules(b)}
+
+
+def check_model_names(names) -> list[str]:
+  """`names` if every one is a named model; else a ConfigError listing the known names."""
+  unknown = [n for n in names if n not in MODELS]
+  if unknown:
+    raise ConfigError(f'unknown models {unknown}; known models: {", ".join(MODELS)}')
+  return list(names)

@@ -1,0 +1,85 @@
+"""The model, its optimizer and the train state, created and restored with their shardings.
+
+A step of the run holds a `TrainState` whose leaves are laid out over the device mesh by
+`sharding.state_shardings`; nothing is built on one device first.
+"""
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax.training import train_state
+
+from cstm_jax import checkpoints, optim, sharding
+from cstm_jax.models.build import build_model
+
+
+class TrainState(train_state.TrainState):
+  """flax's TrainState (step, params, optimizer state) with the BatchNorm statistics."""
+  batch_stats: Any
+
+
+def setup_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """The run's mesh over every device (`config.mesh.model` devices on the model axis), after
+  checking that both batch sizes split over its data axis."""
+  mesh = sharding.make_mesh(config.mesh.model)
+  sharding.check_batch(config.data.batch_size, mesh)
+  sharding.check_batch(config.data.eval_batch_size, mesh, 'evaluation batch')
+  return mesh
+
+
+def model_and_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """(model, lr schedule, optimizer, shape of a global training batch of clips)."""
+  model = build_model(config.model)
+  schedule = optim.learning_rate_schedule(config.optim, config.data.batch_size, steps_per_epoch)
+  clips_shape = (config.data.batch_size, config.data.num_frames, config.data.crop,
+                 config.data.crop, 3)
+  abstract_params = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, *clips_shape[1:]), jnp.float32)))[
+          'params']
+  return model, schedule, optim.make_optimizer(config.optim, schedule, abstract_params), clips_shape
+
+
+def _init_fn(model, tx, clips_shape):
+  def init(rng):
+    # One clip is enough: no variable's shape depends on the batch.
+    variables = model.init({'params': rng}, jnp.zeros((1, *clips_shape[1:]), jnp.float32))
+    return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                             batch_stats=variables['batch_stats'])
+
+  return init
+
+
+def state_layout(model, tx, clips_shape, mesh, threshold=2 ** 20):
+  """(abstract state whose leaves carry their shardings, the shardings)."""
+  abstract = jax.eval_shape(_init_fn(model, tx, clips_shape), jax.random.key(0))
+  shardings = sharding.state_shardings(abstract, mesh, threshold)
+  with_shardings = jax.tree_util.tree_map(
+      lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+      abstract, shardings)
+  return with_shardings, shardings
+
+
+def create_train_state(model, tx, clips_shape, mesh, rng, threshold=2 ** 20, shardings=None):
+  """(initial state, its shardings): created directly with its shardings. `shardings` from an
+  earlier `state_layout` saves tracing the layout again."""
+  if shardings is None:
+    _, shardings = state_layout(model, tx, clips_shape, mesh, threshold)
+  return jax.jit(_init_fn(model, tx, clips_shape), out_shardings=shardings)(rng), shardings
+
+
+def variables_of(state) -> dict:
+  """The model's variables `{'params', 'batch_stats'}` of a train state."""
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+def restore_variables(config, workdir, which: str, mesh):
+  """(model, {'params', 'batch_stats'}, step) of the run's 'best' or 'latest' checkpoint."""
+  model, _, tx, clips_shape = model_and_optimizer(config, steps_per_epoch=1)
+  abstract, _ = state_layout(model, tx, clips_shape, mesh, config.mesh.shard_threshold)
+  run_checkpoints = checkpoints.RunCheckpoints(workdir)
+  try:
+    state, step = run_checkpoints.restore_state(which, abstract, config)
+  finally:
+    run_checkpoints.close()
+  return model, variables_of(state), step

@@ -1,0 +1,44 @@
+"""The jitted steps as main.py builds them keep every activation on its own device."""
+import pathlib
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from cstm_jax import aot, config_file, hlo_stats, sharding, states, steps
+from cstm_jax.temporal import ops
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def smoke_cstm():
+  config = config_file.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
+  config.model.num_classes = 174
+  return config
+
+
+def all_gathers(lowered) -> list:
+  return hlo_stats.step_stats(lowered.compile().as_text()).all_gathers
+
+
+def test_train_and_eval_steps_on_eight_devices_gather_no_activations():
+  config = smoke_cstm()
+  mesh = states.setup_mesh(config)
+  assert mesh.shape == {'data': 8, 'model': 1}  # parameters replicated: any gather is activations
+  for step in ('train', 'eval'):
+    assert all_gathers(aot.step_builder(config, mesh, step)(config.data.batch_size)) == [], step
+
+
+def test_a_grouped_convolution_jitted_without_the_mesh_gathers_the_batch():
+  # What MeshStep prevents. XLA's partitioner gathers the whole batch onto every device for a
+  # native grouped convolution (GPUs run CSTM's 3D branch that way; this CPU runs one dense
+  # convolution per group instead, which it splits over the batch anyway).
+  mesh = sharding.make_mesh(1)
+  x = jax.ShapeDtypeStruct((16, 4, 8, 8, 32), np.float32, sharding=NamedSharding(mesh, P('data')))
+  kernel = jax.ShapeDtypeStruct((3, 3, 3, 16, 32), np.float32, sharding=NamedSharding(mesh, P()))
+  native = lambda x, kernel: jax.lax.conv_general_dilated(
+      x, kernel, (1, 1, 1), [(1, 1)] * 3, dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
+      feature_group_count=2)
+  per_shard = jax.jit(ops.per_batch_shard(native))
+  assert all_gathers(per_shard.lower(x, kernel))  # no mesh set: the op cannot split the batch
+  assert all_gathers(steps.MeshStep(per_shard, mesh).lower(x, kernel)) == []
