@@ -10,7 +10,6 @@ BatchNorm without decay; the new head x5 (weights) and x10 (bias); steps at 20 a
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from input_pipeline.errors import ConfigError
@@ -38,7 +37,7 @@ def learning_rate_schedule(config, global_batch: int, steps_per_epoch: int) -> o
   return optax.join_schedules([ramp, main], [warmup])
 
 
-def _sgd(learning_rate, config, weight_decay: float) -> optax.GradientTransformation:
+def _base_optimizer(learning_rate, config, weight_decay: float) -> optax.GradientTransformation:
   """SGD with momentum and coupled decay; or AdamW (decoupled decay) with optimizer='adamw',
   which trains the from-scratch demo far faster than SGD."""
   if config.optimizer == 'adamw':
@@ -64,25 +63,26 @@ def param_group(path: tuple[str, ...], leaf_ndim: int) -> str:
 
 
 def make_optimizer(config, schedule: optax.Schedule, params) -> optax.GradientTransformation:
-  """`config` is `config.optim`. Returns clip -> (grouped) SGD, wrapped for accumulation."""
+  """`config` is `config.optim`. Returns clip -> (grouped) SGD or AdamW, wrapped for
+  accumulation."""
   if config.param_groups == 'uniform':
-    sgd = _sgd(schedule, config, config.weight_decay)
+    base = _base_optimizer(schedule, config, config.weight_decay)
   elif config.param_groups == 'tsm':
     scaled = lambda k: (lambda step: k * schedule(step))
     groups = {
-        'weight': _sgd(schedule, config, config.weight_decay),
-        'bias': _sgd(scaled(2.0), config, 0.0),
-        'bn': _sgd(schedule, config, 0.0),
-        'head_weight': _sgd(scaled(config.head_lr_mult), config, config.weight_decay),
-        'head_bias': _sgd(scaled(config.head_bias_lr_mult), config, 0.0),
+        'weight': _base_optimizer(schedule, config, config.weight_decay),
+        'bias': _base_optimizer(scaled(2.0), config, 0.0),
+        'bn': _base_optimizer(schedule, config, 0.0),
+        'head_weight': _base_optimizer(scaled(config.head_lr_mult), config, config.weight_decay),
+        'head_bias': _base_optimizer(scaled(config.head_bias_lr_mult), config, 0.0),
     }
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
     labels = flax.traverse_util.unflatten_dict(
         {path: param_group(path, jnp.ndim(leaf)) for path, leaf in flat.items()})
-    sgd = optax.multi_transform(groups, labels)
+    base = optax.multi_transform(groups, labels)
   else:
     raise ConfigError(f'optim.param_groups {config.param_groups!r} not in {VALID_GROUPS}')
-  tx = optax.chain(clip_by_global_norm(config.clip_norm), sgd) if config.clip_norm else sgd
+  tx = optax.chain(clip_by_global_norm(config.clip_norm), base) if config.clip_norm else base
   if config.grad_accum_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)
   return tx

@@ -10,7 +10,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cstm_jax.base_config import model_config
 from cstm_jax.models.build import build_model
-from cstm_jax.models.zoo import BACKBONES, MODELS
+from cstm_jax.models.zoo import BACKBONES
 from cstm_jax.models.summary import abstract_variables, count_params, summarize
 
 TINY = {'width': 0.125, 'num_classes': 7}
@@ -25,7 +25,7 @@ def params_of(name, **overrides):
   return count_params(abstract_variables(model, clips))
 
 
-# --- Published sizes (SPEC sections 4 and 5) -----------------------------------------------
+# --- Published sizes (docs/design.md, "Backbones"; docs/models.md) ---------------------------
 
 def test_parameter_counts_match_the_spec():
   tsn = params_of('tsn_bninception')

@@ -2,9 +2,10 @@
 
 XLA's cost analysis skips the kernel taps that fall on a conv's zero padding, so on a 7x7 map
 a 3x3 conv counts 19/21 of its taps per axis, and a 3x3x3 conv on a single frame only 1/3.
-Papers (and the SPEC's reference numbers) count every tap. `count_macs(..., dense=True)`
-therefore rewrites each padded convolution as an explicit zero pad plus an unpadded
-convolution -- the same function -- before asking XLA, so XLA counts the dense multiply-adds;
+Papers (and the reference figures in tests/test_models.py) count every tap.
+`count_macs(..., dense=True)` therefore rewrites each padded convolution as an explicit zero pad
+plus an unpadded convolution -- the same function -- before asking XLA, so XLA counts the dense
+multiply-adds;
 `dense=False` gives XLA's count of the graph as it runs.
 """
 from typing import Any, Callable

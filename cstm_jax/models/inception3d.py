@@ -52,7 +52,12 @@ class Unit3D(nn.Module):
 
 
 class Inception3D(nn.Module):
-  """`[N, T, H, W, 3]` -> `[N, ceil(T / 8), 1024]` (I3D, or S3D with `separable=True`)."""
+  """`[N, T, H, W, 3]` -> `[N, ceil(T / 8), 1024]` (I3D, or S3D with `separable=True`).
+
+  Attributes:
+    separable: S3D's (2+1)D separable convolutions instead of I3D's inflated 3D ones.
+    width: channel multiplier (1.0 is the published network).
+  """
   separable: bool = False
   width: float = 1.0
   dtype: Any = jnp.float32

@@ -23,7 +23,8 @@ def scale_channels(channels: int, width: float, divisor: int = 8) -> int:
 
 
 class ConvBN(nn.Module):
-  """conv -> optional temporal module -> BatchNorm -> optional ReLU (SPEC section 3 insertion).
+  """conv -> optional temporal module -> BatchNorm -> optional ReLU (docs/design.md, "Temporal
+  modules": where a module goes).
 
   Works for 2D (`[B, H, W, C]`) and 3D (`[N, T, H, W, C]`) inputs; the kernel rank decides.
   Submodules: `conv`, `temporal` (when given) and `bn`; the block itself carries the layer name.

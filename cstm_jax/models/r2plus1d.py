@@ -61,7 +61,12 @@ class BasicBlock(nn.Module):
 
 
 class R2Plus1D(nn.Module):
-  """`[N, T, H, W, 3]` -> `[N, ceil(T / 8), 512]`."""
+  """`[N, T, H, W, 3]` -> `[N, ceil(T / 8), 512]`.
+
+  Attributes:
+    depth: 18 or 34 (blocks per stage as in ResNet-18 / -34).
+    width: channel multiplier (1.0 is the published network).
+  """
   depth: int = 18
   width: float = 1.0
   dtype: Any = jnp.float32

@@ -74,7 +74,10 @@ def _stages(x, train, width, block_kwargs, temporal_kernels=None, after_first_st
 class ResNet50(nn.Module):
   """torchvision ResNet-50 over folded frames: `[N, T, H, W, 3]` -> `[N, T, 2048]`.
 
-  `temporal` may only be a shift (TSM): it goes on the residual branch of every bottleneck.
+  Attributes:
+    temporal: None (TSN) or a TemporalShift constructor (TSM), which goes on the residual
+      branch of every bottleneck.
+    width: channel multiplier (1.0 is the published network).
   """
   temporal: Optional[layers.ModuleDef] = None
   width: float = 1.0
@@ -103,6 +106,9 @@ class I3DResNet50(nn.Module):
 
   Stem 5x7x7, temporal max pool by 2 after the first stage, conv_a inflated to 3x1x1 in the
   pattern of `I3D_TEMPORAL_KERNELS`.
+
+  Attributes:
+    width: channel multiplier (1.0 is the published network).
   """
   width: float = 1.0
   dtype: Any = jnp.float32

@@ -14,6 +14,12 @@ class VideoClassifier(nn.Module):
   The backbone maps clips to pooled features `[N, T', C]` (T' = T for 2D backbones, the
   remaining temporal extent for 3D ones); the head scores each of the T' steps and averages.
   Clip features (mean over T') are sown as `intermediates/features` for embeddings and t-SNE.
+
+  Attributes:
+    backbone: constructor of the backbone module (settings bound with functools.partial).
+    num_classes: size of the new dense head.
+    dropout_rate: dropout on the features before the head (training only).
+    head_init_std: the head's kernel is N(0, head_init_std); its bias starts at zero.
   """
   backbone: ModuleDef
   num_classes: int

@@ -1,4 +1,4 @@
-"""Temporal modules: the six variants of SPEC section 3 as Flax Linen modules.
+"""Temporal modules: the six variants of docs/design.md ("Temporal modules") as Linen modules.
 
 Each module maps folded frames `[N*T, H, W, C]` to the same shape and sits between a conv and
 that conv's BatchNorm. `num_frames` (T) is an attribute so the module can unfold the clip.
@@ -39,7 +39,13 @@ def conv3d_groups(channels: int, mode: str, group_width: int = 16) -> int:
 
 
 class TemporalShift(nn.Module):
-  """TSM: `Y = S(X)`; no parameters."""
+  """TSM: `Y = S(X)`; no parameters. `[N*T, H, W, C]` -> the same shape.
+
+  Attributes:
+    num_frames: T, the frames of a clip (to unfold the folded batch).
+    shift_div: C // shift_div channels move each way.
+    shift_impl: 'roll' (jnp.roll, wrapped frame zeroed) or 'slice' (slice and pad).
+  """
   num_frames: int
   shift_div: int = 8
   shift_impl: ops.ShiftImpl = 'roll'
@@ -56,7 +62,14 @@ class GateShift(nn.Module):
   The gate conv (C -> 2, two groups, bias) starts at zero, so the module starts as the identity
   (up to the reference's channel interleave). With `attention` (the `gsm_attention` ablation)
   squeeze-excitation over (T, H, W) reweights the output channels:
-  `Y = G * sigmoid(Dense_C(ReLU(Dense_d(mean(G)))))`.
+  `Y = G * sigmoid(Dense_C(ReLU(Dense_d(mean(G)))))`. `[N*T, H, W, C]` -> the same shape.
+
+  Attributes:
+    num_frames: T, the frames of a clip.
+    interleave: the reference code's channel interleave inside each half.
+    shift_impl: 'roll' or 'slice'.
+    attention: add the squeeze-excitation (`gsm_attention`).
+    dtype: compute dtype; parameters are `param_dtype`.
   """
   num_frames: int
   interleave: bool = True
@@ -87,6 +100,10 @@ class Conv3DBranch(nn.Module):
   """The 3D branch D: 3x3x3 conv over (T, H, W), no bias, identity-centre init (D(X) = X at init).
 
   Input and output `[N, T, H, W, C]`.
+
+  Attributes:
+    mode: 'grouped' (`group_width` channels a group), 'depthwise' or 'full'.
+    group_width: channels per group in 'grouped' mode.
   """
   mode: str = 'grouped'
   group_width: int = 16
@@ -108,6 +125,21 @@ class CSTM(nn.Module):
   `z = ReLU(Dense_d(s))`; zero-initialised heads give `[alpha_D, alpha_S] = softmax([a_D, a_S])`
   across branches; `Y = alpha_D * D + alpha_S * S`. At init `Y = 0.5 X + 0.5 S(X)`.
   Without `attention` it is the `3d_shift_sum` ablation, `Y = D + S`.
+  `[N*T, H, W, C]` -> the same shape.
+
+  The weights alpha_D, alpha_S = 1 - alpha_D have one value per clip and channel,
+  `[N, 1, 1, 1, C]` (per frame with `attention_pool='frame'`: `[N, T, 1, 1, C]`), broadcast
+  over the other axes of the branches.
+
+  Attributes:
+    num_frames: T, the frames of a clip.
+    attention: fuse by attention (`cstm`); False sums the branches (`3d_shift_sum`).
+    attention_pool: squeeze over the whole 'clip' or per 'frame'.
+    shift: the shift branch, 'tsm' (S) or 'gsm' (a GateShift).
+    shift_div, shift_impl: of the TSM shift.
+    gsm_interleave: of the GSM shift.
+    conv3d, group_width: the 3D branch's grouping (`Conv3DBranch`).
+    dtype: compute dtype of the branches (the attention runs in float32).
   """
   num_frames: int
   attention: bool = True
