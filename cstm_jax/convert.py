@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from cstm_jax import paths
+from cstm_jax import checkpoints, config_file, paths
 from cstm_jax.models.build import build_model
 from cstm_jax.models.zoo import BACKBONES
 from cstm_jax.models.inception import TABLES, load_table
@@ -299,7 +299,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument('--overwrite', action='store_true',
                       help='replace --out even if it holds something other than a conversion')
   args = parser.parse_args(argv)
-  from cstm_jax import checkpoints, config_file
   out = paths.resolve(args.out)
   problem = output_problem(out, paths.resolve(args.torch), args.overwrite)
   if problem:

@@ -87,7 +87,6 @@ def write_results(directory, name: str, results: dict, class_names, features=Non
   return path
 
 
-
 def evaluate_views(config, eval_step, variables, mesh, views: str, class_names, workdir=None,
                    name=None, step=None) -> dict:
   """Metrics of `variables` on the evaluation split with `views`; writes results and plots

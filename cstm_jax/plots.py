@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cstm_jax import paths  # noqa: E402
+from cstm_jax.models.zoo import BACKBONES, MODELS  # noqa: E402
 
 
 def _save(fig, path) -> None:
@@ -92,7 +93,6 @@ def training_curves(records, path) -> None:
 def throughput(rows, path) -> None:
   """Clips/s against GFLOPs per clip (log-log), one point per model and frame count, one panel
   per mode and dtype; 3D CNNs as squares, 2D backbones with temporal modules as circles."""
-  from cstm_jax.models.zoo import BACKBONES, MODELS
   rows = [r for r in rows if r.get('clips_per_s')]
   panels = sorted({(r['mode'], r['dtype']) for r in rows})
   fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(7 * max(len(panels), 1), 5.5),

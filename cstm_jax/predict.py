@@ -41,25 +41,27 @@ def load_model(workdir=None, checkpoint=None, config_path=None, which: str = 'be
     workdir = paths.resolve(workdir)
     config = config_file.load(config_path or workdir / 'config.json')
     names = class_names(config, workdir)
-    config = config_file.with_num_classes(config, len(names), f'{workdir}/classes.json')
+    config = config_file.with_num_classes(config, len(names), f'the classes of run {workdir}')
     model, variables, _ = states.restore_variables(config, workdir, which, one_device_mesh())
   elif checkpoint and config_path:
     config = config_file.load(config_path)
     variables = checkpoints.load_variables(checkpoint)
-    head = variables['params'].get('head', {}).get('kernel')
-    if head is None and config.model.num_classes == 0:
-      raise ConfigError(f'{checkpoint} has no classification head and {config_path} sets no '
-                        'model.num_classes: give the config of a trained run')
-    if head is not None:
-      config = config_file.with_num_classes(config, int(np.shape(head)[-1]),
-                                            f'the classification head of {checkpoint}')
+    # num_classes 0 (left to the data) takes the head's count; check_variables reports a set
+    # count that differs from it, with the other mismatches.
+    if config.model.num_classes == 0:
+      head = variables['params'].get('head', {}).get('kernel')
+      if head is None:
+        raise ConfigError(f'{checkpoint} has no classification head and {config_path} sets no '
+                          'model.num_classes: give the config of a trained run')
+      config = config_file.with_num_classes(config, int(np.shape(head)[-1]), str(checkpoint))
     model = build_model(config.model)
     clip = (1, config.data.num_frames, config.data.crop, config.data.crop, 3)
     expected = abstract_variables(model, jax.ShapeDtypeStruct(clip, np.float32))
     check_variables(variables, expected, f'checkpoint {checkpoint}', f'config {config_path}')
+    names = class_names(config)
   else:
     raise ConfigError('give --workdir RUN, or --checkpoint DIR with --config FILE')
-  return config, model, variables, class_names(config, workdir)
+  return config, model, variables, names
 
 
 def one_device_mesh() -> jax.sharding.Mesh:

@@ -27,7 +27,7 @@ def params_of(name, **overrides):
 
 # --- Published sizes (docs/design.md, "Backbones"; docs/models.md) ---------------------------
 
-def test_parameter_counts_match_the_spec():
+def test_parameter_counts_match_the_published_ones():
   tsn = params_of('tsn_bninception')
   assert tsn == pytest.approx(10.43e6, rel=0.01)
   assert params_of('tsn_inception_v3') == pytest.approx(22.12e6, rel=0.01)
@@ -53,13 +53,13 @@ def test_parameter_counts_match_the_spec():
     # PyTorchVideo's 37.5 G for I3D-R50 8x8 is measured on 256 x 256 inputs (28.6 G at 224).
     ('i3d_resnet50', 8, 256, 37.5, 0.10),
 ])
-def test_multiply_adds_match_the_spec(name, frames, crop, reference, tolerance):
+def test_multiply_adds_match_the_published_ones(name, frames, crop, reference, tolerance):
   row = summarize(name, frames, crop=crop)
   assert row['gmacs'] == pytest.approx(reference, rel=tolerance)
   assert row['gmacs_xla'] <= row['gmacs']  # XLA's as-run count skips padded taps
 
 
-def test_temporal_modules_cost_what_the_spec_says():
+def test_temporal_modules_cost_what_the_design_says():
   tsn = summarize('tsn_bninception')['gmacs']
   assert summarize('gsm_bninception')['gmacs'] - tsn == pytest.approx(0.085, abs=0.015)
   assert summarize('cstm_bninception')['gmacs'] - tsn == pytest.approx(1.35, rel=0.05)
