@@ -15,8 +15,6 @@ parameters are left out, and the training run initialises them (`init_from` merg
 mismatch -- a missing or extra key, a wrong shape -- is an error that lists the keys.
 """
 import argparse
-import json
-import math
 import re
 import sys
 from typing import Mapping, Optional, Sequence
@@ -25,6 +23,8 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors
+import safetensors.numpy
 from absl import logging
 
 from cstm_jax import checkpoints, config_file, paths
@@ -89,40 +89,16 @@ def _read_npz(path) -> dict[str, np.ndarray]:
     return {k: data[k] for k in data.files}
 
 
-_SAFETENSORS_DTYPES = {'F32': np.float32, 'F16': np.float16, 'F64': np.float64,
-                       'BF16': jnp.bfloat16, 'I64': np.int64, 'I32': np.int32}
-
-
 def _read_safetensors(path) -> dict[str, np.ndarray]:
-  """The safetensors format: 8-byte header size, JSON header, raw little-endian tensors."""
-  data = path.read_bytes()
-  size = int.from_bytes(data[:8], 'little')
-  try:
-    header = json.loads(data[8:8 + size])
-  except ValueError:
-    raise BadFile(f'{path}: not a safetensors file (unreadable header)') from None
-  if not isinstance(header, dict):
-    raise BadFile(f'{path}: not a safetensors file (the header is a {type(header).__name__}, '
-                  'not an object)')
-  body = data[8 + size:]
-  out = {}
-  for name, info in header.items():
-    if name == '__metadata__':
-      continue
-    if not isinstance(info, dict) or any(k not in info for k in ('dtype', 'shape',
-                                                                 'data_offsets')):
-      raise BadFile(f'{path}: tensor {name} lacks dtype, shape or data_offsets')
-    if info['dtype'] not in _SAFETENSORS_DTYPES:
-      raise BadFile(f'{path}: tensor {name} has unsupported dtype {info["dtype"]}')
-    dtype = np.dtype(_SAFETENSORS_DTYPES[info['dtype']])
-    begin, end = info['data_offsets']
-    if (not 0 <= begin <= end <= len(body)
-        or end - begin != math.prod(info['shape']) * dtype.itemsize):
-      raise BadFile(f'{path}: tensor {name} has data offsets {begin}..{end} that do not hold '
-                    f'its shape {info["shape"]} in the {len(body)} data bytes (a truncated file?)')
-    out[name] = np.asarray(np.frombuffer(body[begin:end], dtype).reshape(info['shape']),
-                           np.float32)
-  return out
+  """Tensor by tensor from a memory map (a gs:// file is read whole); floats become float32,
+  the parameters' dtype."""
+  if paths.is_remote(path):
+    tensors = safetensors.numpy.load(path.read_bytes())
+  else:
+    with safetensors.safe_open(str(path), framework='numpy') as f:
+      tensors = {name: f.get_tensor(name) for name in f.keys()}
+  return {name: np.asarray(t, np.float32) if np.issubdtype(t.dtype, np.floating)
+          or t.dtype == jnp.bfloat16 else t for name, t in tensors.items()}
 
 
 # --- Key layouts ------------------------------------------------------------------------------

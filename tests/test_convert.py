@@ -1,10 +1,11 @@
 """PyTorch -> Flax weight import: converted reference networks give the same logits; every
 mismatch is an error naming the keys; .pth / .safetensors / .npz files read alike."""
-import json
 
 import jax
+import ml_dtypes
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
 
 import torch_reference as ref
@@ -79,30 +80,24 @@ def test_mismatches_are_errors_that_name_the_keys():
     convert.from_torch(weights, model_config('i3d'))
 
 
-def _write_safetensors(path, arrays: dict) -> None:
-  header, offset, blobs = {}, 0, []
-  for name, array in arrays.items():
-    data = np.ascontiguousarray(array, np.float32).tobytes()
-    header[name] = {'dtype': 'F32', 'shape': list(array.shape),
-                    'data_offsets': [offset, offset + len(data)]}
-    offset += len(data)
-    blobs.append(data)
-  encoded = json.dumps(header).encode()
-  path.write_bytes(len(encoded).to_bytes(8, 'little') + encoded + b''.join(blobs))
-
-
 def test_weight_files_read_alike_and_code_in_a_pickle_is_refused(tmp_path):
   weights = {'conv1.weight': np.random.default_rng(0).normal(size=(8, 3, 7, 7)).astype('f4'),
              'bn1.running_var': np.ones(8, np.float32)}
   torch.save({'epoch': 3, 'state_dict': {k: torch.from_numpy(v) for k, v in weights.items()}},
              tmp_path / 'ckpt.pth.tar')
   np.savez(tmp_path / 'w.npz', **weights)
-  _write_safetensors(tmp_path / 'w.safetensors', weights)
-  for name in ('ckpt.pth.tar', 'w.npz', 'w.safetensors'):
+  safetensors.numpy.save_file(weights, tmp_path / 'w.safetensors')
+  # Half-precision files (as Hugging Face often ships them) give float32 parameters.
+  safetensors.numpy.save_file({'conv1.weight': weights['conv1.weight'].astype(ml_dtypes.bfloat16),
+                               'bn1.running_var': weights['bn1.running_var'].astype(np.float16)},
+                              tmp_path / 'half.safetensors')
+  for name in ('ckpt.pth.tar', 'w.npz', 'w.safetensors', 'half.safetensors'):
     loaded = convert.load_state_dict(tmp_path / name)
     assert sorted(loaded) == sorted(weights), name
+    tolerance = 2 ** -8 if name == 'half.safetensors' else 0
     for key in weights:
-      np.testing.assert_array_equal(loaded[key], weights[key])
+      assert loaded[key].dtype == np.float32, (name, key)
+      np.testing.assert_allclose(loaded[key], weights[key], rtol=tolerance)
   torch.save({'model': torch.nn.Linear(2, 2)}, tmp_path / 'pickled_module.pth')
   with pytest.raises(ValueError, match='pickled_module.pth: not a plain PyTorch state dict'):
     convert.load_state_dict(tmp_path / 'pickled_module.pth')
