@@ -15,7 +15,8 @@ DATA = 'data/demo'
 
 
 def get_config(arg: str = 'cstm'):
-  temporal, _, size = arg.partition(':')
+  """'cstm', 'tsn', ... (a temporal module), each optionally ':smoke'; 'smoke' alone is CSTM's."""
+  temporal, _, size = ('cstm:smoke' if arg == 'smoke' else arg).partition(':')
   if temporal not in zoo.TEMPORAL_MODULES:
     raise ConfigError(f'demo config argument {arg!r}: expected a temporal module, e.g. "cstm"')
   config = base_config.experiment('ssv2', f'{temporal}_bninception', 8, '', width=0.25,

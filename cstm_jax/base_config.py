@@ -14,10 +14,11 @@ from cstm_jax.models import zoo
 from input_pipeline import conventions
 from input_pipeline.errors import ConfigError
 
-DATASETS = {  # name -> (TFDS name of the prepared dataset, classes)
+DATASETS = {  # name -> (TFDS name of the prepared dataset, classes; 0: the prepared count)
     'ssv2': ('something_something_v2', 174),
     'ssv1': ('something_something_v1', 174),
     'jester': ('jester', 27),
+    'folder': ('video_folder', 0),  # your own videos (input_pipeline.prepare --dataset folder)
 }
 
 

@@ -323,6 +323,9 @@ def settings(args) -> list[Setting]:
     points = [PUBLISHED[name]] if args.published else [(f, args.views) for f in args.frames]
     for frames, views in points:
       crop = fitting_crop(name, args.crop, frames)
+      if args.crop and crop != args.crop:
+        print(f'{name}: --crop {args.crop} does not fit its shapes; measuring at {crop}',
+              file=sys.stderr, flush=True)
       for dtype in args.dtype:
         for mode in args.mode:
           out.append(Setting(name, frames, crop, args.batch, dtype, mode, views, args.width,

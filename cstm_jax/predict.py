@@ -203,6 +203,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(json.dumps({'video': str(video), 'views': args.views,
                       'top': [{'class': n, 'probability': p} for n, p in ranked]}))
   else:
+    source = args.checkpoint or f'{args.workdir} ({args.which} checkpoint)'
+    print(f'{video}: top {len(ranked)} of {len(names)} classes, {args.views} views, {source}')
     for name, probability in ranked:
       print(f'{probability:8.4f}  {name}')
   return 0

@@ -96,9 +96,14 @@ def test_unknown_model_is_refused_with_the_known_names(capsys):
   assert '--mode eval: choose from inference, train' in capsys.readouterr().err
 
 
-def test_published_settings_and_crops():
+def test_published_settings_and_crops(capsys):
   assert benchmark.fitting_crop('tsn_inception_v3', 224, 8) == 229  # 224 breaks Inception v3
   assert benchmark.fitting_crop('cstm_bninception', None, 8) == 224
+  raised = benchmark.settings(benchmark.parse_args(['--models', 'tsn_inception_v3', '--crop',
+                                                    '224', '--frames', '8']))
+  assert {s.crop for s in raised} == {229}
+  assert ('tsn_inception_v3: --crop 224 does not fit its shapes; measuring at 229'
+          in capsys.readouterr().err)
   args = benchmark.parse_args(['--published', '--models', 'cstm_bninception,i3d_resnet50',
                                '--mode', 'inference'])
   points = [(s.model, s.frames, s.views, s.setting) for s in benchmark.settings(args)]

@@ -107,6 +107,29 @@ def test_folder_builder_round_trip(synthetic_ssv2, tmp_path):
   assert sorted(v[0] for v in labels_back.values()) == sorted(expected['validation'].values())
 
 
+def test_own_videos_walkthrough(synthetic_ssv2, tmp_path, capsys):
+  # README "Your own videos" at the smoke size: class folders -> prepare -> train -> predict.
+  from configs import folder_8f
+  from cstm_jax import predict, train
+  root, written = synthetic_ssv2
+  for split, items in (('train', written['train'][:8]), ('validation', written['validation'][:4])):
+    for video_id, class_name in items:
+      target = tmp_path / 'my_videos' / split / class_name / f'v{video_id}.webm'
+      target.parent.mkdir(parents=True, exist_ok=True)
+      shutil.copy(root / '20bn-something-something-v2' / f'{video_id}.webm', target)
+  prepare.prepare('folder', tmp_path / 'my_videos', tmp_path / 'data', workers=1, short_side=48)
+  config = folder_8f.get_config('smoke')
+  config.data.data_dir, config.train.max_steps = str(tmp_path / 'data'), 2
+  final = train.train_and_evaluate(config, tmp_path / 'run')['1x1']
+  classes = sorted({c for _, c in written['train'][:8] + written['validation'][:4]})
+  assert final['examples'] == 4 and len(final['per_class_top1']) == len(classes)
+  video = next((tmp_path / 'my_videos' / 'validation').rglob('*.webm'))
+  assert predict.main(['--workdir', str(tmp_path / 'run'), '--video', str(video), '--json',
+                       '--topk', '1']) == 0
+  answer = capsys.readouterr().out.splitlines()[-1]  # after TFDS's own lines from prepare
+  assert json.loads(answer)['top'][0]['class'] in classes
+
+
 def test_bad_inputs_are_skipped_and_reported(synthetic_ssv2, tmp_path, capsys):
   root, written = synthetic_ssv2
   src = tmp_path / 'ssv2'

@@ -78,6 +78,11 @@ def test_predict_a_video_a_frame_folder_and_a_folder_of_videos(finetuned, synthe
   probabilities = [t['probability'] for t in top]
   assert probabilities == sorted(probabilities, reverse=True)
   assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+  assert predict.main(['--workdir', workdir, '--video', str(webms[0]), '--topk', '2']) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == (f'{webms[0]}: top 2 of {len(classes)} classes, 1x1 views, '
+                      f'{workdir} (best checkpoint)')
+  assert [line.split()[1:] for line in lines[1:]] == [t['class'].split() for t in top[:2]]
 
   # A folder of the dataset's own JPEG frames: exactly what evaluation computes for the record.
   config = finetuned['config']

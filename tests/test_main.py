@@ -7,6 +7,13 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def test_demo_config_takes_smoke_alone():
+  from cstm_jax import config_file
+  smoke = config_file.load(str(ROOT / 'configs/demo.py:smoke'))
+  assert smoke.to_dict() == config_file.load(str(ROOT / 'configs/demo.py:cstm:smoke')).to_dict()
+  assert smoke.model.temporal == 'cstm' and smoke.train.max_steps == 6
+
+
 def run_main(*args, env=None):
   return subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT, capture_output=True,
                         text=True, timeout=300, env=env)
