@@ -12,6 +12,7 @@ from absl import logging
 from cstm_jax import config_file, paths, sharding, states, steps
 from input_pipeline import pipeline
 from input_pipeline.errors import ConfigError
+from input_pipeline.progress import Progress
 
 
 def parse_views(views: str) -> tuple[int, int]:
@@ -32,20 +33,24 @@ def data_config_with_views(config, views: str) -> ml_collections.ConfigDict:
   return data
 
 
-def run(eval_step, variables, dataset, mesh, max_features: int = 2000) -> dict:
+def run(eval_step, variables, dataset, mesh, max_features: int = 2000, batches: int = 0,
+        label: str = 'evaluation') -> dict:
   """Runs `eval_step` (`steps.jit_eval_step`) over every batch of `dataset`; returns host
-  arrays of the valid examples: logits, labels and the features of the first `max_features`."""
+  arrays of the valid examples: logits, labels and the features of the first `max_features`.
+  With `batches` (per process), process 0 shows the progress."""
   logits, labels, features = [], [], []
   kept = 0
-  for local in dataset:
-    batch = sharding.global_batch({k: local[k] for k in ('clips', 'labels', 'mask')}, mesh)
-    batch_logits, batch_features = eval_step(variables, batch)
-    mask = sharding.to_host(batch['mask']) > 0
-    logits.append(sharding.to_host(batch_logits)[mask])
-    labels.append(sharding.to_host(batch['labels'])[mask])
-    if kept < max_features:
-      features.append(sharding.to_host(batch_features)[mask])
-      kept += int(mask.sum())
+  with Progress(batches, 'batches', label, enabled=batches > 0 and jax.process_index() == 0) as bar:
+    for local in dataset:
+      batch = sharding.global_batch({k: local[k] for k in ('clips', 'labels', 'mask')}, mesh)
+      batch_logits, batch_features = eval_step(variables, batch)
+      mask = sharding.to_host(batch['mask']) > 0
+      logits.append(sharding.to_host(batch_logits)[mask])
+      labels.append(sharding.to_host(batch['labels'])[mask])
+      if kept < max_features:
+        features.append(sharding.to_host(batch_features)[mask])
+        kept += int(mask.sum())
+      bar.update()
   return {'logits': np.concatenate(logits), 'labels': np.concatenate(labels),
           'features': np.concatenate(features)[:max_features] if features else None}
 
@@ -92,8 +97,9 @@ def evaluate_views(config, eval_step, variables, mesh, views: str, class_names, 
   """Metrics of `variables` on the evaluation split with `views`; writes results and plots
   into `workdir/eval` when given. `eval_step` is a `steps.jit_eval_step`."""
   data = data_config_with_views(config, views)
-  dataset, _ = pipeline.eval_dataset(data, jax.process_index(), jax.process_count())
-  outputs = run(eval_step, variables, dataset, mesh, config.eval.tsne_examples)
+  dataset, batches = pipeline.eval_dataset(data, jax.process_index(), jax.process_count())
+  outputs = run(eval_step, variables, dataset, mesh, config.eval.tsne_examples, batches,
+                f'evaluation {views}')
   results = metrics(outputs['logits'], outputs['labels'], config.model.num_classes)
   results.update({'views': views, 'step': step})
   if workdir is not None and jax.process_index() == 0:

@@ -36,6 +36,7 @@ def prepare(dataset: str, manual_dir, data_dir, workers=None, short_side=None,
   """
   if dataset not in builders.BUILDERS:
     raise ConfigError(f'unknown dataset {dataset!r}; choose one of {sorted(builders.BUILDERS)}')
+  tfds.disable_progress_bar()  # one progress line, ours, per split (TFDS's own bars redraw)
   manual_dir = pathlib.Path(paths.expand(manual_dir))
   data_dir = paths.expand(data_dir)
   if paths.is_remote(data_dir):

@@ -1,46 +1,53 @@
-"""A plain-text progress line for long loops: count, rate, ETA (stderr, no dependencies)."""
+"""Progress of long loops (prepare, synthetic data, evaluation, predict over folders), drawn by
+tqdm: count, rate and ETA on stderr.
+
+On a terminal tqdm redraws its bar in place. Redirected to a file, the same line (tqdm's own
+format) is written as a new line every 10 s and at the end, with no carriage returns, so a log
+stays readable.
+"""
 import sys
 import time
 
+import tqdm
+
+LOG_INTERVAL_S = 10.0
+
 
 class Progress:
-  """`with Progress(total, 'videos') as bar: ... bar.update()`.
+  """`with Progress(total, 'videos', 'prepare train') as bar: ... bar.update()`."""
 
-  On a terminal the line redraws in place (every 0.5 s); in a log file a new line is written
-  every 10 s, so logs stay readable.
-  """
-
-  def __init__(self, total: int, unit: str, label: str = '', stream=None):
-    self.total, self.unit, self.label = total, unit, label
+  def __init__(self, total: int, unit: str, label: str = '', stream=None, enabled: bool = True):
+    self.total, self.unit, self.label = total, unit, label.strip()
     self.stream = stream or sys.stderr
+    self.enabled = enabled
     self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()
-    self.count, self.start = 0, time.monotonic()
-    self.min_interval = 0.5 if self.tty else 10.0
-    self._last_print = 0.0
+    self.count, self.start, self._last_line = 0, time.monotonic(), 0.0
+    self._bar = (tqdm.tqdm(total=total, unit=f' {unit}', desc=self.label or None,
+                           file=self.stream, dynamic_ncols=True)
+                 if enabled and self.tty else None)
 
   def update(self, n: int = 1) -> None:
     self.count += n
+    if self._bar is not None:
+      self._bar.update(n)
+      return
     now = time.monotonic()
-    if now - self._last_print >= self.min_interval or self.count >= self.total:
-      self._last_print = now
-      self.stream.write(('\r' if self.tty else '') + self.line() + ('' if self.tty else '\n'))
+    if self.enabled and (now - self._last_line >= LOG_INTERVAL_S or self.count >= self.total):
+      self._last_line = now
+      self.stream.write(self.line() + '\n')
       self.stream.flush()
 
   def line(self) -> str:
-    elapsed = max(time.monotonic() - self.start, 1e-9)
-    rate = self.count / elapsed
-    eta = (self.total - self.count) / rate if rate > 0 else float('inf')
-    filled = int(20 * self.count / max(self.total, 1))
-    return (f'{self.label}[{"#" * filled}{"." * (20 - filled)}] {self.count}/{self.total} '
-            f'{self.unit} {rate:.1f}/s ETA {format_seconds(eta)}')
+    """tqdm's line for the current count, e.g. 'prepare train:  40%|####      | 4/10 [...]'."""
+    return tqdm.tqdm.format_meter(self.count, self.total, time.monotonic() - self.start,
+                                  ncols=100, prefix=self.label, unit=f' {self.unit}', ascii=True)
 
   def __enter__(self):
     return self
 
   def __exit__(self, *exc):
-    if self.tty:
-      self.stream.write('\n')
-      self.stream.flush()
+    if self._bar is not None:
+      self._bar.close()
 
 
 def format_seconds(seconds: float) -> str:

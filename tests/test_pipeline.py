@@ -1,4 +1,5 @@
 """The grain pipelines over a prepared synthetic dataset."""
+import io
 import pathlib
 
 import ml_dtypes
@@ -7,7 +8,7 @@ import pytest
 
 from configs import jester_8f
 from cstm_jax import base_config
-from input_pipeline import pipeline, synthetic
+from input_pipeline import pipeline, progress, synthetic
 
 
 def data_config(**overrides):
@@ -22,6 +23,17 @@ def config(prepared_ssv2):
   data_dir, _ = prepared_ssv2
   return data_config(data_dir=str(data_dir), num_frames=4, crop=32, test_scale=48, batch_size=4,
                      eval_batch_size=6, num_workers=0)
+
+
+def test_progress_in_a_log_file_is_whole_lines():
+  log = io.StringIO()  # not a terminal: a line at the first update, every 10 s, and at the end
+  with progress.Progress(3, 'videos', 'prepare train', stream=log) as bar:
+    for _ in range(3):
+      bar.update()
+  lines = log.getvalue().splitlines()
+  assert '\r' not in log.getvalue() and len(lines) == 2
+  assert lines[0].startswith('prepare train:  33%|') and ' 1/3 [' in lines[0]
+  assert lines[1].startswith('prepare train: 100%|') and ' 3/3 [' in lines[1]
 
 
 def take(dataset, n):

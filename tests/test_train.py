@@ -19,10 +19,13 @@ from runs import final_params, smoke
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def test_smoke_run_writes_everything_and_eval_mode_reproduces_it(prepared_ssv2, tmp_path):
+def test_smoke_run_writes_everything_and_eval_mode_reproduces_it(prepared_ssv2, tmp_path,
+                                                                 capfd):
   # R(2+1)D compiles fastest; tests/test_finetune.py trains CSTM on BN-Inception the same way.
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], train__eval_every_epochs=3.0)
   final = train.train_and_evaluate(config, tmp_path)['1x1']
+  # Evaluation shows its progress; not a terminal here, so as whole lines.
+  assert 'evaluation 1x1: 100%|' in capfd.readouterr().err
   confusion = np.asarray(final['confusion'])
   assert final['examples'] == confusion.sum() == 8  # every validation clip once
   assert final['top1'] == pytest.approx(100 * np.trace(confusion) / 8)
@@ -77,6 +80,8 @@ def test_sigterm_saves_and_the_restart_ends_at_the_uninterrupted_result(prepared
   code, err = interrupt(run, data_dir, signal.SIGTERM)
   stopped_at, _ = final_params(run)
   assert code == 0 and f'Stopped at step {stopped_at} on request' in err
+  assert 'Compiling the train step (global batch 8)...' in err
+  assert 'Compiled the train step and ran it once in' in err
   assert stopped_at < 30 and not (run / 'final_metrics.json').exists()
   train.train_and_evaluate(config, run)  # the same run, started again
   step_a, params_a = final_params(tmp_path / 'straight')
