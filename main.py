@@ -1,51 +1,9 @@
-"""Entry point: `python main.py --config=configs/ssv2_16f.py --workdir=DIR`.
+"""`python main.py --config=configs/ssv2_16f.py --workdir=DIR`: trains and evaluates.
 
-Trains and evaluates (resuming from the workdir's latest checkpoint when there is one);
-`--config.mode=eval` evaluates the workdir's best (or `--config.eval.checkpoint=latest`)
-checkpoint without training. The config is locked: a misspelt `--config.x=...` is an error.
-The workdir may be local or in Cloud Storage (`gs://bucket/runs/x`); `~` and `$VARS` in paths
-are expanded.
-
-Several processes (multi-host GPU, TPU pods): run the same command on every host. Under SLURM,
-Open MPI or on a Cloud TPU slice the processes find each other (`cstm_jax/launch.py` picks each
-one's GPUs); elsewhere pass `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
+The same as the installed `cstm-train` command; cstm_jax/main.py says more, and
+`python main.py --helpfull` lists every flag.
 """
-from absl import app, flags, logging
-from ml_collections import config_flags
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and plots (local or gs://).')
-flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (multi-process).')
-flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
-flags.DEFINE_integer('process_id', None, 'This process (multi-process).')
-flags.DEFINE_list('local_device_ids', None,
-                  'GPUs this process uses, as it numbers them (default: chosen from the SLURM or '
-                  'Open MPI layout; all visible GPUs for one process per node).')
-flags.mark_flags_as_required(['config', 'workdir'])
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from cstm_jax import launch, logs
-  logs.quiet_library_logs()
-  launch.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                    FLAGS.local_device_ids and [int(i) for i in FLAGS.local_device_ids])
-  import jax
-  from cstm_jax import evaluation, train
-  config = FLAGS.config
-  if jax.process_index() != 0:
-    logging.set_verbosity(logging.WARNING)
-  if config.mode == 'train':
-    train.train_and_evaluate(config, FLAGS.workdir)
-  elif config.mode == 'eval':
-    evaluation.evaluate_checkpoint(config, FLAGS.workdir)
-  else:
-    raise app.UsageError(f"config.mode {config.mode!r} is not 'train' or 'eval'")
-
+from cstm_jax.main import cli
 
 if __name__ == '__main__':
-  from cstm_jax import config_file
-  from input_pipeline.errors import run_main
-  app.run(lambda argv: run_main(main, argv), flags_parser=config_file.parse_flags)
+  cli()

@@ -33,10 +33,10 @@ from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from cstm_jax import evaluation, hlo_stats, paths, sharding, states, steps
+from cstm_jax import config_file, evaluation, hlo_stats, paths, sharding, states, steps
 from cstm_jax import targets as target_specs
 from cstm_jax.models.zoo import model_name
-from input_pipeline.errors import ConfigError
+from input_pipeline.errors import ConfigError, run_main
 
 FLAGS = flags.FLAGS
 STEPS = ('train', 'eval')
@@ -355,8 +355,11 @@ def _write(rows) -> None:
     paths.write_text(FLAGS.markdown, markdown_table(rows) + '\n')
 
 
-if __name__ == '__main__':
+def cli() -> None:
+  """The `cstm-aot` command (`python -m cstm_jax.aot`)."""
   target_specs.prepare_environment()
-  from cstm_jax import config_file
-  from input_pipeline.errors import run_main
   app.run(lambda argv: sys.exit(run_main(main, argv)), flags_parser=config_file.parse_flags)
+
+
+if __name__ == '__main__':
+  cli()

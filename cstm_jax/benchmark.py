@@ -34,6 +34,7 @@ from cstm_jax.models.build import build_model
 from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names
 from cstm_jax.models.summary import abstract_variables, count_params
 from input_pipeline.progress import format_seconds
+from input_pipeline.errors import run_main
 
 MODES = ('inference', 'train')
 DTYPES = ('float32', 'bfloat16')
@@ -382,6 +383,10 @@ def run_settings(todo: Sequence[Setting], args) -> list[dict]:
   return rows
 
 
+def cli() -> int:
+  """The `cstm-benchmark` command (`python -m cstm_jax.benchmark`)."""
+  return run_main(main)
+
+
 if __name__ == '__main__':
-  from input_pipeline.errors import run_main
-  sys.exit(run_main(main))
+  sys.exit(cli())

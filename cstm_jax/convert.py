@@ -32,7 +32,7 @@ from cstm_jax.models.build import build_model
 from cstm_jax.models.zoo import BACKBONES
 from cstm_jax.models.inception import TABLES, load_table
 from cstm_jax.models.summary import abstract_variables
-from input_pipeline.errors import BadFile, MissingFile
+from input_pipeline.errors import BadFile, MissingFile, run_main
 
 IMAGENET_CLASSES = 1000
 BN_NAMES = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
@@ -299,6 +299,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   return 0
 
 
+def cli() -> int:
+  """The `cstm-convert` command (`python -m cstm_jax.convert`)."""
+  return run_main(main)
+
+
 if __name__ == '__main__':
-  from input_pipeline.errors import run_main
-  sys.exit(run_main(main))
+  sys.exit(cli())

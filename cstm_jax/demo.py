@@ -19,6 +19,7 @@ from configs import demo as demo_config
 from cstm_jax import compare, logs
 from cstm_jax.writer import read_metrics
 from input_pipeline import labels, prepare, synthetic
+from input_pipeline.errors import run_main
 
 TRAIN_VIDEOS, VAL_VIDEOS, FRAME_SIZE = 960, 240, 32
 
@@ -107,6 +108,10 @@ def main(argv=None) -> int:
   return 0
 
 
+def cli() -> int:
+  """The `cstm-demo` command (`python -m cstm_jax.demo`)."""
+  return run_main(main)
+
+
 if __name__ == '__main__':
-  from input_pipeline.errors import run_main
-  sys.exit(run_main(main))
+  sys.exit(cli())

@@ -26,6 +26,7 @@ from cstm_jax import paths
 from cstm_jax.models.zoo import model_name
 from cstm_jax.predict import load_model
 from input_pipeline.conventions import NORMALISATION
+from input_pipeline.errors import run_main
 
 DEFAULT_PLATFORMS = ('cpu', 'cuda')
 
@@ -86,6 +87,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   return 0
 
 
+def cli() -> int:
+  """The `cstm-export` command (`python -m cstm_jax.export`)."""
+  return run_main(main)
+
+
 if __name__ == '__main__':
-  from input_pipeline.errors import run_main
-  sys.exit(run_main(main))
+  sys.exit(cli())

@@ -27,7 +27,7 @@ from cstm_jax.convert import describe_mismatch
 from cstm_jax.models.build import build_model
 from cstm_jax.models.summary import abstract_variables
 from input_pipeline import builders, labels, pipeline, video_io
-from input_pipeline.errors import ConfigError
+from input_pipeline.errors import ConfigError, run_main
 from input_pipeline.progress import Progress
 
 
@@ -210,6 +210,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   return 0
 
 
+def cli() -> int:
+  """The `cstm-predict` command (`python -m cstm_jax.predict`)."""
+  return run_main(main)
+
+
 if __name__ == '__main__':
-  from input_pipeline.errors import run_main
-  sys.exit(run_main(main))
+  sys.exit(cli())

@@ -21,7 +21,7 @@ from absl import logging
 from tensorflow_datasets.core.constants import INCOMPLETE_PREFIX
 
 from input_pipeline import builders, paths
-from input_pipeline.errors import ConfigError, MissingFile
+from input_pipeline.errors import ConfigError, MissingFile, run_main
 
 REPORT = 'prepare_report.json'
 
@@ -131,6 +131,10 @@ def main(argv=None) -> int:
   return 0
 
 
+def cli() -> int:
+  """The `cstm-prepare` command (`python -m input_pipeline.prepare`)."""
+  return run_main(main)
+
+
 if __name__ == '__main__':
-  from input_pipeline.errors import run_main
-  sys.exit(run_main(main))
+  sys.exit(cli())

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from input_pipeline import labels, paths, video_io
+from input_pipeline.errors import run_main
 from input_pipeline.progress import Progress
 
 TEMPLATES = (
@@ -232,6 +233,10 @@ def main(argv=None) -> int:
   return 0
 
 
+def cli() -> int:
+  """The `cstm-synthetic` command (`python -m input_pipeline.synthetic`)."""
+  return run_main(main)
+
+
 if __name__ == '__main__':
-  from input_pipeline.errors import run_main
-  sys.exit(run_main(main))
+  sys.exit(cli())
