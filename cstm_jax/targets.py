@@ -148,15 +148,17 @@ def devices(target: Target) -> list:
       return list(topologies.get_topology_desc(platform='tpu', topology_name=target.topology,
                                                 **kwargs).devices)
     except Exception as e:  # libtpu missing or the topology refused: one line says which
-      raise RuntimeError(f'{target.spec}: no TPU topology {target.topology!r} ({_first_line(e)}); '
-                         'TPU targets need libtpu: pip install -r requirements-tpu.txt (or .[tpu])') from None
+      raise RuntimeError(
+          f'{target.spec}: no TPU topology {target.topology!r} ({_first_line(e)}); TPU targets '
+          'need libtpu: pip install -r requirements-tpu.txt (or .[tpu])') from None
   try:
     return list(topologies.get_topology_desc(
         platform='cuda', target_config=_GPU_SPEC.format(**GPUS[target.gpu]),
         topology=target.topology).devices)
   except Exception as e:
     raise RuntimeError(f'{target.spec}: no CUDA topology ({_first_line(e)}); CUDA targets need '
-                       'the jax CUDA plugin: pip install -r requirements-cuda.txt (or .[cuda12])') from None
+                       'the jax CUDA plugin: pip install -r requirements-cuda.txt (or .[cuda12])'
+                       ) from None
 
 
 def memory_limit_bytes(target: Target, device) -> int:
