@@ -119,7 +119,10 @@ def test_own_videos_walkthrough(synthetic_ssv2, tmp_path, capsys):
       shutil.copy(root / '20bn-something-something-v2' / f'{video_id}.webm', target)
   prepare.prepare('folder', tmp_path / 'my_videos', tmp_path / 'data', workers=1, short_side=48)
   config = folder_8f.get_config('smoke')
+  assert config.model.num_classes == 0  # the prepared dataset's
   config.data.data_dir, config.train.max_steps = str(tmp_path / 'data'), 2
+  # R(2+1)D compiles fastest (CSTM on BN-Inception trains end to end in tests/test_finetune.py).
+  config.model.update(backbone='r2plus1d_18', temporal='none')
   final = train.train_and_evaluate(config, tmp_path / 'run')['1x1']
   classes = sorted({c for _, c in written['train'][:8] + written['validation'][:4]})
   assert final['examples'] == 4 and len(final['per_class_top1']) == len(classes)
