@@ -34,6 +34,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # Imported here, in this order: launch picks this process's GPUs before JAX loads.
   from cstm_jax import launch, logs
   logs.quiet_library_logs()
   launch.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
