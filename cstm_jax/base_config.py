@@ -128,11 +128,10 @@ def experiment(dataset: str, model: str, frames: int, arg: str = '',
                **model_overrides) -> ml_collections.ConfigDict:
   """The base config for `model` on `dataset` with `frames` frames a clip: the dataset's name,
   classes and flip; the backbone's crop, test scale and colour. `arg` 'smoke' shrinks it."""
-  config = get_config()
-  config.model.update(model_config(model, num_frames=frames, **model_overrides).to_dict())
   tfds_name, classes = DATASETS[dataset]
-  if 'num_classes' not in model_overrides:
-    config.model.num_classes = classes
+  config = get_config()
+  config.model.update(model_config(model, **{'num_frames': frames, 'num_classes': classes,
+                                             **model_overrides}).to_dict())
   backbone = zoo.BACKBONES[config.model.backbone]
   config.data.update(name=tfds_name, crop=backbone.crop, test_scale=backbone.test_scale,
                      colour=backbone.colour, flip=dataset != 'jester')

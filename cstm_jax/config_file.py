@@ -124,3 +124,9 @@ def with_num_classes(config, count: int, source: str) -> ml_collections.ConfigDi
         f'model.num_classes is {config.model.num_classes} but {source} has {count} classes: set '
         f"--config.model.num_classes={count} (or 0 to take the dataset's count)")
   return config
+
+
+def with_dataset_classes(config, class_names) -> ml_collections.ConfigDict:
+  """`with_num_classes` for the prepared dataset of `config.data` and its `class_names`."""
+  return with_num_classes(config, len(class_names),
+                          f'the dataset {config.data.name} in {config.data.data_dir}')

@@ -118,8 +118,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   each of `config.eval.final_views`, without training."""
   mesh = states.setup_mesh(config)
   _, class_names = pipeline.open_split(config.data, config.data.eval_split)
-  config = config_file.with_num_classes(config, len(class_names),
-                                        f'the dataset {config.data.name} in {config.data.data_dir}')
+  config = config_file.with_dataset_classes(config, class_names)
   model, variables, step = states.restore_variables(config, workdir, config.eval.checkpoint, mesh)
   eval_step = steps.jit_eval_step(model, mesh, config.xla.gpu_conv_nhwc)
   results = {}

@@ -31,7 +31,6 @@ from input_pipeline.errors import ConfigError, run_main
 from input_pipeline.progress import Progress
 
 
-
 # --- Model and weights ------------------------------------------------------------------------
 
 def load_model(workdir=None, checkpoint=None, config_path=None, which: str = 'best'):

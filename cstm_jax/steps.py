@@ -1,7 +1,8 @@
 """The jitted steps: training, evaluation and the plain forward, each bound to its mesh.
 
-The builders here are the only way the package makes a jitted step. Each returns a `MeshStep`,
-which sets the mesh whenever the step is called, lowered or traced: the temporal ops read it
+The builders here are the only way the package makes a jitted step over a mesh (export traces
+its serving function for one device, without one). Each returns a `MeshStep`, which sets the
+mesh whenever the step is called, lowered or traced: the temporal ops read it
 to run CSTM's grouped 3D convolution on each device's share of the batch
 (`temporal.ops.per_batch_shard`). Traced without a mesh, XLA's partitioner would gather the
 whole batch onto every device for that convolution.

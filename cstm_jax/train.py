@@ -83,8 +83,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Data.
   train_data = pipeline.train_dataset(config.data, jax.process_index(), jax.process_count())
   train_source, class_names = pipeline.open_split(config.data, config.data.train_split)
-  config = config_file.with_num_classes(
-      config, len(class_names), f'the dataset {config.data.name} in {config.data.data_dir}')
+  config = config_file.with_dataset_classes(config, class_names)
   train_size = len(train_source)
   steps_per_epoch = max(1, train_size // config.data.batch_size)
   optimizer_steps = int(config.optim.epochs * steps_per_epoch)

@@ -90,7 +90,7 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     pool = multiprocessing.get_context('spawn').Pool(self._workers) if self._workers > 1 else None
     results = pool.imap(_encode_video, jobs, chunksize=2) if pool else map(_encode_video, jobs)
     try:
-      with Progress(len(jobs), 'videos', f'{self.name} {split} ') as bar:
+      with Progress(len(jobs), 'videos', f'{self.name} {split}') as bar:
         for entry, result in zip(readable, results):
           bar.update()
           if isinstance(result, str):

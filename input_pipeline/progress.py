@@ -17,7 +17,7 @@ class Progress:
   """`with Progress(total, 'videos', 'prepare train') as bar: ... bar.update()`."""
 
   def __init__(self, total: int, unit: str, label: str = '', stream=None, enabled: bool = True):
-    self.total, self.unit, self.label = total, unit, label.strip()
+    self.total, self.unit, self.label = total, unit, label
     self.stream = stream or sys.stderr
     self.enabled = enabled
     self.tty = hasattr(self.stream, 'isatty') and self.stream.isatty()

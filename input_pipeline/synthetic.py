@@ -173,7 +173,7 @@ def generate(out, train=240, val=60, test=12, size=64, seed=0, fmt='webm', layou
       jobs.append((str(out), fmt, layout, video_id, int(c), [seed, split_number, i], size))
   things = {}
   workers = workers or multiprocessing.cpu_count()
-  with Progress(len(jobs), 'videos', 'synthetic ') as bar:
+  with Progress(len(jobs), 'videos', 'synthetic') as bar:
     if workers == 1:
       results = map(_write_one, jobs)
     else:
