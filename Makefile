@@ -42,7 +42,7 @@ benchmark: $(INSTALLED)
 	  --mode inference --json docs/bench/cpu_published.json --markdown docs/bench/cpu_published.md
 	$(BENCH) --models tsn_bninception,cstm_bninception --frames 8 --crop 224 --mode inference,train \
 	  --json docs/bench/cpu_bninception_224.json --markdown docs/bench/cpu_bninception_224.md
-	$(BENCH) --models tsm_bninception,cstm_bninception --frames 8 --crop 128 --shift-impl slice \
+	$(BENCH) --models tsm_bninception,cstm_bninception --frames 8 --crop 128 --shift_impl=slice \
 	  --mode inference,train --json docs/bench/cpu_slice.json --markdown docs/bench/cpu_slice.md
 
 # The GPU tables of docs/benchmarks.md, on a CUDA host whose python has jax[cuda] and
@@ -57,13 +57,13 @@ benchmark-gpu:
 ifneq (,$(filter 1,$(GPU_PART)))
 	$(GPU_BENCH) --frames 8 --json $(GPU_OUT)/gpu_8f.json --markdown $(GPU_OUT)/gpu_8f.md \
 	  --models cstm_bninception,tsn_bninception,tsm_bninception,gsm_bninception,i3d_resnet50
-	$(GPU_BENCH) --frames 8 --gpu-conv-nhwc true --models cstm_bninception,tsn_bninception \
+	$(GPU_BENCH) --frames 8 --gpu_conv_nhwc --models cstm_bninception,tsn_bninception \
 	  --json $(GPU_OUT)/gpu_8f_nhwc.json --markdown $(GPU_OUT)/gpu_8f_nhwc.md
 endif
 ifneq (,$(filter 2,$(GPU_PART)))
 	$(GPU_BENCH) --frames 16 --models cstm_bninception,tsn_bninception \
 	  --json $(GPU_OUT)/gpu_16f.json --markdown $(GPU_OUT)/gpu_16f.md
-	$(GPU_BENCH) --frames 8 --models cstm_bninception,tsm_bninception --shift-impl slice \
+	$(GPU_BENCH) --frames 8 --models cstm_bninception,tsm_bninception --shift_impl=slice \
 	  --json $(GPU_OUT)/gpu_8f_slice.json --markdown $(GPU_OUT)/gpu_8f_slice.md
 endif
 

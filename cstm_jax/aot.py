@@ -1,4 +1,4 @@
-"""Compile an experiment's real train and eval steps for TPU slices and NVIDIA GPUs that are not
+r"""Compile an experiment's real train and eval steps for TPU slices and NVIDIA GPUs that are not
 here, and report whether they fit, what they cost and what they communicate.
 
   python -m cstm_jax.aot --config=configs/ssv2_16f.py --target=tpu:v5e-8 --target=cuda:h100x8 \
@@ -29,16 +29,15 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec as P
-from ml_collections import config_flags
 
 from cstm_jax import config_file, evaluation, hlo_stats, paths, sharding, states, steps
 from cstm_jax import targets as target_specs
 from cstm_jax.models.zoo import model_name
+from input_pipeline import cli_flags
 from input_pipeline.errors import ConfigError, run_main
 
-FLAGS = flags.FLAGS
 STEPS = ('train', 'eval')
 GiB = 2 ** 30
 
@@ -309,38 +308,36 @@ def not_fitting_lines(rows) -> list[str]:
 
 # --- Command line -----------------------------------------------------------------------------
 
-config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
-flags.DEFINE_multi_string('target', None, 'tpu:TOPOLOGY (tpu:v5e:2x2), tpu:CLOUD_TYPE '
-                          '(tpu:v5e-8, tpu:v5p-8, tpu:v6e-8, tpu:v5e-256) or '
-                          'cuda:GPU[xPER_HOST[xHOSTS]] (cuda:h100, cuda:h100x8, cuda:a100x8x2); '
-                          'repeat for several.')
-flags.DEFINE_list('steps', list(STEPS), 'Steps to compile: train, eval.')
-flags.DEFINE_integer('max_batch', 0, 'Search the largest per-device batch that fits, up to this '
-                     '(each probe is a compile); 0 skips the search.')
-flags.DEFINE_string('json', None, 'Write the rows as JSON to this file.')
-flags.DEFINE_string('markdown', None, 'Write the markdown table to this file.')
-flags.DEFINE_string('hlo', None, 'Write each step\'s optimised HLO into this folder.')
-flags.mark_flags_as_required(['config', 'target'])
+def define_flags(flag_values: flags.FlagValues) -> None:
+  define = cli_flags.definer(flag_values)
+  define('multi_string', 'target', None, 'tpu:TOPOLOGY (tpu:v5e:2x2), tpu:CLOUD_TYPE (tpu:v5e-8, '
+         'tpu:v5p-8, tpu:v6e-8, tpu:v5e-256) or cuda:GPU[xPER_HOST[xHOSTS]] (cuda:h100, '
+         'cuda:h100x8, cuda:a100x8x2); repeat for several.', required=True)
+  define('list', 'steps', list(STEPS), 'Steps to compile: train, eval.')
+  define('integer', 'max_batch', 0, 'Search the largest per-device batch that fits, up to this '
+         '(each probe is a compile); 0 skips the search.', lower_bound=0)
+  define('string', 'json', None, 'Write the rows as JSON to this file.')
+  define('string', 'markdown', None, 'Write the markdown table to this file.')
+  define('string', 'hlo', None, "Write each step's optimised HLO into this folder.")
 
 
-def main(argv) -> int:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+def main(argv=None) -> int:
+  args = config_file.parse_command(argv, __doc__, define_flags)
   try:
-    parsed = [target_specs.parse(t) for t in FLAGS.target]
+    parsed = [target_specs.parse(t) for t in args.target]
   except ValueError as e:
-    raise app.UsageError(str(e))
-  if set(FLAGS.steps) - set(STEPS):
-    raise app.UsageError(f'--steps {",".join(FLAGS.steps)}: choose from {", ".join(STEPS)}')
+    cli_flags.fail(str(e))
+  if set(args.steps) - set(STEPS):
+    cli_flags.fail(f'--steps {",".join(args.steps)}: choose from {", ".join(STEPS)}')
   log = lambda message: print(message, file=sys.stderr, flush=True)
   rows = []
   for target in parsed:
     try:
-      rows += analyse(FLAGS.config, target, FLAGS.steps, FLAGS.max_batch, FLAGS.hlo, log)
+      rows += analyse(args.config, target, args.steps, args.max_batch, args.hlo, log)
     except (RuntimeError, ValueError) as e:
       log(f'error: {e}')
       return 2
-    _write(rows)
+    _write(rows, args)
   print(markdown_table(rows))
   failures = not_fitting_lines(rows)
   for line in failures:
@@ -348,17 +345,17 @@ def main(argv) -> int:
   return 1 if failures else 0
 
 
-def _write(rows) -> None:
-  if FLAGS.json:
-    paths.write_text(FLAGS.json, json.dumps(rows, indent=1) + '\n')
-  if FLAGS.markdown:
-    paths.write_text(FLAGS.markdown, markdown_table(rows) + '\n')
+def _write(rows, args) -> None:
+  if args.json:
+    paths.write_text(args.json, json.dumps(rows, indent=1) + '\n')
+  if args.markdown:
+    paths.write_text(args.markdown, markdown_table(rows) + '\n')
 
 
 def cli() -> None:
   """The `cstm-aot` command (`python -m cstm_jax.aot`)."""
   target_specs.prepare_environment()
-  app.run(lambda argv: sys.exit(run_main(main, argv)), flags_parser=config_file.parse_flags)
+  sys.exit(run_main(main))
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""XLA throughput of the model zoo: clips/s, FLOPs, compile time and memory, on any device.
+r"""XLA throughput of the model zoo: clips/s, FLOPs, compile time and memory, on any device.
 
   python -m cstm_jax.benchmark --models tsn_bninception,cstm_bninception,i3d_resnet50 \
       --frames 8,16 --batch 16 --dtype bfloat16 --mode inference,train \
@@ -17,22 +17,24 @@ A crop that breaks a backbone's shapes (Inception v3 needs 229 rather than 224) 
 nearest crop that fits, and the row says which crop ran. A clip is one view: a video evaluated
 with V clips costs V clips, so `videos_per_s` = clips/s / V.
 """
-import argparse
 import dataclasses
 import json
 import statistics
 import sys
 import time
+import types
 from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 
 from cstm_jax import base_config, hlo_stats, optim, paths, sharding, states, steps
 from cstm_jax.base_config import model_config
 from cstm_jax.models.build import build_model
 from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names
 from cstm_jax.models.summary import abstract_variables, count_params
+from input_pipeline import cli_flags
 from input_pipeline.progress import format_seconds
 from input_pipeline.errors import run_main
 
@@ -51,7 +53,7 @@ PUBLISHED = {
 }
 
 # Dense bfloat16 peak TFLOP/s of one device, by a lower-case fragment of its `device_kind`
-# (first match wins). float32 peaks depend on the matmul precision XLA picks: pass --peak-tflops.
+# (first match wins). float32 peaks depend on the matmul precision XLA picks: pass --peak_tflops.
 PEAK_BF16_TFLOPS = (
     ('h100 pcie', 756.0), ('h100', 989.4), ('h200', 989.4), ('gh200', 989.4), ('a100', 312.0),
     ('l4', 121.0), ('tpu v6 lite', 918.0), ('tpu v5 lite', 197.0), ('tpu v5', 459.0),
@@ -270,51 +272,47 @@ def markdown_table(rows: Sequence[dict], reference: str = REFERENCE) -> str:
 
 # --- Command line -----------------------------------------------------------------------------
 
-def _list(text: str, kind=str) -> list:
-  return [kind(v) for v in text.split(',') if v]
+def define_flags(flag_values: flags.FlagValues) -> None:
+  define = cli_flags.definer(flag_values)
+  define('list', 'models', None, f'Model names (default: all): {", ".join(MODELS)}.')
+  define('list', 'frames', ['8', '16'], 'Frames per clip.')
+  define('bool', 'published', False, 'Run each model at its published frames x clips instead '
+         'of --frames: ' + ', '.join(f'{m} {f}x{v}' for m, (f, v) in PUBLISHED.items()) + '.')
+  define('integer', 'views', 1, 'Clips per video (for videos/s).', lower_bound=1)
+  define('integer', 'batch', 16, 'Clips per step, over all devices.', lower_bound=1)
+  define('integer', 'crop', None, "Crop size (default: each backbone's own).", lower_bound=1)
+  define('list', 'dtype', ['float32'], f'Compute dtype(s): {", ".join(DTYPES)}.')
+  define('list', 'mode', ['inference'], f'Mode(s): {", ".join(MODES)}.')
+  define('float', 'width', 1.0, 'Channel multiplier (tests).', lower_bound=0.0)
+  define('enum', 'shift_impl', 'roll', ['roll', 'slice'], 'Temporal shift implementation.')
+  define('bool', 'gpu_conv_nhwc', False, 'GPUs: force channels-last convolutions (XLA:GPU runs '
+         '3D convs NCDHW); config key xla.gpu_conv_nhwc; no effect elsewhere.')
+  define('integer', 'warmup', 2, 'Untimed runs.', lower_bound=0)
+  define('integer', 'repeats', 5, 'Timed runs (the median counts).', lower_bound=1)
+  define('integer', 'steps', 5, 'Steps per run.', lower_bound=1)
+  define('float', 'peak_tflops', None, 'Peak TFLOP/s of one device (default: known for '
+         'bfloat16 on common GPUs and TPUs).', lower_bound=0.0)
+  define('string', 'json', None, 'Write the rows as a JSON list to this file.')
+  define('string', 'markdown', None, 'Write the markdown table to this file.')
+  define('string', 'plot', None, 'Write clips/s against GFLOPs per clip to this PNG.')
+  define('string', 'hlo', None, "Write each step's optimised HLO into this folder.")
 
 
-def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--models', default=','.join(MODELS),
-                      help=f'comma-separated model names (default: all): {", ".join(MODELS)}')
-  parser.add_argument('--frames', default='8,16', help='comma-separated frames per clip')
-  parser.add_argument('--published', action='store_true',
-                      help='run each model at its published frames x clips instead of --frames: '
-                           + ', '.join(f'{m} {f}x{v}' for m, (f, v) in PUBLISHED.items()))
-  parser.add_argument('--views', type=int, default=1, help='clips per video (videos/s)')
-  parser.add_argument('--batch', type=int, default=16, help='clips per step, over all devices')
-  parser.add_argument('--crop', type=int, default=None, help='default: each backbone\'s own')
-  parser.add_argument('--dtype', default='float32', help=f'compute dtype(s): {DTYPES}')
-  parser.add_argument('--mode', default='inference', help=f'mode(s): {MODES}')
-  parser.add_argument('--width', type=float, default=1.0, help='channel multiplier (tests)')
-  parser.add_argument('--shift-impl', default='roll', choices=('roll', 'slice'))
-  parser.add_argument('--gpu-conv-nhwc', default='false', choices=('true', 'false'),
-                      help='GPUs: force channels-last convolutions (XLA:GPU runs 3D convs NCDHW); '
-                           'config key xla.gpu_conv_nhwc; no effect elsewhere')
-  parser.add_argument('--warmup', type=int, default=2, help='untimed runs')
-  parser.add_argument('--repeats', type=int, default=5, help='timed runs (the median counts)')
-  parser.add_argument('--steps', type=int, default=5, help='steps per run')
-  parser.add_argument('--peak-tflops', type=float, default=None,
-                      help='peak TFLOP/s of one device (default: known for bfloat16 on common '
-                           'GPUs and TPUs)')
-  parser.add_argument('--json', help='write the rows as a JSON list to this file')
-  parser.add_argument('--markdown', help='write the markdown table to this file')
-  parser.add_argument('--plot', help='write clips/s against GFLOPs per clip to this PNG')
-  parser.add_argument('--hlo', help='write each step\'s optimised HLO into this folder')
-  args = parser.parse_args(argv)
+def parse_args(argv: Optional[Sequence[str]] = None) -> types.SimpleNamespace:
+  """The command line's settings, checked: model names known, frames numbers, dtypes and modes
+  from their lists."""
+  args = types.SimpleNamespace(**cli_flags.parse(argv, __doc__, define_flags).flag_values_dict())
   try:
-    args.models = check_model_names(_list(args.models))
-    args.frames = _list(args.frames, int)
+    args.models = check_model_names(args.models or MODELS)
+    args.frames = [int(f) for f in args.frames]
   except ValueError as e:
-    parser.error(str(e))
-  args.dtype, args.mode = _list(args.dtype), _list(args.mode)
+    cli_flags.fail(str(e))
   for name, values, valid in (('dtype', args.dtype, DTYPES), ('mode', args.mode, MODES)):
     if not values or set(values) - set(valid):
-      parser.error(f'--{name} {",".join(values)}: choose from {", ".join(valid)}')
+      cli_flags.fail(f'--{name} {",".join(values)}: choose from {", ".join(valid)}')
   if args.published and set(args.models) - set(PUBLISHED):
-    parser.error(f'no published setting for {sorted(set(args.models) - set(PUBLISHED))}; '
-                 f'--published knows {", ".join(PUBLISHED)}')
+    cli_flags.fail(f'no published setting for {sorted(set(args.models) - set(PUBLISHED))}; '
+                   f'--published knows {", ".join(PUBLISHED)}')
   return args
 
 
@@ -330,7 +328,7 @@ def settings(args) -> list[Setting]:
       for dtype in args.dtype:
         for mode in args.mode:
           out.append(Setting(name, frames, crop, args.batch, dtype, mode, views, args.width,
-                             args.shift_impl, args.gpu_conv_nhwc == 'true',
+                             args.shift_impl, args.gpu_conv_nhwc,
                              'published' if args.published else 'matched'))
   return out
 

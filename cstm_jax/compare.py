@@ -5,14 +5,15 @@
 Reads each run's evaluation results (`eval/final_<views>.json`, else `best_` / `latest_`), prints
 the classes whose top-1 improves most from A to B and plots them as bars.
 """
-import argparse
 import json
 import sys
 
 import numpy as np
+from absl import flags
 
 from cstm_jax import paths
-from input_pipeline.errors import ConfigError, MissingFile
+from input_pipeline import cli_flags
+from input_pipeline.errors import ConfigError, MissingFile, run_main
 
 RESULT_PREFIXES = ('final', 'best', 'latest')
 
@@ -37,17 +38,19 @@ def class_gains(a: dict, b: dict) -> list[tuple[str, float, float, float]]:
   return sorted(rows, key=lambda r: -r[3])
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+  define = cli_flags.definer(flag_values)
+  define('string', 'views', '1x1', "The evaluation to compare: '1x1' or '2x3'.")
+  define('integer', 'top', 15, 'Classes to list and plot.', lower_bound=1)
+  define('string', 'out', None, 'The PNG (default: RUN_B/eval/gains_over_<A>.png).')
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('run_a')
-  parser.add_argument('run_b')
-  parser.add_argument('--views', default='1x1')
-  parser.add_argument('--top', type=int, default=15)
-  parser.add_argument('--out', help='PNG path (default: RUN_B/eval/gains_over_<A>.png)')
-  args = parser.parse_args(argv)
-  a, b = load_results(args.run_a, args.views), load_results(args.run_b, args.views)
+  args, (run_a, run_b) = cli_flags.parse_with_positional(argv, __doc__, define_flags,
+                                                         ('RUN_A', 'RUN_B'))
+  a, b = load_results(run_a, args.views), load_results(run_b, args.views)
   rows = class_gains(a, b)[:args.top]
-  run_a, run_b = paths.resolve(args.run_a), paths.resolve(args.run_b)
+  run_a, run_b = paths.resolve(run_a), paths.resolve(run_b)
   name_a, name_b = run_a.name, run_b.name
   print(f'top-1: {name_a} {a["top1"]:.2f}  {name_b} {b["top1"]:.2f}  '
         f'({b["top1"] - a["top1"]:+.2f})')
@@ -63,5 +66,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  from input_pipeline.errors import run_main
   sys.exit(run_main(main))

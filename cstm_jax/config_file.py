@@ -1,15 +1,20 @@
-"""Experiment configs read outside `main.py` (a config file with its `:arg`, or a run's JSON),
-checked (unknown keys named with the closest known ones), and completed (`num_classes` 0 takes
-the data's count)."""
+"""Experiment configs: read (a config file with its `:arg`, or a run's JSON), taken from the
+command line (`--config` with `--config.KEY=VALUE` overrides, for every command that has a
+config), checked (unknown keys named with the closest known ones), and completed
+(`num_classes` 0 takes the data's count)."""
 import copy
 import difflib
 import importlib.util
 import json
 import sys
+from typing import Optional, Sequence
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from cstm_jax import paths
+from input_pipeline import cli_flags
 from input_pipeline.errors import ConfigError, MissingFile, UserError
 
 # Names other codebases use for our keys: a misspelling is matched to these too.
@@ -42,31 +47,81 @@ def load(spec) -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg else module.get_config()
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl `flags_parser` that expands `~` and `$VARS` in `--config=FILE[:ARG]` first (the shell
-  does not expand `~` after `=`, and config_flags reads the file while parsing), and turns an
-  unknown `--config.KEY` into one line naming the closest keys."""
-  from absl import flags
-  expanded = []
-  for arg in argv:
-    if arg.startswith('--config='):
-      path, colon, rest = arg[len('--config='):].partition(':')
-      arg = f'--config={paths.expand(path)}{colon}{rest}'
-    expanded.append(arg)
+class _ConfigParser(flags.ArgumentParser):
+  """Reads `--config` with `load`, so it takes what `load` takes: `~` and `$VARS` (the shell
+  leaves `~` after `=`), `FILE:ARG`, and a run's config.json (local or gs://)."""
+
+  def parse(self, argument):
+    config = load(argument)
+    config.lock()  # a misspelt --config.KEY is refused, not added
+    return config
+
+  def flag_type(self):
+    return 'config file'
+
+
+def define_config_flag(flag_values=None, argv: Optional[Sequence[str]] = None,
+                       help_string: str = 'Experiment config file.', required: bool = True):
+  """`--config` with `--config.KEY=VALUE` overrides (ml_collections' config flag), read by
+  `load`. `argv` is the full command line (the overrides are found in it); None: sys.argv."""
+  flag_values = flags.FLAGS if flag_values is None else flag_values
+  config_flags.DEFINE_config_file('config', None, help_string, flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv and list(argv))
+  flag_values['config'].parser = _ConfigParser()
+  if required:
+    flags.mark_flag_as_required('config', flag_values)
+
+
+def from_flag(flag_values, name: str = 'config') -> tuple[Optional[ml_collections.ConfigDict], str]:
+  """The config `--NAME` gave (None when not given), and its name for messages:
+  'config FILE[:ARG]'."""
+  flag = flag_values[name]
+  return ((flag.value, f'config {flag.config_filename}') if flag.present else
+          (None, 'no config'))
+
+
+def parse_flags(argv: list[str], flag_values=None) -> list[str]:
+  """Parses `argv` (program name first) into `flag_values` (absl's global flags when None; the
+  `flags_parser` of `app.run`), turning a bad config into one line: the file's problem, or the
+  unknown `--config.KEY` with the closest keys."""
+  flag_values = flags.FLAGS if flag_values is None else flag_values
   try:
-    return flags.FLAGS(expanded)
+    return flag_values(argv)
+  except flags.UnrecognizedFlagError as error:
+    if error.flagname.startswith('config.') and not flag_values['config'].present:
+      raise flags.Error(
+          f'--{error.flagname}: give --config (a config file, or a run\'s '
+          'config.json) before overriding its keys') from error
+    raise
+  except UserError as error:  # the config file is missing or wrong
+    print(f'error: {error}', file=sys.stderr)
+    raise SystemExit(1) from error
   except (AttributeError, KeyError) as error:  # what config_flags raises for an unknown key
-    problem = unknown_override(expanded)
+    problem = unknown_override(argv)
     if not problem:
       raise
     print(f'error: {problem}', file=sys.stderr)
     raise SystemExit(1) from error
 
 
+def parse_command(argv: Optional[Sequence[str]], doc: str, define,
+                  config_help: str = 'Experiment config file.',
+                  config_required: bool = True) -> flags.FlagValues:
+  """`cli_flags.parse` for a command with a `--config` (see `define_config_flag`)."""
+  full_argv = [cli_flags.program()] + cli_flags.arguments(argv)
+
+  def define_with_config(flag_values):
+    define(flag_values)
+    define_config_flag(flag_values, full_argv, config_help, config_required)
+
+  return cli_flags.parse(full_argv[1:], doc, define_with_config, parse_flags)
+
+
 def unknown_override(argv: list[str]) -> str:
   """The problem with the first `--config.KEY=...` of `argv` that the config lacks ('' if
   none)."""
-  spec = next((a[len('--config='):] for a in argv if a.startswith('--config=')), '')
+  spec = next((a[len('--config='):] for a in argv if a.startswith('--config=')),
+              next((b for a, b in zip(argv, argv[1:]) if a == '--config'), ''))
   try:
     config = load(spec)
   except UserError:

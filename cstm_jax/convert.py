@@ -14,7 +14,6 @@ network (no temporal-module keys at all) converts into a model with temporal mod
 parameters are left out, and the training run initialises them (`init_from` merges). Any other
 mismatch -- a missing or extra key, a wrong shape -- is an error that lists the keys.
 """
-import argparse
 import re
 import sys
 from typing import Mapping, Optional, Sequence
@@ -25,13 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors
 import safetensors.numpy
-from absl import logging
+from absl import flags, logging
 
 from cstm_jax import checkpoints, config_file, paths
 from cstm_jax.models.build import build_model
-from cstm_jax.models.zoo import BACKBONES
+from cstm_jax.models.zoo import BACKBONES, model_name
 from cstm_jax.models.inception import TABLES, load_table
 from cstm_jax.models.summary import abstract_variables
+from input_pipeline import cli_flags
 from input_pipeline.errors import BadFile, MissingFile, run_main
 
 IMAGENET_CLASSES = 1000
@@ -263,23 +263,26 @@ def output_problem(out, weights, overwrite: bool) -> str:
   return ''
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+  define = cli_flags.definer(flag_values)
+  define('string', 'torch', None, '.pth, .safetensors or .npz weights (local or gs://).',
+         required=True)
+  define('string', 'out', None, 'The folder of the orbax checkpoint to write (local or gs://).',
+         required=True)
+  define('bool', 'overwrite', False, 'Replace --out even if it holds something other than a '
+         'conversion.')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--config', required=True,
-                      help='experiment config file (its model block is the target), '
-                           'e.g. configs/ssv2_16f.py or configs/ssv2_16f.py:smoke')
-  parser.add_argument('--torch', required=True,
-                      help='.pth, .safetensors or .npz weights (local or gs://)')
-  parser.add_argument('--out', required=True,
-                      help='directory of the orbax checkpoint to write (local or gs://)')
-  parser.add_argument('--overwrite', action='store_true',
-                      help='replace --out even if it holds something other than a conversion')
-  args = parser.parse_args(argv)
+  args = config_file.parse_command(
+      argv, __doc__, define_flags,
+      config_help='The experiment config whose model block is the target (configs/ssv2_16f.py, '
+                  'configs/ssv2_16f.py:smoke).')
   out = paths.resolve(args.out)
   problem = output_problem(out, paths.resolve(args.torch), args.overwrite)
   if problem:
-    parser.error(problem)
-  config = config_file.load(args.config)
+    cli_flags.fail(problem)
+  config = args.config
   state_dict = load_state_dict(args.torch)
   try:
     variables, report = convert_state_dict(state_dict, config.model)
@@ -287,8 +290,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     raise BadFile(f'{paths.resolve(args.torch)}: {e}') from e
   checkpoints.save_variables(out, variables)
   count = sum(np.size(v) for v in jax.tree_util.tree_leaves(variables['params']))
-  print(f'wrote {count / 1e6:.2f} M parameters of {config.model.temporal}_'
-        f'{config.model.backbone} to {out}')
+  print(f'wrote {count / 1e6:.2f} M parameters of '
+        f'{model_name(config.model.backbone, config.model.temporal)} to {out}')
   if report['dropped_head']:
     classes = config.model.num_classes or "the dataset's"
     print(f'dropped the head of the weights: training starts a new one for {classes} classes')

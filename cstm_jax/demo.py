@@ -6,19 +6,19 @@ Generates the synthetic SSv2-format dataset (webm + json) if it is absent, prepa
 TFDS dataset, trains and evaluates each model with `configs/demo.py`, then prints a
 side-by-side table and writes the plots (confusion matrices, t-SNE, per-class gains).
 """
-import argparse
 import json
 import pathlib
 import sys
 import time
 
 import numpy as np
-from absl import logging
+from absl import flags, logging
 
 from configs import demo as demo_config
 from cstm_jax import compare, logs
+from cstm_jax.models import zoo
 from cstm_jax.writer import read_metrics
-from input_pipeline import labels, prepare, synthetic
+from input_pipeline import cli_flags, labels, prepare, synthetic
 from input_pipeline.errors import run_main
 
 TRAIN_VIDEOS, VAL_VIDEOS, FRAME_SIZE = 960, 240, 32
@@ -75,13 +75,21 @@ def table(results: dict) -> str:
   return '\n'.join(lines)
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+  define = cli_flags.definer(flag_values)
+  define('string', 'workdir', 'runs/demo', 'Where the runs, their plots and summary.md go.')
+  define('string', 'data', demo_config.DATA, 'Where the synthetic videos and their prepared '
+         'dataset go (made once, reused).')
+  define('list', 'models', ['tsn', 'cstm'], 'Temporal modules to train on BN-Inception '
+         f'(configs/demo.py): {", ".join(zoo.TEMPORAL_MODULES)}.')
+  define('bool', 'prepare_only', False, 'Make and prepare the data, then stop.')
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--workdir', default='runs/demo')
-  parser.add_argument('--data', default=demo_config.DATA)
-  parser.add_argument('--models', default='tsn,cstm')
-  parser.add_argument('--prepare_only', action='store_true')
-  args = parser.parse_args(argv)
+  args = cli_flags.parse(argv, __doc__, define_flags)
+  if not args.models or set(args.models) - set(zoo.TEMPORAL_MODULES):
+    cli_flags.fail(f'--models {",".join(args.models)}: choose from '
+                   f'{", ".join(zoo.TEMPORAL_MODULES)}')
   logs.quiet_library_logs()
   logging.set_verbosity(logging.INFO)
   start = time.monotonic()
@@ -89,7 +97,7 @@ def main(argv=None) -> int:
   if args.prepare_only:
     return 0
   workdir = pathlib.Path(args.workdir)
-  models = args.models.split(',')
+  models = args.models
   results = {m: run_model(m, workdir / m) for m in models}
   summary = table(results)
   print(f'\nValidation, 1 clip x centre crop, {VAL_VIDEOS} synthetic videos of 12 classes '

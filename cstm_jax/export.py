@@ -13,7 +13,6 @@ The batch size is symbolic (any batch runs). Input is the cropped frames as uint
 backbone's normalisation is inside. For several views of one video, put the views in the batch
 and average the logits. `FILE.json` beside it says the frames, crop, test scale and classes.
 """
-import argparse
 import json
 import sys
 from typing import Optional, Sequence
@@ -21,10 +20,12 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from cstm_jax import paths
+from cstm_jax import config_file, paths
 from cstm_jax.models.zoo import model_name
-from cstm_jax.predict import load_model
+from cstm_jax.predict import define_model_flags, load_model_from_flags
+from input_pipeline import cli_flags
 from input_pipeline.conventions import NORMALISATION
 from input_pipeline.errors import run_main
 
@@ -53,20 +54,21 @@ def export(model, variables, config, platforms: Sequence[str] = DEFAULT_PLATFORM
       jax.ShapeDtypeStruct(shape, jnp.uint8))
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+  define_model_flags(flag_values)
+  define = cli_flags.definer(flag_values)
+  define('string', 'out', None, 'The file to write, local or gs:// (and FILE.json beside it).',
+         required=True)
+  define('list', 'platforms', list(DEFAULT_PLATFORMS), 'Platforms to export for: cpu, cuda, '
+         'rocm, tpu.')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--workdir', help='a training run (config.json and checkpoints)')
-  parser.add_argument('--which', default='best', choices=('best', 'latest'))
-  parser.add_argument('--checkpoint', help='a variables checkpoint (from cstm_jax.convert)')
-  parser.add_argument('--config', help='config file of --checkpoint')
-  parser.add_argument('--out', required=True,
-                      help='file to write, local or gs:// (and FILE.json beside it)')
-  parser.add_argument('--platforms', default=','.join(DEFAULT_PLATFORMS),
-                      help='comma-separated: cpu, cuda, rocm, tpu')
-  args = parser.parse_args(argv)
-  config, model, variables, names = load_model(args.workdir, args.checkpoint, args.config,
-                                               args.which)
-  exported = export(model, variables, config, args.platforms.split(','))
+  args = config_file.parse_command(
+      argv, __doc__, define_flags, config_required=False,
+      config_help="The config of --checkpoint, or one replacing the run's.")
+  config, model, variables, names = load_model_from_flags(args)
+  exported = export(model, variables, config, args.platforms)
   out = paths.resolve(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   serialized = exported.serialize()

@@ -14,13 +14,12 @@ one's GPUs); elsewhere pass `--coordinator_address=HOST:PORT --num_processes=N -
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from cstm_jax import config_file
 from input_pipeline.errors import run_main
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
+config_file.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and plots (local or gs://).')
 flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (multi-process).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
@@ -28,7 +27,7 @@ flags.DEFINE_integer('process_id', None, 'This process (multi-process).')
 flags.DEFINE_list('local_device_ids', None,
                   'GPUs this process uses, as it numbers them (default: chosen from the SLURM or '
                   'Open MPI layout; all visible GPUs for one process per node).')
-flags.mark_flags_as_required(['config', 'workdir'])
+flags.mark_flag_as_required('workdir')
 
 
 def main(argv):
@@ -55,7 +54,7 @@ def main(argv):
 def cli() -> None:
   """The `cstm-train` command (`python main.py` in a checkout)."""
   # absl's --help lists the flags of the script that runs: make these the script's.
-  for flag in FLAGS.get_flags_for_module(__name__):
+  for flag in [FLAGS['config']] + FLAGS.get_flags_for_module(__name__):
     FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   app.run(lambda argv: run_main(main, argv), flags_parser=config_file.parse_flags)
 

@@ -1,8 +1,10 @@
-"""Classify your own videos with a trained model.
+r"""Classify your own videos with a trained model.
 
   python -m cstm_jax.predict --workdir runs/ssv2_16f --video clip.webm [--views 2x3] [--topk 5]
   python -m cstm_jax.predict --checkpoint converted/ --config configs/ssv2_16f.py --video frames/
   python -m cstm_jax.predict --workdir runs/ssv2_16f --video my_videos/ --out predictions.csv
+  python -m cstm_jax.predict --workdir runs/ssv2_16f --config=runs/ssv2_16f/config.json \
+      --config.model.dtype=bfloat16 --video clip.webm    # the run's config, overridden
 
 `--video` is a video file (webm, mp4, ...), a folder of JPEG frames, or a folder of those, which
 gives a CSV with one row per video. Frames go through exactly the evaluation path: stored as
@@ -10,7 +12,6 @@ the prepared datasets store them, sampled at the segment centres (and starts, wi
 resized to the test scale, centre (or three) crops, the backbone's normalisation; the logits of
 the views are averaged.
 """
-import argparse
 import csv
 import io
 import json
@@ -21,46 +22,67 @@ from typing import Optional, Sequence
 import flax
 import jax
 import numpy as np
+from absl import flags
 
 from cstm_jax import checkpoints, config_file, evaluation, paths, sharding, states, steps
 from cstm_jax.convert import describe_mismatch
 from cstm_jax.models.build import build_model
 from cstm_jax.models.summary import abstract_variables
-from input_pipeline import builders, labels, pipeline, video_io
+from input_pipeline import builders, cli_flags, labels, pipeline, video_io
 from input_pipeline.errors import ConfigError, run_main
 from input_pipeline.progress import Progress
 
 
 # --- Model and weights ------------------------------------------------------------------------
 
-def load_model(workdir=None, checkpoint=None, config_path=None, which: str = 'best'):
-  """(config, model, variables, class names) from a training run, or from a variables
-  checkpoint (`cstm_jax.convert`) plus the config it belongs to."""
+def load_model(workdir=None, checkpoint=None, config=None, which: str = 'best',
+               config_name: str = 'the config'):
+  """(config, model, variables, class names) from a training run (its config.json, or `config`
+  in its place), or from a variables checkpoint (`cstm_jax.convert`) plus `config`, the config it
+  belongs to (named `config_name` in messages)."""
   if workdir and not checkpoint:
     workdir = paths.resolve(workdir)
-    config = config_file.load(config_path or workdir / 'config.json')
+    config = config if config is not None else config_file.load(workdir / 'config.json')
     names = class_names(config, workdir)
     config = config_file.with_num_classes(config, len(names), f'the classes of run {workdir}')
     model, variables, _ = states.restore_variables(config, workdir, which, one_device_mesh())
-  elif checkpoint and config_path:
-    config = config_file.load(config_path)
+  elif checkpoint and config is not None:
     variables = checkpoints.load_variables(checkpoint)
     # num_classes 0 (left to the data) takes the head's count; check_variables reports a set
     # count that differs from it, with the other mismatches.
     if config.model.num_classes == 0:
       head = variables['params'].get('head', {}).get('kernel')
       if head is None:
-        raise ConfigError(f'{checkpoint} has no classification head and {config_path} sets no '
+        raise ConfigError(f'{checkpoint} has no classification head and {config_name} sets no '
                           'model.num_classes: give the config of a trained run')
       config = config_file.with_num_classes(config, int(np.shape(head)[-1]), str(checkpoint))
     model = build_model(config.model)
     clip = (1, config.data.num_frames, config.data.crop, config.data.crop, 3)
     expected = abstract_variables(model, jax.ShapeDtypeStruct(clip, np.float32))
-    check_variables(variables, expected, f'checkpoint {checkpoint}', f'config {config_path}')
+    check_variables(variables, expected, f'checkpoint {checkpoint}', config_name)
     names = class_names(config)
   else:
     raise ConfigError('give --workdir RUN, or --checkpoint DIR with --config FILE')
   return config, model, variables, names
+
+
+def load_model_from_flags(args: flags.FlagValues):
+  """`load_model` for the flags of `define_model_flags` (predict, export)."""
+  config, config_name = config_file.from_flag(args)
+  return load_model(args.workdir, args.checkpoint, config, args.which, config_name)
+
+
+def define_model_flags(flag_values: flags.FlagValues) -> None:
+  """The flags naming a trained model: a run, or a converted checkpoint (its `--config` comes
+  from `config_file.parse_command`)."""
+  define = cli_flags.definer(flag_values)
+  define('string', 'workdir', None,
+         "A training run, local or gs:// (its config.json and checkpoints; --config replaces "
+         "the run's config, and --config.KEY=VALUE overrides need --config, e.g. "
+         "--config=RUN/config.json).")
+  define('enum', 'which', 'best', ['best', 'latest'], 'Which checkpoint of --workdir.')
+  define('string', 'checkpoint', None, 'A variables checkpoint (from cstm_jax.convert), with '
+         '--config.')
 
 
 def one_device_mesh() -> jax.sharding.Mesh:
@@ -154,41 +176,37 @@ def predict_folder(predictor: Predictor, videos, topk: int, out) -> dict:
   return {'videos': len(videos), 'failed': failed, 'csv': str(out)}
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+  define_model_flags(flag_values)
+  define = cli_flags.definer(flag_values)
+  define('string', 'video', None, 'A video file, a JPEG frame folder, or a folder of either.',
+         required=True)
+  define('string', 'views', '1x1', "Clips x crops: '1x1' or '2x3'.")
+  define('integer', 'topk', 5, 'Classes to list.', lower_bound=1)
+  define('bool', 'json', False, 'Print JSON instead of a table.')
+  define('string', 'out', 'predictions.csv', 'The CSV for a folder of videos (local or gs://).')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--workdir',
-                      help='a training run, local or gs:// (config.json and checkpoints)')
-  parser.add_argument('--which', default='best', choices=('best', 'latest'),
-                      help='which checkpoint of --workdir')
-  parser.add_argument('--checkpoint', help='a variables checkpoint (from cstm_jax.convert)')
-  parser.add_argument('--config', help='config file of --checkpoint (or overriding the run\'s)')
-  parser.add_argument('--video', required=True,
-                      help='video file, JPEG frame folder, or a folder of either')
-  parser.add_argument('--views', default='1x1', help="clips x crops: '1x1' or '2x3'")
-  parser.add_argument('--topk', type=int, default=5)
-  parser.add_argument('--json', action='store_true', help='print JSON instead of a table')
-  parser.add_argument('--out', default='predictions.csv',
-                      help='CSV for a folder of videos (local or gs://)')
-  args = parser.parse_args(argv)
+  args = config_file.parse_command(
+      argv, __doc__, define_flags, config_required=False,
+      config_help="The config of --checkpoint, or one replacing the run's.")
 
   # Every argument is checked before the model is loaded.
   video = pathlib.Path(paths.expand(args.video))
   if not video.exists():
-    parser.error(f'{video}: no such video file or folder')
+    cli_flags.fail(f'{video}: no such video file or folder')
   try:
     evaluation.parse_views(args.views)
   except ConfigError as e:
-    parser.error(f'--views: {e}')
-  if args.topk < 1:
-    parser.error(f'--topk {args.topk}: give 1 or more classes')
-  config, model, variables, names = load_model(args.workdir, args.checkpoint, args.config,
-                                               args.which)
+    cli_flags.fail(f'--views: {e}')
+  config, model, variables, names = load_model_from_flags(args)
   predictor = Predictor(config, model, variables, names, args.views)
 
   if video.is_dir() and not is_frame_folder(video):
     videos = list_videos(video)
     if not videos:
-      parser.error(f'{video}: no video files or frame folders in it')
+      cli_flags.fail(f'{video}: no video files or frame folders in it')
     summary = predict_folder(predictor, videos, args.topk, args.out)
     print(json.dumps(summary) if args.json else
           f"wrote {summary['csv']}: {summary['videos']} videos, {summary['failed']} unreadable")

@@ -9,7 +9,6 @@ times the training iterator: in this process (`--workers 0`, one core's worth) a
 worker processes. Each number is clips per second over `--batches` batches after 3 warm-up
 batches; "per worker" divides by the decoding processes.
 """
-import argparse
 import json
 import multiprocessing
 import os
@@ -20,8 +19,10 @@ import tempfile
 import time
 
 import ml_collections
+from absl import flags
 
-from input_pipeline import conventions, paths, pipeline, prepare, synthetic
+from input_pipeline import cli_flags, conventions, paths, pipeline, prepare, synthetic
+from input_pipeline.errors import run_main
 
 
 def time_prepare(root: pathlib.Path, videos: int) -> dict:
@@ -83,31 +84,38 @@ def write_section(path: pathlib.Path, section: str) -> None:
   path.write_text(head.rstrip('\n') + '\n\n' + section + ('\n' + tail if tail else ''))
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--data_dir', help='a prepared dataset (default: make a synthetic one)')
-  parser.add_argument('--name', default='something_something_v2')
-  parser.add_argument('--videos', type=int, default=64, help='synthetic videos to prepare')
-  parser.add_argument('--frames', type=int, default=8)
-  parser.add_argument('--crop', type=int, default=224)
-  parser.add_argument('--batch', type=int, default=16)
-  parser.add_argument('--batches', type=int, default=40)
-  parser.add_argument('--workers', default='0,2', help='comma-separated grain worker counts')
-  parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
-  parser.add_argument('--markdown', help='write the results into this markdown file')
-  parser.add_argument('--json', help='write the results as JSON to this file')
-  args = parser.parse_args(argv)
+def define_flags(flag_values: flags.FlagValues) -> None:
+  define = cli_flags.definer(flag_values)
+  define('string', 'data_dir', None, 'A prepared dataset (default: make a synthetic one).')
+  define('string', 'name', 'something_something_v2', 'The dataset in --data_dir.')
+  define('integer', 'videos', 64, 'Synthetic videos to prepare.', lower_bound=1)
+  define('integer', 'frames', 8, 'Frames per clip.', lower_bound=1)
+  define('integer', 'crop', 224, 'Crop size.', lower_bound=1)
+  define('integer', 'batch', 16, 'Clips per batch.', lower_bound=1)
+  define('integer', 'batches', 40, 'Batches to time.', lower_bound=1)
+  define('list', 'workers', ['0', '2'], 'grain worker counts to time (0: in this process).')
+  define('enum', 'dtype', 'float32', ['float32', 'bfloat16'], 'The clips\' dtype.')
+  define('string', 'markdown', None, 'Write the results into this markdown file.')
+  define('string', 'json', None, 'Write the results as JSON to this file.')
 
+
+def main(argv=None) -> int:
+  args = cli_flags.parse(argv, __doc__, define_flags)
+  try:
+    worker_counts = [int(w) for w in args.workers]
+  except ValueError:
+    cli_flags.fail(f'--workers {",".join(args.workers)}: give whole numbers')
   result = {'machine': f'{platform.processor() or platform.machine()}, '
                        f'{os.cpu_count()} cores, Python {platform.python_version()}',
-            'command': 'python -m input_pipeline.benchmark ' + ' '.join(argv or sys.argv[1:]),
+            'command': 'python -m input_pipeline.benchmark '
+                       + ' '.join(cli_flags.arguments(argv)),
             'loader': []}
   with tempfile.TemporaryDirectory() as tmp:
     data_dir = args.data_dir
     if not data_dir:
       result['prepare'] = time_prepare(pathlib.Path(tmp), args.videos)
       data_dir = str(pathlib.Path(tmp) / 'data')
-    for workers in [int(w) for w in args.workers.split(',')]:
+    for workers in worker_counts:
       config = ml_collections.ConfigDict({  # what the training pipeline reads
           'name': args.name, 'data_dir': data_dir, 'train_split': 'train',
           'num_frames': args.frames, 'crop': args.crop, 'colour': 'bgr255',
@@ -131,5 +139,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  from input_pipeline.errors import run_main
   sys.exit(run_main(main))

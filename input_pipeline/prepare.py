@@ -9,7 +9,6 @@ its reason. An annotation file in the wrong format, or a video id listed twice, 
 with an error naming it. Run again, it keeps the prepared dataset and its report (and removes
 what a killed run left); with other options it refuses unless --rebuild.
 """
-import argparse
 import json
 import pathlib
 import shutil
@@ -17,10 +16,10 @@ import sys
 import time
 
 import tensorflow_datasets as tfds
-from absl import logging
+from absl import flags, logging
 from tensorflow_datasets.core.constants import INCOMPLETE_PREFIX
 
-from input_pipeline import builders, paths
+from input_pipeline import builders, cli_flags, paths
 from input_pipeline.errors import ConfigError, MissingFile, run_main
 
 REPORT = 'prepare_report.json'
@@ -98,18 +97,20 @@ def remove_incomplete(folder: pathlib.Path) -> None:
     shutil.rmtree(leftover)
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+  define = cli_flags.definer(flag_values)
+  define('enum', 'dataset', None, sorted(builders.BUILDERS), 'The dataset\'s format.',
+         required=True)
+  define('string', 'manual_dir', None, 'The downloaded dataset.', required=True)
+  define('string', 'data_dir', None, 'Where prepared datasets live.', required=True)
+  define('integer', 'workers', None, 'Decoding processes (default: all cores).', lower_bound=1)
+  define('integer', 'short_side', None, 'Resize frames to this short side (default 256 for '
+         'videos, native frames for SSv1 / Jester; 0 keeps native).', lower_bound=0)
+  define('bool', 'rebuild', False, 'Replace a dataset prepared before with other options.')
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--dataset', required=True, choices=sorted(builders.BUILDERS))
-  parser.add_argument('--manual_dir', required=True, help='the downloaded dataset')
-  parser.add_argument('--data_dir', required=True, help='where prepared datasets live')
-  parser.add_argument('--workers', type=int, default=None, help='decoding processes (all cores)')
-  parser.add_argument('--short_side', type=int, default=None,
-                      help='resize frames to this short side (default 256 for videos, native '
-                           'frames for SSv1 / Jester; 0 keeps native)')
-  parser.add_argument('--rebuild', action='store_true',
-                      help='replace a dataset prepared before with other options')
-  args = parser.parse_args(argv)
+  args = cli_flags.parse(argv, __doc__, define_flags)
   report = prepare(args.dataset, args.manual_dir, args.data_dir, args.workers, args.short_side,
                    args.rebuild)
   if report.get('reused'):

@@ -14,7 +14,6 @@ so a model that ignores frame order (TSN) cannot beat chance inside a pair. Clip
 object's shape, colour, size, speed, timing and start position, over cluttered backgrounds,
 with a moving distractor and pixel noise. The same seed gives the same dataset.
 """
-import argparse
 import json
 import math
 import multiprocessing
@@ -23,8 +22,9 @@ import sys
 
 import cv2
 import numpy as np
+from absl import flags
 
-from input_pipeline import labels, paths, video_io
+from input_pipeline import cli_flags, labels, paths, video_io
 from input_pipeline.errors import run_main
 from input_pipeline.progress import Progress
 
@@ -211,21 +211,24 @@ def _write_annotations(out, fmt, layout, names, assignment, things):
       (out / f'{prefix}-{split}.csv').write_text(''.join(f'{line}\n' for line in lines))
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+  define = cli_flags.definer(flag_values)
+  define('string', 'out', None, 'The output folder (the "manual dir" of prepare).', required=True)
+  define('integer', 'train', 240, 'Training videos.', lower_bound=0)
+  define('integer', 'val', 60, 'Validation videos.', lower_bound=0)
+  define('integer', 'test', 12, 'Unlabelled test videos.', lower_bound=0)
+  define('integer', 'size', 64, 'Frame height in pixels (even, at least 16).', lower_bound=16)
+  define('integer', 'seed', 0, 'The same seed gives the same dataset.')
+  define('enum', 'format', 'webm', ['webm', 'frames'], 'webm videos (SSv2) or JPEG frame folders.')
+  define('enum', 'layout', 'ssv1', sorted(labels.FRAME_LAYOUTS), 'File names of the frames '
+         'format.')
+  define('integer', 'workers', None, 'Processes (default: all cores).', lower_bound=1)
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--out', required=True, help='output directory (the "manual dir")')
-  parser.add_argument('--train', type=int, default=240, help='training videos')
-  parser.add_argument('--val', type=int, default=60, help='validation videos')
-  parser.add_argument('--test', type=int, default=12, help='unlabelled test videos')
-  parser.add_argument('--size', type=int, default=64, help='frame height in pixels')
-  parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--format', choices=['webm', 'frames'], default='webm')
-  parser.add_argument('--layout', choices=sorted(labels.FRAME_LAYOUTS), default='ssv1',
-                      help='file names of the frames format')
-  parser.add_argument('--workers', type=int, default=None, help='processes (default: all cores)')
-  args = parser.parse_args(argv)
-  if args.size < 16 or args.size % 2:
-    parser.error('--size must be an even number of pixels, at least 16')
+  args = cli_flags.parse(argv, __doc__, define_flags)
+  if args.size % 2:
+    cli_flags.fail(f'--size {args.size}: give an even number of pixels')
   written = generate(args.out, args.train, args.val, args.test, args.size, args.seed,
                      args.format, args.layout, args.workers)
   print(f'wrote {sum(map(len, written.values()))} videos ({args.format}) of '

@@ -339,7 +339,7 @@ def test_predict_checks_its_arguments_before_loading_anything(tmp_path, capsys):
   video.write_bytes(b'')
   missing_run = str(tmp_path / 'no_run')  # loading it would fail: the checks come first
   for flags, problem in ((['--views', '3x3'], "--views: views '3x3': clips must be 1 or 2"),
-                         (['--topk', '-3'], '--topk -3: give 1 or more classes')):
+                         (['--topk', '-3'], 'flag --topk=-3: -3 is not a positive integer')):
     with pytest.raises(SystemExit):
       predict.main(['--workdir', missing_run, '--video', str(video), *flags])
     assert problem in capsys.readouterr().err

@@ -8,18 +8,20 @@ each model's native crop, one clip of `--frames` frames, 174 classes. `gmacs` co
 kernel tap, as papers do; `gmacs_xla` is XLA's count of the graph as it runs, which skips taps
 on zero padding (see `cstm_jax.models.flops`).
 """
-import argparse
 import json
 import sys
 from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 
 from cstm_jax.base_config import model_config
 from cstm_jax.models.build import build_model
-from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names, model_name
 from cstm_jax.models.flops import count_macs
+from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names, model_name
+from input_pipeline import cli_flags
+from input_pipeline.errors import run_main
 
 
 def abstract_variables(model, clips: jax.ShapeDtypeStruct):
@@ -67,17 +69,19 @@ def markdown_table(rows: Sequence[dict]) -> str:
   return '\n'.join(lines)
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+  define = cli_flags.definer(flag_values)
+  define('integer', 'frames', 8, 'Frames per clip.', lower_bound=1)
+  define('bool', 'json', False, 'Print a JSON list instead of a table.')
+  define('list', 'models', None, f'Model names (default: all): {", ".join(MODELS)}.')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--frames', type=int, default=8, help='frames per clip')
-  parser.add_argument('--json', action='store_true', help='print a JSON list instead of a table')
-  parser.add_argument('--models', default=','.join(MODELS),
-                      help=f'comma-separated model names (default: all): {", ".join(MODELS)}')
-  args = parser.parse_args(argv)
+  args = cli_flags.parse(argv, __doc__, define_flags)
   try:
-    names = check_model_names([n for n in args.models.split(',') if n])
+    names = check_model_names(args.models or MODELS)
   except ValueError as e:
-    parser.error(str(e))
+    cli_flags.fail(str(e))
   rows = []
   for i, name in enumerate(names, 1):
     if not args.json:
@@ -88,5 +92,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-  from input_pipeline.errors import run_main
   sys.exit(run_main(main))

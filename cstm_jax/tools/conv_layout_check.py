@@ -7,16 +7,19 @@ randomly initialised model on the same random batch with XLA:GPU's default convo
 and with channels-last forced, float32 with full-precision matmuls and convolutions (no TF32),
 and prints the largest relative difference of each output. Exits 1 above `--tolerance`.
 """
-import argparse
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from cstm_jax import base_config, optim, sharding, states, steps
 from cstm_jax.base_config import model_config
 from cstm_jax.models.build import build_model
+from cstm_jax.models.zoo import MODELS
+from input_pipeline import cli_flags
+from input_pipeline.errors import run_main
 
 
 def relative_difference(a, b) -> tuple[float, str]:
@@ -43,15 +46,19 @@ def outputs(model, mesh, clips_shape, nhwc: bool, batch, seed: int = 0) -> dict:
           'batch_stats_after_step': new_state.batch_stats}
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+  define = cli_flags.definer(flag_values)
+  define('enum', 'model', 'cstm_bninception', list(MODELS), 'The model.')
+  define('float', 'width', 0.25, 'Channel multiplier.', lower_bound=0.0)
+  define('integer', 'frames', 4, 'Frames per clip.', lower_bound=1)
+  define('integer', 'crop', 224, 'Crop size.', lower_bound=1)
+  define('integer', 'batch', 2, 'Clips in the batch.', lower_bound=1)
+  define('float', 'tolerance', 1e-4, 'The largest relative difference that passes.',
+         lower_bound=0.0)
+
+
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--model', default='cstm_bninception')
-  parser.add_argument('--width', type=float, default=0.25)
-  parser.add_argument('--frames', type=int, default=4)
-  parser.add_argument('--crop', type=int, default=224)
-  parser.add_argument('--batch', type=int, default=2)
-  parser.add_argument('--tolerance', type=float, default=1e-4)
-  args = parser.parse_args(argv)
+  args = cli_flags.parse(argv, __doc__, define_flags)
   device = jax.devices()[0]
   if device.platform != 'gpu':
     print(f'no GPU here ({device.platform}): the option only changes GPU compiles')
@@ -76,5 +83,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  from input_pipeline.errors import run_main
   sys.exit(run_main(main))

@@ -8,10 +8,13 @@ CPU), and, for scale, a dense 3x3 2D conv of the same layer. Median of 5 runs af
 forward and forward + backward, in milliseconds; a markdown table on stdout.
 """
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
+
+from input_pipeline import cli_flags
 
 SHAPES = ((4, 8, 16, 16, 64), (4, 8, 8, 8, 224), (4, 8, 4, 4, 352))  # [N, T, H, W, C]
 GROUP_WIDTH = 16
@@ -39,7 +42,8 @@ def median_ms(fn, *args) -> float:
   return 1e3 * statistics.median(times)
 
 
-def main() -> None:
+def main(argv=None) -> int:
+  cli_flags.parse(argv, __doc__, lambda flag_values: None)  # no flags: --help, and no typos
   print(f'{jax.devices()[0].device_kind}, jax {jax.__version__}\n')
   print('| layer [N, T, H, W, C] | groups | way | forward (ms) | forward + backward (ms) |')
   print('|---|---|---|---|---|')
@@ -58,7 +62,8 @@ def main() -> None:
       backward = jax.grad(lambda a, k, f=forward: jnp.sum(f(a, k) ** 2), argnums=(0, 1))
       print(f'| {list(shape)} | {g} | {name} | {median_ms(forward, a, k):.1f} '
             f'| {median_ms(backward, a, k):.1f} |', flush=True)
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

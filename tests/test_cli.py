@@ -1,0 +1,125 @@
+"""The command-line tools as users type them: absl flags, `--help` listing every flag, one-line
+errors for a bad flag, and `--config` with `--config.KEY=VALUE` overrides wherever a config is
+read."""
+import json
+import pathlib
+
+import pytest
+from absl import flags
+
+from cstm_jax import aot, benchmark, compare, config_file, convert, demo, export, predict
+from cstm_jax.models import summary
+from cstm_jax.tools import conv_layout_check, grouped_conv_benchmark
+from input_pipeline import benchmark as input_benchmark
+from input_pipeline import prepare, synthetic
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+COMMANDS = (predict, export, convert, aot, benchmark, compare, demo, summary, conv_layout_check,
+            input_benchmark, prepare, synthetic)
+WITH_CONFIG = (predict, export, convert, aot)
+
+
+def defined_flags(command) -> list[str]:
+  flag_values = flags.FlagValues()
+  command.define_flags(flag_values)
+  return list(flag_values) + ['config'] * (command in WITH_CONFIG)
+
+
+@pytest.mark.parametrize('command', COMMANDS, ids=lambda c: c.__name__)
+def test_help_lists_every_flag(command, capsys):
+  with pytest.raises(SystemExit) as exit_:
+    command.main(['--help'])
+  assert exit_.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith('usage: ') and command.__doc__.strip().splitlines()[0] in out
+  for name in defined_flags(command):
+    assert f'  --{name}: ' in out or f'  --[no]{name}: ' in out, (name, out)
+
+
+def test_a_command_without_flags_still_has_help_and_refuses_arguments(capsys):
+  with pytest.raises(SystemExit) as exit_:
+    grouped_conv_benchmark.main(['--help'])
+  assert exit_.value.code == 0 and 'grouped 3x3x3 convolution' in capsys.readouterr().out
+  with pytest.raises(SystemExit) as exit_:
+    grouped_conv_benchmark.main(['--shapes=1'])
+  assert exit_.value.code == 2
+  assert "error: Unknown command line flag 'shapes'" in capsys.readouterr().err
+
+
+def test_bad_flags_are_one_line_errors(tmp_path, capsys):
+  cases = (
+      (synthetic, ['--out', str(tmp_path), '--size=17'], '--size 17: give an even number'),
+      (synthetic, ['--size=64'], '--out is required'),
+      (synthetic, ['--out', str(tmp_path), '--format=mp4'],
+       'flag --format=mp4: value should be one of <webm|frames>'),
+      (prepare, ['--dataset=ssv2', '--manual_dir=x', '--data_dir=y', '--worker=2'],
+       "Unknown command line flag 'worker'. Did you mean: workers ?"),
+      (summary, ['--frames=eight'], 'flag --frames=eight: invalid literal for int()'),
+      (compare, [str(tmp_path)], f'expected RUN_A RUN_B, got {tmp_path}'),
+      (demo, ['--models=tsn,c3d'], '--models tsn,c3d: choose from tsn, tsm, gsm'),
+      (aot, ['--config=configs/ssv2_8f.py:smoke', '--target=tpu:v5e:2x2', '--steps=backward'],
+       '--steps backward: choose from train, eval'),
+  )
+  for command, argv, problem in cases:
+    with pytest.raises(SystemExit) as exit_:
+      command.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2, (command.__name__, argv, err)
+    (line,) = err.strip().splitlines()
+    assert line.startswith('error: ') and problem in line, (problem, line)
+    assert line.endswith('(--help lists the flags)')
+  assert not any(tmp_path.iterdir())  # nothing was written
+
+
+def test_config_overrides_apply_to_config_files_and_run_configs(tmp_path, monkeypatch):
+  run = tmp_path / 'run'
+  run.mkdir()
+  smoke = config_file.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
+  (run / 'config.json').write_text(smoke.to_json())
+  monkeypatch.setenv('HOME', str(tmp_path))
+
+  def parse(*argv):
+    return config_file.parse_command(list(argv), 'doc', lambda flag_values: None,
+                                     config_required=False)
+
+  # A config file, and a run's config.json written with `~` the shell left alone.
+  assert parse('--config=configs/ssv2_8f.py:smoke',
+               '--config.model.dtype=bfloat16').config.model.dtype == 'bfloat16'
+  from_run = parse('--config=~/run/config.json', '--config.data.test_scale=300').config
+  assert from_run.data.test_scale == 300 and from_run.model.backbone == smoke.model.backbone
+  assert parse().config is None  # optional: predict and export fall back to the run's own
+
+
+def test_config_override_mistakes_name_the_fix(tmp_path, capsys):
+  def error(*argv):
+    with pytest.raises(SystemExit):
+      config_file.parse_command(list(argv), 'doc', lambda flag_values: None,
+                                config_required=False)
+    return capsys.readouterr().err.strip()
+
+  assert error('--config=configs/ssv2_8f.py', '--config.optim.lerning_rate=0.1') == (
+      'error: unknown config key optim.lerning_rate; did you mean optim.base_lr?')
+  assert error('--config.model.dtype=bfloat16').startswith(
+      "error: --config.model.dtype: give --config (a config file, or a run's config.json) "
+      'before overriding its keys')
+  assert error(f'--config={tmp_path}/absent.py') == (
+      f'error: {tmp_path}/absent.py: no such config file')
+
+
+def test_predict_applies_overrides_to_the_run_config(tmp_path, capsys):
+  """The override reaches the model: the run's 3 classes refuse a 5-class head, before any
+  checkpoint is read."""
+  run = tmp_path / 'run'
+  run.mkdir()
+  config = config_file.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
+  config.model.num_classes = 3
+  (run / 'config.json').write_text(config.to_json())
+  (run / 'classes.json').write_text(json.dumps(['a', 'b', 'c']))
+  video = tmp_path / 'clip.webm'
+  video.write_bytes(b'')
+  from input_pipeline.errors import run_main
+  assert run_main(predict.main, ['--workdir', str(run), '--video', str(video),
+                                 f'--config={run}/config.json',
+                                 '--config.model.num_classes=5']) == 1
+  assert (f'model.num_classes is 5 but the classes of run {run} has 3 classes'
+          in capsys.readouterr().err)
