@@ -13,7 +13,7 @@ defines its flags into its own `FlagValues`:
       args = cli_flags.parse(argv, __doc__, define_flags)
 
 `--help` prints the module's docstring and every flag. A bad flag prints `error: ...` on stderr
-and exits with 2, as argparse did.
+and exits with 2 (a usage error; 1 is kept for a failed run).
 """
 import os
 import re
