@@ -61,24 +61,23 @@ def step_builder(config, mesh, step: str) -> Callable[[int], object]:
   abstract, shardings = states.state_layout(model, tx, clips_shape, mesh,
                                             config.mesh.shard_threshold)
   batch_sharding = sharding.batch_sharding(mesh)
-  clips_dtype = jnp.dtype(config.data.dtype)
   labels = lambda n: jax.ShapeDtypeStruct((n,), jnp.int32, sharding=batch_sharding)
   if step == 'train':
     jitted = steps.jit_train_step(
-        steps.make_train_step(model, schedule, config.optim.grad_accum_steps), shardings, mesh,
-        config.xla.gpu_conv_nhwc)
+        steps.make_train_step(model, schedule, config.data.colour, config.optim.grad_accum_steps),
+        shardings, mesh, config.xla.gpu_conv_nhwc)
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
 
     def lower(batch: int):
-      clips = jax.ShapeDtypeStruct((batch, *clips_shape[1:]), clips_dtype, sharding=batch_sharding)
+      clips = jax.ShapeDtypeStruct((batch, *clips_shape[1:]), jnp.uint8, sharding=batch_sharding)
       return jitted.lower(abstract, {'clips': clips, 'labels': labels(batch)}, rng)
   else:
     clips, crops = evaluation.parse_views(config.eval.views)
-    jitted = steps.jit_eval_step(model, mesh, config.xla.gpu_conv_nhwc)
+    jitted = steps.jit_eval_step(model, mesh, config.data.colour, config.xla.gpu_conv_nhwc)
     variables = states.variables_of(abstract)
 
     def lower(batch: int):
-      clips_abstract = jax.ShapeDtypeStruct((batch, clips * crops, *clips_shape[1:]), clips_dtype,
+      clips_abstract = jax.ShapeDtypeStruct((batch, clips * crops, *clips_shape[1:]), jnp.uint8,
                                             sharding=batch_sharding)
       return jitted.lower(variables, {'clips': clips_abstract, 'labels': labels(batch)})
 

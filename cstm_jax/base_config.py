@@ -61,7 +61,6 @@ def get_config() -> ml_collections.ConfigDict:
       'num_workers': min(16, multiprocessing.cpu_count()),  # grain processes (0: in-process)
       'prefetch': 2,                # batches buffered per worker
       'seed': 0,                    # sampling, crops and flips; shuffling
-      'dtype': 'float32',           # clips as sent to the device: 'float32' or 'bfloat16'
   })
 
   config.optim = ml_collections.ConfigDict({

@@ -18,6 +18,7 @@ nearest crop that fits, and the row says which crop ran. A clip is one view: a v
 with V clips costs V clips, so `videos_per_s` = clips/s / V.
 """
 import dataclasses
+import functools
 import json
 import statistics
 import sys
@@ -100,30 +101,33 @@ def fitting_crop(name: str, crop: Optional[int], frames: int, max_raise: int = 4
 # --- Steps ------------------------------------------------------------------------------------
 
 def _random_batch(shape, mesh, num_classes: int, seed: int = 0) -> dict:
-  """Normalised-looking clips and labels, generated on the devices with the batch sharding."""
+  """uint8 clips (as the pipelines send them) and labels, generated on the devices with the
+  batch sharding."""
   batch_sharding = sharding.batch_sharding(mesh)
 
   def make(key):
     clip_key, label_key = jax.random.split(key)
-    return {'clips': jax.random.normal(clip_key, shape, jnp.float32),
+    return {'clips': jax.random.bits(clip_key, shape, jnp.uint8),
             'labels': jax.random.randint(label_key, shape[:1], 0, num_classes)}
 
   return jax.jit(make, out_shardings=batch_sharding)(jax.random.key(seed))
 
 
-def inference_step(model, mesh, clips_shape, num_classes: int, gpu_conv_nhwc: bool = False):
+def inference_step(model, mesh, clips_shape, num_classes: int, colour: str,
+                   gpu_conv_nhwc: bool = False):
   """(lowered eval-mode forward, runner): `runner(compiled)` is a call of it on a batch already
   on the devices. Logits stay sharded over the batch, as a serving loop would leave them."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   one_clip = jnp.zeros((1, *clips_shape[1:]), jnp.float32)
   variables = jax.jit(model.init, out_shardings=replicated)(jax.random.key(0), one_clip)
   batch = _random_batch(clips_shape, mesh, num_classes)
-  forward = steps.jit_forward(model, mesh, gpu_conv_nhwc)
+  forward = steps.jit_forward(model, mesh, colour, gpu_conv_nhwc)
   lowered = forward.lower(variables, batch['clips'])
   return lowered, lambda compiled: (lambda: compiled(variables, batch['clips']))
 
 
-def train_step(model, mesh, clips_shape, num_classes: int, gpu_conv_nhwc: bool = False):
+def train_step(model, mesh, clips_shape, num_classes: int, colour: str,
+               gpu_conv_nhwc: bool = False):
   """(lowered train step, runner): a full optimizer step of the recipe (SGD, clipping, weight
   decay, BatchNorm statistics); the state threads through successive calls."""
   config = base_config.get_config().optim
@@ -134,8 +138,8 @@ def train_step(model, mesh, clips_shape, num_classes: int, gpu_conv_nhwc: bool =
   state, shardings = states.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
   batch = _random_batch(clips_shape, mesh, num_classes)
   rng = jax.random.key(1)
-  step = steps.jit_train_step(steps.make_train_step(model, schedule), shardings, mesh,
-                             gpu_conv_nhwc)
+  step = steps.jit_train_step(steps.make_train_step(model, schedule, colour), shardings, mesh,
+                              gpu_conv_nhwc)
   lowered = step.lower(state, batch, rng)
   holder = {'state': state}
 
@@ -181,8 +185,10 @@ def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
                         width=setting.width, shift_impl=setting.shift_impl)
   model = build_model(config)
   clips_shape = (setting.batch, setting.frames, setting.crop, setting.crop, 3)
-  make = inference_step if setting.mode == 'inference' else train_step
-  lowered, runner = make(model, mesh, clips_shape, config.num_classes, setting.gpu_conv_nhwc)
+  make = functools.partial(inference_step if setting.mode == 'inference' else train_step,
+                           colour=BACKBONES[config.backbone].colour)
+  lowered, runner = make(model, mesh, clips_shape, config.num_classes,
+                         gpu_conv_nhwc=setting.gpu_conv_nhwc)
   start = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start

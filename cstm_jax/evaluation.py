@@ -120,7 +120,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   _, class_names = pipeline.open_split(config.data, config.data.eval_split)
   config = config_file.with_dataset_classes(config, class_names)
   model, variables, step = states.restore_variables(config, workdir, config.eval.checkpoint, mesh)
-  eval_step = steps.jit_eval_step(model, mesh, config.xla.gpu_conv_nhwc)
+  eval_step = steps.jit_eval_step(model, mesh, config.data.colour, config.xla.gpu_conv_nhwc)
   results = {}
   for views in config.eval.final_views.split(','):
     results[views] = evaluate_views(config, eval_step, variables, mesh, views, class_names,

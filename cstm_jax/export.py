@@ -19,30 +19,22 @@ from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import flags
 
 from cstm_jax import config_file, paths
+from cstm_jax.clips import normalise
 from cstm_jax.models.zoo import model_name
 from cstm_jax.predict import define_model_flags, load_model_from_flags
 from input_pipeline import cli_flags
-from input_pipeline.conventions import NORMALISATION
 from input_pipeline.errors import run_main
 
 DEFAULT_PLATFORMS = ('cpu', 'cuda')
 
 
 def inference_function(model, variables, colour: str):
-  """uint8 RGB clips `[B, T, H, W, 3]` -> float32 logits `[B, classes]`, normalisation inside."""
-  mean, std = (np.asarray(v, np.float32) for v in NORMALISATION[colour])
-
-  def infer(clips):
-    x = clips.astype(jnp.float32)
-    if colour == 'bgr255':
-      x = x[..., ::-1]
-    return model.apply(variables, (x - mean) / std, train=False)
-
-  return infer
+  """uint8 RGB clips `[B, T, H, W, 3]` -> float32 logits `[B, classes]`, normalised inside as
+  the training and evaluation steps normalise them."""
+  return lambda clips: model.apply(variables, normalise(clips, colour), train=False)
 
 
 def export(model, variables, config, platforms: Sequence[str] = DEFAULT_PLATFORMS):

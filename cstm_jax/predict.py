@@ -140,7 +140,7 @@ class Predictor:
 
   def __init__(self, config, model, variables, names, views: str = '1x1'):
     self.config, self.variables, self.names, self.views = config, variables, names, views
-    self._step = steps.jit_eval_step(model, one_device_mesh())
+    self._step = steps.jit_eval_step(model, one_device_mesh(), config.data.colour)
 
   def probabilities(self, path: pathlib.Path) -> np.ndarray:
     clips = video_views(path, self.config, self.views)

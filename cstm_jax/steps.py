@@ -13,6 +13,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cstm_jax import optim, sharding
+from cstm_jax.clips import normalise
 
 
 class MeshStep:
@@ -30,15 +31,17 @@ class MeshStep:
       return self.jitted.lower(*args)
 
 
-def make_train_step(model, schedule, grad_accum_steps: int = 1):
-  """(state, batch, rng) -> (state, metrics); dropout rng folded in per step."""
+def make_train_step(model, schedule, colour: str, grad_accum_steps: int = 1):
+  """(state, batch, rng) -> (state, metrics); the batch's `clips` are uint8 RGB, normalised here
+  for the backbone (`colour`); dropout rng folded in per step."""
 
   def step(state, batch, rng):
     dropout_rng = jax.random.fold_in(rng, state.step)
+    clips = normalise(batch['clips'], colour)
 
     def loss_fn(params):
       logits, updates = model.apply(
-          {'params': params, 'batch_stats': state.batch_stats}, batch['clips'], train=True,
+          {'params': params, 'batch_stats': state.batch_stats}, clips, train=True,
           mutable=['batch_stats'], rngs={'dropout': dropout_rng})
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['labels']).mean()
       return loss, (logits, updates['batch_stats'])
@@ -56,12 +59,12 @@ def make_train_step(model, schedule, grad_accum_steps: int = 1):
   return step
 
 
-def make_eval_step(model):
+def make_eval_step(model, colour: str):
   """(variables, batch) -> (logits [B, C] averaged over views, clip features [B, D]); the
-  batch's `clips` are `[B, V, T, H, W, 3]` with V views of each clip."""
+  batch's `clips` are uint8 RGB `[B, V, T, H, W, 3]` with V views of each clip."""
 
   def step(variables, batch):
-    clips = batch['clips']
+    clips = normalise(batch['clips'], colour)
     size, views = clips.shape[:2]
     logits, state = model.apply(variables, clips.reshape(size * views, *clips.shape[2:]),
                                 train=False, mutable=['intermediates'])
@@ -82,17 +85,17 @@ def jit_train_step(step, state_shardings, mesh, gpu_conv_nhwc: bool = False) -> 
       compiler_options=sharding.compiler_options(mesh, gpu_conv_nhwc)), mesh)
 
 
-def jit_eval_step(model, mesh, gpu_conv_nhwc: bool = False) -> MeshStep:
-  """`make_eval_step(model)` jitted for `mesh` (shardings follow the arguments)."""
-  return MeshStep(jax.jit(make_eval_step(model),
+def jit_eval_step(model, mesh, colour: str, gpu_conv_nhwc: bool = False) -> MeshStep:
+  """`make_eval_step(model, colour)` jitted for `mesh` (shardings follow the arguments)."""
+  return MeshStep(jax.jit(make_eval_step(model, colour),
                           compiler_options=sharding.compiler_options(mesh, gpu_conv_nhwc)), mesh)
 
 
-def jit_forward(model, mesh, gpu_conv_nhwc: bool = False) -> MeshStep:
-  """(variables, clips `[B, T, H, W, 3]`) -> logits `[B, C]` in eval mode, variables replicated
-  and the batch (and logits) split over the data axis, as a serving loop runs it."""
+def jit_forward(model, mesh, colour: str, gpu_conv_nhwc: bool = False) -> MeshStep:
+  """(variables, uint8 RGB clips `[B, T, H, W, 3]`) -> logits `[B, C]` in eval mode, variables
+  replicated and the batch (and logits) split over the data axis, as a serving loop runs it."""
   return MeshStep(jax.jit(
-      lambda variables, clips: model.apply(variables, clips, train=False),
+      lambda variables, clips: model.apply(variables, normalise(clips, colour), train=False),
       in_shardings=(NamedSharding(mesh, P()), sharding.batch_sharding(mesh)),
       out_shardings=sharding.batch_sharding(mesh),
       compiler_options=sharding.compiler_options(mesh, gpu_conv_nhwc)), mesh)

@@ -102,9 +102,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state, shardings, start = initial_state(config, model, tx, mesh, clips_shape, run_checkpoints,
                                           train_iterator)
   train_step = steps.jit_train_step(
-      steps.make_train_step(model, schedule, config.optim.grad_accum_steps), shardings, mesh,
-      config.xla.gpu_conv_nhwc)
-  eval_step = steps.jit_eval_step(model, mesh, config.xla.gpu_conv_nhwc)
+      steps.make_train_step(model, schedule, config.data.colour, config.optim.grad_accum_steps),
+      shardings, mesh, config.xla.gpu_conv_nhwc)
+  eval_step = steps.jit_eval_step(model, mesh, config.data.colour, config.xla.gpu_conv_nhwc)
   rng = jax.random.key(config.train.seed + 1)
   writer = MetricWriter(workdir, start)
   if main_process:

@@ -1,13 +1,20 @@
-"""Input pipeline speed: preparation (videos/s per core) and training clips/s per worker.
+"""Input pipeline speed: preparation (videos/s per core), training clips/s per loader process,
+the bytes each clip sends to the device, and where a clip's time goes.
 
-  python -m input_pipeline.benchmark [--data_dir DIR --name NAME] [--videos 64] [--frames 8]
+  python -m input_pipeline.benchmark [--background texture|flat] [--videos 64] [--frames 8]
       [--crop 224] [--batch 16] [--batches 40] [--workers 0,2] [--markdown docs/benchmarks.md]
+  python -m input_pipeline.benchmark --data_dir ~/tensorflow_datasets   # a prepared dataset
 
-Without `--data_dir` it writes synthetic SSv2-format webm videos at 256 px (the short side of
-the prepared SSv2 frames), prepares them with one worker per core and times that; then it
-times the training iterator: in this process (`--workers 0`, one core's worth) and with grain
-worker processes. Each number is clips per second over `--batches` batches after 3 warm-up
-batches; "per worker" divides by the decoding processes.
+Without `--data_dir` it writes synthetic SSv2-format webm videos and prepares them with one
+worker per core (timed). `--background texture` (the default) films the objects over a camera
+moving across a photograph at SSv2's 240 px height, so the prepared frames (short side 256)
+are natural images about as large as real SSv2's JPEGs; `flat` gives the demo's small frames.
+Then it times the training iterator in this process (`--workers 0`: one core decoding) and
+with grain worker processes: clips per second over `--batches` batches after 3 warm-up ones,
+"per process" divided by the decoding processes. Clips leave the host as uint8 RGB; the steps
+normalise them on the device. The stage breakdown times each step of a training clip in this
+process: reading the record, decoding the sampled JPEGs, crop + resize + flip, stacking the
+batch.
 """
 import json
 import multiprocessing
@@ -19,15 +26,22 @@ import tempfile
 import time
 
 import ml_collections
+import numpy as np
 from absl import flags
 
-from input_pipeline import cli_flags, conventions, paths, pipeline, prepare, synthetic
+from input_pipeline import (cli_flags, conventions, paths, pipeline, prepare, sampling, synthetic,
+                            transforms)
 from input_pipeline.errors import run_main
 
+# Synthetic video height per background: texture clips at SSv2's own 240 px (prepare resizes the
+# short side to 256, as it does real SSv2); flat clips at 256.
+VIDEO_HEIGHT = {'texture': 240, 'flat': 256}
 
-def time_prepare(root: pathlib.Path, videos: int) -> dict:
+
+def time_prepare(root: pathlib.Path, videos: int, background: str) -> dict:
   manual = root / 'manual'
-  synthetic.generate(manual, train=videos, val=8, test=0, size=256, seed=0)
+  synthetic.generate(manual, train=videos, val=8, test=0, size=VIDEO_HEIGHT[background], seed=0,
+                     background=background)
   workers = multiprocessing.cpu_count()
   report = prepare.prepare('ssv2', manual, root / 'data', workers=workers)
   return {'videos': report['videos_written'], 'seconds': report['seconds'], 'workers': workers,
@@ -48,8 +62,39 @@ def time_loader(config, batches: int, warmup: int = 3) -> float:
   return batches * config.batch_size / (time.perf_counter() - start)
 
 
+def stage_breakdown(config, clips: int) -> dict:
+  """Milliseconds per training clip of each stage, in this process: `TrainTransform`'s work
+  (`transforms.train_clip` in its two halves) and the batching, timed one by one."""
+  source, _ = pipeline.open_split(config, config.train_split)
+  rng = np.random.default_rng(0)
+  spent = dict.fromkeys(('read', 'decode', 'crop_resize_flip', 'batch'), 0.0)
+  batch = []
+  for i in range(clips):
+    tick = time.perf_counter()
+    record = source[i % len(source)]
+    jpegs = record['frames']
+    spent['read'] += time.perf_counter() - tick
+    tick = time.perf_counter()
+    indices = sampling.train_indices(len(jpegs), config.num_frames, rng)
+    frames = transforms.decode_frames(jpegs, indices)
+    spent['decode'] += time.perf_counter() - tick
+    tick = time.perf_counter()
+    clip, _ = transforms.train_crop(frames, indices, config.crop, rng, config.flip,
+                                    config.scales)
+    spent['crop_resize_flip'] += time.perf_counter() - tick
+    batch.append(clip)
+    if len(batch) == config.batch_size:
+      tick = time.perf_counter()
+      np.stack(batch)
+      spent['batch'] += time.perf_counter() - tick
+      batch = []
+  per_clip = {stage: 1e3 * seconds / clips for stage, seconds in spent.items()}
+  return {'ms_per_clip': per_clip, 'clips_per_s': 1e3 / sum(per_clip.values()),
+          'decode_only_clips_per_s': 1e3 / per_clip['decode']}
+
+
 def markdown(result: dict) -> str:
-  p = result.get('prepare')
+  p, stages = result.get('prepare'), result['stages']
   lines = [
       '## Input pipeline',
       '',
@@ -57,20 +102,29 @@ def markdown(result: dict) -> str:
       '',
   ]
   if p:
-    lines += [f"Preparation (synthetic webm, 256 px, {p['frames_per_video']:.0f} frames a video, "
-              f"VP9 decode + JPEG encode, {p['jpeg_kib_per_frame']:.1f} KiB a frame): "
-              f"{p['videos']} videos in {p['seconds']:.1f} s with {p['workers']} workers = "
+    lines += [f"Preparation ({result['background']} synthetic webm at "
+              f"{VIDEO_HEIGHT[result['background']]} px, {p['frames_per_video']:.0f} frames a "
+              f"video, VP9 decode + JPEG encode at short side 256: "
+              f"**{p['jpeg_kib_per_frame']:.1f} KiB a frame**): {p['videos']} videos in "
+              f"{p['seconds']:.1f} s with {p['workers']} workers = "
               f"**{p['videos_per_s_per_core']:.1f} videos/s per core**.", '']
-  lines += ['| loader | decoding processes | clips/s | clips/s per process |', '|---|---|---|---|']
+  lines += ['| loader | decoding processes | clips/s | clips/s per process | bytes per clip to '
+            'the device |', '|---|---|---|---|---|']
   for row in result['loader']:
-    lines.append(f"| {row['frames']} frames, {row['crop']} crop, batch {row['batch']}, "
-                 f"{row['dtype']} | {row['processes']} | {row['clips_per_s']:.1f} | "
-                 f"{row['clips_per_s_per_process']:.1f} |")
-  lines += ['', 'Target: 100 clips/s per core, so 16 cores feed an H100 (~1,000 clips/s). The '
-            'in-process row is one core decoding; with as many worker processes as cores the '
-            'consuming process shares them, so the per-process figure drops. The synthetic '
-            'frames are smaller JPEGs than real SSv2 frames (about 15-25 KiB), which decode '
-            'slower.']
+    lines.append(f"| {row['frames']} frames, {row['crop']} crop, batch {row['batch']}, uint8 | "
+                 f"{row['processes']} | {row['clips_per_s']:.1f} | "
+                 f"{row['clips_per_s_per_process']:.1f} | {row['bytes_per_clip']:,} |")
+  total = sum(stages['ms_per_clip'].values())
+  lines += ['', f"Where a training clip's time goes, in one process ({stages['clips']} clips; "
+            f"{stages['clips_per_s']:.0f} clips/s without grain's overhead, decoding alone "
+            f"{stages['decode_only_clips_per_s']:.0f}):", '',
+            '| stage | ms per clip | share |', '|---|---|---|']
+  for stage, ms in stages['ms_per_clip'].items():
+    lines.append(f'| {stage.replace("_", " ")} | {ms:.2f} | {100 * ms / total:.0f}% |')
+  lines += ['', 'Clips leave the host as uint8 RGB, a quarter of float32\'s bytes; conversion to '
+            'float, the colour order, mean and scale run inside the jitted step '
+            '(`cstm_jax/clips.py`). With as many worker processes as cores the consuming '
+            'process shares them, so the per-process figure drops.']
   return '\n'.join(lines) + '\n'
 
 
@@ -88,13 +142,15 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   define = cli_flags.definer(flag_values)
   define('string', 'data_dir', None, 'A prepared dataset (default: make a synthetic one).')
   define('string', 'name', 'something_something_v2', 'The dataset in --data_dir.')
+  define('enum', 'background', 'texture', list(synthetic.BACKGROUNDS), 'Synthetic frames: '
+         'texture (natural images, the size of real SSv2 frames) or flat (the demo\'s).')
   define('integer', 'videos', 64, 'Synthetic videos to prepare.', lower_bound=1)
   define('integer', 'frames', 8, 'Frames per clip.', lower_bound=1)
   define('integer', 'crop', 224, 'Crop size.', lower_bound=1)
   define('integer', 'batch', 16, 'Clips per batch.', lower_bound=1)
   define('integer', 'batches', 40, 'Batches to time.', lower_bound=1)
   define('list', 'workers', ['0', '2'], 'grain worker counts to time (0: in this process).')
-  define('enum', 'dtype', 'float32', ['float32', 'bfloat16'], 'The clips\' dtype.')
+  define('integer', 'stage_clips', 320, 'Training clips timed stage by stage.', lower_bound=1)
   define('string', 'markdown', None, 'Write the results into this markdown file.')
   define('string', 'json', None, 'Write the results as JSON to this file.')
 
@@ -109,28 +165,33 @@ def main(argv=None) -> int:
                        f'{os.cpu_count()} cores, Python {platform.python_version()}',
             'command': 'python -m input_pipeline.benchmark '
                        + ' '.join(cli_flags.arguments(argv)),
-            'loader': []}
+            'background': None if args.data_dir else args.background, 'loader': []}
   with tempfile.TemporaryDirectory() as tmp:
     data_dir = args.data_dir
     if not data_dir:
-      result['prepare'] = time_prepare(pathlib.Path(tmp), args.videos)
+      result['prepare'] = time_prepare(pathlib.Path(tmp), args.videos, args.background)
       data_dir = str(pathlib.Path(tmp) / 'data')
+    config = ml_collections.ConfigDict({  # what the training pipeline reads
+        'name': args.name, 'data_dir': data_dir, 'train_split': 'train',
+        'num_frames': args.frames, 'crop': args.crop, 'scales': conventions.TSN_SCALES,
+        'flip': True, 'batch_size': args.batch, 'num_workers': 0, 'prefetch': 2, 'seed': 0})
     for workers in worker_counts:
-      config = ml_collections.ConfigDict({  # what the training pipeline reads
-          'name': args.name, 'data_dir': data_dir, 'train_split': 'train',
-          'num_frames': args.frames, 'crop': args.crop, 'colour': 'bgr255',
-          'scales': conventions.TSN_SCALES, 'flip': True, 'batch_size': args.batch,
-          'num_workers': workers, 'prefetch': 2, 'seed': 0, 'dtype': args.dtype})
+      config.num_workers = workers
       rate = time_loader(config, args.batches)
       processes = max(workers, 1)
-      row = {'frames': args.frames, 'crop': args.crop, 'batch': args.batch, 'dtype': args.dtype,
-             'workers': workers, 'processes': processes, 'clips_per_s': rate,
-             'clips_per_s_per_process': rate / processes}
+      row = {'frames': args.frames, 'crop': args.crop, 'batch': args.batch, 'workers': workers,
+             'processes': processes, 'clips_per_s': rate,
+             'clips_per_s_per_process': rate / processes,
+             'bytes_per_clip': args.frames * args.crop * args.crop * 3}
       result['loader'].append(row)
       print(f'{processes} decoding process(es): {rate:.1f} clips/s '
             f'({rate / processes:.1f} per process)', flush=True)
+    result['stages'] = {'clips': args.stage_clips, **stage_breakdown(config, args.stage_clips)}
+  print('ms per clip: ' + ', '.join(f'{stage} {ms:.2f}' for stage, ms in
+                                    result['stages']['ms_per_clip'].items()))
   if 'prepare' in result:
-    print(f"preparation: {result['prepare']['videos_per_s_per_core']:.1f} videos/s per core")
+    print(f"preparation: {result['prepare']['videos_per_s_per_core']:.1f} videos/s per core, "
+          f"{result['prepare']['jpeg_kib_per_frame']:.1f} KiB per frame")
   if args.markdown:
     write_section(pathlib.Path(paths.expand(args.markdown)), markdown(result))
   if args.json:

@@ -9,8 +9,9 @@ batch.
 Evaluation: every record exactly once over all processes; the last batch is padded and
 `mask` is 0 on padding; every process yields the same number of batches.
 
-Batches are dicts of NumPy arrays: `clips` `[B, T, H, W, 3]` (evaluation: `[B, V, T, H, W, 3]`
-with V views), `labels` `[B]` int32, `index` `[B]` int32 (the record's position in its split,
+Batches are dicts of NumPy arrays: `clips` uint8 RGB `[B, T, H, W, 3]` (evaluation:
+`[B, V, T, H, W, 3]` with V views; the steps normalise them on the device, `cstm_jax/clips.py`),
+`labels` `[B]` int32, `index` `[B]` int32 (the record's position in its split,
 -1 for padding) and, for evaluation, `mask` `[B]` float32.
 
 Functions take a `config.data` block (its keys, defaults and meaning: cstm_jax/base_config.py;
@@ -51,15 +52,6 @@ def open_split(config, split: str):
   return builder.as_data_source(split=split), builder.info.features['label'].names
 
 
-def output_dtype(config):
-  if config.dtype == 'bfloat16':
-    import ml_dtypes  # a jax dependency; imported here so float32 users need nothing more
-    return ml_dtypes.bfloat16
-  if config.dtype != 'float32':
-    raise ConfigError(f"data dtype {config.dtype!r} is not 'float32' or 'bfloat16'")
-  return np.float32
-
-
 def local_batch_size(global_batch: int, process_count: int) -> int:
   if global_batch % process_count:
     raise ConfigError(f'global batch {global_batch} does not split over {process_count} processes')
@@ -68,13 +60,12 @@ def local_batch_size(global_batch: int, process_count: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
-  """record -> {'clips': [T, crop, crop, 3], 'labels': int32}; a grain RandomMap callable."""
+  """record -> {'clips': uint8 [T, crop, crop, 3], 'labels': int32}; a grain RandomMap
+  callable."""
   num_frames: int
   crop: int
-  colour: str
   flip_map: tuple[int, ...] | None  # label after a horizontal flip; None disables flipping
   scales: tuple[float, ...]
-  dtype: object
 
   def __call__(self, record, rng: np.random.Generator):
     clip, flipped = transforms.train_clip(record['frames'], self.num_frames, self.crop, rng,
@@ -82,37 +73,33 @@ class TrainTransform:
     label = int(record['label'])
     if flipped:
       label = self.flip_map[label]
-    return {'clips': transforms.normalise(clip, self.colour, self.dtype),
-            'labels': np.int32(label), 'index': np.int32(record['index'])}
+    return {'clips': clip, 'labels': np.int32(label), 'index': np.int32(record['index'])}
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalTransform:
-  """record (or a padding marker) -> {'clips': [V, T, crop, crop, 3], 'labels', 'mask'}."""
+  """record (or a padding marker) -> {'clips': uint8 [V, T, crop, crop, 3], 'labels', 'mask'}."""
   num_frames: int
   crop: int
   test_scale: int
   num_clips: int
   num_crops: int
-  colour: str
-  dtype: object
 
   def __call__(self, record):
     views = self.num_clips * self.num_crops
     if record is PADDING or record.get('padding'):
-      return {'clips': np.zeros((views, self.num_frames, self.crop, self.crop, 3), self.dtype),
+      return {'clips': np.zeros((views, self.num_frames, self.crop, self.crop, 3), np.uint8),
               'labels': np.int32(0), 'index': np.int32(-1), 'mask': np.float32(0)}
     clips = transforms.eval_clips(record['frames'], self.num_frames, self.crop, self.test_scale,
                                   self.num_clips, self.num_crops)
-    return {'clips': transforms.normalise(clips, self.colour, self.dtype),
-            'labels': np.int32(record['label']), 'index': np.int32(record['index']),
-            'mask': np.float32(1)}
+    return {'clips': clips, 'labels': np.int32(record['label']),
+            'index': np.int32(record['index']), 'mask': np.float32(1)}
 
 
 def eval_transform(config) -> EvalTransform:
   """The evaluation transform of a `config.data` block (its eval_clips x eval_crops views)."""
   return EvalTransform(config.num_frames, config.crop, config.test_scale, config.eval_clips,
-                       config.eval_crops, config.colour, output_dtype(config))
+                       config.eval_crops)
 
 
 PADDING = {'padding': True}  # grain drops None elements, so padding is a marker record
@@ -181,8 +168,7 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1) -> gra
     raise ConfigError(f'{config.name}/{config.train_split}: {len(source)} videos, fewer than the '
                      f'global batch of {config.batch_size}')
   flip_map = flip_label_map(config, class_names)
-  transform = TrainTransform(config.num_frames, config.crop, config.colour, flip_map,
-                             tuple(config.scales), output_dtype(config))
+  transform = TrainTransform(config.num_frames, config.crop, flip_map, tuple(config.scales))
   clips = (grain.MapDataset.source(IndexedSource(source)).seed(config.seed).shuffle()
            .repeat(None).random_map(transform))
   mine = ProcessRows(clips, config.batch_size, process_index, process_count)

@@ -1,7 +1,8 @@
 """A synthetic temporal dataset in the real Something-Something v2 file format.
 
   python -m input_pipeline.synthetic --out DIR [--train N] [--val N] [--test N] [--size PX]
-      [--seed S] [--format webm|frames] [--layout ssv1|jester] [--workers N]
+      [--seed S] [--format webm|frames] [--layout ssv1|jester] [--background flat|texture]
+      [--workers N]
 
 Writes `DIR/something-something-v2-{labels,train,validation,test}.json` and
 `DIR/20bn-something-something-v2/<id>.webm` (VP9, 12 fps), laid out exactly as the real
@@ -13,7 +14,12 @@ clip of a class played backwards is a clip of its partner, drawn from the same d
 so a model that ignores frame order (TSN) cannot beat chance inside a pair. Clips vary the
 object's shape, colour, size, speed, timing and start position, over cluttered backgrounds,
 with a moving distractor and pixel noise. The same seed gives the same dataset.
+
+`--background texture` films the objects over a camera panning and zooming across a photograph
+(the two scikit-learn ships): at `--size 240` (SSv2's height) the prepared frames are natural
+images about as large as real SSv2's JPEGs, for measuring the loader on realistic input.
 """
+import functools
 import json
 import math
 import multiprocessing
@@ -50,6 +56,8 @@ COLOURS = {'red': (220, 40, 40), 'green': (40, 190, 60), 'blue': (40, 80, 220),
            'yellow': (230, 210, 40), 'purple': (150, 50, 190), 'orange': (240, 130, 30),
            'white': (240, 240, 240), 'cyan': (40, 200, 210)}
 FPS = 12
+BACKGROUNDS = ('flat', 'texture')
+TEXTURE_CRF = 20  # VP9 quality of texture clips: prepared frames of about real SSv2's size
 
 
 def class_names() -> list[str]:
@@ -86,18 +94,58 @@ def _draw_object(canvas, centre, radius, sides, angle, colour, alpha=1.0):
   cv2.addWeighted(layer, alpha, canvas, 1 - alpha, 0, dst=canvas)
 
 
-def render_clip(class_index: int, rng: np.random.Generator, height: int, num_frames: int):
-  """Frames `[T][H, W, 3]` uint8 of one clip of `class_index`, and the object's description."""
-  width = (height * 4 // 3) // 2 * 2
-  kind, direction = MOTIONS[class_index]
-  background = rng.integers(40, 200, 3)
+@functools.cache
+def sample_photos() -> tuple[np.ndarray, ...]:
+  """The two photographs scikit-learn ships (427 x 640 RGB): natural-image texture."""
+  from sklearn.datasets import load_sample_images  # only the texture background needs it
+  return tuple(load_sample_images().images)
+
+
+def _flat_scene(rng: np.random.Generator, height: int, width: int):
+  """A flat background with static clutter: `frame(t)` gives the same scene every frame."""
   scene = np.empty((height, width, 3), np.uint8)
-  scene[:] = background
-  for _ in range(rng.integers(3, 7)):  # static clutter
+  scene[:] = rng.integers(40, 200, 3)
+  for _ in range(rng.integers(3, 7)):
     x, y = rng.integers(0, width), rng.integers(0, height)
     size = rng.integers(height // 12, height // 5)
     cv2.rectangle(scene, (int(x), int(y)), (int(x + size), int(y + size // 2)),
                   tuple(int(c) for c in rng.integers(0, 255, 3)), -1)
+  return lambda t: scene.copy()
+
+
+def _texture_scene(rng: np.random.Generator, height: int, width: int, num_frames: int):
+  """A camera panning and zooming over a photograph: frames with the detail and the JPEG size
+  of real footage."""
+  photo = sample_photos()[rng.integers(len(sample_photos()))]
+  if rng.random() < 0.5:
+    photo = photo[:, ::-1]
+  photo_h, photo_w = photo.shape[:2]
+  aspect = width / height
+  zoom0, zoom1 = rng.uniform(0.5, 0.9, 2)  # window height as a fraction of the photo's
+  start, end = rng.uniform(0, 1, 2), rng.uniform(0, 1, 2)  # window centre, in free space
+
+  def frame(t):
+    p = t / max(num_frames - 1, 1)
+    h = photo_h * (zoom0 + (zoom1 - zoom0) * p)
+    w = min(h * aspect, photo_w)
+    cx, cy = start + (end - start) * p
+    x, y = int(cx * (photo_w - w)), int(cy * (photo_h - h))
+    window = photo[y:y + int(h), x:x + int(w)]
+    return cv2.resize(window, (width, height), interpolation=cv2.INTER_AREA)
+
+  return frame
+
+
+def render_clip(class_index: int, rng: np.random.Generator, height: int, num_frames: int,
+                background: str = 'flat'):
+  """Frames `[T][H, W, 3]` uint8 of one clip of `class_index`, and the object's description.
+  `background`: 'flat' (a plain colour with clutter) or 'texture' (a moving photograph)."""
+  width = (height * 4 // 3) // 2 * 2
+  kind, direction = MOTIONS[class_index]
+  if background not in BACKGROUNDS:
+    raise ValueError(f'background {background!r}: expected one of {BACKGROUNDS}')
+  scene = (_texture_scene(rng, height, width, num_frames) if background == 'texture' else
+           _flat_scene(rng, height, width))
   shape, colour = rng.choice(list(SHAPES)), rng.choice(list(COLOURS))
   sides, rgb = SHAPES[shape], COLOURS[colour]
   radius = height * rng.uniform(0.12, 0.19)
@@ -125,7 +173,7 @@ def render_clip(class_index: int, rng: np.random.Generator, height: int, num_fra
       alpha = p
     elif kind == 'pretend':
       x = x0 + math.sin(math.pi * p) * 0.2 * width
-    frame = scene.copy()
+    frame = scene(t)
     dx, dy = distractor[2] * t, distractor[3] * t
     cv2.circle(frame, (int(distractor[0] + dx) % width, int(distractor[1] + dy) % height),
                int(distractor[4]), (90, 90, 90), -1, cv2.LINE_AA)
@@ -137,11 +185,12 @@ def render_clip(class_index: int, rng: np.random.Generator, height: int, num_fra
 
 def _write_one(job):
   """Renders and writes one clip; runs in a worker process."""
-  out, fmt, layout, video_id, class_index, seed, height = job
+  out, fmt, layout, video_id, class_index, seed, height, background = job
   rng = np.random.default_rng(seed)
-  frames, thing = render_clip(class_index, rng, height, int(rng.integers(16, 33)))
+  frames, thing = render_clip(class_index, rng, height, int(rng.integers(16, 33)), background)
   if fmt == 'webm':
-    video_io.write_webm(pathlib.Path(out) / labels.SSV2_VIDEOS / f'{video_id}.webm', frames, FPS)
+    video_io.write_webm(pathlib.Path(out) / labels.SSV2_VIDEOS / f'{video_id}.webm', frames, FPS,
+                        crf=TEXTURE_CRF if background == 'texture' else 30)
   else:
     folder = pathlib.Path(out) / labels.FRAME_LAYOUTS[layout][1] / video_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -151,7 +200,7 @@ def _write_one(job):
 
 
 def generate(out, train=240, val=60, test=12, size=64, seed=0, fmt='webm', layout='ssv1',
-             workers=None):
+             workers=None, background='flat'):
   """Writes the dataset under `out`; returns {split: [(id, class name)]}."""
   out = pathlib.Path(paths.expand(out))
   names = class_names()
@@ -170,7 +219,8 @@ def generate(out, train=240, val=60, test=12, size=64, seed=0, fmt='webm', layou
       video_id = str(next_id)
       next_id += 1
       assignment[split].append((video_id, int(c)))
-      jobs.append((str(out), fmt, layout, video_id, int(c), [seed, split_number, i], size))
+      jobs.append((str(out), fmt, layout, video_id, int(c), [seed, split_number, i], size,
+                   background))
   things = {}
   workers = workers or multiprocessing.cpu_count()
   with Progress(len(jobs), 'videos', 'synthetic') as bar:
@@ -222,6 +272,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   define('enum', 'format', 'webm', ['webm', 'frames'], 'webm videos (SSv2) or JPEG frame folders.')
   define('enum', 'layout', 'ssv1', sorted(labels.FRAME_LAYOUTS), 'File names of the frames '
          'format.')
+  define('enum', 'background', 'flat', list(BACKGROUNDS), "flat: a plain colour with clutter "
+         "(small files, the demo's); texture: a camera panning and zooming over a photograph, "
+         'frames as detailed as real footage (for loader benchmarks).')
   define('integer', 'workers', None, 'Processes (default: all cores).', lower_bound=1)
 
 
@@ -230,7 +283,7 @@ def main(argv=None) -> int:
   if args.size % 2:
     cli_flags.fail(f'--size {args.size}: give an even number of pixels')
   written = generate(args.out, args.train, args.val, args.test, args.size, args.seed,
-                     args.format, args.layout, args.workers)
+                     args.format, args.layout, args.workers, args.background)
   print(f'wrote {sum(map(len, written.values()))} videos ({args.format}) of '
         f'{len(class_names())} classes to {args.out}')
   return 0

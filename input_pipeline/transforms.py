@@ -1,5 +1,5 @@
-"""Clip transforms: decode the sampled frames, crop, resize, flip, normalise (docs/design.md,
-"Data").
+"""Clip transforms: decode the sampled frames, crop, resize, flip (docs/design.md, "Data"). Clips
+stay uint8 RGB: the steps normalise them on the device (`cstm_jax/clips.py`).
 
 A box is `(x, y, w, h)` in pixels of the decoded frame. Clips are `[T, H, W, 3]`.
 """
@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from input_pipeline import sampling, video_io
-from input_pipeline.conventions import NORMALISATION, TSN_SCALES
+from input_pipeline.conventions import TSN_SCALES
 
 
 def fixed_offsets(image_w: int, image_h: int, crop_w: int, crop_h: int) -> list[tuple[int, int]]:
@@ -52,26 +52,24 @@ def decode_frames(jpegs, indices) -> dict[int, np.ndarray]:
   return {int(i): video_io.decode_jpeg(jpegs[int(i)], f'frame {int(i)}') for i in set(indices)}
 
 
-def crop_resize(frame: np.ndarray, box, size: int) -> np.ndarray:
+def crop_resize(frame: np.ndarray, box, size: int, out: np.ndarray | None = None,
+                flip: bool = False) -> np.ndarray:
+  """`frame`'s `box` resized to `size` x `size` (and mirrored when `flip`), written into `out`
+  (`[size, size, 3]` uint8) when given: no intermediate copies."""
   x, y, w, h = box
   patch = frame[y:y + h, x:x + w]
-  if patch.shape[:2] == (size, size):
-    return patch
-  return cv2.resize(patch, (size, size), interpolation=cv2.INTER_LINEAR)
-
-
-def normalise(clip: np.ndarray, colour: str, dtype=np.float32) -> np.ndarray:
-  """uint8 RGB `[..., H, W, 3]` -> the backbone's input convention (BGR 0-255 minus mean for
-  the Caffe Inception nets, RGB ImageNet mean/std for the torchvision ones)."""
-  mean, std = NORMALISATION[colour]
-  if colour == 'bgr255':  # swap channels while still uint8: a quarter of the bytes
-    shape = clip.shape
-    clip = cv2.cvtColor(clip.reshape(-1, shape[-2], 3), cv2.COLOR_RGB2BGR).reshape(shape)
-  x = clip.astype(np.float32)
-  x -= mean
-  if np.any(std != 1):
-    x *= 1 / std
-  return x if dtype == np.float32 else x.astype(dtype)
+  if out is None:
+    out = np.empty((size, size, 3), np.uint8)
+  if patch.shape[:2] != (size, size):
+    patch = cv2.resize(patch, (size, size), dst=None if flip else out,
+                       interpolation=cv2.INTER_LINEAR)
+    if not flip:
+      return out
+  if flip:
+    cv2.flip(patch, 1, dst=out)
+  else:
+    out[...] = patch
+  return out
 
 
 def train_clip(jpegs, num_frames: int, crop: int, rng: np.random.Generator,
@@ -79,12 +77,20 @@ def train_clip(jpegs, num_frames: int, crop: int, rng: np.random.Generator,
   """A training clip `[T, crop, crop, 3]` uint8 RGB and whether it was flipped: TSN segment
   sampling, one multi-scale crop for every frame, a horizontal flip with probability 1/2."""
   indices = sampling.train_indices(len(jpegs), num_frames, rng)
-  frames = decode_frames(jpegs, indices)
+  return train_crop(decode_frames(jpegs, indices), indices, crop, rng, flip, scales)
+
+
+def train_crop(frames: dict[int, np.ndarray], indices, crop: int, rng: np.random.Generator,
+               flip: bool = False, scales=TSN_SCALES) -> tuple[np.ndarray, bool]:
+  """`train_clip` after decoding: the decoded `frames` at `indices` cropped, resized and maybe
+  flipped into one uint8 clip `[T, crop, crop, 3]`."""
   height, width = next(iter(frames.values())).shape[:2]
   box = multiscale_crop_box(width, height, crop, rng, scales)
-  clip = np.stack([crop_resize(frames[int(i)], box, crop) for i in indices])
   flipped = bool(flip and rng.random() < 0.5)
-  return (np.ascontiguousarray(clip[:, :, ::-1]) if flipped else clip), flipped
+  clip = np.empty((len(indices), crop, crop, 3), np.uint8)
+  for t, i in enumerate(indices):
+    crop_resize(frames[int(i)], box, crop, clip[t], flipped)
+  return clip, flipped
 
 
 def eval_clips(jpegs, num_frames: int, crop: int, test_scale: int, num_clips: int = 1,
@@ -99,5 +105,8 @@ def eval_clips(jpegs, num_frames: int, crop: int, test_scale: int, num_clips: in
   height, width = next(iter(frames.values())).shape[:2]
   boxes = three_crop_boxes(width, height, crop) if num_crops == 3 else [
       centre_box(width, height, crop)]
-  return np.stack([np.stack([crop_resize(frames[int(i)], box, crop) for i in clip])
-                   for clip in indices for box in boxes])
+  views = np.empty((len(indices) * len(boxes), num_frames, crop, crop, 3), np.uint8)
+  for v, (clip, box) in enumerate((clip, box) for clip in indices for box in boxes):
+    for t, i in enumerate(clip):
+      crop_resize(frames[int(i)], box, crop, views[v, t])
+  return views

@@ -97,13 +97,14 @@ def video_to_jpegs(path, short_side: int = 256, quality: int = JPEG_QUALITY) -> 
   return decode_video(path, lambda f: encode_jpeg(resize_short_side(f, short_side), quality))
 
 
-def write_webm(path, frames, fps: int = 12) -> None:
-  """Writes RGB frames as a VP9 WebM (even width and height required by yuv420p)."""
+def write_webm(path, frames, fps: int = 12, crf: int = 30) -> None:
+  """Writes RGB frames as a VP9 WebM (even width and height required by yuv420p); a lower
+  `crf` keeps more detail in larger files."""
   height, width = frames[0].shape[:2]
   with av.open(str(path), 'w') as container:
     stream = container.add_stream('libvpx-vp9', rate=fps)
     stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
-    stream.options = {'deadline': 'realtime', 'cpu-used': '8', 'crf': '30', 'b': '0'}
+    stream.options = {'deadline': 'realtime', 'cpu-used': '8', 'crf': str(crf), 'b': '0'}
     for frame in frames:
       for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
         container.mux(packet)

@@ -1,5 +1,6 @@
 """The throughput harness on CPU: well-formed reports, FLOPs that agree with the model summary,
 clear errors. No test asserts a speed."""
+import functools
 import json
 import subprocess
 import sys
@@ -71,7 +72,9 @@ def test_gpu_flop_count_agrees_with_the_model_summary(reports):
     if row['model'] != 'cstm_bninception':
       continue
     config = model_config(row['model'], num_frames=2, width=0.125)
-    make = benchmark.inference_step if row['mode'] == 'inference' else benchmark.train_step
+    make = functools.partial(
+        benchmark.inference_step if row['mode'] == 'inference' else benchmark.train_step,
+        colour='bgr255')
     counted = benchmark.unoptimised_gflops_per_clip(
         make, build_model(config), (8, 2, row['crop'], row['crop'], 3), config.num_classes)
     forward = 2 * summary.summarize(row['model'], frames=2, crop=row['crop'],

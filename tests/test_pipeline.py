@@ -2,7 +2,6 @@
 import io
 import pathlib
 
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -43,11 +42,10 @@ def take(dataset, n):
 
 def test_training_batches(config):
   batch = take(pipeline.train_dataset(config), 1)[0]
-  assert batch['clips'].shape == (4, 4, 32, 32, 3) and batch['clips'].dtype == np.float32
+  # uint8 RGB, a quarter of float32's bytes: the steps normalise on the device.
+  assert batch['clips'].shape == (4, 4, 32, 32, 3) and batch['clips'].dtype == np.uint8
   assert batch['labels'].dtype == np.int32 and set(batch['labels']) <= set(range(12))
-  assert batch['clips'].min() < -50  # BGR minus the Caffe mean
-  config.dtype = 'bfloat16'
-  assert take(pipeline.train_dataset(config), 1)[0]['clips'].dtype == ml_dtypes.bfloat16
+  assert batch['clips'].max() > 100  # pixels, not normalised values
 
 
 def test_deterministic_for_a_seed_and_resumable(config):
@@ -105,7 +103,7 @@ def test_flip_swaps_left_right_labels(config):
   turn = class_names.index('Turning something clockwise')
   assert flip_map[turn] == class_names.index('Turning something counterclockwise')
   record = next({**r, 'index': 0} for r in source if r['label'] == left_to_right)
-  make = lambda flip: pipeline.TrainTransform(4, 32, 'bgr255', flip, (1.0, 0.875), np.float32)
+  make = lambda flip: pipeline.TrainTransform(4, 32, flip, (1.0, 0.875))
   swapped = 0
   for seed in range(16):
     flipped = make(flip_map)(record, np.random.default_rng(seed))

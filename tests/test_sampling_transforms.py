@@ -101,12 +101,8 @@ def test_eval_views():
                                                         (88, 8, 112, 112)]
 
 
-def test_normalisation_per_backbone():
-  pixel = np.array([[[10, 20, 30]]], np.uint8)  # R, G, B
-  np.testing.assert_allclose(transforms.normalise(pixel, 'bgr255')[0, 0],
-                             [30 - 104, 20 - 117, 10 - 128])
-  expected = (np.array([10, 20, 30]) / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-  np.testing.assert_allclose(transforms.normalise(pixel, 'rgb_imagenet')[0, 0], expected,
-                             rtol=1e-5)
+def test_eval_clips_take_one_or_three_crops():
+  pixel = np.array([[[10, 20, 30]]], np.uint8)
   with pytest.raises(ValueError, match='num_crops'):
     transforms.eval_clips(jpegs_of([pixel.repeat(8, 0).repeat(8, 1)]), 2, 8, 8, num_crops=2)
+

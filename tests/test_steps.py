@@ -3,10 +3,13 @@ import pathlib
 
 import jax
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cstm_jax import aot, config_file, hlo_stats, sharding, states, steps
+from cstm_jax import aot, clips, config_file, hlo_stats, sharding, states, steps
 from cstm_jax.temporal import ops
+from input_pipeline.conventions import NORMALISATION
+from torch_reference import reference_normalise
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -42,3 +45,17 @@ def test_a_grouped_convolution_jitted_without_the_mesh_gathers_the_batch():
   per_shard = jax.jit(ops.per_batch_shard(native))
   assert all_gathers(per_shard.lower(x, kernel))  # no mesh set: the op cannot split the batch
   assert all_gathers(steps.MeshStep(per_shard, mesh).lower(x, kernel)) == []
+
+
+def test_clips_are_normalised_on_the_device_as_they_were_on_the_host():
+  pixel = np.array([[[10, 20, 30]]], np.uint8)  # R, G, B
+  np.testing.assert_allclose(clips.normalise(pixel, 'bgr255')[0, 0],
+                             [30 - 104, 20 - 117, 10 - 128])
+  expected = (np.array([10, 20, 30]) / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+  np.testing.assert_allclose(clips.normalise(pixel, 'rgb_imagenet')[0, 0], expected, rtol=1e-5)
+  batch = np.random.default_rng(0).integers(0, 256, (2, 4, 8, 8, 3), np.uint8)
+  for colour in NORMALISATION:
+    np.testing.assert_allclose(jax.jit(clips.normalise, static_argnums=1)(batch, colour),
+                               reference_normalise(batch, colour), rtol=1e-6, atol=1e-5)
+  with pytest.raises(TypeError, match='uint8 RGB clips'):
+    clips.normalise(batch.astype(np.float32), 'bgr255')

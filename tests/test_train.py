@@ -97,13 +97,14 @@ def test_one_device_and_eight_devices_give_the_same_step():
   config.model.num_classes = 174
   model, schedule, tx, clips_shape = states.model_and_optimizer(config, steps_per_epoch=10)
   rng = np.random.default_rng(0)
-  batch = {'clips': rng.normal(size=clips_shape).astype(np.float32),
+  batch = {'clips': rng.integers(0, 256, clips_shape, np.uint8),
            'labels': rng.integers(0, 174, clips_shape[0]).astype(np.int32)}
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(1, devices)
     state, shardings = states.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
-    step = steps.jit_train_step(steps.make_train_step(model, schedule), shardings, mesh)
+    step = steps.jit_train_step(steps.make_train_step(model, schedule, config.data.colour),
+                                shardings, mesh)
     state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.key(1))
     results.append((float(metrics['loss']), jax.tree_util.tree_leaves(state.params)))
   assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)

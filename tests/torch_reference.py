@@ -1,12 +1,23 @@
 """PyTorch reference networks for the converter tests, written the way the released code is:
 TSN's table-driven BN-Inception / Inception v3 (layer names from `architecture/*.csv`), the GSM
 release's gate module, torchvision's ResNet-50 with TSM's shift wrapping each `conv1`.
-NCHW, eval mode; `[N, T, 3, H, W]` clips -> `[N, classes]` logits averaged over frames."""
+NCHW, eval mode; `[N, T, 3, H, W]` clips -> `[N, classes]` logits averaged over frames.
+And the input normalisation those releases run on the host, in NumPy."""
+import numpy as np
 import torch
 from torch import nn
 
 from cstm_jax.models.inception import load_table
 from cstm_jax.models.layers import scale_channels
+from input_pipeline.conventions import NORMALISATION
+
+
+def reference_normalise(clips: np.ndarray, colour: str) -> np.ndarray:
+  """uint8 RGB clips normalised on the host, as TSN's GroupNormalize (and this project's
+  pipelines, before clips went to the device as uint8) did."""
+  mean, std = NORMALISATION[colour]
+  x = clips[..., ::-1].astype(np.float32) if colour == 'bgr255' else clips.astype(np.float32)
+  return (x - mean) / std
 
 
 class GSM(nn.Module):

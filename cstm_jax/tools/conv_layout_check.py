@@ -17,7 +17,7 @@ from absl import flags
 from cstm_jax import base_config, optim, sharding, states, steps
 from cstm_jax.base_config import model_config
 from cstm_jax.models.build import build_model
-from cstm_jax.models.zoo import MODELS
+from cstm_jax.models.zoo import BACKBONES, MODELS
 from input_pipeline import cli_flags
 from input_pipeline.errors import run_main
 
@@ -32,15 +32,17 @@ def relative_difference(a, b) -> tuple[float, str]:
   return worst
 
 
-def outputs(model, mesh, clips_shape, nhwc: bool, batch, seed: int = 0) -> dict:
+def outputs(model, mesh, clips_shape, colour: str, nhwc: bool, batch, seed: int = 0) -> dict:
   config = base_config.get_config().optim
   schedule = optim.learning_rate_schedule(config, clips_shape[0], steps_per_epoch=100)
   params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *clips_shape[1:]))))
   tx = optim.make_optimizer(config, schedule, params['params'])
   state, shardings = states.create_train_state(model, tx, clips_shape, mesh, jax.random.key(seed))
   variables = states.variables_of(state)
-  logits, _ = steps.jit_eval_step(model, mesh, nhwc)(variables, {'clips': batch['clips'][:, None]})
-  step = steps.jit_train_step(steps.make_train_step(model, schedule), shardings, mesh, nhwc)
+  logits, _ = steps.jit_eval_step(model, mesh, colour, nhwc)(variables,
+                                                             {'clips': batch['clips'][:, None]})
+  step = steps.jit_train_step(steps.make_train_step(model, schedule, colour), shardings, mesh,
+                              nhwc)
   new_state, metrics = step(state, batch, jax.random.key(1))
   return {'eval_logits': logits, 'loss': metrics['loss'], 'params_after_step': new_state.params,
           'batch_stats_after_step': new_state.batch_stats}
@@ -64,13 +66,16 @@ def main(argv=None) -> int:
     print(f'no GPU here ({device.platform}): the option only changes GPU compiles')
     return 0
   jax.config.update('jax_default_matmul_precision', 'highest')
-  model = build_model(model_config(args.model, num_frames=args.frames, width=args.width))
+  config = model_config(args.model, num_frames=args.frames, width=args.width)
+  model = build_model(config)
   mesh = sharding.make_mesh(1, jax.devices()[:1])
   clips_shape = (args.batch, args.frames, args.crop, args.crop, 3)
   key = jax.random.key(42)
-  batch = {'clips': jax.random.normal(key, clips_shape),
+  batch = {'clips': jax.random.bits(key, clips_shape, jnp.uint8),
            'labels': jax.random.randint(key, (args.batch,), 0, 174)}
-  default, nhwc = (outputs(model, mesh, clips_shape, flag, batch) for flag in (False, True))
+  colour = BACKBONES[config.backbone].colour
+  default, nhwc = (outputs(model, mesh, clips_shape, colour, flag, batch)
+                   for flag in (False, True))
   print(f'{args.model} width {args.width}, {args.frames}x{args.crop}, batch {args.batch}, '
         f'float32 on {device.device_kind}: NHWC vs default layouts, relative difference')
   worst = 0.0
