@@ -36,10 +36,10 @@ def encode_jpeg(frame: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
 
 def decode_jpeg(data: bytes, where: str = 'frame') -> np.ndarray:
   """JPEG bytes -> RGB uint8 `[H, W, 3]`."""
-  frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+  frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)  # no BGR copy
   if frame is None:
     raise VideoError(f'corrupt JPEG {where}')
-  return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+  return frame
 
 
 def frame_files(folder: pathlib.Path) -> list[pathlib.Path]:
