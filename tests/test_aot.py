@@ -181,3 +181,25 @@ ENTRY %main (p0: f32[8,4]) -> f32[16,8] {
   assert stats.collectives == {'all-reduce': {'count': 1, 'bytes': 128},
                                'all-gather': {'count': 1, 'bytes': 512}}
   assert stats.all_gathers == [('(f32[4,8]{0,1}, f32[16,8]{1,0})', '0')]
+
+
+def test_grouped_convs_trace_only_the_target_platforms_way():
+  """With a mesh set (every step builder sets one) only the target's grouped convolution is
+  traced: one dense conv per group on CPU, the native grouped conv on TPU. Without a mesh (a
+  multi-platform export) both, behind `lax.platform_dependent`."""
+  import jax
+  import jax.numpy as jnp
+  from cstm_jax import sharding
+  from cstm_jax.temporal import ops
+  x, kernel = jnp.ones((4, 2, 8, 8, 32)), jnp.ones((3, 3, 3, 16, 32))
+
+  def traced(mesh=None):
+    jaxpr = str(jax.make_jaxpr(lambda x, k: ops.conv3d(x, k, groups=2))(x, kernel))
+    return ('cond' in jaxpr, jaxpr.count('feature_group_count=2'),
+            jaxpr.count('feature_group_count=1'))
+
+  assert traced() == (True, 1, 2)
+  for devices, expected in ((jax.devices('cpu')[:1], (False, 0, 2)),
+                            (targets.devices(targets.parse('tpu:v5e:2x2')), (False, 1, 0))):
+    with jax.set_mesh(sharding.make_mesh(1, devices)):
+      assert traced() == expected, devices[0].platform

@@ -155,3 +155,4 @@ def test_bad_options_are_refused():
     tm.CSTM(num_frames=T, attention_pool='pixel').init(jax.random.key(0), x)
   with pytest.raises(ValueError, match='unknown shift'):
     tm.CSTM(num_frames=T, shift='tam').init(jax.random.key(0), x)
+

@@ -89,10 +89,11 @@ class GateShift(nn.Module):
     gate = jnp.tanh(ops.conv3d(nn.relu(h), kernel, groups=2) + bias.astype(h.dtype))
     out = ops.gate_shift(clip, gate.astype(clip.dtype), self.interleave, self.shift_impl)
     if self.attention:
-      dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
-      squeezed = jnp.mean(out, axis=(1, 2, 3), keepdims=True)
+      # In float32 whatever the compute dtype, as CSTM's: a mean over a whole clip, a tiny MLP.
+      dense = functools.partial(nn.Dense, dtype=jnp.float32, param_dtype=self.param_dtype)
+      squeezed = jnp.mean(out, axis=(1, 2, 3), keepdims=True, dtype=jnp.float32)
       z = nn.relu(dense(squeeze_width(channels), name='squeeze')(squeezed))
-      out = out * jax.nn.sigmoid(dense(channels, name='excite')(z))
+      out = out * jax.nn.sigmoid(dense(channels, name='excite')(z)).astype(out.dtype)
     return ops.fold_time(out)
 
 

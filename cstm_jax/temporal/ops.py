@@ -137,11 +137,23 @@ def conv3d(x: jax.Array, kernel: jax.Array, groups: int = 1) -> jax.Array:
 
   if 1 < groups < x.shape[-1]:
     # XLA:CPU runs grouped convolutions through a slow generic loop (its backward 2-6x slower
-    # than one dense conv per group); GPU and TPU have native grouped kernels.
-    grouped = lambda x, kernel: jax.lax.platform_dependent(
-        x, kernel, cpu=one_conv_per_group, default=conv)
+    # than one dense conv per group); GPU and TPU have native grouped kernels. When a mesh is
+    # set the target is known and only its way is traced; without one (a multi-platform
+    # export) both are, and the platform picks when the function runs.
+    platform = target_platform()
+    grouped = (one_conv_per_group if platform == 'cpu' else conv if platform else
+               lambda x, kernel: jax.lax.platform_dependent(
+                   x, kernel, cpu=one_conv_per_group, default=conv))
     return per_batch_shard(grouped)(x, kernel)
   return conv(x, kernel)
+
+
+def target_platform() -> str | None:
+  """The platform ('cpu', 'gpu', 'tpu', ...) of the mesh set with `jax.set_mesh` (what the step
+  builders of `cstm_jax/steps.py` compile for), or None when no mesh is set."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else getattr(mesh, 'abstract_device', None)
+  return device.platform if device is not None else None
 
 
 def per_batch_shard(fn):
