@@ -126,11 +126,13 @@ def model_config(name: str = 'cstm_bninception', **overrides) -> ml_collections.
 def experiment(dataset: str, model: str, frames: int, arg: str = '',
                **model_overrides) -> ml_collections.ConfigDict:
   """The base config for `model` on `dataset` with `frames` frames a clip: the dataset's name,
-  classes and flip; the backbone's crop, test scale and colour. `arg` 'smoke' shrinks it."""
+  classes and flip; the backbone's crop, test scale and colour. It computes in bfloat16, as
+  accelerators train (parameters, statistics, attention and loss stay float32; measured against
+  float32 in docs/benchmarks.md). `arg` 'smoke' shrinks it to a float32 CPU run."""
   tfds_name, classes = DATASETS[dataset]
   config = get_config()
   config.model.update(model_config(model, **{'num_frames': frames, 'num_classes': classes,
-                                             **model_overrides}).to_dict())
+                                             'dtype': 'bfloat16', **model_overrides}).to_dict())
   backbone = zoo.BACKBONES[config.model.backbone]
   config.data.update(name=tfds_name, crop=backbone.crop, test_scale=backbone.test_scale,
                      colour=backbone.colour, flip=dataset != 'jester')
@@ -143,7 +145,7 @@ def shrink(config: ml_collections.ConfigDict, arg: str) -> ml_collections.Config
     return config
   if arg != 'smoke':
     raise ConfigError(f'unknown config argument {arg!r}; expected nothing or "smoke"')
-  config.model.update(width=0.125, num_frames=4, dropout=0.0,
+  config.model.update(width=0.125, num_frames=4, dropout=0.0, dtype='float32',
                       num_classes=0)  # the prepared dataset's: smoke runs take any dataset
   is_v3 = config.model.backbone == 'inception_v3'
   config.data.update(crop=75 if is_v3 else 32, test_scale=80 if is_v3 else 36, batch_size=8,

@@ -46,15 +46,17 @@ def pair_accuracy(confusion: np.ndarray) -> float:
   return 100.0 * right / max(total, 1)
 
 
-def run_model(temporal: str, workdir: pathlib.Path) -> dict:
+def run_model(temporal: str, workdir: pathlib.Path, dtype: str = 'float32') -> dict:
   """Trains and evaluates one model (skipped when its run already finished)."""
   from cstm_jax import train
   done = workdir / 'final_metrics.json'
   start = time.monotonic()
   if not done.exists():
-    print(f'Training {temporal} (BN-Inception x0.25, 8 frames, 32 px) in {workdir} ...',
+    print(f'Training {temporal} (BN-Inception x0.25, 8 frames, 32 px, {dtype}) in {workdir} ...',
           flush=True)
-    train.train_and_evaluate(demo_config.get_config(temporal), str(workdir))
+    config = demo_config.get_config(temporal)
+    config.model.dtype = dtype
+    train.train_and_evaluate(config, str(workdir))
   else:
     print(f'{temporal}: using the finished run in {workdir} (delete it to train again)')
   results = compare.load_results(workdir)
@@ -82,6 +84,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
          'dataset go (made once, reused).')
   define('list', 'models', ['tsn', 'cstm'], 'Temporal modules to train on BN-Inception '
          f'(configs/demo.py): {", ".join(zoo.TEMPORAL_MODULES)}.')
+  define('enum', 'dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype of the models '
+         '(model.dtype; parameters and statistics stay float32).')
   define('bool', 'prepare_only', False, 'Make and prepare the data, then stop.')
 
 
@@ -98,7 +102,7 @@ def main(argv=None) -> int:
     return 0
   workdir = pathlib.Path(args.workdir)
   models = args.models
-  results = {m: run_model(m, workdir / m) for m in models}
+  results = {m: run_model(m, workdir / m, args.dtype) for m in models}
   summary = table(results)
   print(f'\nValidation, 1 clip x centre crop, {VAL_VIDEOS} synthetic videos of 12 classes '
         '(chance 8.3%):')

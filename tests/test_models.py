@@ -146,6 +146,42 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits():
   assert conv_out.dtype == jnp.bfloat16
 
 
+
+def _bfloat16_reductions(jaxpr) -> list:
+  """The reduce_sum equations over bfloat16 operands in `jaxpr` and the jaxprs inside it."""
+  found = []
+  for eqn in jaxpr.eqns:
+    for param in eqn.params.values():
+      inner = getattr(param, 'jaxpr', param)
+      if hasattr(inner, 'eqns'):
+        found += _bfloat16_reductions(inner)
+    if eqn.primitive.name == 'reduce_sum' and eqn.invars[0].aval.dtype == jnp.bfloat16:
+      found.append(eqn)
+  return found
+
+
+@pytest.mark.parametrize('name', ['tsn_bninception', 'cstm_bninception'])
+def test_a_bfloat16_train_step_sums_in_float32_except_the_conv_bias_gradients(name):
+  """Under model.dtype=bfloat16 the sums over many values (BatchNorm statistics, the attention's
+  squeeze and its gradient, the pool, the loss) run in float32. Left in bfloat16: the
+  gradients of the conv biases, which sit before a BatchNorm and have a true gradient of zero."""
+  model = build_model(model_config(name, dtype='bfloat16', num_frames=2, **TINY))
+  clips, labels = jnp.zeros((2, 2, 32, 32, 3)), jnp.zeros((2,), jnp.int32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), clips))
+
+  def loss(params, batch_stats):
+    logits, _ = model.apply({'params': params, 'batch_stats': batch_stats}, clips, train=True,
+                            mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+  grad = jax.make_jaxpr(jax.grad(loss))(variables['params'], variables['batch_stats'])
+  conv_biases = [path for path, _ in jax.tree_util.tree_leaves_with_path(variables['params'])
+                 if jax.tree_util.keystr(path).endswith("['conv']['bias']")]
+  reductions = _bfloat16_reductions(grad.jaxpr)
+  assert len(reductions) == len(conv_biases) > 0
+  # Each sums a conv output [B, H, W, C] down to C values: a bias gradient.
+  assert all(np.prod(e.outvars[0].aval.shape) == e.invars[0].aval.shape[-1] for e in reductions)
+
 # --- Sharding -------------------------------------------------------------------------------
 
 def test_sharded_forward_equals_unsharded():

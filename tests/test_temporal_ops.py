@@ -149,3 +149,16 @@ def test_grouped_conv3d_splits_over_a_sharded_batch(groups):
     out = conv(x, kernel)
   assert 'all-gather' not in hlo
   np.testing.assert_allclose(out, ops.conv3d(x, kernel, groups), rtol=1e-5, atol=1e-5)
+
+
+def test_gated_has_the_product_rule_gradients_summed_in_float32():
+  import jax
+  import jax.numpy as jnp
+  x = jnp.asarray(random_clips(n=2, t=3, c=8))
+  gate = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 1, 1, 1, 8)), jnp.float32)
+  plain = lambda x, g: jnp.sum(jnp.sin(x * g))
+  ours = lambda x, g: jnp.sum(jnp.sin(ops.gated(x, g)))
+  for want, got in zip(jax.grad(plain, (0, 1))(x, gate), jax.grad(ours, (0, 1))(x, gate)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  grad_gate = jax.grad(ours, 1)(x.astype(jnp.bfloat16), gate)
+  assert grad_gate.dtype == jnp.float32 and grad_gate.shape == gate.shape

@@ -93,7 +93,7 @@ class GateShift(nn.Module):
       dense = functools.partial(nn.Dense, dtype=jnp.float32, param_dtype=self.param_dtype)
       squeezed = jnp.mean(out, axis=(1, 2, 3), keepdims=True, dtype=jnp.float32)
       z = nn.relu(dense(squeeze_width(channels), name='squeeze')(squeezed))
-      out = out * jax.nn.sigmoid(dense(channels, name='excite')(z)).astype(out.dtype)
+      out = ops.gated(out, jax.nn.sigmoid(dense(channels, name='excite')(z)))
     return ops.fold_time(out)
 
 

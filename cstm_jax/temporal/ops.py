@@ -196,8 +196,30 @@ def attention_fuse(a: jax.Array, b: jax.Array, logit_difference: jax.Array) -> j
 
   Args:
     a, b: the branches, e.g. `[N, T, H, W, C]`.
-    logit_difference: `l_a - l_b`, broadcastable to `a` (e.g. `[N, 1, 1, 1, C]`), any float
-      dtype (the weights are cast to the branches' dtype).
+    logit_difference: `l_a - l_b`, broadcastable to `a` with the same rank (e.g.
+      `[N, 1, 1, 1, C]`), float32 (the attention's gradient is summed in float32).
   """
-  alpha_a = jax.nn.sigmoid(logit_difference).astype(a.dtype)
-  return b + alpha_a * (a - b)
+  return b + gated(a - b, jax.nn.sigmoid(logit_difference))
+
+
+@jax.custom_vjp
+def gated(x: jax.Array, gate: jax.Array) -> jax.Array:
+  """`x * gate`, `gate` (float32) broadcast over `x` (same rank), computed in `x`'s dtype; the
+  gate's gradient, a sum over the broadcast axes (a whole clip for CSTM's and GSM's attention),
+  is accumulated in float32 whatever `x`'s dtype."""
+  return x * gate.astype(x.dtype)
+
+
+def _gated_forward(x, gate):
+  return gated(x, gate), (x, gate)
+
+
+def _gated_backward(residuals, grad):
+  x, gate = residuals
+  broadcast = tuple(i for i, (n, m) in enumerate(zip(x.shape, gate.shape)) if m == 1 < n)
+  grad_gate = jnp.sum(grad.astype(jnp.float32) * x.astype(jnp.float32), axis=broadcast,
+                      keepdims=True)
+  return grad * gate.astype(grad.dtype), grad_gate.astype(gate.dtype)
+
+
+gated.defvjp(_gated_forward, _gated_backward)
