@@ -1,6 +1,7 @@
 """The demo (`make demo`): why temporal modelling matters, end to end on a CPU.
 
-  python -m cstm_jax.demo [--workdir runs/demo] [--models tsn,cstm] [--prepare_only]
+  python -m cstm_jax.demo [--workdir runs/demo] [--models tsn,cstm] [--dtype bfloat16]
+      [--prepare_only]
 
 Generates the synthetic SSv2-format dataset (webm + json) if it is absent, prepares it as a
 TFDS dataset, trains and evaluates each model with `configs/demo.py`, then prints a
@@ -79,7 +80,9 @@ def table(results: dict) -> str:
 
 def define_flags(flag_values: flags.FlagValues) -> None:
   define = cli_flags.definer(flag_values)
-  define('string', 'workdir', 'runs/demo', 'Where the runs, their plots and summary.md go.')
+  define('string', 'workdir', None, 'Where the runs, their plots and summary.md go (default: '
+         'runs/demo, runs/demo_bfloat16 in bfloat16: a finished run is reused, so the dtypes '
+         'keep apart).')
   define('string', 'data', demo_config.DATA, 'Where the synthetic videos and their prepared '
          'dataset go (made once, reused).')
   define('list', 'models', ['tsn', 'cstm'], 'Temporal modules to train on BN-Inception '
@@ -100,7 +103,8 @@ def main(argv=None) -> int:
   make_data(pathlib.Path(args.data))
   if args.prepare_only:
     return 0
-  workdir = pathlib.Path(args.workdir)
+  workdir = pathlib.Path(args.workdir or
+                         ('runs/demo' if args.dtype == 'float32' else f'runs/demo_{args.dtype}'))
   models = args.models
   results = {m: run_model(m, workdir / m, args.dtype) for m in models}
   summary = table(results)

@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from cstm_jax import config_file, paths
+from cstm_jax import paths
 from cstm_jax.clips import normalise
 from cstm_jax.models.zoo import model_name
-from cstm_jax.predict import define_model_flags, load_model_from_flags
+from cstm_jax.predict import load_model_from_flags, parse_model_command
 from input_pipeline import cli_flags
 from input_pipeline.errors import run_main
 
@@ -47,7 +47,6 @@ def export(model, variables, config, platforms: Sequence[str] = DEFAULT_PLATFORM
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
-  define_model_flags(flag_values)
   define = cli_flags.definer(flag_values)
   define('string', 'out', None, 'The file to write, local or gs:// (and FILE.json beside it).',
          required=True)
@@ -56,9 +55,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = config_file.parse_command(
-      argv, __doc__, define_flags, config_required=False,
-      config_help="The config of --checkpoint, or one replacing the run's.")
+  args = parse_model_command(argv, __doc__, define_flags)
   config, model, variables, names = load_model_from_flags(args)
   exported = export(model, variables, config, args.platforms)
   out = paths.resolve(args.out)

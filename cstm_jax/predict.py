@@ -66,23 +66,30 @@ def load_model(workdir=None, checkpoint=None, config=None, which: str = 'best',
   return config, model, variables, names
 
 
+def parse_model_command(argv: Optional[Sequence[str]], doc: str, define) -> flags.FlagValues:
+  """The command line of a command that loads a trained model (predict, export): `--workdir`,
+  `--which`, `--checkpoint` and an optional `--config` (with overrides), then `define`'s own."""
+
+  def define_all(flag_values):
+    define_model = cli_flags.definer(flag_values)
+    define_model('string', 'workdir', None,
+                 "A training run, local or gs:// (its config.json and checkpoints; --config "
+                 "replaces the run's config, and --config.KEY=VALUE overrides need --config, "
+                 'e.g. --config=RUN/config.json).')
+    define_model('enum', 'which', 'best', ['best', 'latest'], 'Which checkpoint of --workdir.')
+    define_model('string', 'checkpoint', None, 'A variables checkpoint (from cstm_jax.convert), '
+                 'with --config.')
+    define(flag_values)
+
+  return config_file.parse_command(
+      argv, doc, define_all, config_required=False,
+      config_help="The config of --checkpoint, or one replacing the run's.")
+
+
 def load_model_from_flags(args: flags.FlagValues):
-  """`load_model` for the flags of `define_model_flags` (predict, export)."""
+  """`load_model` for the flags of `parse_model_command`."""
   config, config_name = config_file.from_flag(args)
   return load_model(args.workdir, args.checkpoint, config, args.which, config_name)
-
-
-def define_model_flags(flag_values: flags.FlagValues) -> None:
-  """The flags naming a trained model: a run, or a converted checkpoint (its `--config` comes
-  from `config_file.parse_command`)."""
-  define = cli_flags.definer(flag_values)
-  define('string', 'workdir', None,
-         "A training run, local or gs:// (its config.json and checkpoints; --config replaces "
-         "the run's config, and --config.KEY=VALUE overrides need --config, e.g. "
-         "--config=RUN/config.json).")
-  define('enum', 'which', 'best', ['best', 'latest'], 'Which checkpoint of --workdir.')
-  define('string', 'checkpoint', None, 'A variables checkpoint (from cstm_jax.convert), with '
-         '--config.')
 
 
 def one_device_mesh() -> jax.sharding.Mesh:
@@ -177,7 +184,6 @@ def predict_folder(predictor: Predictor, videos, topk: int, out) -> dict:
 
 
 def define_flags(flag_values: flags.FlagValues) -> None:
-  define_model_flags(flag_values)
   define = cli_flags.definer(flag_values)
   define('string', 'video', None, 'A video file, a JPEG frame folder, or a folder of either.',
          required=True)
@@ -188,9 +194,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = config_file.parse_command(
-      argv, __doc__, define_flags, config_required=False,
-      config_help="The config of --checkpoint, or one replacing the run's.")
+  args = parse_model_command(argv, __doc__, define_flags)
 
   # Every argument is checked before the model is loaded.
   video = pathlib.Path(paths.expand(args.video))

@@ -116,7 +116,8 @@ def _flat_scene(rng: np.random.Generator, height: int, width: int):
 def _texture_scene(rng: np.random.Generator, height: int, width: int, num_frames: int):
   """A camera panning and zooming over a photograph: frames with the detail and the JPEG size
   of real footage."""
-  photo = sample_photos()[rng.integers(len(sample_photos()))]
+  photos = sample_photos()
+  photo = photos[rng.integers(len(photos))]
   if rng.random() < 0.5:
     photo = photo[:, ::-1]
   photo_h, photo_w = photo.shape[:2]

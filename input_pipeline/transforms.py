@@ -58,15 +58,13 @@ def crop_resize(frame: np.ndarray, box, size: int, out: np.ndarray | None = None
   (`[size, size, 3]` uint8) when given: no intermediate copies."""
   x, y, w, h = box
   patch = frame[y:y + h, x:x + w]
-  if out is None:
-    out = np.empty((size, size, 3), np.uint8)
-  if patch.shape[:2] != (size, size):
-    patch = cv2.resize(patch, (size, size), dst=None if flip else out,
-                       interpolation=cv2.INTER_LINEAR)
-    if not flip:
-      return out
+  out = np.empty((size, size, 3), np.uint8) if out is None else out
+  resize = lambda dst=None: cv2.resize(patch, (size, size), dst=dst,
+                                       interpolation=cv2.INTER_LINEAR)
   if flip:
-    cv2.flip(patch, 1, dst=out)
+    cv2.flip(patch if patch.shape[:2] == (size, size) else resize(), 1, dst=out)
+  elif patch.shape[:2] != (size, size):
+    resize(out)
   else:
     out[...] = patch
   return out

@@ -22,7 +22,8 @@ WITH_CONFIG = (predict, export, convert, aot)
 def defined_flags(command) -> list[str]:
   flag_values = flags.FlagValues()
   command.define_flags(flag_values)
-  return list(flag_values) + ['config'] * (command in WITH_CONFIG)
+  model_flags = ['workdir', 'which', 'checkpoint'] * (command in (predict, export))
+  return list(flag_values) + ['config'] * (command in WITH_CONFIG) + model_flags
 
 
 @pytest.mark.parametrize('command', COMMANDS, ids=lambda c: c.__name__)
