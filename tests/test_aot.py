@@ -185,21 +185,25 @@ ENTRY %main (p0: f32[8,4]) -> f32[16,8] {
 
 def test_grouped_convs_trace_only_the_target_platforms_way():
   """With a mesh set (every step builder sets one) only the target's grouped convolution is
-  traced: one dense conv per group on CPU, the native grouped conv on TPU. Without a mesh (a
-  multi-platform export) both, behind `lax.platform_dependent`."""
+  traced: on CPU one dense conv per group (up to `CPU_UNROLLED_GROUPS`) or one block-diagonal
+  dense conv, on TPU the native grouped conv. Without a mesh (a multi-platform export) both,
+  behind `lax.platform_dependent`."""
   import jax
   import jax.numpy as jnp
   from cstm_jax import sharding
   from cstm_jax.temporal import ops
-  x, kernel = jnp.ones((4, 2, 8, 8, 32)), jnp.ones((3, 3, 3, 16, 32))
+  x = jnp.ones((4, 2, 8, 8, 128))
+  kernels = {groups: jnp.ones((3, 3, 3, 128 // groups, 128)) for groups in (2, 8)}
 
-  def traced(mesh=None):
-    jaxpr = str(jax.make_jaxpr(lambda x, k: ops.conv3d(x, k, groups=2))(x, kernel))
-    return ('cond' in jaxpr, jaxpr.count('feature_group_count=2'),
+  def traced(groups):
+    jaxpr = str(jax.make_jaxpr(lambda x, k: ops.conv3d(x, k, groups))(x, kernels[groups]))
+    return ('cond' in jaxpr, jaxpr.count(f'feature_group_count={groups}'),
             jaxpr.count('feature_group_count=1'))
 
-  assert traced() == (True, 1, 2)
-  for devices, expected in ((jax.devices('cpu')[:1], (False, 0, 2)),
-                            (targets.devices(targets.parse('tpu:v5e:2x2')), (False, 1, 0))):
+  assert traced(2) == (True, 1, 2) and traced(8) == (True, 1, 1)
+  tpu = targets.devices(targets.parse('tpu:v5e:2x2'))
+  for devices, groups, expected in (
+      (jax.devices('cpu')[:1], 2, (False, 0, 2)), (jax.devices('cpu')[:1], 8, (False, 0, 1)),
+      (tpu, 2, (False, 1, 0)), (tpu, 8, (False, 1, 0))):
     with jax.set_mesh(sharding.make_mesh(1, devices)):
-      assert traced() == expected, devices[0].platform
+      assert traced(groups) == expected, (devices[0].platform, groups)

@@ -90,12 +90,32 @@ def np_conv3d(x, kernel, groups):
   return out.astype(np.float32)
 
 
-@pytest.mark.parametrize('groups', [1, 2, 16])
+@pytest.mark.parametrize('groups', [1, 2, 8, 16])  # 8: above CPU_UNROLLED_GROUPS
 def test_conv3d_matches_numpy(groups):
   x = random_clips(n=2, t=3, c=16)
   kernel = np.random.default_rng(1).normal(size=(3, 3, 3, 16 // groups, 16)).astype(np.float32)
   np.testing.assert_allclose(np.asarray(ops.conv3d(x, kernel, groups)),
                              np_conv3d(x, kernel, groups), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('groups', [2, 8])
+def test_cpu_grouped_conv3d_has_the_native_grouped_convs_gradients(groups):
+  """On CPU a grouped conv runs as dense convs (one per group, or one block-diagonal); values
+  and gradients equal XLA's grouped conv, which GPUs and TPUs run."""
+  import jax
+  import jax.numpy as jnp
+  assert (groups > ops.CPU_UNROLLED_GROUPS) == (groups == 8)
+  x = jnp.asarray(random_clips(n=2, t=3, c=16))
+  kernel = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3, 3, 16 // groups, 16)),
+                       jnp.float32)
+  loss = lambda x, k: jnp.sum(jnp.sin(ops.conv3d(x, k, groups)))
+  cpu_way = jax.value_and_grad(loss, argnums=(0, 1))(x, kernel)
+  with ops.native_grouped_convs():
+    jaxpr = str(jax.make_jaxpr(loss)(x, kernel))
+    native = jax.value_and_grad(loss, argnums=(0, 1))(x, kernel)
+  assert f'feature_group_count={groups}' in jaxpr and 'cond' not in jaxpr
+  for got, want in zip(jax.tree.leaves(cpu_way), jax.tree.leaves(native)):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize('groups', [1, 4, 16])

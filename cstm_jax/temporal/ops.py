@@ -4,6 +4,8 @@ Shapes: a clip tensor is `[N, T, H, W, C]`; frames folded into the batch are `[N
 clip-major (the T frames of one clip are contiguous). Every op here is a pure, traceable
 function: no parameters, no in-place updates (so `jax.export` and ONNX-style tracing work).
 """
+import contextlib
+import contextvars
 from typing import Literal
 
 import jax
@@ -130,22 +132,54 @@ def conv3d(x: jax.Array, kernel: jax.Array, groups: int = 1) -> jax.Array:
         x, kernel.astype(x.dtype), window_strides=(1, 1, 1), padding=padding,
         dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'), feature_group_count=groups)
 
-  def one_conv_per_group(x, kernel):
-    x_groups = jnp.split(x, groups, axis=-1)
-    k_groups = jnp.split(kernel, groups, axis=-1)
-    return jnp.concatenate([conv(a, b, 1) for a, b in zip(x_groups, k_groups)], axis=-1)
+  def cpu_grouped_conv(x, kernel):
+    if groups > CPU_UNROLLED_GROUPS:
+      return conv(x, block_diagonal(kernel, groups), 1)
+    pairs = zip(jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1))
+    return jnp.concatenate([conv(a, b, 1) for a, b in pairs], axis=-1)
 
   if 1 < groups < x.shape[-1]:
     # XLA:CPU runs grouped convolutions through a slow generic loop (its backward 2-6x slower
-    # than one dense conv per group); GPU and TPU have native grouped kernels. When a mesh is
-    # set the target is known and only its way is traced; without one (a multi-platform
-    # export) both are, and the platform picks when the function runs.
-    platform = target_platform()
-    grouped = (one_conv_per_group if platform == 'cpu' else conv if platform else
+    # than dense convs): up to CPU_UNROLLED_GROUPS groups run as one dense conv each; more as
+    # one dense conv whose kernel is zero off the groups' diagonal blocks (`groups` times the
+    # FLOPs, but one conv to compile instead of 3 per group). GPU and TPU have native grouped
+    # kernels. When a mesh is set the target is known and only its way is traced; without one
+    # (a multi-platform export) both are, and the platform picks when the function runs.
+    platform = 'native' if _NATIVE_GROUPED_CONVS.get() else target_platform()
+    grouped = (cpu_grouped_conv if platform == 'cpu' else conv if platform else
                lambda x, kernel: jax.lax.platform_dependent(
-                   x, kernel, cpu=one_conv_per_group, default=conv))
+                   x, kernel, cpu=cpu_grouped_conv, default=conv))
     return per_batch_shard(grouped)(x, kernel)
   return conv(x, kernel)
+
+
+# On CPU, grouped 3D convs of up to this many groups are unrolled into one dense conv per group;
+# above it, one block-diagonal dense conv (docs/benchmarks.md, "Compile time").
+CPU_UNROLLED_GROUPS = 4
+
+
+def block_diagonal(kernel: jax.Array, groups: int) -> jax.Array:
+  """Grouped kernel `[kt, kh, kw, C_in // groups, C_out]` -> dense `[kt, kh, kw, C_in, C_out]`,
+  zero outside the groups' diagonal blocks (a dense conv with it equals the grouped conv)."""
+  kt, kh, kw, per_group, out = kernel.shape
+  split = kernel.reshape(kt, kh, kw, per_group, groups, out // groups)
+  dense = jnp.einsum('dhwigo,gG->dhwGigo', split, jnp.eye(groups, dtype=kernel.dtype))
+  return dense.reshape(kt, kh, kw, groups * per_group, out)
+
+
+_NATIVE_GROUPED_CONVS = contextvars.ContextVar('native_grouped_convs', default=False)
+
+
+@contextlib.contextmanager
+def native_grouped_convs():
+  """Inside, grouped 3D convs trace as XLA's grouped conv whatever the platform, as GPUs and
+  TPUs run them: the way to count a model's FLOPs on a CPU, whose block-diagonal convs would
+  count their zeros too."""
+  token = _NATIVE_GROUPED_CONVS.set(True)
+  try:
+    yield
+  finally:
+    _NATIVE_GROUPED_CONVS.reset(token)
 
 
 def target_platform() -> str | None:

@@ -3,8 +3,9 @@
   python -m cstm_jax.tools.grouped_conv_benchmark
 
 On CSTM layer shapes (batch 4, 8 frames, groups of 16 channels): XLA's grouped convolution
-(`feature_group_count`), one dense 3D conv per group (what `temporal.ops.conv3d` lowers to on
-CPU), and, for scale, a dense 3x3 2D conv of the same layer. Median of 5 runs after a warm-up,
+(`feature_group_count`), one dense 3D conv per group and one dense 3D conv with a block-diagonal
+kernel (what `temporal.ops.conv3d` lowers to on CPU, below and above
+`CPU_UNROLLED_GROUPS` groups), and, for scale, a dense 3x3 2D conv of the same layer. Median of 5 runs after a warm-up,
 forward and forward + backward, in milliseconds; a markdown table on stdout.
 """
 import statistics
@@ -14,6 +15,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from cstm_jax.temporal import ops
 from input_pipeline import cli_flags
 
 SHAPES = ((4, 8, 16, 16, 64), (4, 8, 8, 8, 224), (4, 8, 4, 4, 352))  # [N, T, H, W, C]
@@ -29,6 +31,10 @@ def conv(x, kernel, groups):
 def one_conv_per_group(x, kernel, groups):
   pairs = zip(jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1))
   return jnp.concatenate([conv(a, b, 1) for a, b in pairs], axis=-1)
+
+
+def block_diagonal_conv(x, kernel, groups):
+  return conv(x, ops.block_diagonal(kernel, groups), 1)
 
 
 def median_ms(fn, *args) -> float:
@@ -56,6 +62,7 @@ def main(argv=None) -> int:
     kernel_2d = jax.random.normal(jax.random.key(2), (3, 3, channels, channels))
     ways = (('XLA grouped 3D conv', conv, x, kernel, groups),
             ('one dense 3D conv per group', one_conv_per_group, x, kernel, groups),
+            ('block-diagonal dense 3D conv', block_diagonal_conv, x, kernel, groups),
             ('dense 3x3 2D conv (scale)', conv, frames, kernel_2d, 1))
     for name, fn, a, k, g in ways:
       forward = lambda a, k, fn=fn, g=g: fn(a, k, g)
