@@ -10,8 +10,10 @@ times `--repeats` runs of `--steps` consecutive steps after `--warmup` runs, inp
 the device and `block_until_ready` inside the timing; clips/s is the median run's.
 `inference` is the eval-mode forward; `train` is a full optimizer step of the training recipe
 (forward, backward, SGD update, BatchNorm statistics). `gflops` is XLA's cost analysis of the
-compiled step per clip (train counts forward and backward; on GPUs, whose compiled count leaves
-out the cuDNN and cuBLAS calls, that of the step lowered for the CPU); `memory_gb` is XLA's buffer
+step per clip (train counts forward and backward): on TPUs of the compiled step; on GPUs, whose
+compiled count leaves out the cuDNN and cuBLAS calls, and CPUs, whose block-diagonal grouped
+convs would count their zeros, of the step lowered for one device with native grouped convs
+(`ops.native_grouped_convs`). `memory_gb` is XLA's buffer
 assignment of the step per device (arguments + outputs + temporaries - donated buffers).
 A crop that breaks a backbone's shapes (Inception v3 needs 229 rather than 224) is raised to the
 nearest crop that fits, and the row says which crop ran. A clip is one view: a video evaluated

@@ -26,12 +26,13 @@ from absl import flags
 import numpy as np
 import tensorflow_datasets as tfds
 
-from input_pipeline import builders, labels, paths, transforms  # noqa: F401 (registers builders)
+from input_pipeline import builders, labels, paths, records, transforms  # noqa: F401 (builders)
 from input_pipeline.errors import ConfigError, MissingFile
 
 
 def open_split(config, split: str):
-  """The TFDS data source of a prepared split and the dataset's class names."""
+  """The records of a prepared split (`records.Records`: `frames`, `label`, `id`) and the
+  dataset's class names."""
   data_dir = paths.expand(config.data_dir)
   if paths.is_remote(data_dir):
     raise ConfigError(
@@ -49,7 +50,9 @@ def open_split(config, split: str):
   builder = tfds.builder(config.name, data_dir=data_dir)
   if split not in builder.info.splits:
     raise ConfigError(f'{root}: no split {split!r}; has {sorted(builder.info.splits)}')
-  return builder.as_data_source(split=split), builder.info.features['label'].names
+  raw = builder.as_data_source(split=split,
+                               deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+  return records.Records(raw), builder.info.features['label'].names
 
 
 def local_batch_size(global_batch: int, process_count: int) -> int:

@@ -60,6 +60,28 @@ def test_ssv2_round_trip(synthetic_ssv2, prepared_ssv2):
   assert (pathlib.Path(report['path']) / prepare.REPORT).exists()
 
 
+def test_records_read_what_tfds_decodes_from_uncompressed_shards(prepared_ssv2):
+  """The loader's own record parser gives what TFDS's feature decoding gives; the shards are
+  written uncompressed (JPEG frames do not compress, and decompressing slowed the loader)."""
+  from array_record.python import array_record_module
+  from input_pipeline import records
+  data_dir, report = prepared_ssv2
+  shards = sorted(pathlib.Path(report['path']).glob('*.array_record-*'))
+  assert len(shards) == 2
+  for shard in shards:
+    options = array_record_module.ArrayRecordReader(str(shard)).writer_options_string()
+    assert 'uncompressed' in options.split(','), (shard, options)
+  builder = tfds.builder('something_something_v2', data_dir=str(data_dir))
+  for split in ('train', 'validation'):
+    decoded = builder.as_data_source(split)
+    raw = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    ours = records.Records(raw)
+    assert len(ours) == len(decoded) == report['splits'][split]
+    for mine, theirs in zip(ours, decoded):
+      assert list(mine['frames']) == list(theirs['frames']) and len(mine['frames']) >= 16
+      assert (mine['label'], mine['id']) == (theirs['label'], theirs['id'])
+
+
 @pytest.mark.parametrize('layout, dataset, name', [
     ('ssv1', 'ssv1', 'something_something_v1'), ('jester', 'jester', 'jester')])
 def test_frame_folder_round_trip(tmp_path, layout, dataset, name):
