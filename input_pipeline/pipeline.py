@@ -50,9 +50,8 @@ def open_split(config, split: str):
   builder = tfds.builder(config.name, data_dir=data_dir)
   if split not in builder.info.splits:
     raise ConfigError(f'{root}: no split {split!r}; has {sorted(builder.info.splits)}')
-  raw = builder.as_data_source(split=split,
-                               deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-  return records.Records(raw), builder.info.features['label'].names
+  return (records.Records(builder.info.splits[split].file_instructions),
+          builder.info.features['label'].names)
 
 
 def local_batch_size(global_batch: int, process_count: int) -> int:
@@ -163,10 +162,12 @@ class ProcessRows(grain.MapDataset):
     return f'ProcessRows(offset={self._offset}, local={self._local}, global={self._global})'
 
 
-def train_dataset(config, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+def train_dataset(config, process_index: int = 0, process_count: int = 1,
+                  records=None) -> grain.IterDataset:
   """The endless training stream of this process: its rows of each global batch. `iter()` it;
-  the iterator checkpoints."""
+  the iterator checkpoints. `records` replaces the split's records (`open_split`'s)."""
   source, class_names = open_split(config, config.train_split)
+  source = source if records is None else records
   if len(source) < config.batch_size:
     raise ConfigError(f'{config.name}/{config.train_split}: {len(source)} videos, fewer than the '
                      f'global batch of {config.batch_size}')

@@ -1,11 +1,17 @@
-"""Prepared records, read without TFDS's feature decoding.
+"""Prepared records of a split, read straight from its ArrayRecord shards.
 
 A prepared record is a `tf.train.Example`, TFDS's serialisation of the builders' features:
-`frames` (the JPEG bytes of every frame of a video), `label` and `id`. TFDS's data source
-turns every feature into NumPy before a transform sees it, about 1 ms a record of 30 frames,
-where a training clip decodes 8 of them; `Records` parses the Example and hands the frames
-over as they are, in about 0.05 ms (docs/benchmarks.md, "Input pipeline").
+`frames` (the JPEG bytes of every frame of a video), `label` and `id`. TFDS's data source reads
+a record of ~30 frames (about 0.5 MB) through a 32 KiB file buffer and turns every feature into
+NumPy, where a training clip decodes 8 frames. Here each shard has a reader with ArrayRecord's
+own buffer, and the Example is parsed and its frames handed over as they are: 0.3-0.4 ms a
+clip instead of 0.9-1.0 (docs/benchmarks.md, "Host to device").
 """
+import bisect
+import ctypes
+import itertools
+
+from array_record.python import array_record_module
 from tensorflow_datasets.proto import tf_example_pb2
 
 
@@ -17,19 +23,51 @@ def parse(serialized: bytes) -> dict:
           'id': feature['id'].bytes_list.value[0]}
 
 
-class Records:
-  """`records[i]`: the parsed record `i` of a split, from TFDS's data source of raw bytes
-  (`builder.as_data_source(split, deserialize_method=RAW_BYTES)`); picklable, as grain's
-  worker processes need."""
+def keep_freed_memory(mmap_threshold: int = 64 << 20, trim_threshold: int = 256 << 20) -> bool:
+  """Lets glibc's malloc keep freed blocks of up to `mmap_threshold` bytes for reuse.
 
-  def __init__(self, raw_source):
-    self._raw = raw_source
+  By default glibc maps each block above 128 KiB (an adaptive threshold) fresh from the OS and
+  returns freed memory at the heap's top, so every record (~0.5 MB), decoded frame (~260 KB)
+  and clip (1.2 MB) of the loader costs page faults on first touch: 5-15% of a training clip's
+  time here (docs/benchmarks.md). Returns False where there is no glibc.
+  """
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (AttributeError, OSError):
+    return False
+  m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+  return bool(mallopt(m_mmap_threshold, mmap_threshold) and
+              mallopt(m_trim_threshold, trim_threshold))
+
+
+class Records:
+  """`records[i]`: record `i` of a split, parsed; `file_instructions` are the split's
+  (`builder.info.splits[split].file_instructions`: shard file, skip, take). Readers open on
+  first use in each process, so the object pickles into grain's worker processes."""
+
+  def __init__(self, file_instructions):
+    self._shards = [(str(f.filename), f.skip) for f in file_instructions]
+    self._starts = [0, *itertools.accumulate(f.take for f in file_instructions)]
+    self._readers = {}
 
   def __len__(self) -> int:
-    return len(self._raw)
+    return self._starts[-1]
 
   def __getitem__(self, index: int) -> dict:
-    return parse(self._raw[index])
+    if not 0 <= index < len(self):
+      raise IndexError(f'record {index} of {len(self)}')
+    shard = bisect.bisect_right(self._starts, index) - 1
+    if shard not in self._readers:
+      if not self._readers:
+        keep_freed_memory()  # once per process: grain's workers read records too
+      # Random access: no read-ahead past the record.
+      self._readers[shard] = array_record_module.ArrayRecordReader(
+          self._shards[shard][0], 'readahead_buffer_size:0')
+    position = self._shards[shard][1] + index - self._starts[shard]
+    return parse(self._readers[shard].read([position])[0])
 
   def __iter__(self):
     return (self[i] for i in range(len(self)))
+
+  def __getstate__(self):
+    return {**self.__dict__, '_readers': {}}

@@ -61,8 +61,9 @@ def test_ssv2_round_trip(synthetic_ssv2, prepared_ssv2):
 
 
 def test_records_read_what_tfds_decodes_from_uncompressed_shards(prepared_ssv2):
-  """The loader's own record parser gives what TFDS's feature decoding gives; the shards are
-  written uncompressed (JPEG frames do not compress, and decompressing slowed the loader)."""
+  """The loader's own shard reader gives what TFDS's data source decodes, record for record
+  (also a part of a split: a slice of a shard); the shards are written uncompressed (JPEG
+  frames do not compress, and decompressing slowed the loader)."""
   from array_record.python import array_record_module
   from input_pipeline import records
   data_dir, report = prepared_ssv2
@@ -74,12 +75,16 @@ def test_records_read_what_tfds_decodes_from_uncompressed_shards(prepared_ssv2):
   builder = tfds.builder('something_something_v2', data_dir=str(data_dir))
   for split in ('train', 'validation'):
     decoded = builder.as_data_source(split)
-    raw = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    ours = records.Records(raw)
+    ours = records.Records(builder.info.splits[split].file_instructions)
     assert len(ours) == len(decoded) == report['splits'][split]
     for mine, theirs in zip(ours, decoded):
       assert list(mine['frames']) == list(theirs['frames']) and len(mine['frames']) >= 16
       assert (mine['label'], mine['id']) == (theirs['label'], theirs['id'])
+  part = builder.info.splits['train[3:7]']
+  ours, decoded = records.Records(part.file_instructions), builder.as_data_source('train[3:7]')
+  assert [r['id'] for r in ours] == [r['id'] for r in decoded] and len(ours) == 4
+  with pytest.raises(IndexError):
+    ours[4]
 
 
 @pytest.mark.parametrize('layout, dataset, name', [

@@ -161,3 +161,24 @@ def test_synthetic_classes_pair_up_under_time_reversal():
   for kind, direction in synthetic.MOTIONS:
     kinds.setdefault(kind, []).append(direction)
   assert all(sorted(d) == [-1, 1] for k, d in kinds.items() if k not in ('pretend', 'still'))
+
+
+def test_loader_benchmark_on_a_prepared_dataset(prepared_ssv2, tmp_path):
+  """`python -m input_pipeline.benchmark --data_dir ...`: clips/s, bytes per clip and the
+  stage breakdown, in JSON and in the markdown section it replaces."""
+  import json
+  from input_pipeline import benchmark, records
+  assert records.keep_freed_memory()  # glibc here
+  doc = tmp_path / 'benchmarks.md'
+  doc.write_text('# Benchmarks\n\n## Input pipeline\n\nold\n\n## Next\n\nkept\n')
+  assert benchmark.main(['--data_dir', str(prepared_ssv2[0]), '--batches', '2', '--workers',
+                         '0', '--batch', '4', '--crop', '32', '--stage_clips', '8',
+                         '--json', str(tmp_path / 'b.json'), '--markdown', str(doc)]) == 0
+  result = json.loads((tmp_path / 'b.json').read_text())
+  row, = result['loader']
+  assert row['bytes_per_clip'] == 8 * 32 * 32 * 3 and row['clips_per_s'] > 0
+  assert set(result['stages']['ms_per_clip']) == {'read', 'decode', 'crop_resize_flip', 'batch'}
+  text = doc.read_text()
+  assert 'old' not in text and text.endswith('## Next\n\nkept\n') and '168,913' in text
+  tiled = benchmark.Tiled(list('abc'), 7)
+  assert len(tiled) == 7 and tiled[6] == 'a' and len(benchmark.Tiled(list('abc'), 2)) == 3

@@ -145,10 +145,14 @@ def conv3d(x: jax.Array, kernel: jax.Array, groups: int = 1) -> jax.Array:
     # FLOPs, but one conv to compile instead of 3 per group). GPU and TPU have native grouped
     # kernels. When a mesh is set the target is known and only its way is traced; without one
     # (a multi-platform export) both are, and the platform picks when the function runs.
-    platform = 'native' if _NATIVE_GROUPED_CONVS.get() else target_platform()
-    grouped = (cpu_grouped_conv if platform == 'cpu' else conv if platform else
-               lambda x, kernel: jax.lax.platform_dependent(
-                   x, kernel, cpu=cpu_grouped_conv, default=conv))
+    platform = target_platform()
+    if platform == 'cpu' and not _NATIVE_GROUPED_CONVS.get():
+      grouped = cpu_grouped_conv
+    elif platform or _NATIVE_GROUPED_CONVS.get():
+      grouped = conv
+    else:
+      grouped = lambda x, kernel: jax.lax.platform_dependent(
+          x, kernel, cpu=cpu_grouped_conv, default=conv)
     return per_batch_shard(grouped)(x, kernel)
   return conv(x, kernel)
 
