@@ -129,15 +129,20 @@ def inference_step(model, mesh, clips_shape, num_classes: int, colour: str,
   return lowered, lambda compiled: (lambda: compiled(variables, batch['clips']))
 
 
-def train_step(model, mesh, clips_shape, num_classes: int, colour: str,
-               gpu_conv_nhwc: bool = False):
-  """(lowered train step, runner): a full optimizer step of the recipe (SGD, clipping, weight
-  decay, BatchNorm statistics); the state threads through successive calls."""
+def recipe_optimizer(model, clips_shape):
+  """(learning-rate schedule, optimizer) of the training recipe for `model`."""
   config = base_config.get_config().optim
   schedule = optim.learning_rate_schedule(config, clips_shape[0], steps_per_epoch=1000)
   params = abstract_variables(model, jax.ShapeDtypeStruct((1, *clips_shape[1:]),
                                                           jnp.float32))['params']
-  tx = optim.make_optimizer(config, schedule, params)
+  return schedule, optim.make_optimizer(config, schedule, params)
+
+
+def train_step(model, mesh, clips_shape, num_classes: int, colour: str,
+               gpu_conv_nhwc: bool = False):
+  """(lowered train step, runner): a full optimizer step of the recipe (SGD, clipping, weight
+  decay, BatchNorm statistics); the state threads through successive calls."""
+  schedule, tx = recipe_optimizer(model, clips_shape)
   state, shardings = states.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
   batch = _random_batch(clips_shape, mesh, num_classes)
   rng = jax.random.key(1)
@@ -171,12 +176,24 @@ def median_seconds(run: Callable[[], object], warmup: int, repeats: int, steps: 
   return statistics.median(times)
 
 
-def unoptimised_gflops_per_clip(make, model, clips_shape, num_classes: int) -> float:
-  """XLA's FLOPs per clip of the step `make` builds, lowered (not compiled) for one CPU device,
-  its grouped convs as GPUs and TPUs run them (`ops.native_grouped_convs`)."""
+def unoptimised_gflops_per_clip(mode: str, model, clips_shape, colour: str) -> float:
+  """XLA's FLOPs per clip of the `mode` step ('inference' or 'train'), lowered (not compiled)
+  from abstract inputs for one CPU device, its grouped convs as GPUs and TPUs run them
+  (`ops.native_grouped_convs`)."""
   cpu_mesh = sharding.make_mesh(1, jax.devices('cpu')[:1])
+  clips = jax.ShapeDtypeStruct(clips_shape, jnp.uint8)
   with ops.native_grouped_convs():
-    lowered, _ = make(model, cpu_mesh, clips_shape, num_classes)
+    if mode == 'inference':
+      variables = abstract_variables(model, jax.ShapeDtypeStruct((1, *clips_shape[1:]),
+                                                                 jnp.float32))
+      lowered = steps.jit_forward(model, cpu_mesh, colour).lower(variables, clips)
+    else:
+      schedule, tx = recipe_optimizer(model, clips_shape)
+      state, shardings = states.state_layout(model, tx, clips_shape, cpu_mesh)
+      step = steps.jit_train_step(steps.make_train_step(model, schedule, colour), shardings,
+                                  cpu_mesh)
+      labels = jax.ShapeDtypeStruct(clips_shape[:1], jnp.int32)
+      lowered = step.lower(state, {'clips': clips, 'labels': labels}, jax.random.key(1))
   return hlo_stats.first_cost(lowered.cost_analysis())['flops'] / clips_shape[0] / 1e9
 
 
@@ -208,7 +225,8 @@ def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
   # XLA:GPU's compiled count leaves out cuDNN and cuBLAS calls; XLA:CPU's counts the zeros of
   # CSTM's block-diagonal convs. Both count the step as lowered for one device instead.
   if mesh.devices.flat[0].platform in ('gpu', 'cpu'):
-    gflops = unoptimised_gflops_per_clip(make, model, clips_shape, config.num_classes)
+    gflops = unoptimised_gflops_per_clip(setting.mode, model, clips_shape,
+                                         BACKBONES[config.backbone].colour)
   else:  # the compiled module is one device's partition of the step
     flops = hlo_stats.first_cost(compiled.cost_analysis())['flops']
     gflops = flops * mesh.devices.size / setting.batch / 1e9
