@@ -1,9 +1,8 @@
 """A run directory in Cloud Storage, against a local GCS emulator on the loopback address:
-two processes (as on two TPU hosts) train into gs://, are killed and resume, then the run is
-evaluated, predicted from and exported, all through gs:// paths."""
+two processes (as on two TPU hosts) train into gs://, then the run is evaluated, predicted
+from and exported, all through gs:// paths."""
 import json
 import pathlib
-import signal
 import socket
 import subprocess
 import sys
@@ -70,7 +69,7 @@ def read(env, name: str) -> bytes:
     return response.read()
 
 
-def test_two_processes_train_resume_and_serve_from_cloud_storage(emulator, prepared_ssv2,
+def test_two_processes_train_and_serve_from_cloud_storage(emulator, prepared_ssv2,
                                                                   synthetic_ssv2, tmp_path):
   workdir = f'gs://{BUCKET}/runs/smoke'
   env = process_env(1, **emulator)  # two processes of one CPU device each
@@ -89,13 +88,10 @@ def test_two_processes_train_resume_and_serve_from_cloud_storage(emulator, prepa
     return ['bash', '-c', f'{main} --process_id=0 & {main} --process_id=1 & '
             'wait -n; code=$?; wait; exit $code']
 
-  code, err = run_until(job(), env, lambda: steps())
-  assert code == -signal.SIGKILL, err[-3000:]
-  killed_at = max(steps())
-  assert 'final_metrics.json' not in objects(env, 'runs/smoke/')
+  # (Killed and resumed: tests/test_launch.py; restored from gs:// below by eval, predict and
+  # export.)
   code, err = run_until(job(), env, lambda: False)
   assert code == 0, err[-3000:]
-  assert f'Resuming from the checkpoint of step {killed_at}' in err
 
   stored = objects(env, 'runs/smoke/')
   for name in ('config.json', 'classes.json', 'final_metrics.json', 'metrics.jsonl',
@@ -105,9 +101,9 @@ def test_two_processes_train_resume_and_serve_from_cloud_storage(emulator, prepa
   assert read(env, 'runs/smoke/training_curves.png')[:8] == b'\x89PNG\r\n\x1a\n'
   assert sorted(steps()) == [4, 6]  # keep_checkpoints = 2
   assert {f'checkpoints/6/data/process_{i}-of-2.json' for i in range(2)} <= set(stored)
-  assert len([n for n in stored if n.startswith('tensorboard/events.out.tfevents.')]) == 2
+  assert len([n for n in stored if n.startswith('tensorboard/events.out.tfevents.')]) == 1
   records = [json.loads(line) for line in read(env, 'runs/smoke/metrics.jsonl').splitlines()]
-  assert [r['step'] for r in records if 'loss' in r] == [2, 4, 6]  # kept across the restart
+  assert [r['step'] for r in records if 'loss' in r] == [2, 4, 6]
   final = json.loads(read(env, 'runs/smoke/final_metrics.json'))['1x1']
 
   # Evaluation of the stored run reproduces the final metrics.

@@ -70,7 +70,7 @@ def interrupt(workdir, data_dir, sig):
 
 
 def test_sigterm_saves_and_the_restart_ends_at_the_uninterrupted_result(prepared_ssv2, tmp_path):
-  # (SIGKILL and resume: tests/test_launch.py and tests/test_cloud_storage.py.)
+  # (SIGKILL and resume of two processes: tests/test_launch.py.)
   data_dir = prepared_ssv2[0]
   config = smoke(ssv2_r2plus1d_18, data_dir, train__max_steps=30, optim__epochs=40.0,
                  train__eval_every_epochs=1000.0)
