@@ -56,8 +56,8 @@ SSV2_TRAIN_VIDEOS = 168_913
 
 class Tiled:
   """`records` repeated to `size` entries. grain's index shuffle costs each element more the
-  smaller the dataset (0.43 ms at 64 records, 0.004 ms at SSv2's 168,913), so a small
-  benchmark dataset is shuffled as if it had SSv2's size."""
+  smaller the dataset (docs/benchmarks.md), so a small benchmark dataset is shuffled as if it
+  had SSv2's size."""
 
   def __init__(self, records, size: int):
     self._records, self._size = records, max(size, len(records))
@@ -144,9 +144,9 @@ def markdown(result: dict) -> str:
   lines += ['', 'Clips leave the host as uint8 RGB, a quarter of float32\'s bytes; conversion to '
             'float, the colour order, mean and scale run inside the jitted step '
             '(`cstm_jax/clips.py`). The loader is timed over the records tiled to SSv2\'s '
-            f'training size ({SSV2_TRAIN_VIDEOS:,}): grain\'s index shuffle costs 0.43 ms an '
-            'element on 64 records and 0.004 ms on SSv2. With as many worker processes as '
-            'cores the consuming process shares them, so the per-process figure drops.']
+            f'training size ({SSV2_TRAIN_VIDEOS:,}): grain\'s index shuffle costs each '
+            'element more the smaller the dataset. With as many worker processes as cores the '
+            'consuming process shares them, so the per-process figure drops.']
   return '\n'.join(lines) + '\n'
 
 

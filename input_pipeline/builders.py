@@ -35,9 +35,9 @@ def _encode_video(job):
 
 class UncompressedArrayRecord(file_adapters.ArrayRecordFileAdapter):
   """TFDS's ArrayRecord adapter writing uncompressed shards. TFDS fixes its writer options
-  (zstd); JPEG frames do not compress (the shards shrink 3%), and decompressing added about
-  0.3 ms to each record the loader reads (docs/benchmarks.md, "Host to device"). Any
-  ArrayRecord reader reads either kind."""
+  (zstd); JPEG frames do not compress (the shards shrink 3%), and decompressing was part of
+  each record read's cost (docs/benchmarks.md, "Host to device"). Any ArrayRecord reader
+  reads either kind."""
 
   @classmethod
   def write_examples(cls, path, iterator):
