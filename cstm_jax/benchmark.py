@@ -207,8 +207,9 @@ def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
                         width=setting.width, shift_impl=setting.shift_impl)
   model = build_model(config)
   clips_shape = (setting.batch, setting.frames, setting.crop, setting.crop, 3)
+  colour = BACKBONES[config.backbone].colour
   make = functools.partial(inference_step if setting.mode == 'inference' else train_step,
-                           colour=BACKBONES[config.backbone].colour)
+                           colour=colour)
   lowered, runner = make(model, mesh, clips_shape, config.num_classes,
                          gpu_conv_nhwc=setting.gpu_conv_nhwc)
   start = time.perf_counter()
@@ -225,8 +226,7 @@ def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
   # XLA:GPU's compiled count leaves out cuDNN and cuBLAS calls; XLA:CPU's counts the zeros of
   # CSTM's block-diagonal convs. Both count the step as lowered for one device instead.
   if mesh.devices.flat[0].platform in ('gpu', 'cpu'):
-    gflops = unoptimised_gflops_per_clip(setting.mode, model, clips_shape,
-                                         BACKBONES[config.backbone].colour)
+    gflops = unoptimised_gflops_per_clip(setting.mode, model, clips_shape, colour)
   else:  # the compiled module is one device's partition of the step
     flops = hlo_stats.first_cost(compiled.cost_analysis())['flops']
     gflops = flops * mesh.devices.size / setting.batch / 1e9

@@ -7,7 +7,6 @@ build carries on. The ArrayRecord shards are written uncompressed. Read back wit
 `tfds.data_source(name, data_dir=..., split=...)` or `input_pipeline.records`.
 """
 import collections
-import contextlib
 import multiprocessing
 import os
 import pathlib
@@ -35,9 +34,8 @@ def _encode_video(job):
 
 class UncompressedArrayRecord(file_adapters.ArrayRecordFileAdapter):
   """TFDS's ArrayRecord adapter writing uncompressed shards. TFDS fixes its writer options
-  (zstd); JPEG frames do not compress (the shards shrink 3%), and decompressing was part of
-  each record read's cost (docs/benchmarks.md, "Host to device"). Any ArrayRecord reader
-  reads either kind."""
+  (zstd), but JPEG bytes barely compress, and decompressing was part of each record read's
+  cost (docs/benchmarks.md, "Host to device"). Any ArrayRecord reader reads either kind."""
 
   @classmethod
   def write_examples(cls, path, iterator):
@@ -45,18 +43,6 @@ class UncompressedArrayRecord(file_adapters.ArrayRecordFileAdapter):
     for _, serialized_example in iterator:
       writer.write(serialized_example)
     writer.close()
-
-
-@contextlib.contextmanager
-def uncompressed_array_records():
-  """Inside, TFDS writes ArrayRecord shards with `UncompressedArrayRecord` (it looks the adapter
-  up in a module-level table when it writes)."""
-  table, key = file_adapters.ADAPTER_FOR_FORMAT, file_adapters.FileFormat.ARRAY_RECORD
-  original, table[key] = table[key], UncompressedArrayRecord
-  try:
-    yield
-  finally:
-    table[key] = original
 
 
 class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -76,8 +62,13 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super().__init__(**kwargs)
 
   def download_and_prepare(self, *args, **kwargs):
-    with uncompressed_array_records():
+    # TFDS looks the adapter of a file format up in this table when it writes a shard.
+    table, key = file_adapters.ADAPTER_FOR_FORMAT, file_adapters.FileFormat.ARRAY_RECORD
+    original, table[key] = table[key], UncompressedArrayRecord
+    try:
       return super().download_and_prepare(*args, **kwargs)
+    finally:
+      table[key] = original
 
   @classmethod
   def class_names(cls, manual_dir) -> list[str]:

@@ -125,41 +125,51 @@ def conv3d(x: jax.Array, kernel: jax.Array, groups: int = 1) -> jax.Array:
   Returns:
     `[N, T, H, W, C_out]`.
   """
+  if not 1 < groups < x.shape[-1]:
+    return xla_conv3d(x, kernel, groups)
+  # XLA:CPU runs grouped convolutions through a slow generic loop (its backward 2-6x slower
+  # than dense convs), so the CPU runs them as dense convs (`cpu_grouped_conv3d`); GPU and TPU
+  # have native grouped kernels. When a mesh is set the target is known and only its way is
+  # traced; without one (a multi-platform export) both are, and the platform picks when the
+  # function runs.
+  native = lambda x, kernel: xla_conv3d(x, kernel, groups)
+  cpu = lambda x, kernel: cpu_grouped_conv3d(x, kernel, groups)
+  platform = target_platform()
+  if _NATIVE_GROUPED_CONVS.get() or platform not in ('cpu', None):
+    grouped = native
+  elif platform == 'cpu':
+    grouped = cpu
+  else:
+    grouped = lambda x, kernel: jax.lax.platform_dependent(x, kernel, cpu=cpu, default=native)
+  return per_batch_shard(grouped)(x, kernel)
+
+
+def xla_conv3d(x: jax.Array, kernel: jax.Array, groups: int = 1) -> jax.Array:
+  """`conv3d` as one XLA convolution (`feature_group_count=groups`), whatever the platform."""
   padding = [(k // 2, k // 2) for k in kernel.shape[:3]]
-
-  def conv(x, kernel, groups=groups):
-    return jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), window_strides=(1, 1, 1), padding=padding,
-        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'), feature_group_count=groups)
-
-  def cpu_grouped_conv(x, kernel):
-    if groups > CPU_UNROLLED_GROUPS:
-      return conv(x, block_diagonal(kernel, groups), 1)
-    pairs = zip(jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1))
-    return jnp.concatenate([conv(a, b, 1) for a, b in pairs], axis=-1)
-
-  if 1 < groups < x.shape[-1]:
-    # XLA:CPU runs grouped convolutions through a slow generic loop (its backward 2-6x slower
-    # than dense convs): up to CPU_UNROLLED_GROUPS groups run as one dense conv each; more as
-    # one dense conv whose kernel is zero off the groups' diagonal blocks (`groups` times the
-    # FLOPs, but one conv to compile instead of 3 per group). GPU and TPU have native grouped
-    # kernels. When a mesh is set the target is known and only its way is traced; without one
-    # (a multi-platform export) both are, and the platform picks when the function runs.
-    platform = target_platform()
-    if platform == 'cpu' and not _NATIVE_GROUPED_CONVS.get():
-      grouped = cpu_grouped_conv
-    elif platform or _NATIVE_GROUPED_CONVS.get():
-      grouped = conv
-    else:
-      grouped = lambda x, kernel: jax.lax.platform_dependent(
-          x, kernel, cpu=cpu_grouped_conv, default=conv)
-    return per_batch_shard(grouped)(x, kernel)
-  return conv(x, kernel)
+  return jax.lax.conv_general_dilated(
+      x, kernel.astype(x.dtype), window_strides=(1, 1, 1), padding=padding,
+      dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'), feature_group_count=groups)
 
 
 # On CPU, grouped 3D convs of up to this many groups are unrolled into one dense conv per group;
 # above it, one block-diagonal dense conv (docs/benchmarks.md, "Compile time").
 CPU_UNROLLED_GROUPS = 4
+
+
+def cpu_grouped_conv3d(x: jax.Array, kernel: jax.Array, groups: int) -> jax.Array:
+  """`conv3d` as the CPU runs a grouped conv: up to `CPU_UNROLLED_GROUPS` groups as one dense
+  conv each (`one_conv_per_group`); more as one dense conv with a block-diagonal kernel
+  (`groups` times the FLOPs, but one conv to compile instead of three per group)."""
+  if groups > CPU_UNROLLED_GROUPS:
+    return xla_conv3d(x, block_diagonal(kernel, groups))
+  return one_conv_per_group(x, kernel, groups)
+
+
+def one_conv_per_group(x: jax.Array, kernel: jax.Array, groups: int) -> jax.Array:
+  """`conv3d` as `groups` dense convs, one per group, concatenated."""
+  pairs = zip(jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1))
+  return jnp.concatenate([xla_conv3d(a, b) for a, b in pairs], axis=-1)
 
 
 def block_diagonal(kernel: jax.Array, groups: int) -> jax.Array:

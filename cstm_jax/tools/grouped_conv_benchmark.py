@@ -3,10 +3,11 @@
   python -m cstm_jax.tools.grouped_conv_benchmark
 
 On CSTM layer shapes (batch 4, 8 frames, groups of 16 channels): XLA's grouped convolution
-(`feature_group_count`), one dense 3D conv per group and one dense 3D conv with a block-diagonal
-kernel (what `temporal.ops.conv3d` lowers to on CPU, below and above
-`CPU_UNROLLED_GROUPS` groups), and, for scale, a dense 3x3 2D conv of the same layer. Median of 5 runs after a warm-up,
-forward and forward + backward, in milliseconds; a markdown table on stdout.
+(`feature_group_count`), one dense 3D conv per group and one dense 3D conv with a
+block-diagonal kernel (what `temporal.ops.conv3d` lowers to on CPU, up to and above
+`CPU_UNROLLED_GROUPS` groups), and, for scale, a dense 3x3 2D conv of the same layer. Median
+of 5 runs after a warm-up, forward and forward + backward, in milliseconds; a markdown table on
+stdout.
 """
 import statistics
 import sys
@@ -22,19 +23,13 @@ SHAPES = ((4, 8, 16, 16, 64), (4, 8, 8, 8, 224), (4, 8, 4, 4, 352))  # [N, T, H,
 GROUP_WIDTH = 16
 
 
-def conv(x, kernel, groups):
-  dims = ('NDHWC', 'DHWIO', 'NDHWC') if x.ndim == 5 else ('NHWC', 'HWIO', 'NHWC')
-  return jax.lax.conv_general_dilated(x, kernel, (1,) * (x.ndim - 2), 'SAME',
-                                      dimension_numbers=dims, feature_group_count=groups)
+def conv2d(x, kernel):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def one_conv_per_group(x, kernel, groups):
-  pairs = zip(jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1))
-  return jnp.concatenate([conv(a, b, 1) for a, b in pairs], axis=-1)
-
-
-def block_diagonal_conv(x, kernel, groups):
-  return conv(x, ops.block_diagonal(kernel, groups), 1)
+def block_diagonal_conv3d(x, kernel, groups):
+  return ops.xla_conv3d(x, ops.block_diagonal(kernel, groups))
 
 
 def median_ms(fn, *args) -> float:
@@ -60,10 +55,10 @@ def main(argv=None) -> int:
     kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, GROUP_WIDTH, channels))
     frames = x.reshape(-1, *shape[2:])
     kernel_2d = jax.random.normal(jax.random.key(2), (3, 3, channels, channels))
-    ways = (('XLA grouped 3D conv', conv, x, kernel, groups),
-            ('one dense 3D conv per group', one_conv_per_group, x, kernel, groups),
-            ('block-diagonal dense 3D conv', block_diagonal_conv, x, kernel, groups),
-            ('dense 3x3 2D conv (scale)', conv, frames, kernel_2d, 1))
+    ways = (('XLA grouped 3D conv', ops.xla_conv3d, x, kernel, groups),
+            ('one dense 3D conv per group', ops.one_conv_per_group, x, kernel, groups),
+            ('block-diagonal dense 3D conv', block_diagonal_conv3d, x, kernel, groups),
+            ('dense 3x3 2D conv (scale)', lambda a, k, g: conv2d(a, k), frames, kernel_2d, 1))
     for name, fn, a, k, g in ways:
       forward = lambda a, k, fn=fn, g=g: fn(a, k, g)
       backward = jax.grad(lambda a, k, f=forward: jnp.sum(f(a, k) ** 2), argnums=(0, 1))
