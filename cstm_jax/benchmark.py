@@ -178,7 +178,7 @@ def median_seconds(run: Callable[[], object], warmup: int, repeats: int, steps: 
 
 def unoptimised_gflops_per_clip(mode: str, model, clips_shape, colour: str) -> float:
   """XLA's FLOPs per clip of the `mode` step ('inference' or 'train'), lowered (not compiled)
-  from abstract inputs for one CPU device, its grouped convs as GPUs and TPUs run them
+  from abstract inputs for one CPU device, its grouped convs as GPUs run them
   (`ops.native_grouped_convs`)."""
   cpu_mesh = sharding.make_mesh(1, jax.devices('cpu')[:1])
   clips = jax.ShapeDtypeStruct(clips_shape, jnp.uint8)

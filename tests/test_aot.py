@@ -185,9 +185,11 @@ ENTRY %main (p0: f32[8,4]) -> f32[16,8] {
 
 def test_grouped_convs_trace_only_the_target_platforms_way():
   """With a mesh set (every step builder sets one) only the target's grouped convolution is
-  traced: on CPU one dense conv per group (up to `CPU_UNROLLED_GROUPS`) or one block-diagonal
-  dense conv, on TPU the native grouped conv. Without a mesh (a multi-platform export) both,
-  behind `lax.platform_dependent`."""
+  traced: on CPU one dense 3D conv per group (up to `CPU_UNROLLED_GROUPS`) or one
+  block-diagonal dense 3D conv, on TPU one grouped 2D conv over stacked temporal taps. Without a
+  mesh (a multi-platform export) every way, behind `lax.platform_dependent`; GPUs take XLA's
+  grouped 3D conv."""
+  import re
   import jax
   import jax.numpy as jnp
   from cstm_jax import sharding
@@ -196,14 +198,20 @@ def test_grouped_convs_trace_only_the_target_platforms_way():
   kernels = {groups: jnp.ones((3, 3, 3, 128 // groups, 128)) for groups in (2, 8)}
 
   def traced(groups):
+    """(a cond?, sorted (feature groups, spatial dims) of each conv traced)."""
     jaxpr = str(jax.make_jaxpr(lambda x, k: ops.conv3d(x, k, groups))(x, kernels[groups]))
-    return ('cond' in jaxpr, jaxpr.count(f'feature_group_count={groups}'),
-            jaxpr.count('feature_group_count=1'))
+    convs = re.findall(r'feature_group_count=(\d+)\n.*?window_strides=\(([^)]*)\)', jaxpr,
+                       re.S)
+    return 'cond' in jaxpr, sorted((int(g), len(strides.split(','))) for g, strides in convs)
 
-  assert traced(2) == (True, 1, 2) and traced(8) == (True, 1, 1)
+  cpu = {2: [(1, 3), (1, 3)], 8: [(1, 3)]}
+  for groups in (2, 8):
+    assert traced(groups) == (True, sorted(cpu[groups] + [(groups, 2), (groups, 3)]))
+    with ops.native_grouped_convs():
+      assert traced(groups) == (False, [(groups, 3)])
   tpu = targets.devices(targets.parse('tpu:v5e:2x2'))
   for devices, groups, expected in (
-      (jax.devices('cpu')[:1], 2, (False, 0, 2)), (jax.devices('cpu')[:1], 8, (False, 0, 1)),
-      (tpu, 2, (False, 1, 0)), (tpu, 8, (False, 1, 0))):
+      (jax.devices('cpu')[:1], 2, cpu[2]), (jax.devices('cpu')[:1], 8, cpu[8]),
+      (tpu, 2, [(2, 2)]), (tpu, 8, [(8, 2)])):
     with jax.set_mesh(sharding.make_mesh(1, devices)):
-      assert traced(groups) == expected, (devices[0].platform, groups)
+      assert traced(groups) == (False, expected), (devices[0].platform, groups)

@@ -68,7 +68,8 @@ def count_macs(fn: Callable[..., Any], *args, dense: bool = True) -> float:
 
   `args` may be `jax.ShapeDtypeStruct`s: nothing is computed or allocated. Elementwise work
   (BatchNorm, ReLU, pools) is included, as XLA counts it; it adds about 1-2% to a CNN.
-  Grouped convs count as GPUs and TPUs run them (`ops.native_grouped_convs`).
+  Grouped convs count as GPUs run them (`ops.native_grouped_convs`; TPUs' way does the same
+  multiply-adds).
   """
   with ops.native_grouped_convs():
     if dense:

@@ -127,20 +127,23 @@ def conv3d(x: jax.Array, kernel: jax.Array, groups: int = 1) -> jax.Array:
   """
   if not 1 < groups < x.shape[-1]:
     return xla_conv3d(x, kernel, groups)
-  # XLA:CPU runs grouped convolutions through a slow generic loop (its backward 2-6x slower
-  # than dense convs), so the CPU runs them as dense convs (`cpu_grouped_conv3d`); GPU and TPU
-  # have native grouped kernels. When a mesh is set the target is known and only its way is
-  # traced; without one (a multi-platform export) both are, and the platform picks when the
+  # Each platform has its fastest way to a grouped conv. XLA:CPU runs grouped convolutions
+  # through a slow generic loop (its backward 2-6x slower than dense convs), so the CPU runs
+  # them as dense convs (`cpu_grouped_conv3d`). The TPU compiler takes 2-3x longer over a
+  # grouped 3D conv than over a grouped 2D conv of the same work (`tpu_grouped_conv3d`). GPUs
+  # run XLA's grouped 3D conv. When a mesh is set the target is known and only its way is
+  # traced; without one (a multi-platform export) all are, and the platform picks when the
   # function runs.
+  ways = {'cpu': lambda x, kernel: cpu_grouped_conv3d(x, kernel, groups),
+          'tpu': lambda x, kernel: tpu_grouped_conv3d(x, kernel, groups)}
   native = lambda x, kernel: xla_conv3d(x, kernel, groups)
-  cpu = lambda x, kernel: cpu_grouped_conv3d(x, kernel, groups)
   platform = target_platform()
-  if _NATIVE_GROUPED_CONVS.get() or platform not in ('cpu', None):
+  if _NATIVE_GROUPED_CONVS.get():
     grouped = native
-  elif platform == 'cpu':
-    grouped = cpu
+  elif platform is not None:
+    grouped = ways.get(platform, native)
   else:
-    grouped = lambda x, kernel: jax.lax.platform_dependent(x, kernel, cpu=cpu, default=native)
+    grouped = lambda x, kernel: jax.lax.platform_dependent(x, kernel, **ways, default=native)
   return per_batch_shard(grouped)(x, kernel)
 
 
@@ -181,14 +184,33 @@ def block_diagonal(kernel: jax.Array, groups: int) -> jax.Array:
   return dense.reshape(kt, kh, kw, groups * per_group, out)
 
 
+def tpu_grouped_conv3d(x: jax.Array, kernel: jax.Array, groups: int) -> jax.Array:
+  """`conv3d` as one grouped 2D conv over (H, W): each group's input channels are stacked with
+  their copies from the neighbouring frames (the kernel's temporal taps, zero past the clip), so
+  the temporal sum becomes part of the channel sum. The same multiply-adds as the grouped 3D
+  conv, and the input read `kt` times."""
+  kt, kh, kw, per_group, out = kernel.shape
+  n, t, h, w, _ = x.shape
+  taps = jnp.stack([shift_frames(x, d - kt // 2) for d in range(kt)], axis=-2)
+  # Channels ordered (group, tap, channel of the group), as the kernel's (tap, channel).
+  taps = taps.reshape(n * t, h, w, kt, groups, per_group).swapaxes(3, 4)
+  taps = taps.reshape(n * t, h, w, groups * kt * per_group)
+  kernel2d = kernel.transpose(1, 2, 0, 3, 4).reshape(kh, kw, kt * per_group, out)
+  y = jax.lax.conv_general_dilated(
+      taps, kernel2d.astype(x.dtype), window_strides=(1, 1),
+      padding=[(kh // 2, kh // 2), (kw // 2, kw // 2)],
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=groups)
+  return y.reshape(n, t, h, w, out)
+
+
 _NATIVE_GROUPED_CONVS = contextvars.ContextVar('native_grouped_convs', default=False)
 
 
 @contextlib.contextmanager
 def native_grouped_convs():
-  """Inside, grouped 3D convs trace as XLA's grouped conv whatever the platform, as GPUs and
-  TPUs run them: the way to count a model's FLOPs on a CPU, whose block-diagonal convs would
-  count their zeros too."""
+  """Inside, grouped 3D convs trace as XLA's grouped conv whatever the platform, as GPUs run
+  them: the way to count a model's FLOPs on a CPU, whose block-diagonal convs would count their
+  zeros too."""
   token = _NATIVE_GROUPED_CONVS.set(True)
   try:
     yield
