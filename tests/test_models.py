@@ -137,12 +137,12 @@ def test_every_model_trains_with_finite_gradients(name):
 def test_bfloat16_compute_keeps_float32_parameters_and_logits():
   model = build_model(model_config('cstm_bninception', dtype='bfloat16', **TINY))
   clips = jax.random.normal(jax.random.key(1), (2, 4, 32, 32, 3))
-  variables = jax.jit(model.init)(jax.random.key(0), clips)
-  assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(variables)} == {jnp.dtype('float32')}
-  logits = jax.jit(model.apply)(variables, clips)
+  initial = jax.eval_shape(model.init, jax.random.key(0), clips)
+  assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(initial)} == {jnp.dtype('float32')}
+  logits, captured = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True))(
+      random_variables(model, clips), clips)
   assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
-  conv_out = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True)[1])(
-      variables, clips)['intermediates']['backbone']['conv1_7x7_s2']['conv']['__call__'][0]
+  conv_out = captured['intermediates']['backbone']['conv1_7x7_s2']['conv']['__call__'][0]
   assert conv_out.dtype == jnp.bfloat16
 
 
