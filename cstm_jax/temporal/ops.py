@@ -127,7 +127,7 @@ def conv3d(x: jax.Array, kernel: jax.Array, groups: int = 1) -> jax.Array:
   """
   if not 1 < groups < x.shape[-1]:
     return xla_conv3d(x, kernel, groups)
-  # Each platform has its fastest way to a grouped conv. XLA:CPU runs grouped convolutions
+  # Each platform gets the way its compiler handles best. XLA:CPU runs grouped convolutions
   # through a slow generic loop (its backward 2-6x slower than dense convs), so the CPU runs
   # them as dense convs (`cpu_grouped_conv3d`). The TPU compiler takes far longer over a
   # grouped 3D conv than over a grouped 2D conv of the same work (`tpu_grouped_conv3d`). GPUs
