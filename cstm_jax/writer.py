@@ -3,11 +3,27 @@
 Only process 0 writes; on the others every call is a no-op. The workdir may be local or `gs://`.
 """
 import json
+import sys
 
 import jax
 from absl import logging
 
 from cstm_jax import paths
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch where torch is installed but not yet
+  imported: tensorboardX imports it only to accept torch tensors, and it costs seconds at every
+  start (we log Python floats)."""
+  if 'torch' in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules['torch'] = None  # `import torch` raises ImportError, which tensorboardX expects
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules['torch']
+  return SummaryWriter
 
 
 class MetricWriter:
@@ -18,7 +34,7 @@ class MetricWriter:
     self.active = jax.process_index() == 0
     if not self.active:
       return
-    from tensorboardX import SummaryWriter
+    SummaryWriter = _summary_writer_class()
     paths.register_tensorboard_filesystems()
     workdir = paths.resolve(workdir)
     self.tensorboard = SummaryWriter(str(workdir / 'tensorboard'),
