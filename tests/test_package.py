@@ -46,10 +46,15 @@ def test_the_wheel_installs_with_its_commands_and_runs_outside_the_checkout(tmp_
   where = run(python, '-c', 'import cstm_jax, configs; print(cstm_jax.__file__, configs.__file__)')
   assert where.returncode == 0 and where.stdout.count(str(site)) == 2, where
 
-  # The demo's data step, from the installed demo command and its packaged config.
-  demo = run(venv / 'bin' / 'cstm-demo', '--prepare_only')
-  assert demo.returncode == 0, demo.stderr[-2000:]
-  assert (elsewhere / 'data/demo/prepared/something_something_v2/1.0.0').is_dir()
+  # The data commands with relative paths: the demo's data step, at a tiny size.
+  made = run(venv / 'bin' / 'cstm-synthetic', '--out=raw', '--train=4', '--val=2', '--test=0',
+             '--size=32', '--workers=1')
+  assert made.returncode == 0, made.stderr[-2000:]
+  prepared = run(venv / 'bin' / 'cstm-prepare', '--dataset=ssv2', '--manual_dir=raw',
+                 '--data_dir=data', '--workers=1', '--short_side=0')
+  assert prepared.returncode == 0, prepared.stderr[-2000:]
+  assert (elsewhere / 'data/something_something_v2/1.0.0').is_dir()
+  assert '--prepare_only' in run(venv / 'bin' / 'cstm-demo', '--help').stdout
   # The training command: every flag in --help, and the packaged configs behind --config.
   help_text = run(venv / 'bin' / 'cstm-train', '--help').stdout
   assert '--config' in help_text and '--workdir' in help_text

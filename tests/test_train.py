@@ -51,8 +51,7 @@ def test_smoke_run_writes_everything_and_eval_mode_reproduces_it(prepared_ssv2, 
 def main_command(workdir, data_dir):
   return [sys.executable, 'main.py', '--config=configs/ssv2_r2plus1d_18.py:smoke',
           f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-          '--config.train.max_steps=30', '--config.optim.epochs=40',
-          '--config.train.eval_every_epochs=1000']
+          '--config.train.max_steps=16', '--config.train.eval_every_epochs=1000']
 
 
 def interrupt(workdir, data_dir, sig):
@@ -70,10 +69,10 @@ def interrupt(workdir, data_dir, sig):
 
 
 def test_sigterm_saves_and_the_restart_ends_at_the_uninterrupted_result(prepared_ssv2, tmp_path):
-  # (SIGKILL and resume of two processes: tests/test_launch.py.)
+  # (SIGKILL and resume of two processes: tests/test_launch.py.) The smoke run's train step, so
+  # compiled once in this file.
   data_dir = prepared_ssv2[0]
-  config = smoke(ssv2_r2plus1d_18, data_dir, train__max_steps=30, optim__epochs=40.0,
-                 train__eval_every_epochs=1000.0)
+  config = smoke(ssv2_r2plus1d_18, data_dir, train__max_steps=16, train__eval_every_epochs=1000.0)
   train.train_and_evaluate(config, tmp_path / 'straight')
   run = tmp_path / 'interrupted'
   # SIGTERM (preemption): a checkpoint at the step it stopped, and a clean exit.
@@ -82,11 +81,11 @@ def test_sigterm_saves_and_the_restart_ends_at_the_uninterrupted_result(prepared
   assert code == 0 and f'Stopped at step {stopped_at} on request' in err
   assert 'Compiling the train step (global batch 8)...' in err
   assert 'Compiled the train step and ran it once in' in err
-  assert stopped_at < 30 and not (run / 'final_metrics.json').exists()
+  assert stopped_at < 16 and not (run / 'final_metrics.json').exists()
   train.train_and_evaluate(config, run)  # the same run, started again
   step_a, params_a = final_params(tmp_path / 'straight')
   step_b, params_b = final_params(run)
-  assert step_a == step_b == 30
+  assert step_a == step_b == 16
   for a, b in zip(params_a, params_b):
     np.testing.assert_array_equal(a, b)
 
@@ -99,10 +98,14 @@ def test_one_device_and_eight_devices_give_the_same_step():
   rng = np.random.default_rng(0)
   batch = {'clips': rng.integers(0, 256, clips_shape, np.uint8),
            'labels': rng.integers(0, 174, clips_shape[0]).astype(np.int32)}
+  initial, _ = states.create_train_state(model, tx, clips_shape, sharding.make_mesh(1),
+                                         jax.random.key(0))
+  initial = jax.device_get(initial)  # on the host: each mesh gets its own copy to donate
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(1, devices)
-    state, shardings = states.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
+    _, shardings = states.state_layout(model, tx, clips_shape, mesh)
+    state = jax.device_put(initial, shardings)
     step = steps.jit_train_step(steps.make_train_step(model, schedule, config.data.colour),
                                 shardings, mesh)
     state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.key(1))
