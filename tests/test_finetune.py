@@ -99,8 +99,8 @@ def test_predict_a_video_a_frame_folder_and_a_folder_of_videos(finetuned, synthe
   model, variables = predict.load_model(workdir)[1:3]
   data = evaluation.data_config_with_views(config, '2x3')
   batch = pipeline.eval_transform(data)({**record, 'index': 0})  # what evaluation runs
-  logits, _ = make_eval_step(model, config.data.colour)(variables,
-                                                         {'clips': batch['clips'][None]})
+  logits, _ = jax.jit(make_eval_step(model, config.data.colour))(
+      variables, {'clips': batch['clips'][None]})
   expected = np.asarray(jax.nn.softmax(logits[0]))
   assert got['class'] == classes[int(expected.argmax())]
   assert got['probability'] == pytest.approx(float(expected.max()), abs=1e-5)
@@ -163,6 +163,7 @@ def test_export_runs_in_a_fresh_process_and_matches(finetuned, tmp_path):
   model, variables = predict.load_model(str(finetuned['workdir']))[1:3]
   # The exported function normalises inside, as the host did before clips went as uint8.
   normalised = reference_normalise(clips, config.data.colour)
-  expected = np.asarray(model.apply(variables, normalised, train=False))
+  expected = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables,
+                                                                           normalised))
   np.testing.assert_allclose(exported_logits[:3], expected, atol=1e-5)
   np.testing.assert_allclose(exported_logits[3:], expected[:1], atol=1e-5)
