@@ -34,9 +34,9 @@ from absl import flags
 
 from cstm_jax import base_config, hlo_stats, optim, paths, sharding, states, steps
 from cstm_jax.base_config import model_config
-from cstm_jax.models.build import build_model
+from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names
-from cstm_jax.models.summary import abstract_variables, count_params
+from cstm_jax.models.summary import count_params
 from cstm_jax.temporal import ops
 from input_pipeline import cli_flags
 from input_pipeline.progress import format_seconds

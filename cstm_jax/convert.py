@@ -27,10 +27,9 @@ import safetensors.numpy
 from absl import flags, logging
 
 from cstm_jax import checkpoints, config_file, paths
-from cstm_jax.models.build import build_model
+from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models.zoo import BACKBONES, model_name
 from cstm_jax.models.inception import TABLES, load_table
-from cstm_jax.models.summary import abstract_variables
 from input_pipeline import cli_flags
 from input_pipeline.errors import BadFile, MissingFile, run_main
 

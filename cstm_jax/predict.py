@@ -26,8 +26,7 @@ from absl import flags
 
 from cstm_jax import checkpoints, config_file, evaluation, paths, sharding, states, steps
 from cstm_jax.convert import describe_mismatch
-from cstm_jax.models.build import build_model
-from cstm_jax.models.summary import abstract_variables
+from cstm_jax.models.build import abstract_variables, build_model
 from input_pipeline import builders, cli_flags, labels, pipeline, video_io
 from input_pipeline.errors import ConfigError, run_main
 from input_pipeline.progress import Progress

@@ -11,7 +11,7 @@ import ml_collections
 from flax.training import train_state
 
 from cstm_jax import checkpoints, optim, sharding
-from cstm_jax.models.build import build_model
+from cstm_jax.models.build import abstract_variables, build_model
 
 
 class TrainState(train_state.TrainState):
@@ -34,25 +34,32 @@ def model_and_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int)
   schedule = optim.learning_rate_schedule(config.optim, config.data.batch_size, steps_per_epoch)
   clips_shape = (config.data.batch_size, config.data.num_frames, config.data.crop,
                  config.data.crop, 3)
-  abstract_params = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, *clips_shape[1:]), jnp.float32)))[
-          'params']
+  abstract_params = abstract_variables(model, _one_clip(clips_shape))['params']
   return model, schedule, optim.make_optimizer(config.optim, schedule, abstract_params), clips_shape
+
+
+def _one_clip(clips_shape) -> jax.ShapeDtypeStruct:
+  # One clip is enough to initialise: no variable's shape depends on the batch.
+  return jax.ShapeDtypeStruct((1, *clips_shape[1:]), jnp.float32)
+
+
+def _state_of(model, tx, variables) -> TrainState:
+  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                           batch_stats=variables['batch_stats'])
 
 
 def _init_fn(model, tx, clips_shape):
   def init(rng):
-    # One clip is enough: no variable's shape depends on the batch.
-    variables = model.init({'params': rng}, jnp.zeros((1, *clips_shape[1:]), jnp.float32))
-    return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                             batch_stats=variables['batch_stats'])
+    clip = _one_clip(clips_shape)
+    return _state_of(model, tx, model.init({'params': rng}, jnp.zeros(clip.shape, clip.dtype)))
 
   return init
 
 
 def state_layout(model, tx, clips_shape, mesh, threshold=2 ** 20):
   """(abstract state whose leaves carry their shardings, the shardings)."""
-  abstract = jax.eval_shape(_init_fn(model, tx, clips_shape), jax.random.key(0))
+  abstract = jax.eval_shape(lambda v: _state_of(model, tx, v),
+                            abstract_variables(model, _one_clip(clips_shape)))
   shardings = sharding.state_shardings(abstract, mesh, threshold)
   with_shardings = jax.tree_util.tree_map(
       lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),

@@ -9,9 +9,9 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cstm_jax.base_config import model_config
-from cstm_jax.models.build import build_model
+from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models.zoo import BACKBONES
-from cstm_jax.models.summary import abstract_variables, count_params, summarize
+from cstm_jax.models.summary import count_params, summarize
 
 TINY = {'width': 0.125, 'num_classes': 7}
 TINY_SIZE = {'inception_v3': 75}  # the smallest kind of size that keeps v3's branches aligned

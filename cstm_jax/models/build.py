@@ -1,7 +1,9 @@
 """The one place that maps a `config.model` block to a Flax module."""
 import functools
+import weakref
 from typing import Any, Mapping, Optional
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -83,3 +85,19 @@ def build_model(model_config: Mapping[str, Any]) -> VideoClassifier:
   }[config.backbone]
   return VideoClassifier(functools.partial(backbone, **common), config.num_classes,
                          dropout_rate=config.dropout)
+
+
+# model -> {(clip shape, dtype): abstract variables}; dropped with the model.
+_ABSTRACT_VARIABLES = weakref.WeakKeyDictionary()
+
+
+def abstract_variables(model, clips: jax.ShapeDtypeStruct):
+  """Shapes and dtypes of the model's variables for `clips`, without allocating them. Traced
+  once per model and clip shape: a run asks for them several times (optimizer, state layout,
+  checkpoint restore), and each trace of a large model takes about a second."""
+  per_model = _ABSTRACT_VARIABLES.setdefault(model, {})
+  key = (tuple(clips.shape), jnp.dtype(clips.dtype))
+  if key not in per_model:
+    per_model[key] = jax.eval_shape(lambda x: model.init({'params': jax.random.key(0)}, x),
+                                    clips)
+  return per_model[key]

@@ -17,16 +17,11 @@ import jax.numpy as jnp
 from absl import flags
 
 from cstm_jax.base_config import model_config
-from cstm_jax.models.build import build_model
+from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models.flops import count_macs
 from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names, model_name
 from input_pipeline import cli_flags
 from input_pipeline.errors import run_main
-
-
-def abstract_variables(model, clips: jax.ShapeDtypeStruct):
-  """Shapes and dtypes of the model's variables, without allocating them."""
-  return jax.eval_shape(lambda x: model.init({'params': jax.random.key(0)}, x), clips)
 
 
 def count_params(variables) -> int:
