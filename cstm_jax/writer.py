@@ -15,14 +15,14 @@ def _summary_writer_class():
   """tensorboardX's SummaryWriter, imported without torch where torch is installed but not yet
   imported: tensorboardX imports it only to accept torch tensors, and it costs seconds at every
   start (we log Python floats)."""
-  if 'torch' in sys.modules:
-    from tensorboardX import SummaryWriter
-    return SummaryWriter
-  sys.modules['torch'] = None  # `import torch` raises ImportError, which tensorboardX expects
+  hide = 'torch' not in sys.modules
+  if hide:
+    sys.modules['torch'] = None  # `import torch` raises ImportError, which tensorboardX expects
   try:
     from tensorboardX import SummaryWriter
   finally:
-    del sys.modules['torch']
+    if hide:
+      del sys.modules['torch']
   return SummaryWriter
 
 

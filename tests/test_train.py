@@ -48,10 +48,14 @@ def test_smoke_run_writes_everything_and_eval_mode_reproduces_it(prepared_ssv2, 
   np.testing.assert_array_equal(again['confusion'], final['confusion'])
 
 
+INTERRUPTED_RUN_STEPS = 16  # room for SIGTERM to land after the first checkpoint (step 2)
+
+
 def main_command(workdir, data_dir):
   return [sys.executable, 'main.py', '--config=configs/ssv2_r2plus1d_18.py:smoke',
           f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
-          '--config.train.max_steps=16', '--config.train.eval_every_epochs=1000']
+          f'--config.train.max_steps={INTERRUPTED_RUN_STEPS}',
+          '--config.train.eval_every_epochs=1000']
 
 
 def interrupt(workdir, data_dir, sig):
@@ -72,7 +76,8 @@ def test_sigterm_saves_and_the_restart_ends_at_the_uninterrupted_result(prepared
   # (SIGKILL and resume of two processes: tests/test_launch.py.) The smoke run's train step, so
   # compiled once in this file.
   data_dir = prepared_ssv2[0]
-  config = smoke(ssv2_r2plus1d_18, data_dir, train__max_steps=16, train__eval_every_epochs=1000.0)
+  config = smoke(ssv2_r2plus1d_18, data_dir, train__max_steps=INTERRUPTED_RUN_STEPS,
+                 train__eval_every_epochs=1000.0)
   train.train_and_evaluate(config, tmp_path / 'straight')
   run = tmp_path / 'interrupted'
   # SIGTERM (preemption): a checkpoint at the step it stopped, and a clean exit.
@@ -81,11 +86,11 @@ def test_sigterm_saves_and_the_restart_ends_at_the_uninterrupted_result(prepared
   assert code == 0 and f'Stopped at step {stopped_at} on request' in err
   assert 'Compiling the train step (global batch 8)...' in err
   assert 'Compiled the train step and ran it once in' in err
-  assert stopped_at < 16 and not (run / 'final_metrics.json').exists()
+  assert stopped_at < INTERRUPTED_RUN_STEPS and not (run / 'final_metrics.json').exists()
   train.train_and_evaluate(config, run)  # the same run, started again
   step_a, params_a = final_params(tmp_path / 'straight')
   step_b, params_b = final_params(run)
-  assert step_a == step_b == 16
+  assert step_a == step_b == INTERRUPTED_RUN_STEPS
   for a, b in zip(params_a, params_b):
     np.testing.assert_array_equal(a, b)
 
