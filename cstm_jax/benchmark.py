@@ -9,7 +9,9 @@ Each row compiles one step for a batch of `--batch` clips sharded over all local
 times `--repeats` runs of `--steps` consecutive steps after `--warmup` runs, inputs already on
 the device and `block_until_ready` inside the timing; clips/s is the median run's.
 `inference` is the eval-mode forward; `train` is a full optimizer step of the training recipe
-(forward, backward, SGD update, BatchNorm statistics). `gflops` is XLA's cost analysis of the
+(forward, backward, SGD update, BatchNorm statistics). The variables are random at the scale of
+the initialisers (`models.build.random_variables`): their values do not change the speed, and
+compiling the real initialisers would cost seconds per row. `gflops` is XLA's cost analysis of the
 step per clip (train counts forward and backward): on TPUs of the compiled step; on GPUs, whose
 compiled count leaves out the cuDNN and cuBLAS calls, and CPUs, whose block-diagonal grouped
 convs would count their zeros, of the step lowered for one device with native grouped convs
@@ -34,7 +36,7 @@ from absl import flags
 
 from cstm_jax import base_config, hlo_stats, optim, paths, sharding, states, steps
 from cstm_jax.base_config import model_config
-from cstm_jax.models.build import abstract_variables, build_model
+from cstm_jax.models.build import abstract_variables, build_model, random_variables
 from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names
 from cstm_jax.models.summary import count_params
 from cstm_jax.temporal import ops
@@ -121,8 +123,7 @@ def inference_step(model, mesh, clips_shape, num_classes: int, colour: str,
   """(lowered eval-mode forward, runner): `runner(compiled)` is a call of it on a batch already
   on the devices. Logits stay sharded over the batch, as a serving loop would leave them."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  one_clip = jnp.zeros((1, *clips_shape[1:]), jnp.float32)
-  variables = jax.jit(model.init, out_shardings=replicated)(jax.random.key(0), one_clip)
+  variables = jax.device_put(random_variables(model, states.one_clip(clips_shape)), replicated)
   batch = _random_batch(clips_shape, mesh, num_classes)
   forward = steps.jit_forward(model, mesh, colour, gpu_conv_nhwc)
   lowered = forward.lower(variables, batch['clips'])
@@ -133,8 +134,7 @@ def recipe_optimizer(model, clips_shape):
   """(learning-rate schedule, optimizer) of the training recipe for `model`."""
   config = base_config.get_config().optim
   schedule = optim.learning_rate_schedule(config, clips_shape[0], steps_per_epoch=1000)
-  params = abstract_variables(model, jax.ShapeDtypeStruct((1, *clips_shape[1:]),
-                                                          jnp.float32))['params']
+  params = abstract_variables(model, states.one_clip(clips_shape))['params']
   return schedule, optim.make_optimizer(config, schedule, params)
 
 
@@ -143,7 +143,9 @@ def train_step(model, mesh, clips_shape, num_classes: int, colour: str,
   """(lowered train step, runner): a full optimizer step of the recipe (SGD, clipping, weight
   decay, BatchNorm statistics); the state threads through successive calls."""
   schedule, tx = recipe_optimizer(model, clips_shape)
-  state, shardings = states.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
+  _, shardings = states.state_layout(model, tx, clips_shape, mesh)
+  state = states.state_from_variables(
+      model, tx, random_variables(model, states.one_clip(clips_shape)), shardings)
   batch = _random_batch(clips_shape, mesh, num_classes)
   rng = jax.random.key(1)
   step = steps.jit_train_step(steps.make_train_step(model, schedule, colour), shardings, mesh,
@@ -184,8 +186,7 @@ def unoptimised_gflops_per_clip(mode: str, model, clips_shape, colour: str) -> f
   clips = jax.ShapeDtypeStruct(clips_shape, jnp.uint8)
   with ops.native_grouped_convs():
     if mode == 'inference':
-      variables = abstract_variables(model, jax.ShapeDtypeStruct((1, *clips_shape[1:]),
-                                                                 jnp.float32))
+      variables = abstract_variables(model, states.one_clip(clips_shape))
       lowered = steps.jit_forward(model, cpu_mesh, colour).lower(variables, clips)
     else:
       schedule, tx = recipe_optimizer(model, clips_shape)
@@ -237,8 +238,7 @@ def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
   device = jax.local_devices()[0]
   peak = peak_tflops or known_peak_tflops(device.device_kind, setting.dtype)
   achieved = gflops * clips_per_s / 1e3
-  params = count_params(abstract_variables(model, jax.ShapeDtypeStruct(
-      (1, *clips_shape[1:]), jnp.float32)))
+  params = count_params(abstract_variables(model, states.one_clip(clips_shape)))
   return {
       **dataclasses.asdict(setting),
       'params': params,

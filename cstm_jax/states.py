@@ -34,12 +34,13 @@ def model_and_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int)
   schedule = optim.learning_rate_schedule(config.optim, config.data.batch_size, steps_per_epoch)
   clips_shape = (config.data.batch_size, config.data.num_frames, config.data.crop,
                  config.data.crop, 3)
-  abstract_params = abstract_variables(model, _one_clip(clips_shape))['params']
+  abstract_params = abstract_variables(model, one_clip(clips_shape))['params']
   return model, schedule, optim.make_optimizer(config.optim, schedule, abstract_params), clips_shape
 
 
-def _one_clip(clips_shape) -> jax.ShapeDtypeStruct:
-  # One clip is enough to initialise: no variable's shape depends on the batch.
+def one_clip(clips_shape) -> jax.ShapeDtypeStruct:
+  """One float32 clip of a batch of `clips_shape`: enough to initialise, since no variable's
+  shape depends on the batch."""
   return jax.ShapeDtypeStruct((1, *clips_shape[1:]), jnp.float32)
 
 
@@ -50,7 +51,7 @@ def _state_of(model, tx, variables) -> TrainState:
 
 def _init_fn(model, tx, clips_shape):
   def init(rng):
-    clip = _one_clip(clips_shape)
+    clip = one_clip(clips_shape)
     return _state_of(model, tx, model.init({'params': rng}, jnp.zeros(clip.shape, clip.dtype)))
 
   return init
@@ -59,7 +60,7 @@ def _init_fn(model, tx, clips_shape):
 def state_layout(model, tx, clips_shape, mesh, threshold=2 ** 20):
   """(abstract state whose leaves carry their shardings, the shardings)."""
   abstract = jax.eval_shape(lambda v: _state_of(model, tx, v),
-                            abstract_variables(model, _one_clip(clips_shape)))
+                            abstract_variables(model, one_clip(clips_shape)))
   shardings = sharding.state_shardings(abstract, mesh, threshold)
   with_shardings = jax.tree_util.tree_map(
       lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
@@ -73,6 +74,12 @@ def create_train_state(model, tx, clips_shape, mesh, rng, threshold=2 ** 20, sha
   if shardings is None:
     _, shardings = state_layout(model, tx, clips_shape, mesh, threshold)
   return jax.jit(_init_fn(model, tx, clips_shape), out_shardings=shardings)(rng), shardings
+
+
+def state_from_variables(model, tx, variables, shardings) -> TrainState:
+  """A fresh train state holding `variables` (e.g. `models.build.random_variables`), laid out
+  by `shardings` (from `state_layout`)."""
+  return jax.jit(lambda v: _state_of(model, tx, v), out_shardings=shardings)(variables)
 
 
 def variables_of(state) -> dict:

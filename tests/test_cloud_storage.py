@@ -72,7 +72,7 @@ def read(env, name: str) -> bytes:
 def test_two_processes_train_and_serve_from_cloud_storage(emulator, prepared_ssv2,
                                                                   synthetic_ssv2, tmp_path):
   workdir = f'gs://{BUCKET}/runs/smoke'
-  env = process_env(1, **emulator)  # two processes of one CPU device each
+  env = process_env(4, **emulator)  # two processes of four CPU devices, as tests/test_launch.py
   # Steps whose checkpoint is complete: orbax's commit marker at the step's top level.
   steps = lambda: {int(parts[1]) for parts in map(lambda n: n.split('/'), objects(
       env, 'runs/smoke/')) if len(parts) == 3 and parts[0] == 'checkpoints' and

@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cstm_jax.base_config import model_config
-from cstm_jax.models.build import abstract_variables, build_model
+from cstm_jax.models.build import abstract_variables, build_model, random_variables
 from cstm_jax.models.zoo import BACKBONES
 from cstm_jax.models.summary import count_params, summarize
 
@@ -66,25 +66,6 @@ def test_temporal_modules_cost_what_the_design_says():
 
 
 # --- Every variant trains -------------------------------------------------------------------
-
-def random_variables(model, clips, seed=0):
-  """Variables with the structure of `model.init` filled with random values on the host.
-
-  Jitting the real initialiser would double the compile time of each model in this suite;
-  the initialisers are tested with the modules.
-  """
-  rng = np.random.default_rng(seed)
-  def draw(path, leaf):
-    name = path[-1].key
-    if name in ('scale', 'var'):
-      return np.ones(leaf.shape, np.float32)
-    if name in ('mean', 'bias'):
-      return np.zeros(leaf.shape, np.float32)
-    fan_in = max(1, int(np.prod(leaf.shape[:-1])))
-    return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(np.float32)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), clips)
-  return jax.tree_util.tree_map_with_path(draw, shapes)
-
 
 @functools.partial(jax.jit, static_argnums=0)
 def loss_and_grad(model, variables, clips, labels):
@@ -189,7 +170,7 @@ def test_sharded_forward_equals_unsharded():
   assert jax.device_count() == 8
   model = build_model(model_config('cstm_bninception', **TINY))
   clips = jax.random.normal(jax.random.key(1), (8, 2, 32, 32, 3))
-  variables = jax.jit(model.init)(jax.random.key(0), clips)
+  variables = random_variables(model, clips)
   train_forward = lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats'],
                                            rngs={'dropout': jax.random.key(2)})
   expected_logits, expected_stats = jax.jit(train_forward)(variables, clips)
@@ -200,7 +181,9 @@ def test_sharded_forward_equals_unsharded():
                     out_shardings=(data, replicated))
   logits, stats = sharded(jax.device_put(variables, replicated), jax.device_put(clips, data))
   assert len(logits.sharding.device_set) == 8
-  np.testing.assert_allclose(logits, expected_logits, rtol=1e-4, atol=1e-5)
+  # Sums in another order, through a deep net in train mode: equal up to 1e-4 of the logits' scale.
+  scale = float(np.abs(expected_logits).max())
+  np.testing.assert_allclose(logits, expected_logits, rtol=1e-4, atol=1e-4 * scale)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                          stats, expected_stats)
 

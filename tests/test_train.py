@@ -13,7 +13,8 @@ import pytest
 
 from configs import ssv2_8f, ssv2_r2plus1d_18
 from cstm_jax import checkpoints, compare, demo, evaluation, sharding, states, steps, train
-from input_pipeline import errors
+from conftest import SYNTHETIC
+from input_pipeline import errors, synthetic
 from runs import final_params, smoke
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -95,14 +96,20 @@ def test_sigterm_saves_and_the_restart_ends_at_the_uninterrupted_result(prepared
     np.testing.assert_array_equal(a, b)
 
 
+# The smoke run's model and schedule (the classes and steps per epoch of its dataset): the tests
+# below reuse its compiled initial state and eight-device train step from the compile cache.
+SMOKE_CLASSES = len(synthetic.class_names())
+SMOKE_STEPS_PER_EPOCH = SYNTHETIC['train'] // ssv2_r2plus1d_18.get_config('smoke').data.batch_size
+
+
 def test_one_device_and_eight_devices_give_the_same_step():
   assert jax.device_count() == 8
   config = ssv2_r2plus1d_18.get_config('smoke')
-  config.model.num_classes = 174
-  model, schedule, tx, clips_shape = states.model_and_optimizer(config, steps_per_epoch=10)
+  config.model.num_classes = SMOKE_CLASSES
+  model, schedule, tx, clips_shape = states.model_and_optimizer(config, SMOKE_STEPS_PER_EPOCH)
   rng = np.random.default_rng(0)
   batch = {'clips': rng.integers(0, 256, clips_shape, np.uint8),
-           'labels': rng.integers(0, 174, clips_shape[0]).astype(np.int32)}
+           'labels': rng.integers(0, SMOKE_CLASSES, clips_shape[0]).astype(np.int32)}
   initial, _ = states.create_train_state(model, tx, clips_shape, sharding.make_mesh(1),
                                          jax.random.key(0))
   initial = jax.device_get(initial)  # on the host: each mesh gets its own copy to donate
@@ -137,9 +144,9 @@ def test_init_from_loads_the_backbone_and_keeps_a_new_head(tmp_path):
   source, _ = states.create_train_state(model, tx, clips_shape, mesh, jax.random.key(7))
   checkpoints.save_variables(tmp_path / 'pretrained', {'params': source.params,
                                                        'batch_stats': source.batch_stats})
-  config.model.num_classes = 12
+  config.model.num_classes = SMOKE_CLASSES
   config.train.init_from = str(tmp_path / 'pretrained')
-  model, _, tx, clips_shape = states.model_and_optimizer(config, steps_per_epoch=10)
+  model, _, tx, clips_shape = states.model_and_optimizer(config, SMOKE_STEPS_PER_EPOCH)
   run = checkpoints.RunCheckpoints(tmp_path / 'run')
   state, _, start = train.initial_state(config, model, tx, mesh, clips_shape, run, None)
   assert start == 0 and state.params['head']['kernel'].shape[-1] == 12

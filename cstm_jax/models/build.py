@@ -6,6 +6,7 @@ from typing import Any, Mapping, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from cstm_jax import base_config
 from cstm_jax.models import inception, inception3d, r2plus1d, resnet, zoo
@@ -101,3 +102,24 @@ def abstract_variables(model, clips: jax.ShapeDtypeStruct):
     per_model[key] = jax.eval_shape(lambda x: model.init({'params': jax.random.key(0)}, x),
                                     clips)
   return per_model[key]
+
+
+def random_variables(model, clips, seed: int = 0) -> dict:
+  """NumPy variables with the structure of `model.init` for `clips` (an array or a
+  ShapeDtypeStruct): weights drawn from a normal scaled by 1/sqrt(fan-in), BatchNorm scales
+  and variances 1, means and biases 0. For measurements and tests where the values do not
+  matter: made on the host in milliseconds, where compiling the real initialisers takes
+  seconds on CPU (each one's random numbers become code of their own)."""
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name in ('scale', 'var'):
+      return np.ones(leaf.shape, leaf.dtype)
+    if name in ('mean', 'bias'):
+      return np.zeros(leaf.shape, leaf.dtype)
+    fan_in = max(1, int(np.prod(leaf.shape[:-1])))
+    return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
+
+  abstract = abstract_variables(model, jax.ShapeDtypeStruct(clips.shape, clips.dtype))
+  return jax.tree_util.tree_map_with_path(draw, abstract)

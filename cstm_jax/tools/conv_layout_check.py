@@ -16,7 +16,7 @@ from absl import flags
 
 from cstm_jax import base_config, optim, sharding, states, steps
 from cstm_jax.base_config import model_config
-from cstm_jax.models.build import build_model
+from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models.zoo import BACKBONES, MODELS
 from input_pipeline import cli_flags
 from input_pipeline.errors import run_main
@@ -35,7 +35,7 @@ def relative_difference(a, b) -> tuple[float, str]:
 def outputs(model, mesh, clips_shape, colour: str, nhwc: bool, batch, seed: int = 0) -> dict:
   config = base_config.get_config().optim
   schedule = optim.learning_rate_schedule(config, clips_shape[0], steps_per_epoch=100)
-  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *clips_shape[1:]))))
+  params = abstract_variables(model, states.one_clip(clips_shape))
   tx = optim.make_optimizer(config, schedule, params['params'])
   state, shardings = states.create_train_state(model, tx, clips_shape, mesh, jax.random.key(seed))
   variables = states.variables_of(state)
