@@ -108,7 +108,7 @@ def random_variables(model, clips, seed: int = 0) -> dict:
   """NumPy variables with the structure of `model.init` for `clips` (an array or a
   ShapeDtypeStruct): weights drawn from a normal scaled by 1/sqrt(fan-in), BatchNorm scales
   and variances 1, means and biases 0. For measurements and tests where the values do not
-  matter: made on the host in milliseconds, where compiling the real initialisers takes
+  matter: made on the host in well under a second, where compiling the real initialisers takes
   seconds on CPU (each one's random numbers become code of their own)."""
   rng = np.random.default_rng(seed)
 
