@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cstm_jax import config_file, evaluation, hlo_stats, paths, sharding, states, steps
+from cstm_jax import compile_cache, config_file, evaluation, hlo_stats, paths, sharding, states, steps
 from cstm_jax import targets as target_specs
 from cstm_jax.models.zoo import model_name
 from input_pipeline import cli_flags
@@ -146,16 +146,8 @@ def analyse(config, target: target_specs.Target, steps=STEPS, max_batch: int = 0
   mesh = sharding.make_mesh(config.mesh.model, devices)
   hosts = len({d.process_index for d in devices})
   limit = target_specs.memory_limit_bytes(target, devices[0])
-  rows = []
-  cache = jax.config.jax_enable_compilation_cache
-  jax.config.update('jax_enable_compilation_cache', False)  # compile_s is a cold compile
-  try:
-    for step in steps:
-      rows.append(_analyse_step(config, target, step, mesh, devices, hosts, limit, max_batch,
-                                hlo_dir, log))
-  finally:
-    jax.config.update('jax_enable_compilation_cache', cache)
-  return rows
+  return [_analyse_step(config, target, step, mesh, devices, hosts, limit, max_batch, hlo_dir,
+                        log) for step in steps]
 
 
 def _analyse_step(config, target, step, mesh, devices, hosts, limit, max_batch, hlo_dir,
@@ -170,7 +162,8 @@ def _analyse_step(config, target, step, mesh, devices, hosts, limit, max_batch, 
   lower = step_builder(config, mesh, step)
   log(f'{target.spec}: compiling the {step} step for {len(devices)} x {devices[0].device_kind} '
       f'({hosts} host{"s" * (hosts > 1)}), global batch {global_batch} ...')
-  result = compile_at(lower, global_batch)
+  with compile_cache.CompileCounter() as compiled:
+    result = compile_at(lower, global_batch)
   row = {
       'target': target.spec, 'platform': target.platform, 'device_kind': devices[0].device_kind,
       'devices': len(devices), 'hosts': hosts, 'step': step,
@@ -178,6 +171,7 @@ def _analyse_step(config, target, step, mesh, devices, hosts, limit, max_batch, 
       'frames': config.model.num_frames,
       'crop': config.data.crop, 'dtype': config.model.dtype, 'global_batch': global_batch,
       'per_device_batch': global_batch // data_devices, 'compile_s': round(result.seconds, 1),
+      'compile_cache': compiled.describe(),
       'limit_gib': round(limit / GiB, 2),
   }
   row.update(_memory_columns(result, limit))
@@ -329,6 +323,7 @@ def main(argv=None) -> int:
   if set(args.steps) - set(STEPS):
     cli_flags.fail(f'--steps {",".join(args.steps)}: choose from {", ".join(STEPS)}')
   log = lambda message: print(message, file=sys.stderr, flush=True)
+  compile_cache.enable(compile_cache.config_setting(args.config))
   rows = []
   for target in parsed:
     try:

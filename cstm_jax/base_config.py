@@ -5,7 +5,6 @@ recipe (docs/design.md, "Recipe"). The files in `configs/` start from it through
 and change only what differs; `--config.KEY=VALUE` changes one key, and a key not listed here
 is refused. Importing this file loads ml_collections and nothing of JAX or the data stack.
 """
-import multiprocessing
 import os
 
 import ml_collections
@@ -58,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
       'eval_crops': 1,              # 1 (centre) or 3 (along the long side)
       'batch_size': 32,             # global training batch over all processes
       'eval_batch_size': 32,
-      'num_workers': min(16, multiprocessing.cpu_count()),  # grain processes (0: in-process)
+      'num_workers': -1,            # grain processes; 0: in-process; -1: by the host (workers.py)
       'prefetch': 2,                # batches buffered per worker
       'seed': 0,                    # sampling, crops and flips; shuffling
   })
@@ -109,6 +108,10 @@ def get_config() -> ml_collections.ConfigDict:
       # transposes). Faster on an H100, but not yet shown to give the same parameter update
       # (docs/accelerators.md), so off. No effect on CPU or TPU.
       'gpu_conv_nhwc': False,
+      # JAX's persistent compilation cache: a folder (local or gs://), 'off', or '' for
+      # $CSTM_COMPILE_CACHE, else $JAX_COMPILATION_CACHE_DIR, else ~/.cache/cstm_jax/xla
+      # (cstm_jax/compile_cache.py). A restarted run loads its compiled steps from it.
+      'cache_dir': '',
   })
   return config
 

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from cstm_jax import base_config, hlo_stats, optim, paths, sharding, states, steps
+from cstm_jax import base_config, compile_cache, hlo_stats, optim, paths, sharding, states, steps
 from cstm_jax.base_config import model_config
 from cstm_jax.models.build import abstract_variables, build_model, random_variables
 from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names
@@ -327,6 +327,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   define('string', 'markdown', None, 'Write the markdown table to this file.')
   define('string', 'plot', None, 'Write clips/s against GFLOPs per clip to this PNG.')
   define('string', 'hlo', None, "Write each step's optimised HLO into this folder.")
+  define('string', 'compile_cache', 'off', "JAX's persistent compilation cache for the compiles: "
+         "a folder, or 'off' (the default: compile_s is then a cold compile).")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> types.SimpleNamespace:
@@ -381,12 +383,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   device = jax.local_devices()[0]
   print(f'benchmarking {len(todo)} settings on {jax.local_device_count()} x '
         f'{device.device_kind} (jax {jax.__version__})', file=sys.stderr, flush=True)
-  cache = jax.config.jax_enable_compilation_cache
-  jax.config.update('jax_enable_compilation_cache', False)  # compile_s is a cold compile
-  try:
+  with compile_cache.using(args.compile_cache):  # 'off' by default: compile_s is cold
     rows = run_settings(todo, args)
-  finally:
-    jax.config.update('jax_enable_compilation_cache', cache)
   print(markdown_table(rows))
   return 0
 

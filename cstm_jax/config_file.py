@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from cstm_jax import paths
-from input_pipeline import cli_flags
+from input_pipeline import cli_flags, workers
 from input_pipeline.errors import ConfigError, MissingFile, UserError
 
 # Names other codebases use for our keys: a misspelling is matched to these too.
@@ -185,3 +185,15 @@ def with_dataset_classes(config, class_names) -> ml_collections.ConfigDict:
   """`with_num_classes` for the prepared dataset of `config.data` and its `class_names`."""
   return with_num_classes(config, len(class_names),
                           f'the dataset {config.data.name} in {config.data.data_dir}')
+
+
+def with_loader_workers(config, accelerators: int, process_count: int = 1):
+  """`config` with `data.num_workers` -1 replaced by the count `input_pipeline.workers` chooses
+  for this host and its `accelerators`."""
+  count = workers.resolved(config.data, accelerators, process_count)
+  if count == config.data.num_workers:
+    return config
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.data.num_workers = count
+  return config

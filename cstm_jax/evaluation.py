@@ -117,6 +117,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   """Evaluates the `config.eval.checkpoint` ('latest' or 'best') checkpoint of `workdir` with
   each of `config.eval.final_views`, without training."""
   mesh = states.setup_mesh(config)
+  config = config_file.with_loader_workers(config, states.local_accelerators(),
+                                           jax.process_count())
   _, class_names = pipeline.open_split(config.data, config.data.eval_split)
   config = config_file.with_dataset_classes(config, class_names)
   model, variables, step = states.restore_variables(config, workdir, config.eval.checkpoint, mesh)

@@ -39,8 +39,9 @@ def main(argv):
   launch.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                     FLAGS.local_device_ids and [int(i) for i in FLAGS.local_device_ids])
   import jax
-  from cstm_jax import evaluation, train
+  from cstm_jax import compile_cache, evaluation, train
   config = FLAGS.config
+  compile_cache.enable(compile_cache.config_setting(config))
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
   if config.mode == 'train':

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from cstm_jax import checkpoints, config_file, evaluation, paths, sharding, states, steps
+from cstm_jax import checkpoints, compile_cache, config_file, evaluation, paths, sharding, states, steps
 from cstm_jax.convert import describe_mismatch
 from cstm_jax.models.build import abstract_variables, build_model
 from input_pipeline import builders, cli_flags, labels, pipeline, video_io
@@ -88,6 +88,7 @@ def parse_model_command(argv: Optional[Sequence[str]], doc: str, define) -> flag
 def load_model_from_flags(args: flags.FlagValues):
   """`load_model` for the flags of `parse_model_command`."""
   config, config_name = config_file.from_flag(args)
+  compile_cache.enable(compile_cache.config_setting(config))
   return load_model(args.workdir, args.checkpoint, config, args.which, config_name)
 
 

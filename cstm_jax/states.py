@@ -28,6 +28,11 @@ def setup_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   return mesh
 
 
+def local_accelerators() -> int:
+  """GPUs or TPU chips this process drives (0 on a CPU host)."""
+  return sum(d.platform != 'cpu' for d in jax.local_devices())
+
+
 def model_and_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
   """(model, lr schedule, optimizer, shape of a global training batch of clips)."""
   model = build_model(config.model)

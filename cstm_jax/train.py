@@ -15,15 +15,22 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cstm_jax import checkpoints, config_file, evaluation, paths, plots, sharding, states, steps
+from cstm_jax import (checkpoints, compile_cache, config_file, evaluation, paths, plots, sharding,
+                      states, steps)
 from cstm_jax.writer import MetricWriter, read_metrics
-from input_pipeline import pipeline
+from input_pipeline import pipeline, workers
+from input_pipeline.prefetch import Prefetched
 from input_pipeline.errors import UserError
 from input_pipeline.progress import format_seconds
 
 
 class NonFiniteLoss(UserError, FloatingPointError):
   """Training diverged; nothing reached through the diverging step was saved."""
+
+
+# A log window whose wall time went this much to waiting for batches is input-bound.
+INPUT_BOUND_FRACTION = 0.2
+INPUT_BOUND_WARN_EVERY_S = 600.0
 
 
 # --- Where a run starts -------------------------------------------------------------------------
@@ -81,6 +88,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
 
   # Data.
+  config = config_file.with_loader_workers(config, states.local_accelerators(),
+                                           jax.process_count())
   train_data = pipeline.train_dataset(config.data, jax.process_index(), jax.process_count())
   train_source, class_names = pipeline.open_split(config.data, config.data.train_split)
   config = config_file.with_dataset_classes(config, class_names)
@@ -111,28 +120,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     (workdir / 'config.json').write_text(config.to_json(indent=1))
     (workdir / 'classes.json').write_text(json.dumps(list(class_names), indent=0))  # predict
     logging.info('Training %s/%s on %d devices (%d processes): %d videos, %d steps of %d clips '
-                 '(%d per epoch), starting at step %d', config.model.temporal,
+                 '(%d per epoch), starting at step %d; %d loader processes', config.model.temporal,
                  config.model.backbone, jax.device_count(), jax.process_count(), train_size,
-                 total_steps, config.data.batch_size, steps_per_epoch, start)
+                 total_steps, config.data.batch_size, steps_per_epoch, start,
+                 config.data.num_workers)
 
+  # Batches are made and sent to the devices in a thread while the step before runs; the loop
+  # waits for each step to finish before taking the next batch, so the time it then waits for
+  # that batch is time the devices had nothing to do (the input wait).
+  batches = Prefetched(train_iterator, lambda local: sharding.global_batch(
+      {k: local[k] for k in ('clips', 'labels')}, mesh))
   preemption = Preemption()
   unchecked = []  # (step, metrics on the device) whose finiteness is not yet checked
-  window_start, window_steps = time.monotonic(), 0
+  window_start, window_steps, window_wait = time.monotonic(), 0, 0.0
+  warned_input_bound = -INPUT_BOUND_WARN_EVERY_S
+  metrics = None
   step = start
   try:
     while step < total_steps:
-      local = next(train_iterator)
-      batch = sharding.global_batch({k: local[k] for k in ('clips', 'labels')}, mesh)
+      if metrics is not None:
+        jax.block_until_ready(metrics)
+      batch = next(batches)
       if step == start:  # the first call compiles: timed apart, and left out of the ETA
         logging.info('Compiling the train step (global batch %d)...', config.data.batch_size)
         compile_start = time.monotonic()
-        state, metrics = jax.block_until_ready(train_step(state, batch, rng))
-        logging.info('Compiled the train step and ran it once in %.1f s',
-                     time.monotonic() - compile_start)
+        with compile_cache.CompileCounter() as compiled:
+          state, metrics = jax.block_until_ready(train_step(state, batch, rng))
+        logging.info('Compiled the train step and ran it once in %.1f s (%s)',
+                     time.monotonic() - compile_start, compiled.describe())
         window_start = time.monotonic()
       else:
         state, metrics = train_step(state, batch, rng)
         window_steps += 1
+        window_wait += batches.last_wait_s
       step += 1
       unchecked.append((step, metrics))
       stop = preemption.requested or (jax.process_count() > 1 and
@@ -144,18 +164,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         _check_finite(unchecked, run_checkpoints)
         unchecked = []
       if logging_step:
-        seconds = time.monotonic() - window_start
-        clips_per_s = window_steps * config.data.batch_size / max(seconds, 1e-9)
+        jax.block_until_ready(metrics)  # the window ends when its last step has finished
+        seconds = max(time.monotonic() - window_start, 1e-9)
+        clips_per_s = window_steps * config.data.batch_size / seconds
+        wait_fraction = window_wait / seconds
         last = jax.device_get(metrics)
-        writer.write(step, {**last, 'clips_per_s': clips_per_s})
+        writer.write(step, {**last, 'clips_per_s': clips_per_s, 'input_wait_s': window_wait,
+                            'input_wait_fraction': wait_fraction})
         if main_process:
           eta = (total_steps - step) * seconds / max(window_steps, 1)
-          logging.info('step %d/%d  loss %.4f  acc %.3f  lr %.5f  %.1f clips/s  ETA %s', step,
-                       total_steps, last['loss'], last['accuracy'], last['lr'], clips_per_s,
+          logging.info('step %d/%d  loss %.4f  acc %.3f  lr %.5f  %.1f clips/s  input wait %.0f%% '
+                       '(%.1f s)  ETA %s', step, total_steps, last['loss'], last['accuracy'],
+                       last['lr'], clips_per_s, 100 * wait_fraction, window_wait,
                        format_seconds(eta))
-        window_start, window_steps = time.monotonic(), 0
+          now = time.monotonic()
+          if (window_steps and wait_fraction > INPUT_BOUND_FRACTION
+              and now - warned_input_bound >= INPUT_BOUND_WARN_EVERY_S):
+            warned_input_bound = now
+            logging.warning(
+                'input-bound: the devices waited for data %.0f%% of the last %d steps with %d '
+                'loader processes; raise --config.data.num_workers (cores: %d) or prepare the '
+                'data on a faster local disk', 100 * wait_fraction, window_steps,
+                config.data.num_workers, workers.usable_cores())
+        window_start, window_steps, window_wait = time.monotonic(), 0, 0.0
       if saving:
-        run_checkpoints.save(step, state, train_iterator, config, force=True)
+        run_checkpoints.save(step, state, batches, config, force=True)
       if stop:
         run_checkpoints.wait()
         logging.warning('Stopped at step %d on request; the same command resumes.', step)
@@ -164,9 +197,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         results = evaluation.evaluate_views(config, eval_step, states.variables_of(state), mesh,
                                             config.eval.views, class_names, step=step)
         _record_eval(writer, run_checkpoints, step, state, config, results, main_process)
-        window_start = time.monotonic()
+        window_start, window_steps, window_wait = time.monotonic(), 0, 0.0
   finally:
     preemption.restore()
+    batches.close()
 
   # Final evaluation, with every requested set of views.
   final = {}

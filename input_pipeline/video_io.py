@@ -1,10 +1,11 @@
 """Reading videos (PyAV) and frame folders (OpenCV), and JPEG coding of frames.
 
-Frames are RGB uint8 `[H, W, 3]`. Every failure is a `VideoError` that names the file.
+Frames are RGB uint8 `[H, W, 3]`. Every failure is a `VideoError` that names the file. PyAV is
+imported by the two functions that code video files, so frame folders and prepared datasets
+work on hosts without it (a GPU host's own image, say).
 """
 import pathlib
 
-import av
 import cv2
 import numpy as np
 
@@ -54,6 +55,7 @@ def decode_video(path: pathlib.Path, each_frame=None) -> list:
   A file that decodes to clearly fewer frames than its header's duration promises (a truncated
   download) is an error, not a short video.
   """
+  import av
   each_frame = each_frame or (lambda frame: frame)
   if pathlib.Path(path).stat().st_size == 0:
     raise VideoError('empty file (0 bytes)')
@@ -100,6 +102,7 @@ def video_to_jpegs(path, short_side: int = 256, quality: int = JPEG_QUALITY) -> 
 def write_webm(path, frames, fps: int = 12, crf: int = 30) -> None:
   """Writes RGB frames as a VP9 WebM (even width and height required by yuv420p); a lower
   `crf` keeps more detail in larger files."""
+  import av
   height, width = frames[0].shape[:2]
   with av.open(str(path), 'w') as container:
     stream = container.add_stream('libvpx-vp9', rate=fps)
