@@ -127,9 +127,12 @@ class CompileCounter:
 
   def describe(self) -> str:
     if self.requests == 0:
-      return 'compilation cache off'
+      import jax
+      return ('compilation cache off' if not (jax.config.jax_enable_compilation_cache and
+                                              jax.config.jax_compilation_cache_dir)
+              else 'compiled before in this process')
     if self.hits == self.requests:
       return 'from the compilation cache'
     if self.hits == 0:
-      return 'compiled; not in the compilation cache'
+      return 'compiled, not in the compilation cache'
     return f'{self.hits} of {self.requests} programs from the compilation cache'

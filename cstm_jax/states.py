@@ -50,8 +50,11 @@ def one_clip(clips_shape) -> jax.ShapeDtypeStruct:
 
 
 def _state_of(model, tx, variables) -> TrainState:
+  # The step counter as a checkpoint restores it (int32, not weakly typed): a fresh and a
+  # resumed run then trace the same train step, and a restart finds it in the compile cache.
   return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
-                           batch_stats=variables['batch_stats'])
+                           batch_stats=variables['batch_stats']).replace(
+                               step=jnp.zeros((), jnp.int32))
 
 
 def _init_fn(model, tx, clips_shape):

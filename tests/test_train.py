@@ -36,7 +36,9 @@ def test_smoke_run_writes_everything_and_eval_mode_reproduces_it(prepared_ssv2, 
   assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert [r['step'] for r in records if 'loss' in r] == [2, 4, 6]
-  assert {'loss', 'lr', 'clips_per_s', 'grad_norm'} <= set(records[0])
+  assert {'loss', 'lr', 'clips_per_s', 'grad_norm', 'input_wait_s',
+          'input_wait_fraction'} <= set(records[0])
+  assert all(0 <= r['input_wait_fraction'] <= 1 for r in records if 'loss' in r)
   best = json.loads((tmp_path / 'best' / 'best.json').read_text())
   assert best['step'] in (3, 6) and best['top1'] >= max(r.get('val_top1', 0) for r in records)
   for png in ('training_curves.png', 'eval/final_1x1_confusion.png', 'eval/final_1x1_tsne.png'):
@@ -47,6 +49,30 @@ def test_smoke_run_writes_everything_and_eval_mode_reproduces_it(prepared_ssv2, 
   for key in ('top1', 'top5', 'mean_class_accuracy'):
     assert again[key] == pytest.approx(final[key])
   np.testing.assert_array_equal(again['confusion'], final['confusion'])
+
+
+def test_an_input_bound_run_says_so_and_names_the_loader_setting(prepared_ssv2, tmp_path,
+                                                                   monkeypatch, caplog):
+  # A loader far slower than the step (0.1 s a clip, 0.8 s a batch): once the batches made
+  # during the compile are used up, the devices wait for most of every window, and the log says
+  # which setting to raise.
+  from input_pipeline import pipeline
+  transform = pipeline.TrainTransform.__call__
+
+  def slow(self, record, rng):
+    time.sleep(0.1)
+    return transform(self, record, rng)
+
+  monkeypatch.setattr(pipeline.TrainTransform, '__call__', slow)
+  config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], train__max_steps=8,
+                 train__eval_every_epochs=1000.0)
+  with caplog.at_level('WARNING'):
+    train.train_and_evaluate(config, tmp_path)
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  waits = [r['input_wait_fraction'] for r in records if 'loss' in r]
+  assert len(waits) == 4 and waits[-1] > 0.5
+  warnings = [r.getMessage() for r in caplog.records if 'input-bound' in r.getMessage()]
+  assert len(warnings) == 1 and 'data.num_workers' in warnings[0]  # once per 10 minutes
 
 
 INTERRUPTED_RUN_STEPS = 16  # room for SIGTERM to land after the first checkpoint (step 2)
