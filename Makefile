@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
 .PHONY: test demo summary benchmark benchmark-gpu accelerators accelerators-tpu accelerators-gpu \
-  clean
+  device-check device-wheels clean
 
 # libtpu goes into its own folder, on the path of the tests only (the ahead-of-time TPU compiles):
 # in the environment itself jax would look for a TPU, and say so, in every run.
@@ -109,6 +109,25 @@ accelerators-gpu: $(INSTALLED)
 	  $(GPU_AOT) --config=configs/$$cfg.py $(AOT_ARGS) --target=cuda:h100 --steps=train \
 	    --config.data.batch_size=64 --config.xla.gpu_conv_nhwc=$$nhwc \
 	    --json $(AOT_OUT)/cuda_kernels_$${cfg}_nhwc_$$nhwc.json || exit 1; done; done
+
+# The one-call device check (docs/accelerators.md): about 9 minutes on one GPU host, with that
+# host's own Python and jax; writes docs/bench/device_<device>.{json,md} (DEVICE_OUT).
+# `make device-wheels` (here, with network) fetches what such a host may lack into .whl/.
+DEVICE_PYTHON ?= python3
+DEVICE_OUT ?= docs/bench
+device-check:
+	bash scripts/device_check.sh $(DEVICE_PYTHON) $(DEVICE_OUT)
+
+WHEEL_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 \
+  manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64 any,--platform $(p))
+device-wheels: $(INSTALLED)
+	mkdir -p .whl
+	grep -v '^#' scripts/device_wheels.txt | grep -v '^promise==' | xargs $(PYTHON) -m pip download \
+	  -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  $(WHEEL_PLATFORMS) -d .whl
+	# promise has no wheel on PyPI: a pure-Python one is built from its source.
+	$(PYTHON) -m pip wheel -q --no-deps -w .whl $$(grep '^promise==' scripts/device_wheels.txt)
+	du -sh .whl
 
 clean:
 	rm -rf $(VENV) .pytest_cache .jax_cache runs/demo data/demo

@@ -105,8 +105,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.xla = ml_collections.ConfigDict({
       # GPUs: force convolutions channels-last (XLA:GPU runs 3D convs NCDHW, wrapped in
-      # transposes). Faster on an H100, but not yet shown to give the same parameter update
-      # (docs/accelerators.md), so off. No effect on CPU or TPU.
+      # transposes). Faster on an H100; off until the device check's layout part shows the
+      # same gradients and updates on a GPU (docs/accelerators.md). No effect on CPU or TPU.
       'gpu_conv_nhwc': False,
       # JAX's persistent compilation cache: a folder (local or gs://), 'off', or '' for
       # $CSTM_COMPILE_CACHE, else $JAX_COMPILATION_CACHE_DIR, else ~/.cache/cstm_jax/xla

@@ -40,8 +40,9 @@ def run(eval_step, variables, dataset, mesh, max_features: int = 2000, batches: 
   With `batches` (per process), process 0 shows the progress."""
   logits, labels, features = [], [], []
   kept = 0
+  iterator = iter(dataset)
   with Progress(batches, 'batches', label, enabled=batches > 0 and jax.process_index() == 0) as bar:
-    for local in dataset:
+    for local in iterator:
       batch = sharding.global_batch({k: local[k] for k in ('clips', 'labels', 'mask')}, mesh)
       batch_logits, batch_features = eval_step(variables, batch)
       mask = sharding.to_host(batch['mask']) > 0
@@ -51,6 +52,8 @@ def run(eval_step, variables, dataset, mesh, max_features: int = 2000, batches: 
         features.append(sharding.to_host(batch_features)[mask])
         kept += int(mask.sum())
       bar.update()
+  if hasattr(iterator, 'close'):  # its worker processes free their shared memory now
+    iterator.close()
   return {'logits': np.concatenate(logits), 'labels': np.concatenate(labels),
           'features': np.concatenate(features)[:max_features] if features else None}
 

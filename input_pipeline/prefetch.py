@@ -72,13 +72,22 @@ class Prefetched(grain.DatasetIterator):
     raise NotImplementedError('restore the wrapped iterator before wrapping it in Prefetched')
 
   def close(self, timeout_s: float = 30.0) -> None:
-    """Stops the thread: it finishes the batch it is making, then exits (given up on after
-    `timeout_s`; the thread is a daemon)."""
+    """Stops the thread (it finishes the batch it is making, then exits; given up on after
+    `timeout_s`, the thread being a daemon), drops the batches held ready and closes the wrapped
+    iterator, whose worker processes then free their shared memory (else Python warns of
+    leaked shared_memory objects at exit)."""
     self._stop.set()
     deadline = time.monotonic() + timeout_s
     while self._thread.is_alive() and time.monotonic() < deadline:
-      try:
-        self._ready.get_nowait()  # unblocks a put
-      except queue.Empty:
-        pass
+      self._drain()  # unblocks a put
       self._thread.join(timeout=0.1)
+    self._drain()
+    if not self._thread.is_alive() and hasattr(self._iterator, 'close'):
+      self._iterator.close()
+
+  def _drain(self) -> None:
+    try:
+      while True:
+        self._ready.get_nowait()
+    except queue.Empty:
+      pass

@@ -9,12 +9,13 @@ from absl import flags
 
 from cstm_jax import aot, benchmark, compare, config_file, convert, demo, export, predict
 from cstm_jax.models import summary
-from cstm_jax.tools import bf16_check, conv_layout_check, grouped_conv_benchmark
+from cstm_jax.tools import bf16_check, conv_layout_check, device_check, grouped_conv_benchmark
 from input_pipeline import benchmark as input_benchmark
 from input_pipeline import prepare, synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 COMMANDS = (predict, export, convert, aot, benchmark, compare, demo, summary, conv_layout_check,
+            device_check,
             bf16_check, input_benchmark, prepare, synthetic)
 WITH_CONFIG = (predict, export, convert, aot)
 

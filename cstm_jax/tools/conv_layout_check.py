@@ -112,7 +112,6 @@ def outputs(model, mesh, clips_shape, colour: str, nhwc: bool, batch, seed: int 
 def check(*, model_name: str = 'cstm_bninception', width: float = 0.25, frames: int = 4,
           crop: int = 224, batch_size: int = 2, tolerance: float = 1e-4) -> dict:
   """Both layouts on one device, compared (`compare`), with the setting and the device."""
-  jax.config.update('jax_default_matmul_precision', 'highest')
   config = model_config(model_name, num_frames=frames, width=width)
   model = build_model(config)
   mesh = sharding.make_mesh(1, jax.devices()[:1])
@@ -121,8 +120,9 @@ def check(*, model_name: str = 'cstm_bninception', width: float = 0.25, frames: 
   batch = {'clips': jax.random.bits(key, clips_shape, jnp.uint8),
            'labels': jax.random.randint(key, (batch_size,), 0, config.num_classes)}
   colour = BACKBONES[config.backbone].colour
-  default, nhwc = (outputs(model, mesh, clips_shape, colour, flag, batch)
-                   for flag in (False, True))
+  with jax.default_matmul_precision('highest'):  # this check only: no TF32 in either layout
+    default, nhwc = [outputs(model, mesh, clips_shape, colour, flag, batch)
+                     for flag in (False, True)]
   device = jax.devices()[0]
   return {'model': model_name, 'width': width, 'frames': frames, 'crop': crop,
           'batch': batch_size, 'device': device.device_kind, 'platform': device.platform,

@@ -7,6 +7,9 @@ Writes `OUT/device_<device>.json` and `.md` (`device_<device>_smoke.*` with `--s
 every measurement, so a run cut short keeps what it measured. The parts, in the order they run,
 each within its own time budget (`BUDGET_S`, scaled to `--budget_s`):
 
+  layout      `conv_layout_check`: channels-last convolutions against the default layouts, every
+              array that differs named, with whether its gradient is zero. Where it holds on a
+              GPU, main.py below runs with channels-last convolutions.
   end_to_end  main.py as a user runs it: synthetic SSv1-format data (JPEG frame folders over
               textured, moving backgrounds, prepared at short side 256 like real SSv2 frames)
               made and prepared on this host's cores; CSTM BN-Inception 8F in bfloat16 at a
@@ -16,15 +19,14 @@ each within its own time budget (`BUDGET_S`, scaled to `--budget_s`):
               compile time warm against the first run's cold one.
   loader      the training loader's clips/s on those frames with 0, 1, 2, 4, 8 and all-core
               worker processes.
-  layout      `conv_layout_check`: channels-last convolutions against the default layouts, every
-              array that differs named, with whether its gradient is zero.
   steps       the benchmark's train step of CSTM and TSN at per-device batch 64, 128 and 256,
               channels-last on and off, 8 frames, and CSTM at 16 frames, most important first
               (CSTM at 64 with the default layout, the step main.py ran, comes first), while
-              the budget lasts.
+              the budget lasts. The compiles share main.py's compilation cache folder, so
+              cuDNN's autotuning of a convolution main.py compiled is not repeated.
 
-The parent process never holds the accelerator while main.py runs: it asks a child for the
-devices and starts the in-process parts afterwards.
+This process lists the devices through a child process, and grows its GPU memory as it needs it
+rather than taking most of it at once, so main.py, run while it lives, gets its usual share.
 """
 import dataclasses
 import datetime
@@ -50,8 +52,11 @@ from input_pipeline import cli_flags, workers
 from input_pipeline.errors import run_main
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-PARTS = ('end_to_end', 'loader', 'layout', 'steps')
-BUDGET_S = {'end_to_end': 250, 'loader': 50, 'layout': 70, 'steps': 160}  # 530 s in all
+PARTS = ('layout', 'end_to_end', 'loader', 'steps')
+BUDGET_S = {'layout': 70, 'end_to_end': 250, 'loader': 50, 'steps': 160}  # 530 s in all
+# This process grows its GPU memory as it needs it (a few GiB for the layout check), so that
+# main.py, run while it lives, takes its usual share.
+PREALLOCATE = 'XLA_PYTHON_CLIENT_PREALLOCATE'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +181,8 @@ def prepare_data(work: pathlib.Path, sizes: Sizes) -> dict:
           'frames_per_video': round(report['frames'] / max(1, report['videos_written']), 1)}
 
 
-def train_command(sizes: Sizes, work: pathlib.Path, devices: int, max_steps: int) -> list[str]:
+def train_command(sizes: Sizes, work: pathlib.Path, devices: int, max_steps: int,
+                  nhwc: bool = False) -> list[str]:
   """The main.py command of the end-to-end part (`python -m cstm_jax.main` is `main.py`)."""
   batch = sizes.per_device_batch * devices
   steps_per_epoch = max(1, sizes.train_videos // batch)
@@ -189,7 +195,8 @@ def train_command(sizes: Sizes, work: pathlib.Path, devices: int, max_steps: int
           f'--config.train.log_every_steps={sizes.log_every}',
           f'--config.train.checkpoint_every_steps={max_steps}',
           '--config.train.eval_every_epochs=1000000', '--config.eval.final_views=1x1',
-          '--config.eval.tsne_examples=64', f'--config.xla.cache_dir={work / "xla_cache"}']
+          '--config.eval.tsne_examples=64', f'--config.xla.cache_dir={work / "xla_cache"}',
+          f'--config.xla.gpu_conv_nhwc={nhwc}']
 
 
 def run_training(command, timeout: float) -> dict:
@@ -198,6 +205,8 @@ def run_training(command, timeout: float) -> dict:
   start = time.monotonic()
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
       [str(ROOT)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p])}
+  if os.environ.get('_CSTM_SET_PREALLOCATE'):  # ours, not the user's: main.py as users run it
+    env.pop(PREALLOCATE, None)
   with tempfile.TemporaryFile('w+') as log_file:
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -230,11 +239,13 @@ def steady_state(metrics: list[dict], after_step: int = 0) -> dict:
 
 
 def part_end_to_end(part: dict, report: Report, sizes: Sizes, work: pathlib.Path, devices: int,
-                    deadline: Deadline) -> None:
+                    deadline: Deadline, nhwc: bool) -> None:
   part['data'] = prepare_data(work, sizes)
+  part['gpu_conv_nhwc'], part['per_device_batch'] = nhwc, sizes.per_device_batch
   report.save()
-  first = train_command(sizes, work, devices, sizes.steps)
-  part['command'] = ' '.join(first[2:]).replace(str(work), 'WORK').replace(str(ROOT) + '/', '')
+  first = train_command(sizes, work, devices, sizes.steps, nhwc)
+  part['command'] = ('python ' + ' '.join(first[1:])).replace(str(work), 'WORK').replace(
+      str(ROOT) + '/', '')
   part['cold'] = run_training(first, deadline.left())
   report.save()
   from cstm_jax.writer import read_metrics
@@ -246,7 +257,7 @@ def part_end_to_end(part: dict, report: Report, sizes: Sizes, work: pathlib.Path
   if part['cold']['exit'] != 0:
     part['status'] = 'failed'
     return
-  again = train_command(sizes, work, devices, sizes.steps + sizes.more_steps)
+  again = train_command(sizes, work, devices, sizes.steps + sizes.more_steps, nhwc)
   part['warm'] = run_training(again, deadline.left())
   part['warm'].update(steady_state(read_metrics(work / 'run'), after_step=sizes.steps))
   cold, warm = part['cold']['compile_s'], part['warm']['compile_s']
@@ -312,9 +323,15 @@ def step_settings(sizes: Sizes, devices: int) -> list:
 
 
 def part_steps(part: dict, report: Report, sizes: Sizes, devices: int, deadline: Deadline,
-               smoke: bool) -> None:
-  from cstm_jax import benchmark
-  part['rows'], part['skipped'] = [], []
+               smoke: bool, cache_dir: str) -> None:
+  from cstm_jax import benchmark, compile_cache
+  part['rows'], part['skipped'], part['compile_cache'] = [], [], cache_dir
+  with compile_cache.using(cache_dir):
+    _measure_steps(part, report, sizes, devices, deadline, smoke, benchmark)
+  part['status'] = 'done' if not part['skipped'] else 'cut short by its budget'
+
+
+def _measure_steps(part, report, sizes, devices, deadline, smoke, benchmark) -> None:
   cost = {}  # model -> seconds its last row took
   for setting in step_settings(sizes, devices):
     guess = cost.get(setting.model, 0.0)
@@ -331,7 +348,6 @@ def part_steps(part: dict, report: Report, sizes: Sizes, devices: int, deadline:
     row['per_device_batch'] = setting.batch // devices
     part['rows'].append(row)
     report.save()
-  part['status'] = 'done' if not part['skipped'] else 'cut short by its budget'
 
 
 def _setting_name(s) -> str:
@@ -355,7 +371,9 @@ def markdown(data: dict) -> str:
            '']
   a = parts.get('end_to_end')
   if a:
-    lines += ['## main.py end to end', '', f"Status: {a['status']}."]
+    lines += ['## main.py end to end', '', f"Status: {a['status']}."
+              + (' Channels-last convolutions (the layout check held).'
+                 if a.get('gpu_conv_nhwc') else '')]
     if 'data' in a:
       d = a['data']
       lines += ['', f"Data: {d['videos']} synthetic videos (SSv1 format, {d['frames_per_video']} "
@@ -363,7 +381,7 @@ def markdown(data: dict) -> str:
                 f"{d['generate_s']} s and prepared in {d['prepare_s']} s with {d['workers']} "
                 'processes.']
     if 'command' in a:
-      lines += ['', f"Command: `python {a['command']}`", '',
+      lines += ['', f"Command (WORK: a scratch folder): `{a['command']}`", '',
                 '| run | exit | wall (s) | train step compile (s) | from | steady clips/s '
                 '| input wait |', '|---|---|---|---|---|---|---|']
       for run in ('cold', 'warm'):
@@ -378,9 +396,12 @@ def markdown(data: dict) -> str:
       if 'final_eval' in a:
         lines += [f"Final evaluation: top-1 {a['final_eval']['top1']:.3f} on "
                   f"{a['final_eval']['examples']} clips (synthetic data; a check that it ran)."]
-      step_only = _step_row(parts.get('steps'), 'cstm_bninception', False)
+      nhwc = a.get('gpu_conv_nhwc', False)
+      step_only = _step_row(parts.get('steps'), 'cstm_bninception', nhwc,
+                            batch=a.get('per_device_batch'))
       if step_only and a.get('cold', {}).get('clips_per_s'):
-        lines += [f"Step only (the benchmark, same model and batch, default layout): "
+        lines += [f"Step only (the benchmark, same model and batch, "
+                  f"{'channels-last' if nhwc else 'default layout'}): "
                   f"{step_only['clips_per_s']:.1f} clips/s; main.py reaches "
                   f"{a['cold']['clips_per_s'] / step_only['clips_per_s']:.2f} of it."]
   d = parts.get('loader')
@@ -449,6 +470,9 @@ def main(argv=None) -> int:
   unknown = set(args.parts) - set(PARTS)
   if unknown:
     cli_flags.fail(f'--parts: unknown {", ".join(sorted(unknown))}; choose from {", ".join(PARTS)}')
+  if PREALLOCATE not in os.environ:
+    os.environ[PREALLOCATE] = 'false'
+    os.environ['_CSTM_SET_PREALLOCATE'] = '1'
   sizes = SMOKE if args.smoke else FULL
   sizes = dataclasses.replace(sizes, config=args.train_config or sizes.config,
                               per_device_batch=args.per_device_batch or sizes.per_device_batch)
@@ -480,13 +504,16 @@ def main(argv=None) -> int:
       print(f'[{name}] budget {budget.left():.0f} s ...', flush=True)
       try:
         if name == 'end_to_end':
-          part_end_to_end(part, report, sizes, work, devices['count'], budget)
+          layout = report.data['parts'].get('layout', {})
+          nhwc = devices['platform'] == 'gpu' and layout.get('holds', False)
+          part_end_to_end(part, report, sizes, work, devices['count'], budget, nhwc)
         elif name == 'loader':
           part_loader(part, report, sizes, work, budget)
         elif name == 'layout':
           part_layout(part, report, sizes)
         else:
-          part_steps(part, report, sizes, devices['count'], budget, args.smoke)
+          part_steps(part, report, sizes, devices['count'], budget, args.smoke,
+                     str(work / 'xla_cache'))
       except Exception as e:  # one part's failure is recorded; the next part runs
         part['status'] = f'failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}'
       part['seconds'] = round(time.monotonic() - tick, 1)
