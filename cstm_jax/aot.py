@@ -6,7 +6,9 @@ here, and report whether they fit, what they cost and what they communicate.
 
 The steps are main.py's: the same model, optimizer, state shardings and mesh (`config.mesh`)
 with the config's global batch (`config.data.batch_size`, `config.data.eval_batch_size`). Per
-target and step it reports devices and hosts, global and per-device batch, compile seconds,
+target and step it reports devices and hosts, global and per-device batch, compile seconds
+(with the persistent compilation cache on, as for every command, a repeated run loads its
+programs; `compile_cache` says which, and `--config.xla.cache_dir=off` times cold compiles),
 per-device memory (arguments, outputs, temporaries) against the device's memory (a TPU chip's
 HBM; on a GPU the 75% JAX's allocator takes by default), whether it fits, the largest per-device
 batch that fits (bisection up to `--max_batch`; 0 skips it), FLOPs per clip (XLA's cost analysis;
@@ -32,7 +34,8 @@ import jax.numpy as jnp
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cstm_jax import compile_cache, config_file, evaluation, hlo_stats, paths, sharding, states, steps
+from cstm_jax import (compile_cache, config_file, evaluation, hlo_stats, paths, sharding, states,
+                      steps)
 from cstm_jax import targets as target_specs
 from cstm_jax.models.zoo import model_name
 from input_pipeline import cli_flags

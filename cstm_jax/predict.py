@@ -24,7 +24,8 @@ import jax
 import numpy as np
 from absl import flags
 
-from cstm_jax import checkpoints, compile_cache, config_file, evaluation, paths, sharding, states, steps
+from cstm_jax import (checkpoints, compile_cache, config_file, evaluation, paths, sharding, states,
+                      steps)
 from cstm_jax.convert import describe_mismatch
 from cstm_jax.models.build import abstract_variables, build_model
 from input_pipeline import builders, cli_flags, labels, pipeline, video_io

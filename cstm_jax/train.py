@@ -143,8 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       batch = next(batches)
       if step == start:  # compiled here: timed apart, and left out of the ETA
         logging.info('Compiling the train step (global batch %d)...', config.data.batch_size)
-        train_step = _compile_and_run_once(train_step, state, batch, rng)
-        state, metrics = train_step.first_result
+        train_step, (state, metrics) = _compile_and_run_once(train_step, state, batch, rng)
         window_start = time.monotonic()
       else:
         state, metrics = train_step(state, batch, rng)
@@ -220,21 +219,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _compile_and_run_once(step, state, batch, rng):
-  """The executable of `step` (a `steps.MeshStep`) for these arguments, after logging how long
-  tracing, compiling (or loading from the compilation cache) and a first run took; the first
-  run's (state, metrics) are its `first_result`."""
+  """(the executable of `step`, a `steps.MeshStep`, for these arguments; its first run's
+  (state, metrics)), after logging how long tracing, compiling (or loading from the compilation
+  cache) and that run took."""
   start = time.monotonic()
   with compile_cache.CompileCounter() as counted:
     lowered = step.lower(state, batch, rng)
     traced = time.monotonic()
     executable = lowered.compile()
   compiled = time.monotonic()
-  executable.first_result = jax.block_until_ready(executable(state, batch, rng))
+  first_result = jax.block_until_ready(executable(state, batch, rng))
   done = time.monotonic()
   logging.info('Compiled the train step and ran it once in %.1f s (%s; tracing %.1f s, '
                'compiling %.1f s, first step %.1f s)', done - start, counted.describe(),
                traced - start, compiled - traced, done - compiled)
-  return executable
+  return executable, first_result
 
 
 def _scalars(results: dict) -> dict:
