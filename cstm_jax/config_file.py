@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from cstm_jax import paths
 from input_pipeline import cli_flags, workers
-from input_pipeline.errors import ConfigError, MissingFile, UserError
+from input_pipeline.errors import BadFile, ConfigError, MissingFile, UserError
 
 # Names other codebases use for our keys: a misspelling is matched to these too.
 ALIASES = {'learning_rate': 'base_lr', 'lr': 'base_lr', 'wd': 'weight_decay',
@@ -35,16 +35,35 @@ def load(spec) -> ml_collections.ConfigDict:
   if not path.is_file():
     raise MissingFile(f'{path}: no such config file')
   if path.suffix == '.json':
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    try:
+      return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+      raise BadFile(f'{path}:{e.lineno}: not valid JSON ({e.msg}); a run writes its '
+                    'config.json whole: pass the config file it came from instead') from e
   if paths.is_remote(path):
     raise ConfigError(f'{path}: a config file is read from a local disk (only a run\'s '
                      'config.json may be in Cloud Storage)')
   module_spec = importlib.util.spec_from_file_location(f'_config_{path.stem}', str(path))
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise ConfigError(f'{path}: a config file defines get_config(arg)')
-  return module.get_config(arg) if arg else module.get_config()
+  try:
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+      raise ConfigError(f'{path}: a config file defines get_config(arg)')
+    return module.get_config(arg) if arg else module.get_config()
+  except UserError:
+    raise
+  except SyntaxError as e:
+    raise BadFile(f'{e.filename or path}:{e.lineno}: {e.msg}; fix the config file') from e
+  except Exception as e:  # raised by the config file's own code
+    raise BadFile(f'{_line_in(e, path)}: {type(e).__name__}: {e} (while loading the config '
+                  'file)') from e
+
+
+def _line_in(error: BaseException, path) -> str:
+  """'FILE:LINE' of the deepest frame of `error`'s traceback inside `path` (else 'FILE')."""
+  import traceback
+  frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == str(path)]
+  return f'{path}:{frames[-1].lineno}' if frames else str(path)
 
 
 class _ConfigParser(flags.ArgumentParser):
@@ -95,6 +114,11 @@ def parse_flags(argv: list[str], flag_values=None) -> list[str]:
     raise
   except UserError as error:  # the config file is missing or wrong
     print(f'error: {error}', file=sys.stderr)
+    raise SystemExit(1) from error
+  except flags.IllegalFlagValueError as error:  # absl recasts a ValueError of the parser
+    if not isinstance(error.__context__, UserError):
+      raise
+    print(f'error: {error.__context__}', file=sys.stderr)
     raise SystemExit(1) from error
   except (AttributeError, KeyError) as error:  # what config_flags raises for an unknown key
     problem = unknown_override(argv)

@@ -3,6 +3,8 @@ errors for a bad flag, and `--config` with `--config.KEY=VALUE` overrides wherev
 read."""
 import json
 import pathlib
+import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -106,6 +108,29 @@ def test_config_override_mistakes_name_the_fix(tmp_path, capsys):
       'before overriding its keys')
   assert error(f'--config={tmp_path}/absent.py') == (
       f'error: {tmp_path}/absent.py: no such config file')
+
+
+def test_a_config_file_that_does_not_load_is_one_line_with_its_file_and_line(tmp_path):
+  files = {
+      'syntax.py': ('from cstm_jax import base_config\n\ndef get_config(arg=None:\n'
+                    '  return base_config.get_config()\n'),
+      'raises.py': ('from cstm_jax import base_config\n\ndef get_config(arg=None):\n'
+                    '  config = base_config.get_config()\n  return config.model.widht\n'),
+      'empty.py': 'SETTINGS = {}\n',
+      'run.json': '{"model": {"width": 1.0,\n  "dtype": }}\n',
+  }
+  expected = {
+      'syntax.py': ':3: ', 'raises.py': ':5: AttributeError: ', 'empty.py': ': a config file '
+      'defines get_config(arg)', 'run.json': ':2: not valid JSON'}
+  for name, text in files.items():
+    (tmp_path / name).write_text(text)
+    done = subprocess.run([sys.executable, 'main.py', f'--config={tmp_path / name}',
+                           f'--workdir={tmp_path / "run"}'], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f'error: {tmp_path / name}{expected[name]}'), (
+        name, done.stderr)
 
 
 def test_predict_applies_overrides_to_the_run_config(tmp_path, capsys):
