@@ -92,6 +92,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                            jax.process_count())
   train_data = pipeline.train_dataset(config.data, jax.process_index(), jax.process_count())
   train_source, class_names = pipeline.open_split(config.data, config.data.train_split)
+  # The evaluation split is checked now, not found missing an epoch later.
+  pipeline.open_split(config.data, config.data.eval_split)
   config = config_file.with_dataset_classes(config, class_names)
   train_size = len(train_source)
   steps_per_epoch = max(1, train_size // config.data.batch_size)

@@ -49,7 +49,11 @@ def open_split(config, split: str):
         f'--data_dir {data_dir or "DIR"}')
   builder = tfds.builder(config.name, data_dir=data_dir)
   if split not in builder.info.splits:
-    raise ConfigError(f'{root}: no split {split!r}; has {sorted(builder.info.splits)}')
+    raise ConfigError(
+        f'{root}: no split {split!r}; has {sorted(builder.info.splits)}. Prepare the dataset '
+        f'with a {split} split (for your own videos: a {split}/ folder beside train/), or set '
+        f'--config.data.{"train" if split == config.train_split else "eval"}_split to one of '
+        'those')
   return (records.Records(builder.info.splits[split].file_instructions),
           builder.info.features['label'].names)
 

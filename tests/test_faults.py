@@ -150,6 +150,14 @@ def test_a_checkpoint_of_another_model_names_the_differing_keys(saved_run, tmp_p
   assert (workdir / 'checkpoints/4').is_dir()  # a good checkpoint is never set aside
 
 
+def test_a_missing_evaluation_split_stops_the_run_before_its_first_step(prepared_ssv2, tmp_path):
+  config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], data__eval_split='valdation')
+  with pytest.raises(ConfigError, match=r"no split 'valdation'; has \['train', 'validation'\]"
+                     r"\. .*or set --config.data.eval_split to one of those"):
+    train.train_and_evaluate(config, tmp_path)
+  assert not (tmp_path / 'checkpoints').exists() and not (tmp_path / 'metrics.jsonl').exists()
+
+
 def test_num_classes_comes_from_the_dataset_and_a_mismatch_is_refused(prepared_ssv2, tmp_path):
   classes = prepared_ssv2[1]['classes']
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0])
