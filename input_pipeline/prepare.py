@@ -97,20 +97,52 @@ def remove_incomplete(folder: pathlib.Path) -> None:
     shutil.rmtree(leftover)
 
 
+def verify(dataset: str, data_dir) -> dict:
+  """Reads every record of every split of a prepared dataset; returns {'path', 'records',
+  'damaged': [{'split', 'shard', 'record', 'error'}]}."""
+  from input_pipeline import records
+  if dataset not in builders.BUILDERS:
+    raise ConfigError(f'unknown dataset {dataset!r}; choose one of {sorted(builders.BUILDERS)}')
+  name = builders.BUILDERS[dataset].name
+  data_dir = paths.expand(data_dir)
+  if not (pathlib.Path(data_dir) / name).is_dir():
+    raise MissingFile(f'{pathlib.Path(data_dir) / name}: no prepared {dataset} dataset there')
+  builder = tfds.builder(name, data_dir=data_dir)
+  damaged, total = [], 0
+  for split, info in builder.info.splits.items():
+    source = records.Records(info.file_instructions)
+    total += len(source)
+    for index in range(len(source)):
+      try:
+        source[index]
+      except records.DamagedRecord as error:
+        cause = error.__cause__
+        damaged.append({'split': split, 'shard': source.shard_path(source.shard_of(index)),
+                        'record': source.position(index),
+                        'error': str(cause).strip().splitlines()[0][:200] if cause else ''})
+  return {'path': str(builder.data_dir), 'records': total, 'damaged': damaged}
+
+
 def define_flags(flag_values: flags.FlagValues) -> None:
   define = cli_flags.definer(flag_values)
   define('enum', 'dataset', None, sorted(builders.BUILDERS), 'The dataset\'s format.',
          required=True)
-  define('string', 'manual_dir', None, 'The downloaded dataset.', required=True)
+  define('string', 'manual_dir', None, 'The downloaded dataset (not needed with --verify).')
   define('string', 'data_dir', None, 'Where prepared datasets live.', required=True)
   define('integer', 'workers', None, 'Decoding processes (default: all cores).', lower_bound=1)
   define('integer', 'short_side', None, 'Resize frames to this short side (default 256 for '
          'videos, native frames for SSv1 / Jester; 0 keeps native).', lower_bound=0)
   define('bool', 'rebuild', False, 'Replace a dataset prepared before with other options.')
+  define('bool', 'verify', False, 'Read every record of the dataset prepared in --data_dir and '
+         'list the damaged ones (exit 1 if any) instead of preparing.')
 
 
 def main(argv=None) -> int:
   args = cli_flags.parse(argv, __doc__, define_flags)
+  if args.verify:
+    return _print_verified(verify(args.dataset, args.data_dir))
+  if not args.manual_dir:
+    cli_flags.fail('--manual_dir is required (the downloaded dataset), except with --verify')
   report = prepare(args.dataset, args.manual_dir, args.data_dir, args.workers, args.short_side,
                    args.rebuild)
   if report.get('reused'):
@@ -130,6 +162,21 @@ def main(argv=None) -> int:
   if len(report['skipped']) > 20:
     print(f"  ... {len(report['skipped']) - 20} more in {report['path']}/{REPORT}")
   return 0
+
+
+def _print_verified(result: dict) -> int:
+  """One line per shard and kind of damage, with the records it holds."""
+  bad = result['damaged']
+  print(f"{result['path']}: {result['records']} records read, {len(bad)} damaged")
+  groups = {}
+  for row in bad:
+    groups.setdefault((row['split'], row['shard'], row['error']), []).append(row['record'])
+  for (split, shard, error), positions in groups.items():
+    listed = ', '.join(map(str, positions[:10])) + (' ...' if len(positions) > 10 else '')
+    print(f'  {split}: {shard}: {len(positions)} records ({listed}): {error}')
+  if bad:
+    print('prepare the dataset again with --rebuild (or copy it again)')
+  return 1 if bad else 0
 
 
 def cli() -> int:

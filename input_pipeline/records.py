@@ -10,9 +10,31 @@ clip instead of 0.9-1.0 (docs/benchmarks.md, "Host to device").
 import bisect
 import ctypes
 import itertools
+import pathlib
 
 from array_record.python import array_record_module
+from google.protobuf import message
 from tensorflow_datasets.proto import tf_example_pb2
+
+from input_pipeline.errors import BadFile
+
+
+class DamagedRecord(BadFile):
+  """A prepared record that cannot be read (bit rot, a truncated or damaged copy); the message
+  names the shard, the record and what to do."""
+
+
+def damaged(shard: str, position: int, error: Exception) -> DamagedRecord:
+  from input_pipeline import builders  # here: builders' module imports the data stack
+  problem = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+  folder = pathlib.Path(shard).parents[1]  # DATA_DIR/<dataset name>/<version>/<shard>
+  dataset = next((key for key, cls in builders.BUILDERS.items() if cls.name == folder.name),
+                 'DATASET')
+  return DamagedRecord(
+      f'{shard}: record {position} cannot be read ({problem}); the prepared dataset is '
+      f'damaged: list every damaged record with `python -m input_pipeline.prepare --verify '
+      f'--dataset {dataset} --data_dir {folder.parent}`, then prepare it again with --rebuild '
+      '(or copy the dataset again)')
 
 
 def parse(serialized: bytes) -> dict:
@@ -56,15 +78,29 @@ class Records:
   def __getitem__(self, index: int) -> dict:
     if not 0 <= index < len(self):
       raise IndexError(f'record {index} of {len(self)}')
-    shard = bisect.bisect_right(self._starts, index) - 1
-    if shard not in self._readers:
-      if not self._readers:
-        keep_freed_memory()  # once per process: grain's workers read records too
-      # Random access: no read-ahead past the record.
-      self._readers[shard] = array_record_module.ArrayRecordReader(
-          self._shards[shard][0], 'readahead_buffer_size:0')
-    position = self._shards[shard][1] + index - self._starts[shard]
-    return parse(self._readers[shard].read([position])[0])
+    shard = self.shard_of(index)
+    path, position = self._shards[shard][0], self.position(index)
+    try:
+      if shard not in self._readers:
+        if not self._readers:
+          keep_freed_memory()  # once per process: grain's workers read records too
+        # Random access: no read-ahead past the record.
+        self._readers[shard] = array_record_module.ArrayRecordReader(
+            path, 'readahead_buffer_size:0')
+      return parse(self._readers[shard].read([position])[0])
+    except (RuntimeError, OSError, ValueError, message.DecodeError) as error:
+      raise damaged(path, position, error) from error
+
+  def shard_of(self, index: int) -> int:
+    return bisect.bisect_right(self._starts, index) - 1
+
+  def shard_path(self, shard: int) -> str:
+    return self._shards[shard][0]
+
+  def position(self, index: int) -> int:
+    """The record's position inside its shard file."""
+    shard = self.shard_of(index)
+    return self._shards[shard][1] + index - self._starts[shard]
 
   def __iter__(self):
     return (self[i] for i in range(len(self)))

@@ -16,7 +16,7 @@ import pytest
 from configs import ssv2_r2plus1d_18
 from cstm_jax import checkpoints, config_file, convert, evaluation, paths, predict, states, train
 from cstm_jax.models.build import build_model
-from input_pipeline import errors, labels, pipeline, prepare, video_io
+from input_pipeline import errors, labels, pipeline, prepare, records, video_io
 from input_pipeline.errors import ConfigError, UserError
 from runs import smoke
 
@@ -370,3 +370,56 @@ def test_a_misspelt_or_misplaced_config_key_gets_the_closest_keys():
   assert message('train.batch_size').startswith(
       'unknown config key train.batch_size; did you mean data.batch_size')
   assert 'did you mean train.init_partial?' in message('train.init_parital')
+
+
+# --- Damaged prepared data --------------------------------------------------------------------
+
+def damaged_copy(prepared_ssv2, tmp_path, damage):
+  """A copy of the prepared dataset whose training shard `damage(path)` damages; returns the
+  data dir and the shard."""
+  data_dir = tmp_path / 'data'
+  shutil.copytree(prepared_ssv2[0], data_dir)
+  shard = next((data_dir / 'something_something_v2').glob('*/*-train.array_record-*'))
+  damage(shard)
+  return data_dir, shard
+
+
+def flip_bytes(path):
+  data = bytearray(path.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+  path.write_bytes(bytes(data))
+
+
+def test_a_shard_with_flipped_bytes_stops_training_naming_it_and_verify_lists_it(
+    prepared_ssv2, tmp_path, capsys):
+  data_dir, shard = damaged_copy(prepared_ssv2, tmp_path, flip_bytes)
+  done = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/ssv2_r2plus1d_18.py:smoke',
+       f'--workdir={tmp_path / "run"}', f'--config.data.data_dir={data_dir}'],
+      cwd=pathlib.Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+      timeout=300)
+  assert done.returncode == 1
+  assert 'Traceback' not in done.stderr
+  errors_ = [line for line in done.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors_) == 1 and errors_[0].startswith(f'error: {shard}: record ')
+  assert (f'python -m input_pipeline.prepare --verify --dataset ssv2 --data_dir {data_dir}'
+          in errors_[0])
+
+  assert prepare.main(['--verify', '--dataset=ssv2', f'--data_dir={data_dir}']) == 1
+  out = capsys.readouterr().out
+  assert 'records read, ' in out and f'  train: {shard}: ' in out and '--rebuild' in out
+  assert prepare.main(['--verify', '--dataset=ssv2', f'--data_dir={prepared_ssv2[0]}']) == 0
+  assert ', 0 damaged' in capsys.readouterr().out
+
+
+def test_a_truncated_shard_names_the_shard_at_its_first_read(prepared_ssv2, tmp_path):
+  data_dir, shard = damaged_copy(prepared_ssv2, tmp_path,
+                                 lambda path: truncate(path, path.stat().st_size // 3))
+  report = prepare.verify('ssv2', data_dir)
+  assert report['damaged'] and {r['shard'] for r in report['damaged']} == {str(shard)}
+  config = smoke(ssv2_r2plus1d_18, data_dir).data
+  source, _ = pipeline.open_split(config, 'train')
+  with pytest.raises(records.DamagedRecord, match=re.escape(str(shard)) + ': record 0 cannot '
+                     'be read'):
+    source[0]
