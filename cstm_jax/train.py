@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 
 from cstm_jax import (checkpoints, compile_cache, config_file, evaluation, paths, plots, sharding,
-                      states, steps)
+                      states, steps, workdir_lock)
 from cstm_jax.writer import MetricWriter, read_metrics
 from input_pipeline import pipeline, workers
 from input_pipeline.prefetch import Prefetched
@@ -75,17 +75,23 @@ class Preemption:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir` (resuming if it holds a checkpoint) and evaluates the result.
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint) and evaluates the result,
+  holding the workdir's lock (`workdir_lock`: one run per workdir).
 
   Returns the final evaluation results of each of `config.eval.final_views`.
   """
   workdir = paths.resolve(workdir)
   mesh = states.setup_mesh(config)
-  logging.info('Opening the dataset and building %s/%s on %d devices', config.model.temporal,
-               config.model.backbone, jax.device_count())
   main_process = jax.process_index() == 0
   if main_process:
     workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lock.WorkdirLock(workdir, active=main_process):
+    return _train_and_evaluate(config, workdir, mesh, main_process)
+
+
+def _train_and_evaluate(config, workdir, mesh, main_process) -> dict:
+  logging.info('Opening the dataset and building %s/%s on %d devices', config.model.temporal,
+               config.model.backbone, jax.device_count())
 
   # Data.
   config = config_file.with_loader_workers(config, states.local_accelerators(),

@@ -1,11 +1,14 @@
 """Faults planted the way a user meets them: nothing is lost and no poisoned state is kept."""
 import json
 import logging
+import os
 import pathlib
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +17,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import ssv2_r2plus1d_18
-from cstm_jax import checkpoints, config_file, convert, evaluation, paths, predict, states, train
+from cstm_jax import (checkpoints, config_file, convert, evaluation, paths, predict, states, train,
+                      workdir_lock)
 from cstm_jax.models.build import build_model
 from input_pipeline import errors, labels, pipeline, prepare, records, video_io
 from input_pipeline.errors import ConfigError, UserError
@@ -277,6 +281,7 @@ def test_a_csv_header_line_is_not_a_class(tmp_path):
 
 PEAK_MEMORY = """
 import sys
+import time
 from input_pipeline import video_io
 
 def status(key):
@@ -423,3 +428,62 @@ def test_a_truncated_shard_names_the_shard_at_its_first_read(prepared_ssv2, tmp_
   with pytest.raises(records.DamagedRecord, match=re.escape(str(shard)) + ': record 0 cannot '
                      'be read'):
     source[0]
+
+
+# --- One writer per workdir -------------------------------------------------------------------
+
+def test_a_second_run_in_the_same_workdir_is_refused_naming_the_first(prepared_ssv2, tmp_path):
+  root = pathlib.Path(__file__).resolve().parent.parent
+  command = [sys.executable, 'main.py', '--config=configs/ssv2_r2plus1d_18.py:smoke',
+             f'--workdir={tmp_path}', f'--config.data.data_dir={prepared_ssv2[0]}',
+             '--config.train.max_steps=12']
+  first = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+  try:
+    deadline = time.monotonic() + 120
+    while not (tmp_path / 'LOCK').exists() and time.monotonic() < deadline:
+      time.sleep(0.05)
+    second = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=120)
+  finally:
+    _, first_err = first.communicate(timeout=300)
+  assert second.returncode == 1
+  lines = [line for line in second.stderr.splitlines() if line.startswith('error: ')]
+  assert len(lines) == 1 and 'Traceback' not in second.stderr
+  assert lines[0].startswith(f'error: {tmp_path}: another run is training in this workdir (host '
+                             f'{socket.gethostname()}, pid {first.pid}, since ')
+  assert first.returncode == 0, first_err  # the first run was not disturbed
+  assert not (tmp_path / 'LOCK').exists()  # and left no lock behind
+
+
+def lock_file(workdir, **holder):
+  record = {'host': socket.gethostname(), 'pid': os.getpid(), 'slurm_job': None,
+            'started': time.time() - 3600, 'heartbeat': time.time(), **holder}
+  (workdir / 'LOCK').write_text(json.dumps(record))
+
+
+def test_a_stale_lock_is_taken_over_with_a_warning_and_a_live_one_refused(tmp_path, caplog,
+                                                                          monkeypatch):
+  dead_pid = subprocess.Popen(['true'])  # a pid that no longer runs
+  dead_pid.wait()
+  cases = (  # (holder, taken over?)
+      ({'pid': dead_pid.pid}, True),  # this host, process gone (a SIGKILLed run)
+      ({'host': 'elsewhere', 'pid': 1, 'heartbeat': time.time() - 2 * workdir_lock.STALE_S},
+       True),  # another host, silent for 10 minutes (a preempted VM)
+      ({'host': 'elsewhere', 'pid': 1, 'slurm_job': '77'}, True),  # this job, requeued
+      ({'host': 'elsewhere', 'pid': 1}, False),  # another host, alive
+      ({'pid': 1}, False),  # this host, alive (pid 1 always runs)
+  )
+  monkeypatch.setenv('SLURM_JOB_ID', '77')
+  for holder, taken in cases:
+    lock_file(tmp_path, **holder)
+    caplog.clear()
+    lock = workdir_lock.WorkdirLock(tmp_path)
+    if taken:
+      with caplog.at_level('WARNING'), lock:
+        assert json.loads((tmp_path / 'LOCK').read_text())['pid'] == os.getpid()
+      assert 'Taking over the lock' in caplog.text
+      assert not (tmp_path / 'LOCK').exists()
+    else:
+      with pytest.raises(workdir_lock.WorkdirInUse, match='another run is training'):
+        lock.acquire()
+      assert json.loads((tmp_path / 'LOCK').read_text())['pid'] == holder['pid']
