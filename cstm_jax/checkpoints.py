@@ -5,7 +5,9 @@ config, written asynchronously; `workdir/best/<step>/` the state with the best v
 A variables checkpoint (`{'params', 'batch_stats'}`, e.g. from `cstm_jax.convert`) is what
 `config.train.init_from` loads.
 """
+import contextlib
 import json
+import re
 
 import flax
 import jax
@@ -22,8 +24,19 @@ ocp.type_handlers.register_type_handler(
     jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 
+class CheckpointNotWritten(UserError):
+  """A checkpoint could not be written (a full disk, no permission, a bucket error); the message
+  names the step, the folder, the cause and the intact checkpoints."""
+
+
+_TMP_STEP = re.compile(r'([^\s"\']+?)/(\d+)\.orbax-checkpoint-tmp')
+
+
 class RunCheckpoints:
-  """The latest (`max_to_keep`) and the best checkpoints of a run."""
+  """The latest (`max_to_keep`) and the best checkpoints of a run. A save that fails (at once or
+  in orbax's background threads, found at the next save or wait) raises `CheckpointNotWritten`
+  once; orbax keeps an unfinished step in a `<step>.orbax-checkpoint-tmp` folder, which no
+  restore reads."""
 
   def __init__(self, workdir, max_to_keep: int = 2):
     workdir = paths.resolve(workdir)
@@ -38,10 +51,36 @@ class RunCheckpoints:
 
   def save(self, step: int, state, data_iterator, config, force: bool = False) -> None:
     import grain  # here: variables checkpoints and the benchmark work without the data stack
-    self.latest.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iterator),
-        config=ocp.args.JsonSave(config.to_dict())), force=force)
+    with self._writing(step, self.latest):
+      self.latest.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=grain.checkpoint.CheckpointSave(data_iterator),
+          config=ocp.args.JsonSave(config.to_dict())), force=force)
+
+  @contextlib.contextmanager
+  def _writing(self, step: int, manager):
+    """Turns a failed write inside the block (of `step`, or of an earlier asynchronous save)
+    into one `CheckpointNotWritten`."""
+    try:
+      yield
+    except UserError:
+      raise
+    except Exception as error:  # orbax raises what the file system or the bucket said
+      text = str(error)
+      first = (text.strip().splitlines() or [type(error).__name__])[0]
+      where = _TMP_STEP.search(text)
+      folder, failed = ((where.group(1), int(where.group(2))) if where else
+                        (str(manager.directory), step))
+      intact = {name: _intact_steps(m.directory) for name, m in
+                (('checkpoints', self.latest), ('best', self.best))}
+      listed = '; '.join(f'{name}: {", ".join(map(str, steps)) or "none"}'
+                         for name, steps in intact.items())
+      resume = (f'it resumes from step {max(intact["checkpoints"])}' if intact['checkpoints']
+                else 'it starts again from the beginning')
+      raise CheckpointNotWritten(
+          f'the checkpoint of step {failed} could not be written to {folder} ({first[:300]}); '
+          f'nothing of it is used. Intact checkpoints: {listed}. Free space (or fix the '
+          f'permissions or the bucket), then run the same command: {resume}') from error
 
   def restore_latest(self, abstract_state, data_iterator, config):
     """(state, step) from the newest intact checkpoint, the data iterator restored in place; or
@@ -60,10 +99,11 @@ class RunCheckpoints:
     """Saves `state` as the best if its top-1 beats the best so far; returns whether it did."""
     if metrics['top1'] <= self.best_top1():
       return False
-    self.best.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict())),
-        force=True)
-    self.best.wait_until_finished()
+    with self._writing(step, self.best):
+      self.best.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict())),
+          force=True)
+      self.best.wait_until_finished()
     if jax.process_index() == 0:
       self.best_file.write_text(json.dumps({'step': step, **metrics}, indent=1))
     return True
@@ -80,12 +120,22 @@ class RunCheckpoints:
     return state, step
 
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    with self._writing(self.latest.latest_step() or 0, self.latest):
+      self.latest.wait_until_finished()
+      self.best.wait_until_finished()
 
   def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+    with self._writing(self.latest.latest_step() or 0, self.latest):
+      self.latest.close()
+      self.best.close()
+
+
+def _intact_steps(folder) -> list[int]:
+  """The steps of `folder` that orbax finished writing (a step folder without the tmp suffix)."""
+  folder = paths.resolve(folder)
+  if not folder.exists():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
 # Blocks whose settings decide the shapes of a train state: a checkpoint that does not restore
