@@ -24,11 +24,35 @@ ocp.type_handlers.register_type_handler(
     jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
 
 
+def _drop_callbacks_to_closed_loops() -> None:
+  """When one write of an orbax save fails, orbax closes the save's event loop while tensorstore
+  still finishes the other writes; each then schedules its callback onto the closed loop from a
+  C++ thread, which prints a 'RuntimeError: Event loop is closed' traceback per array. Such a
+  callback has no loop left to run on: it is dropped instead."""
+  import asyncio
+  schedule = asyncio.BaseEventLoop.call_soon_threadsafe
+  if getattr(schedule, 'drops_closed', False):
+    return
+
+  def call_soon_threadsafe(self, callback, *args, **kwargs):
+    if self.is_closed():
+      return None
+    return schedule(self, callback, *args, **kwargs)
+
+  call_soon_threadsafe.drops_closed = True
+  asyncio.BaseEventLoop.call_soon_threadsafe = call_soon_threadsafe
+
+
+_drop_callbacks_to_closed_loops()
+
+
 class CheckpointNotWritten(UserError):
   """A checkpoint could not be written (a full disk, no permission, a bucket error); the message
   names the step, the folder, the cause and the intact checkpoints."""
 
 
+_OS_REASON = re.compile(r'No space left on device|File too large|Permission denied|'
+                        r'Read-only file system|Disk quota exceeded')
 _TMP_STEP = re.compile(r'([^\s"\']+?)/(\d+)\.orbax-checkpoint-tmp')
 
 
@@ -67,7 +91,9 @@ class RunCheckpoints:
       raise
     except Exception as error:  # orbax raises what the file system or the bucket said
       text = str(error)
-      first = (text.strip().splitlines() or [type(error).__name__])[0]
+      known = _OS_REASON.search(text)
+      first = known.group(0) if known else (text.strip().splitlines() or
+                                            [type(error).__name__])[0][:300]
       where = _TMP_STEP.search(text)
       folder, failed = ((where.group(1), int(where.group(2))) if where else
                         (str(manager.directory), step))
@@ -78,7 +104,7 @@ class RunCheckpoints:
       resume = (f'it resumes from step {max(intact["checkpoints"])}' if intact['checkpoints']
                 else 'it starts again from the beginning')
       raise CheckpointNotWritten(
-          f'the checkpoint of step {failed} could not be written to {folder} ({first[:300]}); '
+          f'the checkpoint of step {failed} could not be written to {folder} ({first}); '
           f'nothing of it is used. Intact checkpoints: {listed}. Free space (or fix the '
           f'permissions or the bucket), then run the same command: {resume}') from error
 

@@ -1,7 +1,6 @@
 """Console logs that say what the run does: library INFO chatter (orbax, TFDS) is filtered."""
 import logging as pylogging
 import os
-import sys
 
 from absl import logging
 
@@ -18,26 +17,14 @@ class _QuietLibraries(pylogging.Filter):
   def filter(self, record):
     orbax_save_error = record.levelno >= pylogging.ERROR and (
         (record.exc_info and '/orbax/' in record.pathname) or  # its saver threads
-        (record.name == 'asyncio' and '/orbax/' in record.getMessage()))  # its writes' tasks
+        (record.name == 'asyncio' and 'orbax' in record.getMessage()))  # its writes' tasks
     if orbax_save_error:
       return os.environ.get(DEBUG_VARIABLE, '') not in ('', '0')
     return record.levelno >= pylogging.WARNING or not any(p in record.pathname for p in NOISY)
 
 
-def _closed_loop_hook(previous):
-  """sys.excepthook without the 'Event loop is closed' errors that tensorstore's write callbacks
-  print, one per array, when orbax's save fails and closes its event loop first."""
-  def hook(kind, value, traceback):
-    if kind is RuntimeError and str(value) == 'Event loop is closed' and \
-        os.environ.get(DEBUG_VARIABLE, '') in ('', '0'):
-      return
-    previous(kind, value, traceback)
-  return hook
-
-
 def quiet_library_logs() -> None:
-  """Filters library INFO records (and the noise of a failed checkpoint save); also formats logs
-  the absl way outside `absl.app.run`."""
+  """Filters library INFO records (and orbax's logs of a failed checkpoint save); also formats
+  logs the absl way outside `absl.app.run`."""
   logging.use_absl_handler()
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  sys.excepthook = _closed_loop_hook(sys.excepthook)

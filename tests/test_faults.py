@@ -487,3 +487,32 @@ def test_a_stale_lock_is_taken_over_with_a_warning_and_a_live_one_refused(tmp_pa
       with pytest.raises(workdir_lock.WorkdirInUse, match='another run is training'):
         lock.acquire()
       assert json.loads((tmp_path / 'LOCK').read_text())['pid'] == holder['pid']
+
+
+# --- A checkpoint that cannot be written ------------------------------------------------------
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_same_command_recovers(
+    prepared_ssv2, tmp_path):
+  # Files may not grow past 64 KiB (RLIMIT_FSIZE): every checkpoint write fails as it would on a
+  # full disk (EFBIG instead of ENOSPC; a full tmpfs gave the same line, tried by hand as root).
+  import resource
+  workdir = tmp_path / 'run'
+  command = [sys.executable, 'main.py', '--config=configs/ssv2_r2plus1d_18.py:smoke',
+             f'--workdir={workdir}', f'--config.data.data_dir={prepared_ssv2[0]}',
+             '--config.xla.cache_dir=off']  # the compile cache would fail to write too
+  root = pathlib.Path(__file__).resolve().parent.parent
+  limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+  full = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300,
+                        preexec_fn=limit)
+  assert full.returncode == 1
+  # No traceback: orbax's saver threads logged one each, tensorstore printed one per array.
+  assert 'Traceback' not in full.stderr and 'Event loop is closed' not in full.stderr
+  lines = [line for line in full.stderr.splitlines() if line.startswith(('error: ', 'E1'))]
+  assert len(lines) == 1, full.stderr
+  assert re.match(rf'error: the checkpoint of step \d+ could not be written to {workdir}/'
+                  r'(checkpoints|best) \(.*File too large.*\); nothing of it is used\. Intact '
+                  r'checkpoints: checkpoints: none; best: none\. Free space', lines[0]), lines[0]
+  # Once the cause is gone, the same command trains to the end.
+  again = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr
+  assert (workdir / 'checkpoints' / '6').is_dir()
