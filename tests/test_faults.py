@@ -493,17 +493,15 @@ def test_a_stale_lock_is_taken_over_with_a_warning_and_a_live_one_refused(tmp_pa
 
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_same_command_recovers(
     prepared_ssv2, tmp_path):
-  # Files may not grow past 64 KiB (RLIMIT_FSIZE): every checkpoint write fails as it would on a
-  # full disk (EFBIG instead of ENOSPC; a full tmpfs gave the same line, tried by hand as root).
-  import resource
+  # Files may not grow past 64 KiB (`ulimit -f`, RLIMIT_FSIZE): every checkpoint write fails as
+  # it would on a full disk (EFBIG instead of ENOSPC; a full tmpfs gives the same line).
   workdir = tmp_path / 'run'
   command = [sys.executable, 'main.py', '--config=configs/ssv2_r2plus1d_18.py:smoke',
              f'--workdir={workdir}', f'--config.data.data_dir={prepared_ssv2[0]}',
              '--config.xla.cache_dir=off']  # the compile cache would fail to write too
   root = pathlib.Path(__file__).resolve().parent.parent
-  limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
-  full = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=300,
-                        preexec_fn=limit)
+  limited = ['bash', '-c', 'ulimit -f 64 && exec "$@"', 'limited', *command]  # 64 x 1 KiB
+  full = subprocess.run(limited, cwd=root, capture_output=True, text=True, timeout=300)
   assert full.returncode == 1
   # No traceback: orbax's saver threads logged one each, tensorstore printed one per array.
   assert 'Traceback' not in full.stderr and 'Event loop is closed' not in full.stderr
