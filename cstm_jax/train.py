@@ -84,7 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = states.setup_mesh(config)
   main_process = jax.process_index() == 0
   if main_process:
-    workdir.mkdir(parents=True, exist_ok=True)
+    _check_writable(workdir)
   with workdir_lock.WorkdirLock(workdir, active=main_process):
     return _train_and_evaluate(config, workdir, mesh, main_process)
 
@@ -224,6 +224,18 @@ def _train_and_evaluate(config, workdir, mesh, main_process) -> dict:
         {v: _scalars(r) for v, r in final.items()}, indent=1))
   writer.close()
   return final
+
+
+def _check_writable(workdir) -> None:
+  """Creates `workdir` and writes a file in it, or says in one line why it cannot."""
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / '.write_check'
+    probe.write_text('')
+    probe.unlink()
+  except OSError as error:
+    raise UserError(f'{workdir}: the workdir cannot be written ({error.strerror or error}); '
+                    'give a --workdir you can create and write to') from error
 
 
 def _compile_and_run_once(step, state, batch, rng):

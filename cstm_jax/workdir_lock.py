@@ -41,13 +41,19 @@ def _stamp(seconds: float) -> str:
 
 
 def _pid_alive(pid: int) -> bool:
+  """Whether `pid` runs on this host; a zombie (killed, not yet reaped: common in containers
+  whose first process reaps nothing) does not."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
   except PermissionError:  # alive, another user's
     return True
-  return True
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rpartition(')')[2].split()[0] != 'Z'
+  except (OSError, IndexError):
+    return True
 
 
 def holder_gone(holder: dict, now: float, host: str, job: Optional[str]) -> Optional[str]:

@@ -162,6 +162,15 @@ def test_a_missing_evaluation_split_stops_the_run_before_its_first_step(prepared
   assert not (tmp_path / 'checkpoints').exists() and not (tmp_path / 'metrics.jsonl').exists()
 
 
+def test_a_workdir_that_cannot_be_written_is_refused_before_anything_runs(prepared_ssv2,
+                                                                           tmp_path):
+  (tmp_path / 'a_file').write_text('')  # a workdir under a file (as root, modes do not stop)
+  config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0])
+  with pytest.raises(UserError, match=re.escape(f'{tmp_path}/a_file/run: the workdir cannot be '
+                                                'written (Not a directory); give a --workdir')):
+    train.train_and_evaluate(config, tmp_path / 'a_file' / 'run')
+
+
 def test_num_classes_comes_from_the_dataset_and_a_mismatch_is_refused(prepared_ssv2, tmp_path):
   classes = prepared_ssv2[1]['classes']
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0])
@@ -465,8 +474,11 @@ def test_a_stale_lock_is_taken_over_with_a_warning_and_a_live_one_refused(tmp_pa
                                                                           monkeypatch):
   dead_pid = subprocess.Popen(['true'])  # a pid that no longer runs
   dead_pid.wait()
+  zombie = subprocess.Popen(['true'])  # ended, not yet reaped (a killed run in a container)
+  time.sleep(0.3)
   cases = (  # (holder, taken over?)
       ({'pid': dead_pid.pid}, True),  # this host, process gone (a SIGKILLed run)
+      ({'pid': zombie.pid}, True),
       ({'host': 'elsewhere', 'pid': 1, 'heartbeat': time.time() - 2 * workdir_lock.STALE_S},
        True),  # another host, silent for 10 minutes (a preempted VM)
       ({'host': 'elsewhere', 'pid': 1, 'slurm_job': '77'}, True),  # this job, requeued
@@ -487,6 +499,7 @@ def test_a_stale_lock_is_taken_over_with_a_warning_and_a_live_one_refused(tmp_pa
       with pytest.raises(workdir_lock.WorkdirInUse, match='another run is training'):
         lock.acquire()
       assert json.loads((tmp_path / 'LOCK').read_text())['pid'] == holder['pid']
+  zombie.wait()
 
 
 # --- A checkpoint that cannot be written ------------------------------------------------------
