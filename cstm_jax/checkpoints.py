@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from cstm_jax import paths
-from input_pipeline.errors import BadFile, ConfigError, MissingFile, UserError
+from input_pipeline.errors import BadFile, ConfigError, MissingFile, UserError, first_line
 
 # Orbax splits each replicated array into per-replica slices before writing it ("replica
 # parallel"); for these models' hundreds of small arrays the slicing costs seconds a save.
@@ -92,8 +92,7 @@ class RunCheckpoints:
     except Exception as error:  # orbax raises what the file system or the bucket said
       text = str(error)
       known = _OS_REASON.search(text)
-      first = known.group(0) if known else (text.strip().splitlines() or
-                                            [type(error).__name__])[0][:300]
+      first = known.group(0) if known else first_line(error)
       where = _TMP_STEP.search(text)
       folder, failed = ((where.group(1), int(where.group(2))) if where else
                         (str(manager.directory), step))

@@ -194,10 +194,7 @@ def with_num_classes(config, count: int, source: str) -> ml_collections.ConfigDi
   a run's classes.json, a checkpoint's head), when it is 0. A different non-zero count is
   refused: it would train into NaN, or evaluate classes with no data."""
   if config.model.num_classes == 0:
-    config = copy.deepcopy(config)
-    with config.unlocked():
-      config.model.num_classes = count
-    return config
+    return _with_value(config, 'model', 'num_classes', count)
   if config.model.num_classes != count:
     raise ConfigError(
         f'model.num_classes is {config.model.num_classes} but {source} has {count} classes: set '
@@ -217,7 +214,12 @@ def with_loader_workers(config, accelerators: int, process_count: int = 1):
   count = workers.resolved(config.data, accelerators, process_count)
   if count == config.data.num_workers:
     return config
+  return _with_value(config, 'data', 'num_workers', count)
+
+
+def _with_value(config, block: str, key: str, value) -> ml_collections.ConfigDict:
+  """A copy of (locked) `config` with `block.key` set to `value`."""
   config = copy.deepcopy(config)
   with config.unlocked():
-    config.data.num_workers = count
+    config[block][key] = value
   return config

@@ -181,15 +181,9 @@ def _train_and_evaluate(config, workdir, mesh, main_process) -> dict:
                        '(%.1f s)  ETA %s', step, total_steps, last['loss'], last['accuracy'],
                        last['lr'], clips_per_s, 100 * wait_fraction, window_wait,
                        format_seconds(eta))
-          now = time.monotonic()
-          if (window_steps and wait_fraction > INPUT_BOUND_FRACTION
-              and now - warned_input_bound >= INPUT_BOUND_WARN_EVERY_S):
-            warned_input_bound = now
-            logging.warning(
-                'input-bound: the devices waited for data %.0f%% of the last %d steps with %d '
-                'loader processes; raise --config.data.num_workers (cores: %d) or prepare the '
-                'data on a faster local disk', 100 * wait_fraction, window_steps,
-                config.data.num_workers, workers.usable_cores())
+          if window_steps and wait_fraction > INPUT_BOUND_FRACTION:
+            warned_input_bound = _warn_input_bound(warned_input_bound, wait_fraction,
+                                                   window_steps, config.data.num_workers)
         window_start, window_steps, window_wait = time.monotonic(), 0, 0.0
       if saving:
         run_checkpoints.save(step, state, batches, config, force=True)
@@ -224,6 +218,20 @@ def _train_and_evaluate(config, workdir, mesh, main_process) -> dict:
         {v: _scalars(r) for v, r in final.items()}, indent=1))
   writer.close()
   return final
+
+
+def _warn_input_bound(last_warned: float, wait_fraction: float, window_steps: int,
+                      num_workers: int) -> float:
+  """Warns that the run is input-bound, naming the setting to raise, unless it warned in the
+  last `INPUT_BOUND_WARN_EVERY_S`; returns when it last warned."""
+  now = time.monotonic()
+  if now - last_warned < INPUT_BOUND_WARN_EVERY_S:
+    return last_warned
+  logging.warning('input-bound: the devices waited for data %.0f%% of the last %d steps with %d '
+                  'loader processes; raise --config.data.num_workers (cores: %d) or prepare the '
+                  'data on a faster local disk', 100 * wait_fraction, window_steps, num_workers,
+                  workers.usable_cores())
+  return now
 
 
 def _check_writable(workdir) -> None:

@@ -32,10 +32,6 @@ class WorkdirInUse(UserError):
   """Another run holds the workdir."""
 
 
-def _now() -> float:
-  return time.time()
-
-
 def _stamp(seconds: float) -> str:
   return datetime.datetime.fromtimestamp(seconds).strftime('%Y-%m-%d %H:%M:%S')
 
@@ -82,7 +78,7 @@ class WorkdirLock:
     self._stop = threading.Event()
     self._thread = None
     self.record = {'host': socket.gethostname(), 'pid': os.getpid(),
-                   'slurm_job': os.environ.get('SLURM_JOB_ID'), 'started': _now()}
+                   'slurm_job': os.environ.get('SLURM_JOB_ID'), 'started': time.time()}
 
   def __enter__(self):
     if self.active:
@@ -94,7 +90,7 @@ class WorkdirLock:
     return False
 
   def _text(self) -> str:
-    return json.dumps({**self.record, 'heartbeat': _now()}) + '\n'
+    return json.dumps({**self.record, 'heartbeat': time.time()}) + '\n'
 
   def _read(self) -> Optional[dict]:
     try:
@@ -126,10 +122,10 @@ class WorkdirLock:
       holder = self._read()
       if holder is None:
         continue
-      why = holder_gone(holder, _now(), self.record['host'], self.record['slurm_job']) if holder \
+      why = holder_gone(holder, time.time(), self.record['host'], self.record['slurm_job']) if holder \
           else 'the lock file is unreadable'
       if why is None:
-        age = _now() - float(holder.get('heartbeat', 0))
+        age = time.time() - float(holder.get('heartbeat', 0))
         raise WorkdirInUse(
             f"{self.path.parent}: another run is training in this workdir (host "
             f"{holder.get('host')}, pid {holder.get('pid')}"

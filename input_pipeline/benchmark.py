@@ -69,6 +69,15 @@ class Tiled:
     return self._records[index % len(self._records)]
 
 
+def loader_config(*, name: str, data_dir: str, frames: int, crop: int, batch: int,
+                  workers: int = 0) -> ml_collections.ConfigDict:
+  """The `config.data` keys the training loader reads, for timing it on a prepared dataset."""
+  return ml_collections.ConfigDict({
+      'name': name, 'data_dir': data_dir, 'train_split': 'train', 'num_frames': frames,
+      'crop': crop, 'scales': conventions.TSN_SCALES, 'flip': True, 'batch_size': batch,
+      'num_workers': workers, 'prefetch': 2, 'seed': 0})
+
+
 def time_loader(config, batches: int, warmup: int = 3) -> float:
   """Training clips per second of the iterator built from `config`, its records tiled to
   SSv2's size (`Tiled`)."""
@@ -193,10 +202,8 @@ def main(argv=None) -> int:
     if not data_dir:
       result['prepare'] = time_prepare(pathlib.Path(tmp), args.videos, args.background)
       data_dir = str(pathlib.Path(tmp) / 'data')
-    config = ml_collections.ConfigDict({  # what the training pipeline reads
-        'name': args.name, 'data_dir': data_dir, 'train_split': 'train',
-        'num_frames': args.frames, 'crop': args.crop, 'scales': conventions.TSN_SCALES,
-        'flip': True, 'batch_size': args.batch, 'num_workers': 0, 'prefetch': 2, 'seed': 0})
+    config = loader_config(name=args.name, data_dir=data_dir, frames=args.frames,
+                           crop=args.crop, batch=args.batch)
     for workers in worker_counts:
       config.num_workers = workers
       rate = time_loader(config, args.batches)

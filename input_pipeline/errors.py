@@ -27,6 +27,11 @@ def run_main(main, *args) -> int:
     return 1
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+  """The first line of `error`'s message (its type's name when empty), at most `limit` chars."""
+  return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
+
+
 class ConfigError(UserError, ValueError):
   """A setting that cannot work (an unknown key, a value out of range, a mismatch)."""
 

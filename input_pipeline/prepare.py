@@ -20,7 +20,7 @@ from absl import flags, logging
 from tensorflow_datasets.core.constants import INCOMPLETE_PREFIX
 
 from input_pipeline import builders, cli_flags, paths
-from input_pipeline.errors import ConfigError, MissingFile, run_main
+from input_pipeline.errors import ConfigError, MissingFile, first_line, run_main
 
 REPORT = 'prepare_report.json'
 
@@ -117,9 +117,9 @@ def verify(dataset: str, data_dir) -> dict:
         source[index]
       except records.DamagedRecord as error:
         cause = error.__cause__
-        damaged.append({'split': split, 'shard': source.shard_path(source.shard_of(index)),
-                        'record': source.position(index),
-                        'error': str(cause).strip().splitlines()[0][:200] if cause else ''})
+        shard, position = source.locate(index)
+        damaged.append({'split': split, 'shard': source.shard_path(shard), 'record': position,
+                        'error': first_line(cause, 200) if cause else ''})
   return {'path': str(builder.data_dir), 'records': total, 'damaged': damaged}
 
 

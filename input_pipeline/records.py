@@ -16,7 +16,7 @@ from array_record.python import array_record_module
 from google.protobuf import message
 from tensorflow_datasets.proto import tf_example_pb2
 
-from input_pipeline.errors import BadFile
+from input_pipeline.errors import BadFile, first_line
 
 
 class DamagedRecord(BadFile):
@@ -26,7 +26,7 @@ class DamagedRecord(BadFile):
 
 def damaged(shard: str, position: int, error: Exception) -> DamagedRecord:
   from input_pipeline import builders  # here: builders' module imports the data stack
-  problem = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+  problem = first_line(error, 200)
   folder = pathlib.Path(shard).parents[1]  # DATA_DIR/<dataset name>/<version>/<shard>
   dataset = next((key for key, cls in builders.BUILDERS.items() if cls.name == folder.name),
                  'DATASET')
@@ -78,8 +78,8 @@ class Records:
   def __getitem__(self, index: int) -> dict:
     if not 0 <= index < len(self):
       raise IndexError(f'record {index} of {len(self)}')
-    shard = self.shard_of(index)
-    path, position = self._shards[shard][0], self.position(index)
+    shard, position = self.locate(index)
+    path = self._shards[shard][0]
     try:
       if shard not in self._readers:
         if not self._readers:
@@ -91,16 +91,13 @@ class Records:
     except (RuntimeError, OSError, ValueError, message.DecodeError) as error:
       raise damaged(path, position, error) from error
 
-  def shard_of(self, index: int) -> int:
-    return bisect.bisect_right(self._starts, index) - 1
+  def locate(self, index: int) -> tuple[int, int]:
+    """(the shard holding record `index`, the record's position inside that shard's file)."""
+    shard = bisect.bisect_right(self._starts, index) - 1
+    return shard, self._shards[shard][1] + index - self._starts[shard]
 
   def shard_path(self, shard: int) -> str:
     return self._shards[shard][0]
-
-  def position(self, index: int) -> int:
-    """The record's position inside its shard file."""
-    shard = self.shard_of(index)
-    return self._shards[shard][1] + index - self._starts[shard]
 
   def __iter__(self):
     return (self[i] for i in range(len(self)))

@@ -49,7 +49,7 @@ from absl import flags
 
 from cstm_jax import paths
 from input_pipeline import cli_flags, workers
-from input_pipeline.errors import run_main
+from input_pipeline.errors import first_line, run_main
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PARTS = ('layout', 'end_to_end', 'loader', 'steps')
@@ -57,6 +57,7 @@ BUDGET_S = {'layout': 70, 'end_to_end': 250, 'loader': 50, 'steps': 160}  # 530 
 # This process grows its GPU memory as it needs it (a few GiB for the layout check), so that
 # main.py, run while it lives, takes its usual share.
 PREALLOCATE = 'XLA_PYTHON_CLIENT_PREALLOCATE'
+_set_preallocate = False  # main() set PREALLOCATE (not the user): main.py runs without it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +206,7 @@ def run_training(command, timeout: float) -> dict:
   start = time.monotonic()
   env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
       [str(ROOT)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p])}
-  if os.environ.get('_CSTM_SET_PREALLOCATE'):  # ours, not the user's: main.py as users run it
+  if _set_preallocate:
     env.pop(PREALLOCATE, None)
   with tempfile.TemporaryFile('w+') as log_file:
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file,
@@ -270,8 +271,7 @@ def part_end_to_end(part: dict, report: Report, sizes: Sizes, work: pathlib.Path
 
 def part_loader(part: dict, report: Report, sizes: Sizes, work: pathlib.Path,
                 deadline: Deadline) -> None:
-  import ml_collections
-  from input_pipeline import benchmark as input_benchmark, conventions
+  from input_pipeline import benchmark as input_benchmark, builders
   if not (work / 'data').exists():
     part['data'] = prepare_data(work, sizes)
   cores = workers.usable_cores()
@@ -282,11 +282,10 @@ def part_loader(part: dict, report: Report, sizes: Sizes, work: pathlib.Path,
     if deadline.left() <= 0:
       part['status'] = 'cut short by its budget'
       return
-    config = ml_collections.ConfigDict({
-        'name': 'something_something_v1', 'data_dir': str(work / 'data'), 'train_split': 'train',
-        'num_frames': sizes.loader_frames, 'crop': sizes.loader_crop,
-        'scales': conventions.TSN_SCALES, 'flip': True, 'batch_size': sizes.loader_batch,
-        'num_workers': count, 'prefetch': 2, 'seed': 0})
+    config = input_benchmark.loader_config(
+        name=builders.BUILDERS['ssv1'].name, data_dir=str(work / 'data'),
+        frames=sizes.loader_frames, crop=sizes.loader_crop, batch=sizes.loader_batch,
+        workers=count)
     rate = input_benchmark.time_loader(config, sizes.loader_batches)
     part['rows'].append({'workers': count, 'clips_per_s': round(rate, 1),
                          'clips_per_s_per_process': round(rate / max(count, 1), 1)})
@@ -343,7 +342,7 @@ def _measure_steps(part, report, sizes, devices, deadline, smoke, benchmark) -> 
       row = benchmark.measure(setting, warmup=1 if smoke else 2, repeats=1 if smoke else 5,
                               steps=1 if smoke else 5)
     except Exception as e:  # out of memory and the like: recorded, the next row runs
-      row = {**dataclasses.asdict(setting), 'error': str(e).splitlines()[0][:300]}
+      row = {**dataclasses.asdict(setting), 'error': first_line(e)}
     cost[setting.model] = time.monotonic() - start
     row['per_device_batch'] = setting.batch // devices
     part['rows'].append(row)
@@ -470,9 +469,10 @@ def main(argv=None) -> int:
   unknown = set(args.parts) - set(PARTS)
   if unknown:
     cli_flags.fail(f'--parts: unknown {", ".join(sorted(unknown))}; choose from {", ".join(PARTS)}')
+  global _set_preallocate
   if PREALLOCATE not in os.environ:
     os.environ[PREALLOCATE] = 'false'
-    os.environ['_CSTM_SET_PREALLOCATE'] = '1'
+    _set_preallocate = True
   sizes = SMOKE if args.smoke else FULL
   sizes = dataclasses.replace(sizes, config=args.train_config or sizes.config,
                               per_device_batch=args.per_device_batch or sizes.per_device_batch)
@@ -515,7 +515,7 @@ def main(argv=None) -> int:
           part_steps(part, report, sizes, devices['count'], budget, args.smoke,
                      str(work / 'xla_cache'))
       except Exception as e:  # one part's failure is recorded; the next part runs
-        part['status'] = f'failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}'
+        part['status'] = f'failed: {type(e).__name__}: {first_line(e)}'
       part['seconds'] = round(time.monotonic() - tick, 1)
       report.save()
       print(f'[{name}] {part["status"]} in {part["seconds"]} s', flush=True)
