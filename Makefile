@@ -5,7 +5,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: test demo summary benchmark benchmark-gpu accelerators accelerators-tpu accelerators-gpu \
+.PHONY: test test-cluster demo summary benchmark benchmark-gpu accelerators accelerators-tpu accelerators-gpu \
   device-check device-wheels clean
 
 # libtpu goes into its own folder, on the path of the tests only (the ahead-of-time TPU compiles):
@@ -22,7 +22,14 @@ $(INSTALLED): requirements.txt requirements-dev.txt requirements-tpu.txt
 # --dist loadfile: each test file runs on one worker, so its module fixtures (a trained run, a
 # benchmark report) are built once.
 test: $(INSTALLED)
-	PYTHONPATH=$(LIBTPU) $(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests
+	PYTHONPATH=$(LIBTPU) $(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests \
+	  --ignore=tests/cluster
+
+# Real SLURM (slurmctld, slurmd, munged on this machine) and Open MPI: sbatch, scancel, requeue,
+# mpirun, a killed task (tests/cluster, about 3 minutes). Needs root and Debian's packages:
+# apt-get install -y slurm-wlm munge openmpi-bin. .ci/run runs it after `make test`.
+test-cluster: $(INSTALLED)
+	$(PYTHON) -m pytest -p no:xdist tests/cluster
 
 # Synthetic SSv2-format data -> TFDS dataset -> train and evaluate TSN and CSTM -> table, plots.
 demo: $(INSTALLED)

@@ -17,6 +17,8 @@ from typing import Mapping, Optional, Sequence
 
 from absl import logging
 
+from cstm_jax import peers
+
 
 def cluster_processes(environ: Mapping[str, str]) -> int:
   """Processes in this job as SLURM, Open MPI or a Cloud TPU slice announce them (1: none)."""
@@ -77,8 +79,13 @@ def local_device_ids(environ: Mapping[str, str], gpus: int) -> Optional[list[int
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
                process_id: Optional[int] = None,
                device_ids: Optional[Sequence[int]] = None,
-               environ: Mapping[str, str] = os.environ) -> None:
-  """`jax.distributed.initialize` when this job has several processes; nothing otherwise."""
+               environ: Mapping[str, str] = os.environ,
+               peer_timeout_s: float = peers.DEFAULT_TIMEOUT_S) -> None:
+  """`jax.distributed.initialize` when this job has several processes; nothing otherwise.
+
+  JAX's heartbeat timeout is set above `peer_timeout_s`, so that `peers.watched` reports a lost
+  process before JAX aborts.
+  """
   if not coordinator_address and cluster_processes(environ) <= 1:
     return
   import jax
@@ -86,7 +93,9 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if device_ids is None:
     device_ids = local_device_ids(environ, visible_gpus(environ))
-  jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                             local_device_ids=None if device_ids is None else list(device_ids))
+  jax.distributed.initialize(
+      coordinator_address, num_processes, process_id,
+      local_device_ids=None if device_ids is None else list(device_ids),
+      heartbeat_timeout_seconds=peers.jax_heartbeat_timeout_s(peer_timeout_s))
   logging.info('process %d of %d; local devices %s', jax.process_index(), jax.process_count(),
                ', '.join(str(d) for d in jax.local_devices()))

@@ -1,10 +1,9 @@
 """Console logs that say what the run does: library INFO chatter (orbax, TFDS) is filtered."""
 import logging as pylogging
-import os
 
 from absl import logging
 
-from input_pipeline.errors import DEBUG_VARIABLE
+from input_pipeline.errors import debugging
 
 NOISY = ('/orbax/', '/tensorflow_datasets/', '/grain/', '/jax/_src/')
 
@@ -19,7 +18,7 @@ class _QuietLibraries(pylogging.Filter):
         (record.exc_info and '/orbax/' in record.pathname) or  # its saver threads
         (record.name == 'asyncio' and 'orbax' in record.getMessage()))  # its writes' tasks
     if orbax_save_error:
-      return os.environ.get(DEBUG_VARIABLE, '') not in ('', '0')
+      return debugging()
     return record.levelno >= pylogging.WARNING or not any(p in record.pathname for p in NOISY)
 
 

@@ -11,12 +11,13 @@ Several processes (multi-host GPU, TPU pods): run the same command on every host
 Open MPI or on a Cloud TPU slice the processes find each other (`cstm_jax/launch.py` picks each
 one's GPUs); elsewhere pass `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
 """
+import faulthandler
 import sys
 
 from absl import app, flags, logging
 
 from cstm_jax import config_file
-from input_pipeline.errors import run_main
+from input_pipeline.errors import debugging, run_main
 
 FLAGS = flags.FLAGS
 config_file.define_config_flag()
@@ -27,6 +28,10 @@ flags.DEFINE_integer('process_id', None, 'This process (multi-process).')
 flags.DEFINE_list('local_device_ids', None,
                   'GPUs this process uses, as it numbers them (default: chosen from the SLURM or '
                   'Open MPI layout; all visible GPUs for one process per node).')
+flags.DEFINE_float('peer_timeout_s', 60.0,
+                   'Multi-process: stop every process this many seconds after one of them stops '
+                   'answering (killed, lost host), with a line naming it and exit status 75; 0 '
+                   "leaves it to JAX's heartbeat (which aborts).")
 flags.mark_flag_as_required('workdir')
 
 
@@ -34,22 +39,28 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # Imported here, in this order: launch picks this process's GPUs before JAX loads.
-  from cstm_jax import launch, logs
+  from cstm_jax import launch, logs, peers
   logs.quiet_library_logs()
+  if not debugging():
+    # absl's faulthandler dumps every thread and extension module when JAX aborts the process
+    # (a multi-process job whose coordinator died): JAX's own line says what happened.
+    faulthandler.disable()
+  config = FLAGS.config
+  if config.mode not in ('train', 'eval'):
+    raise app.UsageError(f"config.mode {config.mode!r} is not 'train' or 'eval'")
   launch.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                    FLAGS.local_device_ids and [int(i) for i in FLAGS.local_device_ids])
+                    FLAGS.local_device_ids and [int(i) for i in FLAGS.local_device_ids],
+                    peer_timeout_s=FLAGS.peer_timeout_s)
   import jax
   from cstm_jax import compile_cache, evaluation, train
-  config = FLAGS.config
   compile_cache.enable(compile_cache.config_setting(config))
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
-  if config.mode == 'train':
-    train.train_and_evaluate(config, FLAGS.workdir)
-  elif config.mode == 'eval':
-    evaluation.evaluate_checkpoint(config, FLAGS.workdir)
-  else:
-    raise app.UsageError(f"config.mode {config.mode!r} is not 'train' or 'eval'")
+  with peers.watched(timeout_s=FLAGS.peer_timeout_s, workdir=FLAGS.workdir):
+    if config.mode == 'train':
+      train.train_and_evaluate(config, FLAGS.workdir)
+    else:
+      evaluation.evaluate_checkpoint(config, FLAGS.workdir)
 
 
 def cli() -> None:

@@ -6,9 +6,9 @@ said it was alive (`heartbeat`, rewritten every `HEARTBEAT_S`). A second run is 
 line naming the holder. A lock whose holder is gone is taken over with a warning, so the same
 command still resumes after a kill or a preemption: on the same host when its pid no longer
 runs; from another host when its heartbeat is older than `STALE_S`, or at once when it carries
-this run's SLURM job id (a requeued job). Locally and on shared file systems the lock is created
-exclusively (O_EXCL); on gs:// it is read, then written, so two runs started within the same
-second can both pass (Cloud Storage's preconditions are not used).
+this run's SLURM job id (a requeued job). The lock is created exclusively: O_EXCL locally and on
+shared file systems, Cloud Storage's `ifGenerationMatch=0` precondition on gs://. Taking over a
+stale lock is a read, then a write.
 """
 import datetime
 import json
@@ -103,9 +103,13 @@ class WorkdirLock:
   def _create(self) -> bool:
     """Writes the lock if there is none; False if one exists."""
     if paths.is_remote(self.path):
-      if self.path.exists():
+      import fsspec
+      fs, where = fsspec.core.url_to_fs(str(self.path))
+      try:
+        fs.pipe_file(where, self._text().encode(), mode='create')  # ifGenerationMatch=0
+      except FileExistsError:
         return False
-      self.path.write_text(self._text())
+      fs.invalidate_cache(where)
       return True
     try:
       fd = os.open(str(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

@@ -12,6 +12,11 @@ import sys
 DEBUG_VARIABLE = 'CSTM_DEBUG'
 
 
+def debugging() -> bool:
+  """Whether CSTM_DEBUG asks for tracebacks (and library noise) instead of one-line reports."""
+  return os.environ.get(DEBUG_VARIABLE, '') not in ('', '0')
+
+
 class UserError(Exception):
   """A fault in the user's input, files or settings; the message says what and what to do."""
 
@@ -21,7 +26,7 @@ def run_main(main, *args) -> int:
   try:
     return main(*args)
   except UserError as error:
-    if os.environ.get(DEBUG_VARIABLE, '') not in ('', '0'):
+    if debugging():
       raise
     print(f'error: {error}', file=sys.stderr, flush=True)
     return 1

@@ -2,11 +2,13 @@
 
   python tests/gcs_emulator.py PORT BUCKET
 
-Listens on 127.0.0.1 only. One gap of the emulator is filled here: object downloads carry no
+Listens on 127.0.0.1 only. Two gaps of the emulator are filled here: object downloads carry no
 `x-goog-generation` header, which tensorstore (orbax's array storage) needs to read an object
-back ("Malformed StorageGeneration" otherwise).
+back ("Malformed StorageGeneration" otherwise); and uploads ignore the `ifGenerationMatch=0`
+precondition (create only if absent; 412 otherwise), on which the workdir lock relies.
 """
 import sys
+from http import HTTPStatus
 
 from gcp_storage_emulator.handlers import objects
 
@@ -23,7 +25,28 @@ def _with_generation(download):
   return handler
 
 
-objects.download = _with_generation(objects.download)  # before the server builds its routes
+def _create_only_if_asked(insert):
+  def handler(request, response, storage, *args, **kwargs):
+    if request.query.get('ifGenerationMatch') == ['0']:
+      name = (request.query['name'][0] if 'name' in request.query
+              else request.data['meta'].get('name'))
+      try:
+        storage.get_file_obj(request.params['bucket_name'], name)
+      except Exception:  # absent: created below
+        pass
+      else:
+        response.status = HTTPStatus.PRECONDITION_FAILED
+        response.json({'error': {'code': 412, 'message': 'At least one of the pre-conditions '
+                                 'you specified did not hold.',
+                                 'errors': [{'reason': 'conditionNotMet'}]}})
+        return
+    return insert(request, response, storage, *args, **kwargs)
+  return handler
+
+
+# Before the server builds its routes.
+objects.download = _with_generation(objects.download)
+objects.insert = _create_only_if_asked(objects.insert)
 
 
 def main(port: int, bucket: str) -> None:

@@ -2,6 +2,7 @@
 two processes (as on two TPU hosts) train into gs://, then the run is evaluated, predicted
 from and exported, all through gs:// paths."""
 import json
+import os
 import pathlib
 import socket
 import subprocess
@@ -133,3 +134,36 @@ def test_two_processes_train_and_serve_from_cloud_storage(emulator, prepared_ssv
   assert result.returncode == 0, result.stderr[-3000:]
   exported = objects(env, 'export/')
   assert exported['model.jax'] > 10_000 and exported['model.jax.json'] > 0
+
+
+LOCK_SCRIPT = '''
+import os
+from cstm_jax import workdir_lock
+first = workdir_lock.WorkdirLock('gs://%s/runs/locked')
+first.record['pid'] = os.getppid()  # a live process on this host (the test), not this one
+first.acquire()
+second = workdir_lock.WorkdirLock('gs://%s/runs/locked')
+print('created again:', second._create())
+try:
+  second.acquire()
+except workdir_lock.WorkdirInUse as error:
+  print('refused:', error)
+first.release()
+second.acquire()
+print('taken after release:', second._read()['pid'] == os.getpid())
+second.release()
+'''
+
+
+def test_the_workdir_lock_in_cloud_storage_is_created_only_if_absent(emulator):
+  # The create is one request with the ifGenerationMatch=0 precondition: a second writer gets
+  # 412, whatever the timing, not a read-then-write race.
+  result = subprocess.run([sys.executable, '-c', LOCK_SCRIPT % (BUCKET, BUCKET)], cwd=ROOT,
+                          env=process_env(1, **emulator), capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = result.stdout.splitlines()
+  assert lines[0] == 'created again: False'
+  assert lines[1].startswith(f'refused: gs://{BUCKET}/runs/locked: another run is training in '
+                             f'this workdir (host {socket.gethostname()}, pid {os.getpid()}')
+  assert lines[2] == 'taken after release: True'
