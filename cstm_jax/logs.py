@@ -1,5 +1,6 @@
 """Console logs that say what the run does: library INFO chatter (orbax, TFDS) is filtered."""
 import logging as pylogging
+import os
 
 from absl import logging
 
@@ -19,6 +20,9 @@ class _QuietLibraries(pylogging.Filter):
         (record.name == 'asyncio' and 'orbax' in record.getMessage()))  # its writes' tasks
     if orbax_save_error:
       return debugging()
+    if record.name.endswith('type_handler_registry') or 'Type handler registry type' in str(
+        record.msg):  # orbax, at every start: its own two registrations of jax.Array
+      return debugging()
     return record.levelno >= pylogging.WARNING or not any(p in record.pathname for p in NOISY)
 
 
@@ -27,3 +31,19 @@ def quiet_library_logs() -> None:
   logs the absl way outside `absl.app.run`."""
   logging.use_absl_handler()
   logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
+# Loader worker processes (grain) put batches in shared memory. Those still in flight when the
+# loader is closed are removed by multiprocessing's resource tracker at exit, which warns about
+# each such "leak"; the tracker is its own process and takes its warning filters from here.
+_TRACKER_WARNING = 'ignore:resource_tracker:UserWarning'
+
+
+def quiet_exit_warnings() -> None:
+  """Silences the resource tracker's warning about loader batches it frees at exit (before any
+  loader process starts; CSTM_DEBUG=1 keeps it)."""
+  if debugging():
+    return
+  current = os.environ.get('PYTHONWARNINGS', '')
+  if _TRACKER_WARNING not in current.split(','):
+    os.environ['PYTHONWARNINGS'] = ','.join(filter(None, [current, _TRACKER_WARNING]))

@@ -41,6 +41,7 @@ def main(argv):
   # Imported here, in this order: launch picks this process's GPUs before JAX loads.
   from cstm_jax import launch, logs, peers
   logs.quiet_library_logs()
+  logs.quiet_exit_warnings()
   if not debugging():
     # absl's faulthandler dumps every thread and extension module when JAX aborts the process
     # (a multi-process job whose coordinator died): JAX's own line says what happened.

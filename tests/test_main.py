@@ -40,3 +40,17 @@ def test_misspelt_config_key_is_an_error(tmp_path):
   assert result.returncode != 0
   assert 'error: unknown config key model.widht; did you mean model.width?' in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_a_run_with_loader_processes_ends_quietly(prepared_ssv2, tmp_path):
+  # Loader processes (grain) leave batches in shared memory when training stops; the resource
+  # tracker frees them at exit, and its warning about them, like orbax's start-up chatter, is
+  # not printed (CSTM_DEBUG=1 keeps both).
+  result = run_main('--config=configs/ssv2_r2plus1d_18.py:smoke', f'--workdir={tmp_path}',
+                    f'--config.data.data_dir={prepared_ssv2[0]}', '--config.data.num_workers=2',
+                    '--config.train.eval_every_epochs=1000')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (tmp_path / 'final_metrics.json').exists()
+  for noise in ('leaked shared_memory', 'Type handler registry', 'Traceback',
+                'Exception ignored'):
+    assert noise not in result.stderr, noise

@@ -119,6 +119,7 @@ def test_a_sigkilled_process_stops_the_other_in_bounded_time_naming_it(prepared_
   survivor = procs[1 - victim]
   _, err = survivor.communicate(timeout=120)
   stopped_after = time.monotonic() - killed_at
+  print(f"victim {victim}: the survivor stopped {stopped_after:.1f} s after the kill")
   procs[victim].wait()
   lines = err.splitlines()
   if victim == 1:

@@ -42,7 +42,9 @@ def test_mpirun_trains_a_killed_rank_stops_the_job_and_the_same_command_resumes(
   os.kill(_rank_pid(1), signal.SIGKILL)
   killed = time.monotonic()
   out, _ = job.communicate(timeout=120)
-  assert time.monotonic() - killed < 20
+  stopped_after = time.monotonic() - killed
+  print(f'Open MPI: mpirun ended {stopped_after:.1f} s after rank 1 was killed')
+  assert stopped_after < 20
   assert job.returncode != 0
   assert 'mpirun noticed that process rank 1' in out and 'exited on signal 9 (Killed)' in out, \
       out[-3000:]
