@@ -185,7 +185,7 @@ class PeerWatch:
     `run_main` (one line for a UserError, the traceback for a bug), the others are told, and the
     process ends with status 1 at once: JAX's exit would wait for the others at its shutdown
     barrier, and they are stopping."""
-    if not isinstance(error, UserError):
+    if isinstance(error, Exception) and not isinstance(error, UserError):  # not Ctrl-C
       self._lost.wait(self.timeout_s + 2 * interval_s(self.timeout_s))
     if self._lost.is_set():  # the watch thread is reporting it and ends the process
       threading.Event().wait()
