@@ -22,8 +22,7 @@ $(INSTALLED): requirements.txt requirements-dev.txt requirements-tpu.txt
 # --dist loadfile: each test file runs on one worker, so its module fixtures (a trained run, a
 # benchmark report) are built once.
 test: $(INSTALLED)
-	PYTHONPATH=$(LIBTPU) $(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests \
-	  --ignore=tests/cluster
+	PYTHONPATH=$(LIBTPU) $(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests
 
 # Real SLURM (slurmctld, slurmd, munged on this machine) and Open MPI: sbatch, scancel, requeue,
 # mpirun, a killed task (tests/cluster, about 3 minutes). Needs root and Debian's packages:
