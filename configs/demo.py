@@ -9,7 +9,7 @@ inside each pair while CSTM separates them.
 """
 from cstm_jax import base_config
 from cstm_jax.models import zoo
-from input_pipeline.errors import ConfigError
+from cstm_jax.foundation.errors import ConfigError
 
 DATA = 'data/demo'
 

@@ -34,12 +34,11 @@ import jax.numpy as jnp
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cstm_jax import (compile_cache, config_file, evaluation, hlo_stats, paths, sharding, states,
-                      steps)
+from cstm_jax import compile_cache, config_file, evaluation, hlo_stats, sharding, states, steps
+from cstm_jax.foundation import cli_flags, paths
 from cstm_jax import targets as target_specs
 from cstm_jax.models.zoo import model_name
-from input_pipeline import cli_flags
-from input_pipeline.errors import ConfigError, run_main
+from cstm_jax.foundation.errors import ConfigError, run_main
 
 STEPS = ('train', 'eval')
 GiB = 2 ** 30

@@ -34,15 +34,15 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from cstm_jax import base_config, compile_cache, hlo_stats, optim, paths, sharding, states, steps
+from cstm_jax import base_config, compile_cache, hlo_stats, optim, sharding, states, steps
+from cstm_jax.foundation import cli_flags, paths
 from cstm_jax.base_config import model_config
 from cstm_jax.models.build import abstract_variables, build_model, random_variables
 from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names
 from cstm_jax.models.summary import count_params
 from cstm_jax.temporal import ops
-from input_pipeline import cli_flags
-from input_pipeline.progress import format_seconds
-from input_pipeline.errors import run_main
+from cstm_jax.foundation.progress import format_seconds
+from cstm_jax.foundation.errors import run_main
 
 MODES = ('inference', 'train')
 DTYPES = ('float32', 'bfloat16')

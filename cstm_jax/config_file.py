@@ -13,9 +13,9 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from cstm_jax import paths
-from input_pipeline import cli_flags, workers
-from input_pipeline.errors import BadFile, ConfigError, MissingFile, UserError
+from cstm_jax.foundation import cli_flags, paths
+from input_pipeline import workers
+from cstm_jax.foundation.errors import BadFile, ConfigError, MissingFile, UserError
 
 # Names other codebases use for our keys: a misspelling is matched to these too.
 ALIASES = {'learning_rate': 'base_lr', 'lr': 'base_lr', 'wd': 'weight_decay',

@@ -26,12 +26,12 @@ import safetensors
 import safetensors.numpy
 from absl import flags, logging
 
-from cstm_jax import checkpoints, config_file, paths
+from cstm_jax import checkpoints, config_file
+from cstm_jax.foundation import cli_flags, paths
 from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models.zoo import BACKBONES, model_name
 from cstm_jax.models.inception import TABLES, load_table
-from input_pipeline import cli_flags
-from input_pipeline.errors import BadFile, MissingFile, run_main
+from cstm_jax.foundation.errors import BadFile, MissingFile, run_main
 
 IMAGENET_CLASSES = 1000
 BN_NAMES = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}

@@ -16,11 +16,12 @@ import numpy as np
 from absl import flags, logging
 
 from configs import demo as demo_config
-from cstm_jax import compare, logs
+from cstm_jax import compare
+from cstm_jax.foundation import cli_flags, logs
 from cstm_jax.models import zoo
 from cstm_jax.writer import read_metrics
-from input_pipeline import cli_flags, labels, prepare, synthetic
-from input_pipeline.errors import run_main
+from input_pipeline import labels, prepare, synthetic
+from cstm_jax.foundation.errors import run_main
 
 TRAIN_VIDEOS, VAL_VIDEOS, FRAME_SIZE = 960, 240, 32
 

@@ -9,10 +9,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cstm_jax import config_file, paths, sharding, states, steps
+from cstm_jax import config_file, sharding, states, steps
+from cstm_jax.foundation import paths
 from input_pipeline import pipeline
-from input_pipeline.errors import ConfigError
-from input_pipeline.progress import Progress
+from cstm_jax.foundation.errors import ConfigError
+from cstm_jax.foundation.progress import Progress
 
 
 def parse_views(views: str) -> tuple[int, int]:

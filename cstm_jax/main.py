@@ -17,7 +17,7 @@ import sys
 from absl import app, flags, logging
 
 from cstm_jax import config_file
-from input_pipeline.errors import debugging, run_main
+from cstm_jax.foundation.errors import debugging, run_main
 
 FLAGS = flags.FLAGS
 config_file.define_config_flag()
@@ -39,7 +39,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # Imported here, in this order: launch picks this process's GPUs before JAX loads.
-  from cstm_jax import launch, logs, peers
+  from cstm_jax import launch, peers
+  from cstm_jax.foundation import logs
   logs.quiet_library_logs()
   logs.quiet_exit_warnings()
   if not debugging():

@@ -24,13 +24,13 @@ import jax
 import numpy as np
 from absl import flags
 
-from cstm_jax import (checkpoints, compile_cache, config_file, evaluation, paths, sharding, states,
-                      steps)
+from cstm_jax import checkpoints, compile_cache, config_file, evaluation, sharding, states, steps
+from cstm_jax.foundation import cli_flags, paths
 from cstm_jax.convert import describe_mismatch
 from cstm_jax.models.build import abstract_variables, build_model
-from input_pipeline import builders, cli_flags, labels, pipeline, video_io
-from input_pipeline.errors import ConfigError, run_main
-from input_pipeline.progress import Progress
+from input_pipeline import builders, labels, pipeline, video_io
+from cstm_jax.foundation.errors import ConfigError, run_main
+from cstm_jax.foundation.progress import Progress
 
 
 # --- Model and weights ------------------------------------------------------------------------

@@ -15,13 +15,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cstm_jax import (checkpoints, compile_cache, config_file, evaluation, paths, plots, sharding,
-                      states, steps, workdir_lock)
+from cstm_jax import (checkpoints, compile_cache, config_file, evaluation, plots, sharding, states, steps, workdir_lock)
+from cstm_jax.foundation import paths
 from cstm_jax.writer import MetricWriter, read_metrics
 from input_pipeline import pipeline, workers
 from input_pipeline.prefetch import Prefetched
-from input_pipeline.errors import UserError
-from input_pipeline.progress import format_seconds
+from cstm_jax.foundation.errors import UserError
+from cstm_jax.foundation.progress import format_seconds
 
 
 class NonFiniteLoss(UserError, FloatingPointError):

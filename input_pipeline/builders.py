@@ -18,7 +18,7 @@ from array_record.python import array_record_module
 from tensorflow_datasets.core import file_adapters
 
 from input_pipeline import labels, video_io
-from input_pipeline.progress import Progress
+from cstm_jax.foundation.progress import Progress
 
 SPLITS = ('train', 'validation')
 

@@ -26,8 +26,9 @@ from absl import flags
 import numpy as np
 import tensorflow_datasets as tfds
 
-from input_pipeline import builders, labels, paths, records, transforms  # noqa: F401 (builders)
-from input_pipeline.errors import ConfigError, MissingFile
+from input_pipeline import builders, labels, records, transforms  # noqa: F401 (builders)
+from cstm_jax.foundation import paths
+from cstm_jax.foundation.errors import ConfigError, MissingFile
 
 
 def open_split(config, split: str):

@@ -30,9 +30,10 @@ import cv2
 import numpy as np
 from absl import flags
 
-from input_pipeline import cli_flags, labels, paths, video_io
-from input_pipeline.errors import run_main
-from input_pipeline.progress import Progress
+from input_pipeline import labels, video_io
+from cstm_jax.foundation import cli_flags, paths
+from cstm_jax.foundation.errors import run_main
+from cstm_jax.foundation.progress import Progress
 
 TEMPLATES = (
     'Moving [something] from left to right',

@@ -17,11 +17,11 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import ssv2_r2plus1d_18
-from cstm_jax import (checkpoints, config_file, convert, evaluation, paths, predict, states, train,
-                      workdir_lock)
+from cstm_jax import (checkpoints, config_file, convert, evaluation, predict, states, train, workdir_lock)
+from cstm_jax.foundation import errors, paths
 from cstm_jax.models.build import build_model
-from input_pipeline import errors, labels, pipeline, prepare, records, video_io
-from input_pipeline.errors import ConfigError, UserError
+from input_pipeline import labels, pipeline, prepare, records, video_io
+from cstm_jax.foundation.errors import ConfigError, UserError
 from runs import smoke
 
 

@@ -17,7 +17,8 @@ from torch_reference import reference_normalise
 from cstm_jax import (checkpoints, config_file, convert, evaluation, export, predict, sharding,
                       states, train)
 from cstm_jax.steps import make_eval_step
-from input_pipeline import errors, pipeline
+from input_pipeline import pipeline
+from cstm_jax.foundation import errors
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -1,6 +1,7 @@
-"""Imports flow one way: input_pipeline stands alone; the model code does not reach up into
-training, inference or the configs; nothing of the package imports a config file; config files
-load no JAX and no data stack."""
+"""Imports flow one way: cstm_jax.foundation stands alone and light; input_pipeline builds on it
+alone; the model code does not reach up into training, inference, the data package or the
+configs; nothing of the package imports a config file; config files load no JAX and no data
+stack."""
 import ast
 import importlib.util
 import os
@@ -22,24 +23,38 @@ def imported_packages(path: pathlib.Path) -> set[str]:
   return names
 
 
-def wrong_way(folder: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+def wrong_way(folder: str, forbidden: tuple[str, ...],
+              allowed: tuple[str, ...] = ()) -> dict[str, list[str]]:
+  """Modules under `folder` that import a module of `forbidden` (one of `allowed` excepted)."""
+  within = lambda n, roots: any(n == f or n.startswith(f + '.') for f in roots)
   found = {}
   for path in sorted((ROOT / folder).rglob('*.py')):
-    bad = sorted(n for n in imported_packages(path) if n.split('.')[0] in forbidden
-                 or any(n == f or n.startswith(f + '.') for f in forbidden))
+    bad = sorted(n for n in imported_packages(path)
+                 if (n.split('.')[0] in forbidden or within(n, forbidden))
+                 and not within(n, allowed))
     if bad:
       found[str(path.relative_to(ROOT))] = bad
   return found
 
 
-def test_input_pipeline_imports_nothing_of_the_package_above():
-  assert wrong_way('input_pipeline', ('cstm_jax', 'configs')) == {}
+HEAVY = ('jax', 'flax', 'optax', 'orbax', 'grain', 'tensorflow_datasets', 'cv2', 'av', 'numpy')
+
+
+def test_the_foundation_imports_nothing_of_the_project_and_nothing_heavy():
+  assert wrong_way('cstm_jax/foundation', ('cstm_jax', 'input_pipeline', 'configs') + HEAVY,
+                   allowed=('cstm_jax.foundation',)) == {}
+
+
+def test_input_pipeline_imports_only_the_foundation_of_the_package_above():
+  assert wrong_way('input_pipeline', ('cstm_jax', 'configs'),
+                   allowed=('cstm_jax.foundation',)) == {}
 
 
 def test_models_and_temporal_ops_do_not_import_training_or_configs():
   above = tuple(f'cstm_jax.{m}' for m in (
       'train', 'evaluation', 'states', 'steps', 'checkpoints', 'predict', 'export', 'convert',
-      'benchmark', 'aot', 'demo', 'writer', 'plots', 'launch', 'peers')) + ('configs',)
+      'benchmark', 'aot', 'demo', 'writer', 'plots', 'launch', 'peers')) + ('configs',
+                                                                           'input_pipeline')
   for folder in ('cstm_jax/models', 'cstm_jax/temporal'):
     assert wrong_way(folder, above) == {}, folder
 

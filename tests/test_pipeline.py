@@ -7,7 +7,8 @@ import pytest
 
 from configs import jester_8f
 from cstm_jax import base_config
-from input_pipeline import pipeline, progress, synthetic
+from input_pipeline import pipeline, synthetic
+from cstm_jax.foundation import progress
 
 
 def data_config(**overrides):

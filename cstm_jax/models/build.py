@@ -12,7 +12,7 @@ from cstm_jax import base_config
 from cstm_jax.models import inception, inception3d, r2plus1d, resnet, zoo
 from cstm_jax.models.video import VideoClassifier
 from cstm_jax.temporal import modules as tm
-from input_pipeline.errors import ConfigError
+from cstm_jax.foundation.errors import ConfigError
 
 
 def checked(model_config: Mapping[str, Any]) -> ml_collections.ConfigDict:

@@ -20,8 +20,8 @@ from cstm_jax.base_config import model_config
 from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models.flops import count_macs
 from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names, model_name
-from input_pipeline import cli_flags
-from input_pipeline.errors import run_main
+from cstm_jax.foundation import cli_flags
+from cstm_jax.foundation.errors import run_main
 
 
 def count_params(variables) -> int:

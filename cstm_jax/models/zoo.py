@@ -6,7 +6,7 @@ maps a `config.model` block to a Flax module using it.
 """
 import dataclasses
 
-from input_pipeline.errors import ConfigError
+from cstm_jax.foundation.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

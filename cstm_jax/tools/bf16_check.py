@@ -19,11 +19,12 @@ import numpy as np
 import optax
 from absl import flags
 
-from cstm_jax import config_file, paths, sharding, states
+from cstm_jax import config_file, sharding, states
+from cstm_jax.foundation import cli_flags, paths
 from cstm_jax.clips import normalise
 from cstm_jax.models.build import build_model
-from input_pipeline import cli_flags, pipeline
-from input_pipeline.errors import run_main
+from input_pipeline import pipeline
+from cstm_jax.foundation.errors import run_main
 
 
 def gradients(model, variables, batch, colour: str):

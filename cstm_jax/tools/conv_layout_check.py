@@ -23,13 +23,13 @@ import numpy as np
 import optax
 from absl import flags
 
-from cstm_jax import base_config, optim, paths, sharding, states, steps
+from cstm_jax import base_config, optim, sharding, states, steps
+from cstm_jax.foundation import cli_flags, paths
 from cstm_jax.base_config import model_config
 from cstm_jax.clips import normalise
 from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models.zoo import BACKBONES, MODELS
-from input_pipeline import cli_flags
-from input_pipeline.errors import run_main
+from cstm_jax.foundation.errors import run_main
 
 # A gradient array whose root-mean-square is below this fraction of the whole gradient's is
 # zero up to rounding (measured: conv biases before a BatchNorm sit near 1e-7).

@@ -11,8 +11,19 @@ import os
 
 from etils import epath
 
-from input_pipeline.errors import ConfigError
-from input_pipeline.paths import REMOTE_SCHEMES, expand, is_remote  # noqa: F401 (re-exported)
+from cstm_jax.foundation.errors import ConfigError
+
+REMOTE_SCHEMES = ('gs://',)
+
+
+def expand(text) -> str:
+  """`~` and `$VAR` / `${VAR}` expanded; '' stays ''. (The shell leaves `~` alone inside
+  `--flag=~/x`, and config files hold paths as plain strings.)"""
+  return os.path.expanduser(os.path.expandvars(str(text))) if text else ''
+
+
+def is_remote(path) -> bool:
+  return str(path).startswith(REMOTE_SCHEMES)
 
 
 def resolve(path) -> epath.Path:
