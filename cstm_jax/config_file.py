@@ -1,11 +1,17 @@
-"""Experiment configs: read (a config file with its `:arg`, or a run's JSON), taken from the
-command line (`--config` with `--config.KEY=VALUE` overrides, for every command that has a
-config), checked (unknown keys named with the closest known ones), and completed
-(`num_classes` 0 takes the data's count)."""
+"""Experiment configs: read (an experiment's name or a config file, with its `:arg`, or a run's
+JSON), taken from the command line (`--config` with `--config.KEY=VALUE` overrides, for every
+command that has a config), checked (unknown keys named with the closest known ones), and
+completed (`num_classes` 0 takes the data's count).
+
+The experiments' config files are `configs/*.py` in a checkout, and `cstm_jax/configs/` once
+installed: `--config=ssv2_16f:smoke` names one, wherever it is; `--config=configs/ssv2_16f.py`
+and any other path work too."""
 import copy
 import difflib
 import importlib.util
 import json
+import pathlib
+import re
 import sys
 from typing import Optional, Sequence
 
@@ -23,15 +29,41 @@ ALIASES = {'learning_rate': 'base_lr', 'lr': 'base_lr', 'wd': 'weight_decay',
            'classes': 'num_classes', 'arch': 'backbone', 'workers': 'num_workers'}
 
 
+def configs_dir() -> pathlib.Path:
+  """The folder of the experiments' config files: the installed package's, else the checkout's."""
+  package = pathlib.Path(__file__).resolve().parent
+  installed = package / 'configs'
+  return installed if installed.is_dir() else package.parent / 'configs'
+
+
+def experiments() -> list[str]:
+  """The names `--config` takes: every config file of `configs_dir()`."""
+  return sorted(p.stem for p in configs_dir().glob('[!_]*.py'))
+
+
+def _named(name: str) -> Optional[pathlib.Path]:
+  """The config file of experiment `name` ('ssv2_16f'), or None if `name` is not a bare name."""
+  if not re.fullmatch(r'\w+', name) or paths.resolve(name).exists():
+    return None
+  path = configs_dir() / f'{name}.py'
+  if not path.is_file():
+    close = difflib.get_close_matches(name, experiments(), n=3)
+    raise MissingFile(f'--config={name}: no experiment of that name'
+                      + (f'; did you mean {" or ".join(close)}?' if close else '')
+                      + f' The experiments: {", ".join(experiments())} (in {configs_dir()}); '
+                      'or pass a config file\'s path')
+  return path
+
+
 def load(spec) -> ml_collections.ConfigDict:
-  """'configs/ssv2_16f.py', 'configs/ssv2_16f.py:smoke' or a workdir's 'config.json' (local or
-  gs://)."""
+  """An experiment's name ('ssv2_16f', 'ssv2_16f:smoke'), a config file ('configs/ssv2_16f.py',
+  'configs/ssv2_16f.py:smoke') or a workdir's 'config.json' (local or gs://)."""
   spec = str(spec)
   if paths.is_remote(spec):
     path, arg = paths.resolve(spec), ''
   else:
     path, _, arg = spec.partition(':')
-    path = paths.resolve(path)
+    path = _named(path) or paths.resolve(path)
   if not path.is_file():
     raise MissingFile(f'{path}: no such config file')
   if path.suffix == '.json':
@@ -43,13 +75,27 @@ def load(spec) -> ml_collections.ConfigDict:
   if paths.is_remote(path):
     raise ConfigError(f'{path}: a config file is read from a local disk (only a run\'s '
                      'config.json may be in Cloud Storage)')
+  module = load_module(path)
+  try:
+    return module.get_config(arg) if arg else module.get_config()
+  except UserError:
+    raise
+  except Exception as e:  # raised by the config file's own code
+    raise BadFile(f'{_line_in(e, path)}: {type(e).__name__}: {e} (while loading the config '
+                  'file)') from e
+
+
+def load_module(spec):
+  """The module of a config file, by experiment name or path (its constants, its get_config)."""
+  path = _named(str(spec)) or paths.resolve(spec)
+  if not path.is_file():
+    raise MissingFile(f'{path}: no such config file')
   module_spec = importlib.util.spec_from_file_location(f'_config_{path.stem}', str(path))
+  if module_spec is None:
+    raise BadFile(f"{path}: not a config file (a .py file) or a run's config.json")
   module = importlib.util.module_from_spec(module_spec)
   try:
     module_spec.loader.exec_module(module)
-    if not hasattr(module, 'get_config'):
-      raise ConfigError(f'{path}: a config file defines get_config(arg)')
-    return module.get_config(arg) if arg else module.get_config()
   except UserError:
     raise
   except SyntaxError as e:
@@ -57,6 +103,9 @@ def load(spec) -> ml_collections.ConfigDict:
   except Exception as e:  # raised by the config file's own code
     raise BadFile(f'{_line_in(e, path)}: {type(e).__name__}: {e} (while loading the config '
                   'file)') from e
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'{path}: a config file defines get_config(arg)')
+  return module
 
 
 def _line_in(error: BaseException, path) -> str:

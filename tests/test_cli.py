@@ -94,6 +94,26 @@ def test_config_overrides_apply_to_config_files_and_run_configs(tmp_path, monkey
   assert parse().config is None  # optional: predict and export fall back to the run's own
 
 
+def test_an_experiment_is_named_without_its_path(tmp_path, monkeypatch):
+  # `--config=ssv2_8f:smoke` is the file configs/ssv2_8f.py with its `smoke` argument, from any
+  # folder (installed, the files live in cstm_jax/configs; tests/test_package.py runs that).
+  monkeypatch.chdir(tmp_path)
+  by_name = config_file.load('ssv2_8f:smoke')
+  assert by_name.to_dict() == config_file.load(str(ROOT / 'configs/ssv2_8f.py:smoke')).to_dict()
+  assert config_file.load('demo').to_dict() == config_file.load(
+      str(ROOT / 'configs/demo.py')).to_dict()
+  assert set(config_file.experiments()) == {p.stem for p in (ROOT / 'configs').glob('[!_]*.py')}
+  # A file of that name in the current folder is a path, as before.
+  (tmp_path / 'ssv2_8f').write_text('')
+  with pytest.raises(config_file.BadFile, match='ssv2_8f: not a config file'):
+    config_file.load('ssv2_8f')
+  with pytest.raises(config_file.MissingFile) as error:
+    config_file.load('ssv2_16:smoke')
+  assert str(error.value).startswith('--config=ssv2_16: no experiment of that name; did you '
+                                     'mean ssv2_16f or ')
+  assert 'The experiments: demo, folder_8f, ' in str(error.value)
+
+
 def test_config_override_mistakes_name_the_fix(tmp_path, capsys):
   def error(*argv):
     with pytest.raises(SystemExit):

@@ -59,11 +59,11 @@ def test_models_and_temporal_ops_do_not_import_training_or_configs():
     assert wrong_way(folder, above) == {}, folder
 
 
-def test_only_the_demo_imports_a_config_file():
-  # The configs sit on top: the package reads them by path (config_file.load), except the demo
-  # command, which runs its own.
-  found = wrong_way('cstm_jax', ('configs',))
-  assert found == {'cstm_jax/demo.py': ['configs', 'configs.demo']}
+def test_nothing_of_the_package_imports_a_config_file():
+  # The configs sit on top: the package reads them by name or path (config_file.load), never by
+  # import, so they need not be an installed top-level package.
+  assert wrong_way('cstm_jax', ('configs',)) == {}
+  assert wrong_way('input_pipeline', ('configs',)) == {}
 
 
 def test_config_files_load_no_jax_and_no_data_stack():

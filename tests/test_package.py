@@ -43,8 +43,17 @@ def test_the_wheel_installs_with_its_commands_and_runs_outside_the_checkout(tmp_
   env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH',)}
   run = lambda *args: subprocess.run([str(a) for a in args], cwd=elsewhere, env=env,
                                      capture_output=True, text=True, timeout=300)
-  where = run(python, '-c', 'import cstm_jax, configs; print(cstm_jax.__file__, configs.__file__)')
-  assert where.returncode == 0 and where.stdout.count(str(site)) == 2, where
+  # One namespace for the package and its configs: no top-level `configs` to collide with a
+  # user's own; every package of the checkout is in the wheel.
+  where = run(python, '-c', 'import cstm_jax, input_pipeline, cstm_jax.configs as c; '
+              'print(cstm_jax.__file__, input_pipeline.__file__, c.__file__)')
+  assert where.returncode == 0 and where.stdout.count(str(site)) == 3, where
+  assert run(python, '-c', 'import configs').returncode == 1
+  packages = {str(p.parent.relative_to(ROOT)).replace('/', '.') for folder in
+              ('cstm_jax', 'input_pipeline') for p in (ROOT / folder).rglob('__init__.py')}
+  found = run(python, '-c', 'import importlib, sys; [importlib.import_module(p) for p in '
+              f'{sorted(packages)!r}]')
+  assert found.returncode == 0, found.stderr[-2000:]
 
   # The data commands with relative paths: the demo's data step, at a tiny size.
   made = run(venv / 'bin' / 'cstm-synthetic', '--out=raw', '--train=4', '--val=2', '--test=0',
@@ -58,7 +67,7 @@ def test_the_wheel_installs_with_its_commands_and_runs_outside_the_checkout(tmp_
   # The training command: every flag in --help, and the packaged configs behind --config.
   help_text = run(venv / 'bin' / 'cstm-train', '--help').stdout
   assert '--config' in help_text and '--workdir' in help_text
-  misspelt = run(venv / 'bin' / 'cstm-train', f'--config={site}/configs/demo.py:smoke',
-                 '--workdir=run', '--config.optim.lerning_rate=1')
+  misspelt = run(venv / 'bin' / 'cstm-train', '--config=demo:smoke', '--workdir=run',
+                 '--config.optim.lerning_rate=1')
   assert misspelt.returncode == 1
   assert 'unknown config key optim.lerning_rate; did you mean optim.base_lr?' in misspelt.stderr
