@@ -18,7 +18,7 @@ estimated step time where it gives one (TPU), and the kernels, cuDNN convolution
 the transposes and copies that change layouts (bytes read + written).
 
 Exits 1, with one line per step naming the memory needed and available, when a step does not
-fit. Targets: `cstm_jax/targets.py` (tpu:v5e:2x2, tpu:v5e-256, tpu:v5p-8, cuda:h100, ...).
+fit. Targets: `cstm_jax/aot_targets.py` (tpu:v5e:2x2, tpu:v5e-256, tpu:v5p-8, cuda:h100, ...).
 TPU targets need libtpu (requirements-tpu.txt), CUDA targets the jax CUDA plugin
 (requirements-cuda.txt); no accelerator is used either way.
 """
@@ -34,9 +34,9 @@ import jax.numpy as jnp
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cstm_jax import compile_cache, config_file, evaluation, hlo_stats, sharding, states, steps
+from cstm_jax import compile_cache, config_loader, evaluation, hlo_stats, sharding, train_state, steps
 from cstm_jax.foundation import cli_flags, paths
-from cstm_jax import targets as target_specs
+from cstm_jax import aot_targets as target_specs
 from cstm_jax.models.zoo import model_name
 from cstm_jax.foundation.errors import ConfigError, run_main
 
@@ -59,8 +59,8 @@ class Compiled:
 
 def step_builder(config, mesh, step: str) -> Callable[[int], object]:
   """global batch -> the lowered `step` ('train' or 'eval') of main.py for `config` on `mesh`."""
-  model, schedule, tx, clips_shape = states.model_and_optimizer(config, steps_per_epoch=1000)
-  abstract, shardings = states.state_layout(model, tx, clips_shape, mesh,
+  model, schedule, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=1000)
+  abstract, shardings = train_state.state_layout(model, tx, clips_shape, mesh,
                                             config.mesh.shard_threshold)
   batch_sharding = sharding.batch_sharding(mesh)
   labels = lambda n: jax.ShapeDtypeStruct((n,), jnp.int32, sharding=batch_sharding)
@@ -76,7 +76,7 @@ def step_builder(config, mesh, step: str) -> Callable[[int], object]:
   else:
     clips, crops = evaluation.parse_views(config.eval.views)
     jitted = steps.jit_eval_step(model, mesh, config.data.colour, config.xla.gpu_conv_nhwc)
-    variables = states.variables_of(abstract)
+    variables = train_state.variables_of(abstract)
 
     def lower(batch: int):
       clips_abstract = jax.ShapeDtypeStruct((batch, clips * crops, *clips_shape[1:]), jnp.uint8,
@@ -317,7 +317,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 
 
 def main(argv=None) -> int:
-  args = config_file.parse_command(argv, __doc__, define_flags)
+  args = config_loader.parse_command(argv, __doc__, define_flags)
   try:
     parsed = [target_specs.parse(t) for t in args.target]
   except ValueError as e:

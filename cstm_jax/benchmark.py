@@ -34,9 +34,9 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from cstm_jax import base_config, compile_cache, hlo_stats, optim, sharding, states, steps
+from cstm_jax import config_defaults, compile_cache, hlo_stats, optim, sharding, train_state, steps
 from cstm_jax.foundation import cli_flags, paths
-from cstm_jax.base_config import model_config
+from cstm_jax.config_defaults import model_config
 from cstm_jax.models.build import abstract_variables, build_model, random_variables
 from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names
 from cstm_jax.models.summary import count_params
@@ -123,7 +123,7 @@ def inference_step(model, mesh, clips_shape, num_classes: int, colour: str,
   """(lowered eval-mode forward, runner): `runner(compiled)` is a call of it on a batch already
   on the devices. Logits stay sharded over the batch, as a serving loop would leave them."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  variables = jax.device_put(random_variables(model, states.one_clip(clips_shape)), replicated)
+  variables = jax.device_put(random_variables(model, train_state.one_clip(clips_shape)), replicated)
   batch = _random_batch(clips_shape, mesh, num_classes)
   forward = steps.jit_forward(model, mesh, colour, gpu_conv_nhwc)
   lowered = forward.lower(variables, batch['clips'])
@@ -132,9 +132,9 @@ def inference_step(model, mesh, clips_shape, num_classes: int, colour: str,
 
 def recipe_optimizer(model, clips_shape):
   """(learning-rate schedule, optimizer) of the training recipe for `model`."""
-  config = base_config.get_config().optim
+  config = config_defaults.get_config().optim
   schedule = optim.learning_rate_schedule(config, clips_shape[0], steps_per_epoch=1000)
-  params = abstract_variables(model, states.one_clip(clips_shape))['params']
+  params = abstract_variables(model, train_state.one_clip(clips_shape))['params']
   return schedule, optim.make_optimizer(config, schedule, params)
 
 
@@ -143,9 +143,9 @@ def train_step(model, mesh, clips_shape, num_classes: int, colour: str,
   """(lowered train step, runner): a full optimizer step of the recipe (SGD, clipping, weight
   decay, BatchNorm statistics); the state threads through successive calls."""
   schedule, tx = recipe_optimizer(model, clips_shape)
-  _, shardings = states.state_layout(model, tx, clips_shape, mesh)
-  state = states.state_from_variables(
-      model, tx, random_variables(model, states.one_clip(clips_shape)), shardings)
+  _, shardings = train_state.state_layout(model, tx, clips_shape, mesh)
+  state = train_state.state_from_variables(
+      model, tx, random_variables(model, train_state.one_clip(clips_shape)), shardings)
   batch = _random_batch(clips_shape, mesh, num_classes)
   rng = jax.random.key(1)
   step = steps.jit_train_step(steps.make_train_step(model, schedule, colour), shardings, mesh,
@@ -186,11 +186,11 @@ def unoptimised_gflops_per_clip(mode: str, model, clips_shape, colour: str) -> f
   clips = jax.ShapeDtypeStruct(clips_shape, jnp.uint8)
   with ops.native_grouped_convs():
     if mode == 'inference':
-      variables = abstract_variables(model, states.one_clip(clips_shape))
+      variables = abstract_variables(model, train_state.one_clip(clips_shape))
       lowered = steps.jit_forward(model, cpu_mesh, colour).lower(variables, clips)
     else:
       schedule, tx = recipe_optimizer(model, clips_shape)
-      state, shardings = states.state_layout(model, tx, clips_shape, cpu_mesh)
+      state, shardings = train_state.state_layout(model, tx, clips_shape, cpu_mesh)
       step = steps.jit_train_step(steps.make_train_step(model, schedule, colour), shardings,
                                   cpu_mesh)
       labels = jax.ShapeDtypeStruct(clips_shape[:1], jnp.int32)
@@ -238,7 +238,7 @@ def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
   device = jax.local_devices()[0]
   peak = peak_tflops or known_peak_tflops(device.device_kind, setting.dtype)
   achieved = gflops * clips_per_s / 1e3
-  params = count_params(abstract_variables(model, states.one_clip(clips_shape)))
+  params = count_params(abstract_variables(model, train_state.one_clip(clips_shape)))
   return {
       **dataclasses.asdict(setting),
       'params': params,

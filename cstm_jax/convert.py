@@ -26,7 +26,7 @@ import safetensors
 import safetensors.numpy
 from absl import flags, logging
 
-from cstm_jax import checkpoints, config_file
+from cstm_jax import checkpoints, config_loader
 from cstm_jax.foundation import cli_flags, paths
 from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models.zoo import BACKBONES, model_name
@@ -273,7 +273,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = config_file.parse_command(
+  args = config_loader.parse_command(
       argv, __doc__, define_flags,
       config_help='The experiment config whose model block is the target (configs/ssv2_16f.py, '
                   'configs/ssv2_16f.py:smoke).')

@@ -15,7 +15,7 @@ import time
 import numpy as np
 from absl import flags, logging
 
-from cstm_jax import compare, config_file
+from cstm_jax import compare, config_loader
 from cstm_jax.foundation import cli_flags, logs
 from cstm_jax.models import zoo
 from cstm_jax.writer import read_metrics
@@ -55,7 +55,7 @@ def run_model(temporal: str, workdir: pathlib.Path, dtype: str = 'float32') -> d
   if not done.exists():
     print(f'Training {temporal} (BN-Inception x0.25, 8 frames, 32 px, {dtype}) in {workdir} ...',
           flush=True)
-    config = config_file.load(f'demo:{temporal}')
+    config = config_loader.load(f'demo:{temporal}')
     config.model.dtype = dtype
     train.train_and_evaluate(config, str(workdir))
   else:
@@ -83,7 +83,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   define('string', 'workdir', None, 'Where the runs, their plots and summary.md go (default: '
          'runs/demo, runs/demo_bfloat16 in bfloat16: a finished run is reused, so the dtypes '
          'keep apart).')
-  define('string', 'data', config_file.load_module('demo').DATA, 'Where the synthetic videos and their prepared '
+  define('string', 'data', config_loader.load_module('demo').DATA, 'Where the synthetic videos and their prepared '
          'dataset go (made once, reused).')
   define('list', 'models', ['tsn', 'cstm'], 'Temporal modules to train on BN-Inception '
          f'(configs/demo.py): {", ".join(zoo.TEMPORAL_MODULES)}.')

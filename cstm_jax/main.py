@@ -16,11 +16,11 @@ import sys
 
 from absl import app, flags, logging
 
-from cstm_jax import config_file
+from cstm_jax import config_loader
 from cstm_jax.foundation.errors import debugging, run_main
 
 FLAGS = flags.FLAGS
-config_file.define_config_flag()
+config_loader.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and plots (local or gs://).')
 flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (multi-process).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
@@ -70,7 +70,7 @@ def cli() -> None:
   # absl's --help lists the flags of the script that runs: make these the script's.
   for flag in [FLAGS['config']] + FLAGS.get_flags_for_module(__name__):
     FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  app.run(lambda argv: run_main(main, argv), flags_parser=config_file.parse_flags)
+  app.run(lambda argv: run_main(main, argv), flags_parser=config_loader.parse_flags)
 
 
 if __name__ == '__main__':

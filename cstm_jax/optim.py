@@ -1,5 +1,5 @@
 """Optimizer and learning-rate schedule of the GSM recipe (docs/design.md, "Recipe"), and TSM's
-variant. Functions take the `config.optim` block (keys and defaults: cstm_jax/base_config.py).
+variant. Functions take the `config.optim` block (keys and defaults: cstm_jax/config_defaults.py).
 
 GSM recipe: SGD with momentum 0.9, weight decay added to the gradient (coupled, as PyTorch's
 SGD does), global-norm clipping at 20 before the decay, lr 0.01 per 32 clips scaled linearly

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from cstm_jax import checkpoints, compile_cache, config_file, evaluation, sharding, states, steps
+from cstm_jax import checkpoints, compile_cache, config_loader, evaluation, sharding, train_state, steps
 from cstm_jax.foundation import cli_flags, paths
 from cstm_jax.convert import describe_mismatch
 from cstm_jax.models.build import abstract_variables, build_model
@@ -42,10 +42,10 @@ def load_model(workdir=None, checkpoint=None, config=None, which: str = 'best',
   belongs to (named `config_name` in messages)."""
   if workdir and not checkpoint:
     workdir = paths.resolve(workdir)
-    config = config if config is not None else config_file.load(workdir / 'config.json')
+    config = config if config is not None else config_loader.load(workdir / 'config.json')
     names = class_names(config, workdir)
-    config = config_file.with_num_classes(config, len(names), f'the classes of run {workdir}')
-    model, variables, _ = states.restore_variables(config, workdir, which, one_device_mesh())
+    config = config_loader.with_num_classes(config, len(names), f'the classes of run {workdir}')
+    model, variables, _ = train_state.restore_variables(config, workdir, which, one_device_mesh())
   elif checkpoint and config is not None:
     variables = checkpoints.load_variables(checkpoint)
     # num_classes 0 (left to the data) takes the head's count; check_variables reports a set
@@ -55,7 +55,7 @@ def load_model(workdir=None, checkpoint=None, config=None, which: str = 'best',
       if head is None:
         raise ConfigError(f'{checkpoint} has no classification head and {config_name} sets no '
                           'model.num_classes: give the config of a trained run')
-      config = config_file.with_num_classes(config, int(np.shape(head)[-1]), str(checkpoint))
+      config = config_loader.with_num_classes(config, int(np.shape(head)[-1]), str(checkpoint))
     model = build_model(config.model)
     clip = (1, config.data.num_frames, config.data.crop, config.data.crop, 3)
     expected = abstract_variables(model, jax.ShapeDtypeStruct(clip, np.float32))
@@ -81,14 +81,14 @@ def parse_model_command(argv: Optional[Sequence[str]], doc: str, define) -> flag
                  'with --config.')
     define(flag_values)
 
-  return config_file.parse_command(
+  return config_loader.parse_command(
       argv, doc, define_all, config_required=False,
       config_help="The config of --checkpoint, or one replacing the run's.")
 
 
 def load_model_from_flags(args: flags.FlagValues):
   """`load_model` for the flags of `parse_model_command`."""
-  config, config_name = config_file.from_flag(args)
+  config, config_name = config_loader.from_flag(args)
   compile_cache.enable(compile_cache.config_setting(config))
   return load_model(args.workdir, args.checkpoint, config, args.which, config_name)
 

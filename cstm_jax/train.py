@@ -3,7 +3,7 @@ evaluates the result.
 
 Reads top to bottom: where a run starts (resume, init_from or scratch), then the loop: data,
 model and optimizer, state, steps, and the loop that logs, saves and evaluates. The pieces
-live one level down: `states` (model, optimizer, sharded state), `steps` (jitted steps),
+live one level down: `train_state` (model, optimizer, sharded state), `steps` (jitted steps),
 `evaluation` (metrics over a split), `checkpoints`.
 """
 import json
@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cstm_jax import (checkpoints, compile_cache, config_file, evaluation, plots, sharding, states, steps, workdir_lock)
+from cstm_jax import (checkpoints, compile_cache, config_loader, evaluation, plots, sharding, train_state, steps, workdir_lock)
 from cstm_jax.foundation import paths
 from cstm_jax.writer import MetricWriter, read_metrics
 from input_pipeline import pipeline, workers
@@ -37,13 +37,13 @@ INPUT_BOUND_WARN_EVERY_S = 600.0
 
 def initial_state(config, model, tx, mesh, clips_shape, run_checkpoints, train_iterator):
   """Resume > init_from > scratch. Returns (state, state shardings, first step)."""
-  abstract, shardings = states.state_layout(model, tx, clips_shape, mesh,
+  abstract, shardings = train_state.state_layout(model, tx, clips_shape, mesh,
                                             config.mesh.shard_threshold)
   restored, step = run_checkpoints.restore_latest(abstract, train_iterator, config)
   if restored is not None:
     logging.info('Resuming from the checkpoint of step %d', step)
     return restored, shardings, step
-  state, _ = states.create_train_state(model, tx, clips_shape, mesh,
+  state, _ = train_state.create_train_state(model, tx, clips_shape, mesh,
                                        jax.random.key(config.train.seed), shardings=shardings)
   if config.train.init_from:
     pretrained = checkpoints.load_variables(config.train.init_from)
@@ -81,7 +81,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Returns the final evaluation results of each of `config.eval.final_views`.
   """
   workdir = paths.resolve(workdir)
-  mesh = states.setup_mesh(config)
+  mesh = train_state.setup_mesh(config)
   main_process = jax.process_index() == 0
   if main_process:
     _check_writable(workdir)
@@ -94,13 +94,13 @@ def _train_and_evaluate(config, workdir, mesh, main_process) -> dict:
                config.model.backbone, jax.device_count())
 
   # Data.
-  config = config_file.with_loader_workers(config, states.local_accelerators(),
+  config = config_loader.with_loader_workers(config, train_state.local_accelerators(),
                                            jax.process_count())
   train_data = pipeline.train_dataset(config.data, jax.process_index(), jax.process_count())
   train_source, class_names = pipeline.open_split(config.data, config.data.train_split)
   # The evaluation split is checked now, not found missing an epoch later.
   pipeline.open_split(config.data, config.data.eval_split)
-  config = config_file.with_dataset_classes(config, class_names)
+  config = config_loader.with_dataset_classes(config, class_names)
   train_size = len(train_source)
   steps_per_epoch = max(1, train_size // config.data.batch_size)
   optimizer_steps = int(config.optim.epochs * steps_per_epoch)
@@ -111,7 +111,7 @@ def _train_and_evaluate(config, workdir, mesh, main_process) -> dict:
                           * config.optim.grad_accum_steps))
 
   # Model and optimizer.
-  model, schedule, tx, clips_shape = states.model_and_optimizer(config, steps_per_epoch)
+  model, schedule, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch)
 
   # State, restored or fresh.
   run_checkpoints = checkpoints.RunCheckpoints(workdir, config.train.keep_checkpoints)
@@ -192,7 +192,7 @@ def _train_and_evaluate(config, workdir, mesh, main_process) -> dict:
         logging.warning('Stopped at step %d on request; the same command resumes.', step)
         return {}
       if step % eval_every == 0 and step != total_steps:
-        results = evaluation.evaluate_views(config, eval_step, states.variables_of(state), mesh,
+        results = evaluation.evaluate_views(config, eval_step, train_state.variables_of(state), mesh,
                                             config.eval.views, class_names, step=step)
         _record_eval(writer, run_checkpoints, step, state, config, results, main_process)
         window_start, window_steps, window_wait = time.monotonic(), 0, 0.0
@@ -203,7 +203,7 @@ def _train_and_evaluate(config, workdir, mesh, main_process) -> dict:
   # Final evaluation, with every requested set of views.
   final = {}
   for views in config.eval.final_views.split(','):
-    results = evaluation.evaluate_views(config, eval_step, states.variables_of(state), mesh,
+    results = evaluation.evaluate_views(config, eval_step, train_state.variables_of(state), mesh,
                                         views, class_names, workdir, f'final_{views}', step)
     final[views] = results
     if views == config.eval.views:

@@ -14,7 +14,7 @@ Batches are dicts of NumPy arrays: `clips` uint8 RGB `[B, T, H, W, 3]` (evaluati
 `labels` `[B]` int32, `index` `[B]` int32 (the record's position in its split,
 -1 for padding) and, for evaluation, `mask` `[B]` float32.
 
-Functions take a `config.data` block (its keys, defaults and meaning: cstm_jax/base_config.py;
+Functions take a `config.data` block (its keys, defaults and meaning: cstm_jax/config_defaults.py;
 this package does not import it).
 """
 import dataclasses

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cstm_jax import aot, config_file, hlo_stats, targets
+from cstm_jax import aot, config_loader, hlo_stats, aot_targets
 from cstm_jax.models import summary
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -26,32 +26,32 @@ FIXTURES = pathlib.Path(__file__).resolve().parent / 'data'
     ('tpu:v4-32', 'v4:4x2x2', None),
 ])
 def test_tpu_targets(spec, topology, chips_per_host):
-  target = targets.parse(spec)
+  target = aot_targets.parse(spec)
   assert (target.platform, target.topology, target.chips_per_host) == ('tpu', topology,
                                                                        chips_per_host)
 
 
 def test_cuda_targets_and_bad_targets():
-  assert targets.parse('cuda:h100').topology == '1x1x1'
-  assert targets.parse('cuda:h100x8').topology == '1x1x8'
-  assert targets.parse('cuda:a100x8x4').topology == '1x4x8'
+  assert aot_targets.parse('cuda:h100').topology == '1x1x1'
+  assert aot_targets.parse('cuda:h100x8').topology == '1x1x8'
+  assert aot_targets.parse('cuda:a100x8x4').topology == '1x4x8'
   for bad in ('tpu:v5e-7', 'tpu:v9', 'cuda:v100', 'gpu:h100', 'h100'):
     with pytest.raises(ValueError, match=f'--target {bad}: '):
-      targets.parse(bad)
+      aot_targets.parse(bad)
 
 
 def test_gpu_memory_is_the_share_jax_allocates(monkeypatch):
-  h100 = targets.parse('cuda:h100')
+  h100 = aot_targets.parse('cuda:h100')
   monkeypatch.delenv('XLA_PYTHON_CLIENT_MEM_FRACTION', raising=False)
-  assert targets.memory_limit_bytes(h100, None) == int(0.75 * targets.GPUS['h100']['memory'])
+  assert aot_targets.memory_limit_bytes(h100, None) == int(0.75 * aot_targets.GPUS['h100']['memory'])
   monkeypatch.setenv('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.9')
-  assert targets.memory_limit_bytes(h100, None) == int(0.9 * targets.GPUS['h100']['memory'])
+  assert aot_targets.memory_limit_bytes(h100, None) == int(0.9 * aot_targets.GPUS['h100']['memory'])
 
 
 def test_topology_devices_and_hosts():
-  v5e_256 = targets.devices(targets.parse('tpu:v5e-256'))
+  v5e_256 = aot_targets.devices(aot_targets.parse('tpu:v5e-256'))
   assert len(v5e_256) == 256 and len({d.process_index for d in v5e_256}) == 64
-  v5e_8 = targets.devices(targets.parse('tpu:v5e-8'))
+  v5e_8 = aot_targets.devices(aot_targets.parse('tpu:v5e-8'))
   assert len(v5e_8) == 8 and {d.process_index for d in v5e_8} == {0}
   assert v5e_8[0].device_kind == 'TPU v5 lite'
 
@@ -77,10 +77,10 @@ def test_largest_fitting_batch_takes_few_probes():
 def test_train_step_on_a_tpu_slice(tmp_path):
   """main.py's smoke train step on a v5e 2x2 slice: fits, gradients all-reduced, activations
   never all-gathered, and the FLOPs of a train step (about 3x the forward)."""
-  config = config_file.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
+  config = config_loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
   config.model.num_classes = 174
   hlo_dir = tmp_path / 'hlo'
-  (row,) = aot.analyse(config, targets.parse('tpu:v5e:2x2'), steps=('train',),
+  (row,) = aot.analyse(config, aot_targets.parse('tpu:v5e:2x2'), steps=('train',),
                        hlo_dir=str(hlo_dir), log=lambda _: None)
   assert row['devices'] == 4 and row['hosts'] == 1 and row['device_kind'] == 'TPU v5 lite'
   assert row['global_batch'] == 8 and row['per_device_batch'] == 2
@@ -94,9 +94,9 @@ def test_train_step_on_a_tpu_slice(tmp_path):
 
 
 def test_eval_step_on_two_hosts_matches_the_cpu_summary():
-  config = config_file.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
+  config = config_loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
   config.model.num_classes = 174
-  (row,) = aot.analyse(config, targets.parse('tpu:v5p-16'), steps=('eval',), log=lambda _: None)
+  (row,) = aot.analyse(config, aot_targets.parse('tpu:v5p-16'), steps=('eval',), log=lambda _: None)
   assert (row['devices'], row['hosts'], row['per_device_batch']) == (8, 2, 1)
   assert row['fits'] and row['collectives'] == {} and row['activation_all_gathers'] == 0
   forward = 2 * summary.summarize_config(config.model, config.data.crop)['gmacs_xla']
@@ -209,7 +209,7 @@ def test_grouped_convs_trace_only_the_target_platforms_way():
     assert traced(groups) == (True, sorted(cpu[groups] + [(groups, 2), (groups, 3)]))
     with ops.native_grouped_convs():
       assert traced(groups) == (False, [(groups, 3)])
-  tpu = targets.devices(targets.parse('tpu:v5e:2x2'))
+  tpu = aot_targets.devices(aot_targets.parse('tpu:v5e:2x2'))
   for devices, groups, expected in (
       (jax.devices('cpu')[:1], 2, cpu[2]), (jax.devices('cpu')[:1], 8, cpu[8]),
       (tpu, 2, [(2, 2)]), (tpu, 8, [(8, 2)])):

@@ -9,10 +9,10 @@ import sys
 import pytest
 from absl import flags
 
-from cstm_jax import aot, benchmark, compare, config_file, convert, demo, export, predict
+from cstm_jax import aot, benchmark, compare, config_loader, convert, demo, export, predict
 from cstm_jax.models import summary
 from cstm_jax.tools import bf16_check, conv_layout_check, device_check, grouped_conv_benchmark
-from input_pipeline import benchmark as input_benchmark
+from input_pipeline import loader_benchmark as input_benchmark
 from input_pipeline import prepare, synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -78,12 +78,12 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
 def test_config_overrides_apply_to_config_files_and_run_configs(tmp_path, monkeypatch):
   run = tmp_path / 'run'
   run.mkdir()
-  smoke = config_file.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
+  smoke = config_loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
   (run / 'config.json').write_text(smoke.to_json())
   monkeypatch.setenv('HOME', str(tmp_path))
 
   def parse(*argv):
-    return config_file.parse_command(list(argv), 'doc', lambda flag_values: None,
+    return config_loader.parse_command(list(argv), 'doc', lambda flag_values: None,
                                      config_required=False)
 
   # A config file, and a run's config.json written with `~` the shell left alone.
@@ -98,17 +98,17 @@ def test_an_experiment_is_named_without_its_path(tmp_path, monkeypatch):
   # `--config=ssv2_8f:smoke` is the file configs/ssv2_8f.py with its `smoke` argument, from any
   # folder (installed, the files live in cstm_jax/configs; tests/test_package.py runs that).
   monkeypatch.chdir(tmp_path)
-  by_name = config_file.load('ssv2_8f:smoke')
-  assert by_name.to_dict() == config_file.load(str(ROOT / 'configs/ssv2_8f.py:smoke')).to_dict()
-  assert config_file.load('demo').to_dict() == config_file.load(
+  by_name = config_loader.load('ssv2_8f:smoke')
+  assert by_name.to_dict() == config_loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke')).to_dict()
+  assert config_loader.load('demo').to_dict() == config_loader.load(
       str(ROOT / 'configs/demo.py')).to_dict()
-  assert set(config_file.experiments()) == {p.stem for p in (ROOT / 'configs').glob('[!_]*.py')}
+  assert set(config_loader.experiments()) == {p.stem for p in (ROOT / 'configs').glob('[!_]*.py')}
   # A file of that name in the current folder is a path, as before.
   (tmp_path / 'ssv2_8f').write_text('')
-  with pytest.raises(config_file.BadFile, match='ssv2_8f: not a config file'):
-    config_file.load('ssv2_8f')
-  with pytest.raises(config_file.MissingFile) as error:
-    config_file.load('ssv2_16:smoke')
+  with pytest.raises(config_loader.BadFile, match='ssv2_8f: not a config file'):
+    config_loader.load('ssv2_8f')
+  with pytest.raises(config_loader.MissingFile) as error:
+    config_loader.load('ssv2_16:smoke')
   assert str(error.value).startswith('--config=ssv2_16: no experiment of that name; did you '
                                      'mean ssv2_16f or ')
   assert 'The experiments: demo, folder_8f, ' in str(error.value)
@@ -117,7 +117,7 @@ def test_an_experiment_is_named_without_its_path(tmp_path, monkeypatch):
 def test_config_override_mistakes_name_the_fix(tmp_path, capsys):
   def error(*argv):
     with pytest.raises(SystemExit):
-      config_file.parse_command(list(argv), 'doc', lambda flag_values: None,
+      config_loader.parse_command(list(argv), 'doc', lambda flag_values: None,
                                 config_required=False)
     return capsys.readouterr().err.strip()
 
@@ -132,10 +132,10 @@ def test_config_override_mistakes_name_the_fix(tmp_path, capsys):
 
 def test_a_config_file_that_does_not_load_is_one_line_with_its_file_and_line(tmp_path):
   files = {
-      'syntax.py': ('from cstm_jax import base_config\n\ndef get_config(arg=None:\n'
-                    '  return base_config.get_config()\n'),
-      'raises.py': ('from cstm_jax import base_config\n\ndef get_config(arg=None):\n'
-                    '  config = base_config.get_config()\n  return config.model.widht\n'),
+      'syntax.py': ('from cstm_jax import config_defaults\n\ndef get_config(arg=None:\n'
+                    '  return config_defaults.get_config()\n'),
+      'raises.py': ('from cstm_jax import config_defaults\n\ndef get_config(arg=None):\n'
+                    '  config = config_defaults.get_config()\n  return config.model.widht\n'),
       'empty.py': 'SETTINGS = {}\n',
       'run.json': '{"model": {"width": 1.0,\n  "dtype": }}\n',
   }
@@ -158,7 +158,7 @@ def test_predict_applies_overrides_to_the_run_config(tmp_path, capsys):
   checkpoint is read."""
   run = tmp_path / 'run'
   run.mkdir()
-  config = config_file.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
+  config = config_loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
   config.model.num_classes = 3
   (run / 'config.json').write_text(config.to_json())
   (run / 'classes.json').write_text(json.dumps(['a', 'b', 'c']))

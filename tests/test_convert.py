@@ -10,7 +10,7 @@ import torch
 
 import torch_reference as ref
 from cstm_jax import checkpoints, convert
-from cstm_jax.base_config import model_config
+from cstm_jax.config_defaults import model_config
 from cstm_jax.models.build import build_model
 
 FRAMES, WIDTH, CLASSES = 4, 0.25, 10

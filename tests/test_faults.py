@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import ssv2_r2plus1d_18
-from cstm_jax import (checkpoints, config_file, convert, evaluation, predict, states, train, workdir_lock)
+from cstm_jax import (checkpoints, config_loader, convert, evaluation, predict, train_state, train, workdir_lock)
 from cstm_jax.foundation import errors, paths
 from cstm_jax.models.build import build_model
 from input_pipeline import labels, pipeline, prepare, records, video_io
@@ -67,9 +67,9 @@ def test_a_non_finite_step_is_never_saved(prepared_ssv2, tmp_path):
   else:
     assert 'there is no checkpoint yet' in message
   config.model.num_classes = prepared_ssv2[1]['classes']
-  model, _, tx, clips_shape = states.model_and_optimizer(config, steps_per_epoch=1)
-  mesh = states.setup_mesh(config)
-  abstract, _ = states.state_layout(model, tx, clips_shape, mesh)
+  model, _, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=1)
+  mesh = train_state.setup_mesh(config)
+  abstract, _ = train_state.state_layout(model, tx, clips_shape, mesh)
   run = checkpoints.RunCheckpoints(tmp_path)
   for step in saved:
     state = run.latest.restore(step, args=ocp.args.Composite(
@@ -86,9 +86,9 @@ def saved_run(prepared_ssv2, tmp_path_factory):
   """A run folder with checkpoints at steps 2 and 4 (states saved directly, no training)."""
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], model__num_classes=12)
   workdir = tmp_path_factory.mktemp('saved_run')
-  model, _, tx, clips_shape = states.model_and_optimizer(config, steps_per_epoch=1)
-  mesh = states.setup_mesh(config)
-  state, _ = states.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
+  model, _, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=1)
+  mesh = train_state.setup_mesh(config)
+  state, _ = train_state.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
   iterator = iter(pipeline.train_dataset(config.data, 0, 1))
   run = checkpoints.RunCheckpoints(workdir)
   for step in (2, 4):
@@ -100,8 +100,8 @@ def saved_run(prepared_ssv2, tmp_path_factory):
 
 def restore(config, workdir):
   """(state, step) as a restarted run restores them."""
-  model, _, tx, clips_shape = states.model_and_optimizer(config, steps_per_epoch=1)
-  mesh = states.setup_mesh(config)
+  model, _, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=1)
+  mesh = train_state.setup_mesh(config)
   run = checkpoints.RunCheckpoints(workdir)
   iterator = iter(pipeline.train_dataset(config.data, 0, 1))
   try:
@@ -175,7 +175,7 @@ def test_num_classes_comes_from_the_dataset_and_a_mismatch_is_refused(prepared_s
   classes = prepared_ssv2[1]['classes']
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0])
   assert config.model.num_classes == 0  # smoke runs take the dataset's
-  resolved = config_file.with_num_classes(config, classes, 'the dataset')
+  resolved = config_loader.with_num_classes(config, classes, 'the dataset')
   assert resolved.model.num_classes == classes and config.model.num_classes == 0
   config.model.num_classes = 174
   with pytest.raises(ConfigError, match=f'model.num_classes is 174 but the dataset '
@@ -190,7 +190,7 @@ def test_init_from_weights_of_another_width_fails_unless_partial_is_asked(saved_
   config, workdir = saved_run
   narrow = tmp_path / 'narrow'
   state, _ = restore(config, workdir)
-  checkpoints.save_variables(narrow, states.variables_of(state))
+  checkpoints.save_variables(narrow, train_state.variables_of(state))
   wider = smoke(ssv2_r2plus1d_18, config.data.data_dir, model__num_classes=12,
                 model__width=0.25, train__init_from=str(narrow))
   with pytest.raises(ConfigError) as error:
@@ -378,7 +378,7 @@ def test_predict_checks_its_arguments_before_loading_anything(tmp_path, capsys):
 
 def test_a_misspelt_or_misplaced_config_key_gets_the_closest_keys():
   config = ssv2_r2plus1d_18.get_config()
-  message = lambda key: config_file.unknown_key_message(config, key)
+  message = lambda key: config_loader.unknown_key_message(config, key)
   assert message('optim.lerning_rate') == (
       'unknown config key optim.lerning_rate; did you mean optim.base_lr?')
   assert message('train.batch_size').startswith(

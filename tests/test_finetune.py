@@ -14,8 +14,8 @@ import torch
 
 import torch_reference as ref
 from torch_reference import reference_normalise
-from cstm_jax import (checkpoints, config_file, convert, evaluation, export, predict, sharding,
-                      states, train)
+from cstm_jax import (checkpoints, config_loader, convert, evaluation, export, predict, sharding,
+                      train_state, train)
 from cstm_jax.steps import make_eval_step
 from input_pipeline import pipeline
 from cstm_jax.foundation import errors
@@ -29,7 +29,7 @@ CONFIG = str(ROOT / 'configs' / 'ssv2_16f.py') + ':smoke'
 def finetuned(prepared_ssv2, tmp_path_factory):
   """A smoke CSTM run on synthetic SSv2 started from converted PyTorch ImageNet weights."""
   root = tmp_path_factory.mktemp('finetune')
-  config = config_file.load(CONFIG)
+  config = config_loader.load(CONFIG)
   frames, width = config.model.num_frames, config.model.width
   # TSN's ImageNet BN-Inception: bare layer names and a 1000-way `fc`.
   imagenet = ref.randomise(ref.TSN(ref.InceptionBase('bninception', width, frames), 1000))
@@ -51,7 +51,7 @@ def finetuned(prepared_ssv2, tmp_path_factory):
 
 def test_training_starts_from_the_converted_weights(finetuned):
   config = finetuned['config']
-  model, _, tx, clips_shape = states.model_and_optimizer(config, steps_per_epoch=10)
+  model, _, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=10)
   mesh = sharding.make_mesh(1)
   state, _, start = train.initial_state(config, model, tx, mesh, clips_shape,
                                         checkpoints.RunCheckpoints(finetuned['root'] / 'new'),

@@ -52,7 +52,7 @@ def test_input_pipeline_imports_only_the_foundation_of_the_package_above():
 
 def test_models_and_temporal_ops_do_not_import_training_or_configs():
   above = tuple(f'cstm_jax.{m}' for m in (
-      'train', 'evaluation', 'states', 'steps', 'checkpoints', 'predict', 'export', 'convert',
+      'train', 'evaluation', 'train_state', 'steps', 'checkpoints', 'predict', 'export', 'convert',
       'benchmark', 'aot', 'demo', 'writer', 'plots', 'launch', 'peers')) + ('configs',
                                                                            'input_pipeline')
   for folder in ('cstm_jax/models', 'cstm_jax/temporal'):
@@ -60,7 +60,7 @@ def test_models_and_temporal_ops_do_not_import_training_or_configs():
 
 
 def test_nothing_of_the_package_imports_a_config_file():
-  # The configs sit on top: the package reads them by name or path (config_file.load), never by
+  # The configs sit on top: the package reads them by name or path (config_loader.load), never by
   # import, so they need not be an installed top-level package.
   assert wrong_way('cstm_jax', ('configs',)) == {}
   assert wrong_way('input_pipeline', ('configs',)) == {}

@@ -8,9 +8,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_demo_config_takes_smoke_alone():
-  from cstm_jax import config_file
-  smoke = config_file.load(str(ROOT / 'configs/demo.py:smoke'))
-  assert smoke.to_dict() == config_file.load(str(ROOT / 'configs/demo.py:cstm:smoke')).to_dict()
+  from cstm_jax import config_loader
+  smoke = config_loader.load(str(ROOT / 'configs/demo.py:smoke'))
+  assert smoke.to_dict() == config_loader.load(str(ROOT / 'configs/demo.py:cstm:smoke')).to_dict()
   assert smoke.model.temporal == 'cstm' and smoke.train.max_steps == 6
 
 

@@ -8,7 +8,7 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cstm_jax.base_config import model_config
+from cstm_jax.config_defaults import model_config
 from cstm_jax.models.build import abstract_variables, build_model, random_variables
 from cstm_jax.models.zoo import BACKBONES
 from cstm_jax.models.summary import count_params, summarize

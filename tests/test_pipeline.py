@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from configs import jester_8f
-from cstm_jax import base_config
+from cstm_jax import config_defaults
 from input_pipeline import pipeline, synthetic
 from cstm_jax.foundation import progress
 
 
 def data_config(**overrides):
   """The base config's data block with `overrides`."""
-  config = base_config.get_config().data
+  config = config_defaults.get_config().data
   config.update(overrides)
   return config
 
@@ -165,14 +165,14 @@ def test_synthetic_classes_pair_up_under_time_reversal():
 
 
 def test_loader_benchmark_on_a_prepared_dataset(prepared_ssv2, tmp_path):
-  """`python -m input_pipeline.benchmark --data_dir ...`: clips/s, bytes per clip and the
+  """`python -m input_pipeline.loader_benchmark --data_dir ...`: clips/s, bytes per clip and the
   stage breakdown, in JSON and in the markdown section it replaces."""
   import json
-  from input_pipeline import benchmark, records
+  from input_pipeline import loader_benchmark, records
   assert records.keep_freed_memory()  # glibc here
   doc = tmp_path / 'benchmarks.md'
   doc.write_text('# Benchmarks\n\n## Input pipeline\n\nold\n\n## Next\n\nkept\n')
-  assert benchmark.main(['--data_dir', str(prepared_ssv2[0]), '--batches', '2', '--workers',
+  assert loader_benchmark.main(['--data_dir', str(prepared_ssv2[0]), '--batches', '2', '--workers',
                          '0', '--batch', '4', '--crop', '32', '--stage_clips', '8',
                          '--json', str(tmp_path / 'b.json'), '--markdown', str(doc)]) == 0
   result = json.loads((tmp_path / 'b.json').read_text())
@@ -181,5 +181,5 @@ def test_loader_benchmark_on_a_prepared_dataset(prepared_ssv2, tmp_path):
   assert set(result['stages']['ms_per_clip']) == {'read', 'decode', 'crop_resize_flip', 'batch'}
   text = doc.read_text()
   assert 'old' not in text and text.endswith('## Next\n\nkept\n') and '168,913' in text
-  tiled = benchmark.Tiled(list('abc'), 7)
-  assert len(tiled) == 7 and tiled[6] == 'a' and len(benchmark.Tiled(list('abc'), 2)) == 3
+  tiled = loader_benchmark.Tiled(list('abc'), 7)
+  assert len(tiled) == 7 and tiled[6] == 'a' and len(loader_benchmark.Tiled(list('abc'), 2)) == 3

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cstm_jax import aot, clips, config_file, hlo_stats, sharding, states, steps
+from cstm_jax import aot, clips, config_loader, hlo_stats, sharding, train_state, steps
 from cstm_jax.temporal import ops
 from input_pipeline.conventions import NORMALISATION
 from torch_reference import reference_normalise
@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def smoke_cstm():
-  config = config_file.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
+  config = config_loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
   config.model.num_classes = 174
   return config
 
@@ -26,7 +26,7 @@ def all_gathers(lowered) -> list:
 
 def test_train_and_eval_steps_on_eight_devices_gather_no_activations():
   config = smoke_cstm()
-  mesh = states.setup_mesh(config)
+  mesh = train_state.setup_mesh(config)
   assert mesh.shape == {'data': 8, 'model': 1}  # parameters replicated: any gather is activations
   for step in ('train', 'eval'):
     assert all_gathers(aot.step_builder(config, mesh, step)(config.data.batch_size)) == [], step

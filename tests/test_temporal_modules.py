@@ -61,7 +61,7 @@ def dense(p, x):
 @pytest.mark.parametrize('interleave', [True, False])
 def test_gsm_random_weights_match_numpy(interleave):
   x = random_clips(N, T, H, W, C)
-  module = tm.GateShift(num_frames=T, interleave=interleave)
+  module = tm.GateShift(num_frames=T, gsm_interleave=interleave)
   variables = init_random(module, x)
   got = np.asarray(module.apply(variables, fold(x), train=False)).reshape(x.shape)
   np.testing.assert_allclose(got, np_gsm(x, variables, interleave), rtol=1e-4, atol=1e-4)
@@ -135,7 +135,7 @@ def test_shift_sum_at_init_is_input_plus_shift():
 
 def test_cstm_with_gsm_shift_uses_the_gate_shift():
   x = random_clips(N, T, H, W, C)
-  module = tm.CSTM(num_frames=T, shift='gsm', gsm_interleave=False)
+  module = tm.CSTM(num_frames=T, cstm_shift='gsm', gsm_interleave=False)
   variables = init_random(module, x)
   # With the attention heads zeroed the fusion is an even mix of D(X) and GSM(X).
   for head in ('attend_conv', 'attend_shift'):
@@ -153,6 +153,6 @@ def test_bad_options_are_refused():
   x = fold(random_clips(N, T, H, W, C))
   with pytest.raises(ValueError, match='unknown attention_pool'):
     tm.CSTM(num_frames=T, attention_pool='pixel').init(jax.random.key(0), x)
-  with pytest.raises(ValueError, match='unknown shift'):
-    tm.CSTM(num_frames=T, shift='tam').init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match='unknown cstm_shift'):
+    tm.CSTM(num_frames=T, cstm_shift='tam').init(jax.random.key(0), x)
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cstm_jax import base_config
+from cstm_jax import config_defaults
 from cstm_jax.models import inception, inception3d, r2plus1d, resnet, zoo
 from cstm_jax.models.video import VideoClassifier
 from cstm_jax.temporal import modules as tm
@@ -20,7 +20,7 @@ def checked(model_config: Mapping[str, Any]) -> ml_collections.ConfigDict:
   config's model block and its backbone, temporal module and dtype go together; else a
   ConfigError naming the problem."""
   values = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
-  keys = list(base_config.get_config().model)
+  keys = list(config_defaults.get_config().model)
   unknown, missing = sorted(set(values) - set(keys)), sorted(set(keys) - set(values))
   if unknown or missing:
     raise ConfigError(f'model config: unknown keys {unknown}, missing keys {missing}; '
@@ -37,19 +37,24 @@ def checked(model_config: Mapping[str, Any]) -> ml_collections.ConfigDict:
   return config
 
 
+def _settings(config, *keys) -> dict:
+  """`config.model` keys as the module attributes of the same names."""
+  return {key: config[key] for key in keys}
+
+
 def temporal_module(config, dtype) -> Optional[functools.partial]:
-  """The temporal module of `config` as a constructor still missing `num_frames`."""
-  common = {'shift_impl': config.shift_impl}
+  """The temporal module of `config` as a constructor still missing `num_frames`. Every
+  module attribute set from the config has the name of its key."""
   learned = {'dtype': dtype}
-  gsm = functools.partial(tm.GateShift, interleave=config.gsm_interleave, **common, **learned)
+  gsm = functools.partial(tm.GateShift, **_settings(config, 'gsm_interleave', 'shift_impl'),
+                          **learned)
   cstm = functools.partial(
-      tm.CSTM, attention_pool=config.attention_pool, shift=config.cstm_shift,
-      shift_div=config.shift_div, gsm_interleave=config.gsm_interleave, conv3d=config.conv3d,
-      group_width=config.conv3d_group_width, **common, **learned)
+      tm.CSTM, **_settings(config, 'attention_pool', 'cstm_shift', 'shift_div', 'shift_impl',
+                           'gsm_interleave', 'conv3d', 'conv3d_group_width'), **learned)
   return {
       'tsn': None,
       'none': None,
-      'tsm': functools.partial(tm.TemporalShift, shift_div=config.shift_div, **common),
+      'tsm': functools.partial(tm.TemporalShift, **_settings(config, 'shift_div', 'shift_impl')),
       'gsm': gsm,
       'gsm_attention': functools.partial(gsm, attention=True),
       '3d_shift_sum': functools.partial(cstm, attention=False),
@@ -60,7 +65,7 @@ def temporal_module(config, dtype) -> Optional[functools.partial]:
 def build_model(model_config: Mapping[str, Any]) -> VideoClassifier:
   """Returns the Flax module for a `config.model` block (a ConfigDict or a dict).
 
-  The block holds the keys of `base_config.get_config().model` (`base_config.model_config`
+  The block holds the keys of `config_defaults.get_config().model` (`config_defaults.model_config`
   makes one for a named model).
   The module maps normalised clips
   `[N, T, H, W, 3]` to logits `[N, num_classes]`; call it with `train=True` for dropout and
@@ -84,8 +89,8 @@ def build_model(model_config: Mapping[str, Any]) -> VideoClassifier:
       'r2plus1d_18': functools.partial(r2plus1d.R2Plus1D, 18),
       'r2plus1d_34': functools.partial(r2plus1d.R2Plus1D, 34),
   }[config.backbone]
-  return VideoClassifier(functools.partial(backbone, **common), config.num_classes,
-                         dropout_rate=config.dropout)
+  return VideoClassifier(functools.partial(backbone, **common),
+                         **_settings(config, 'num_classes', 'dropout'))
 
 
 # model -> {(clip shape, dtype): abstract variables}; dropped with the model.

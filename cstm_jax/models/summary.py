@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from cstm_jax.base_config import model_config
+from cstm_jax.config_defaults import model_config
 from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models.flops import count_macs
 from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names, model_name

@@ -18,12 +18,12 @@ class VideoClassifier(nn.Module):
   Attributes:
     backbone: constructor of the backbone module (settings bound with functools.partial).
     num_classes: size of the new dense head.
-    dropout_rate: dropout on the features before the head (training only).
+    dropout: dropout rate on the features before the head (training only).
     head_init_std: the head's kernel is N(0, head_init_std); its bias starts at zero.
   """
   backbone: ModuleDef
   num_classes: int
-  dropout_rate: float = 0.5
+  dropout: float = 0.5
   head_init_std: float = 0.001
   param_dtype: Any = jnp.float32
 
@@ -33,7 +33,7 @@ class VideoClassifier(nn.Module):
       raise ValueError(f'expected clips [N, T, H, W, 3], got shape {clips.shape}')
     features = self.backbone(name='backbone')(clips, train).astype(jnp.float32)
     self.sow('intermediates', 'features', jnp.mean(features, axis=1))
-    features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
+    features = nn.Dropout(self.dropout, deterministic=not train)(features)
     logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
                       kernel_init=nn.initializers.normal(self.head_init_std),
                       name='head')(features)

@@ -66,13 +66,13 @@ class GateShift(nn.Module):
 
   Attributes:
     num_frames: T, the frames of a clip.
-    interleave: the reference code's channel interleave inside each half.
+    gsm_interleave: the reference code's channel interleave inside each half.
     shift_impl: 'roll' or 'slice'.
     attention: add the squeeze-excitation (`gsm_attention`).
     dtype: compute dtype; parameters are `param_dtype`.
   """
   num_frames: int
-  interleave: bool = True
+  gsm_interleave: bool = True
   shift_impl: ops.ShiftImpl = 'roll'
   attention: bool = False
   dtype: Dtype = jnp.float32
@@ -87,7 +87,7 @@ class GateShift(nn.Module):
                         (3, 3, 3, channels // 2, 2), self.param_dtype)
     bias = self.param('gate_bias', nn.initializers.zeros_init(), (2,), self.param_dtype)
     gate = jnp.tanh(ops.conv3d(nn.relu(h), kernel, groups=2) + bias.astype(h.dtype))
-    out = ops.gate_shift(clip, gate.astype(clip.dtype), self.interleave, self.shift_impl)
+    out = ops.gate_shift(clip, gate.astype(clip.dtype), self.gsm_interleave, self.shift_impl)
     if self.attention:
       # In float32 whatever the compute dtype, as CSTM's: a mean over a whole clip, a tiny MLP.
       dense = functools.partial(nn.Dense, dtype=jnp.float32, param_dtype=self.param_dtype)
@@ -136,36 +136,37 @@ class CSTM(nn.Module):
     num_frames: T, the frames of a clip.
     attention: fuse by attention (`cstm`); False sums the branches (`3d_shift_sum`).
     attention_pool: squeeze over the whole 'clip' or per 'frame'.
-    shift: the shift branch, 'tsm' (S) or 'gsm' (a GateShift).
+    cstm_shift: the shift branch, 'tsm' (S) or 'gsm' (a GateShift).
     shift_div, shift_impl: of the TSM shift.
     gsm_interleave: of the GSM shift.
-    conv3d, group_width: the 3D branch's grouping (`Conv3DBranch`).
+    conv3d, conv3d_group_width: the 3D branch's grouping (`Conv3DBranch`).
     dtype: compute dtype of the branches (the attention runs in float32).
   """
   num_frames: int
   attention: bool = True
   attention_pool: Literal['clip', 'frame'] = 'clip'
-  shift: Literal['tsm', 'gsm'] = 'tsm'
+  cstm_shift: Literal['tsm', 'gsm'] = 'tsm'
   shift_div: int = 8
   shift_impl: ops.ShiftImpl = 'roll'
   gsm_interleave: bool = True
   conv3d: str = 'grouped'
-  group_width: int = 16
+  conv3d_group_width: int = 16
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     clip = ops.unfold_time(x, self.num_frames)
-    conv = Conv3DBranch(self.conv3d, self.group_width, self.param_dtype, name='conv3d')(clip)
-    if self.shift == 'tsm':
+    conv = Conv3DBranch(self.conv3d, self.conv3d_group_width, self.param_dtype,
+                        name='conv3d')(clip)
+    if self.cstm_shift == 'tsm':
       shifted = ops.temporal_shift(clip, self.shift_div, self.shift_impl)
-    elif self.shift == 'gsm':
+    elif self.cstm_shift == 'gsm':
       gsm = GateShift(self.num_frames, self.gsm_interleave, self.shift_impl, dtype=self.dtype,
                       param_dtype=self.param_dtype, name='gsm')
       shifted = ops.unfold_time(gsm(x, train), self.num_frames)
     else:
-      raise ValueError(f"unknown shift {self.shift!r}; expected 'tsm' or 'gsm'")
+      raise ValueError(f"unknown cstm_shift {self.cstm_shift!r}; expected 'tsm' or 'gsm'")
     if not self.attention:
       return ops.fold_time(conv + shifted)
 

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from absl import flags
 
-from cstm_jax import config_file, sharding, states
+from cstm_jax import config_loader, sharding, train_state
 from cstm_jax.foundation import cli_flags, paths
 from cstm_jax.clips import normalise
 from cstm_jax.models.build import build_model
@@ -77,11 +77,11 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 def main(argv=None) -> int:
   args = cli_flags.parse(argv, __doc__, define_flags)
   workdir = paths.resolve(args.workdir)
-  config = config_file.load(workdir / 'config.json')
+  config = config_loader.load(workdir / 'config.json')
   with config.unlocked():
     config.data.num_workers = 0
   mesh = sharding.make_mesh(1, jax.devices()[:1])
-  _, trained, _ = states.restore_variables(config, workdir, args.which, mesh)
+  _, trained, _ = train_state.restore_variables(config, workdir, args.which, mesh)
   iterator = iter(pipeline.train_dataset(config.data))
   batches = [next(iterator) for _ in range(args.batches)]
   colour = config.data.colour

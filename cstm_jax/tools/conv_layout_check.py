@@ -23,9 +23,9 @@ import numpy as np
 import optax
 from absl import flags
 
-from cstm_jax import base_config, optim, sharding, states, steps
+from cstm_jax import config_defaults, optim, sharding, train_state, steps
 from cstm_jax.foundation import cli_flags, paths
-from cstm_jax.base_config import model_config
+from cstm_jax.config_defaults import model_config
 from cstm_jax.clips import normalise
 from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models.zoo import BACKBONES, MODELS
@@ -80,12 +80,12 @@ def compare(default: dict, other: dict, tolerance: float) -> dict:
 
 def outputs(model, mesh, clips_shape, colour: str, nhwc: bool, batch, seed: int = 0) -> dict:
   """The compared outputs of `model` with channels-last convolutions forced (`nhwc`) or not."""
-  config = base_config.get_config().optim
+  config = config_defaults.get_config().optim
   schedule = optim.learning_rate_schedule(config, clips_shape[0], steps_per_epoch=100)
   tx = optim.make_optimizer(config, schedule,
-                            abstract_variables(model, states.one_clip(clips_shape))['params'])
-  state, shardings = states.create_train_state(model, tx, clips_shape, mesh, jax.random.key(seed))
-  variables = states.variables_of(state)
+                            abstract_variables(model, train_state.one_clip(clips_shape))['params'])
+  state, shardings = train_state.create_train_state(model, tx, clips_shape, mesh, jax.random.key(seed))
+  variables = train_state.variables_of(state)
   logits, _ = steps.jit_eval_step(model, mesh, colour, nhwc)(variables,
                                                              {'clips': batch['clips'][:, None]})
 

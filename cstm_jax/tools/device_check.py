@@ -271,7 +271,7 @@ def part_end_to_end(part: dict, report: Report, sizes: Sizes, work: pathlib.Path
 
 def part_loader(part: dict, report: Report, sizes: Sizes, work: pathlib.Path,
                 deadline: Deadline) -> None:
-  from input_pipeline import benchmark as input_benchmark, builders
+  from input_pipeline import loader_benchmark as input_benchmark, builders
   if not (work / 'data').exists():
     part['data'] = prepare_data(work, sizes)
   cores = workers.usable_cores()
@@ -339,7 +339,7 @@ def _measure_steps(part, report, sizes, devices, deadline, smoke, benchmark) -> 
       continue
     start = time.monotonic()
     try:
-      row = benchmark.measure(setting, warmup=1 if smoke else 2, repeats=1 if smoke else 5,
+      row = loader_benchmark.measure(setting, warmup=1 if smoke else 2, repeats=1 if smoke else 5,
                               steps=1 if smoke else 5)
     except Exception as e:  # out of memory and the like: recorded, the next row runs
       row = {**dataclasses.asdict(setting), 'error': first_line(e)}

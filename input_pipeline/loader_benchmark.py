@@ -1,9 +1,9 @@
 """Input pipeline speed: preparation (videos/s per core), training clips/s per loader process,
 the bytes each clip sends to the device, and where a clip's time goes.
 
-  python -m input_pipeline.benchmark [--background texture|flat] [--videos 64] [--frames 8]
+  python -m input_pipeline.loader_benchmark [--background texture|flat] [--videos 64] [--frames 8]
       [--crop 224] [--batch 16] [--batches 40] [--workers 0,2] [--markdown docs/benchmarks.md]
-  python -m input_pipeline.benchmark --data_dir ~/tensorflow_datasets   # a prepared dataset
+  python -m input_pipeline.loader_benchmark --data_dir ~/tensorflow_datasets   # a prepared dataset
 
 Without `--data_dir` it writes synthetic SSv2-format webm videos and prepares them with one
 worker per core (timed). `--background texture` (the default) films the objects over a camera
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
     cli_flags.fail(f'--workers {",".join(args.workers)}: give whole numbers')
   result = {'machine': f'{platform.processor() or platform.machine()}, '
                        f'{os.cpu_count()} cores, Python {platform.python_version()}',
-            'command': 'python -m input_pipeline.benchmark '
+            'command': 'python -m input_pipeline.loader_benchmark '
                        + ' '.join(cli_flags.arguments(argv)),
             'background': None if args.data_dir else args.background, 'loader': []}
   with tempfile.TemporaryDirectory() as tmp:
