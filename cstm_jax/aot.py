@@ -60,8 +60,8 @@ class Compiled:
 def step_builder(config, mesh, step: str) -> Callable[[int], object]:
   """global batch -> the lowered `step` ('train' or 'eval') of main.py for `config` on `mesh`."""
   model, schedule, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=1000)
-  abstract, shardings = train_state.state_layout(model, tx, clips_shape, mesh,
-                                            config.mesh.shard_threshold)
+  abstract, shardings = train_state.state_layout(model, tx, clips_shape, mesh=mesh,
+                                                 threshold=config.mesh.shard_threshold)
   batch_sharding = sharding.batch_sharding(mesh)
   labels = lambda n: jax.ShapeDtypeStruct((n,), jnp.int32, sharding=batch_sharding)
   if step == 'train':
@@ -141,18 +141,20 @@ def largest_fitting(memory_at: Callable[[int], Optional[int]], limit: int,
 
 # --- One target -------------------------------------------------------------------------------
 
-def analyse(config, target: target_specs.Target, steps=STEPS, max_batch: int = 0,
+def analyse(config, target: target_specs.Target, steps=STEPS, *, max_batch: int = 0,
             hlo_dir: Optional[str] = None, log=print) -> list[dict]:
   """Rows of the report for `config` on `target`, one per step."""
   devices = target_specs.devices(target)
   mesh = sharding.make_mesh(config.mesh.model, devices)
   hosts = len({d.process_index for d in devices})
   limit = target_specs.memory_limit_bytes(target, devices[0])
-  return [_analyse_step(config, target, step, mesh, devices, hosts, limit, max_batch, hlo_dir,
-                        log) for step in steps]
+  return [
+      _analyse_step(config, target, step, mesh=mesh, devices=devices, hosts=hosts, limit=limit,
+                    max_batch=max_batch, hlo_dir=hlo_dir, log=log) for step in steps
+  ]
 
 
-def _analyse_step(config, target, step, mesh, devices, hosts, limit, max_batch, hlo_dir,
+def _analyse_step(config, target, step, *, mesh, devices, hosts, limit, max_batch, hlo_dir,
                   log) -> dict:
   global_batch = config.data.batch_size if step == 'train' else config.data.eval_batch_size
   data_devices = mesh.shape['data']
@@ -178,7 +180,7 @@ def _analyse_step(config, target, step, mesh, devices, hosts, limit, max_batch, 
   }
   row.update(_memory_columns(result, limit))
   if result.executable is not None:
-    row.update(_cost_columns(result, config, step, len(devices), global_batch))
+    row.update(_cost_columns(result, config, step, devices=len(devices), global_batch=global_batch))
     stats = hlo_stats.step_stats(result.executable.as_text())
     row.update(_hlo_columns(stats, mesh, global_batch))
     if hlo_dir:
@@ -210,7 +212,7 @@ def _memory_columns(result: Compiled, limit: int) -> dict:
           'temporaries_gib': gib['temporaries']}
 
 
-def _cost_columns(result: Compiled, config, step: str, devices: int, global_batch: int) -> dict:
+def _cost_columns(result: Compiled, config, step: str, *, devices: int, global_batch: int) -> dict:
   """FLOPs per clip (the compiled module is one device's partition) and the TPU compiler's
   estimated step time when it gives a positive one."""
   cost = hlo_stats.first_cost(result.executable.cost_analysis())
@@ -329,7 +331,8 @@ def main(argv=None) -> int:
   rows = []
   for target in parsed:
     try:
-      rows += analyse(args.config, target, args.steps, args.max_batch, args.hlo, log)
+      rows += analyse(args.config, target, args.steps, max_batch=args.max_batch, hlo_dir=args.hlo,
+                      log=log)
     except (RuntimeError, ValueError) as e:
       log(f'error: {e}')
       return 2

@@ -118,7 +118,7 @@ def _random_batch(shape, mesh, num_classes: int, seed: int = 0) -> dict:
   return jax.jit(make, out_shardings=batch_sharding)(jax.random.key(seed))
 
 
-def inference_step(model, mesh, clips_shape, num_classes: int, colour: str,
+def inference_step(model, mesh, clips_shape, *, num_classes: int, colour: str,
                    gpu_conv_nhwc: bool = False):
   """(lowered eval-mode forward, runner): `runner(compiled)` is a call of it on a batch already
   on the devices. Logits stay sharded over the batch, as a serving loop would leave them."""
@@ -138,12 +138,12 @@ def recipe_optimizer(model, clips_shape):
   return schedule, optim.make_optimizer(config, schedule, params)
 
 
-def train_step(model, mesh, clips_shape, num_classes: int, colour: str,
+def train_step(model, mesh, clips_shape, *, num_classes: int, colour: str,
                gpu_conv_nhwc: bool = False):
   """(lowered train step, runner): a full optimizer step of the recipe (SGD, clipping, weight
   decay, BatchNorm statistics); the state threads through successive calls."""
   schedule, tx = recipe_optimizer(model, clips_shape)
-  _, shardings = train_state.state_layout(model, tx, clips_shape, mesh)
+  _, shardings = train_state.state_layout(model, tx, clips_shape, mesh=mesh)
   state = train_state.state_from_variables(
       model, tx, random_variables(model, train_state.one_clip(clips_shape)), shardings)
   batch = _random_batch(clips_shape, mesh, num_classes)
@@ -190,7 +190,7 @@ def unoptimised_gflops_per_clip(mode: str, model, clips_shape, colour: str) -> f
       lowered = steps.jit_forward(model, cpu_mesh, colour).lower(variables, clips)
     else:
       schedule, tx = recipe_optimizer(model, clips_shape)
-      state, shardings = train_state.state_layout(model, tx, clips_shape, cpu_mesh)
+      state, shardings = train_state.state_layout(model, tx, clips_shape, mesh=cpu_mesh)
       step = steps.jit_train_step(steps.make_train_step(model, schedule, colour), shardings,
                                   cpu_mesh)
       labels = jax.ShapeDtypeStruct(clips_shape[:1], jnp.int32)
@@ -198,7 +198,7 @@ def unoptimised_gflops_per_clip(mode: str, model, clips_shape, colour: str) -> f
   return hlo_stats.first_cost(lowered.cost_analysis())['flops'] / clips_shape[0] / 1e9
 
 
-def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
+def measure(setting: Setting, warmup: int = 2, repeats: int = 5, *, steps: int = 5,
             peak_tflops: Optional[float] = None, hlo_dir: Optional[str] = None) -> dict:
   """One row: parameters, XLA FLOPs and memory, compile time and throughput of `setting`;
   the optimised HLO of the step is written into `hlo_dir` when given."""
@@ -211,7 +211,7 @@ def measure(setting: Setting, warmup: int = 2, repeats: int = 5, steps: int = 5,
   colour = BACKBONES[config.backbone].colour
   make = functools.partial(inference_step if setting.mode == 'inference' else train_step,
                            colour=colour)
-  lowered, runner = make(model, mesh, clips_shape, config.num_classes,
+  lowered, runner = make(model, mesh, clips_shape, num_classes=config.num_classes,
                          gpu_conv_nhwc=setting.gpu_conv_nhwc)
   start = time.perf_counter()
   compiled = lowered.compile()
@@ -396,7 +396,8 @@ def run_settings(todo: Sequence[Setting], args) -> list[dict]:
           f'{setting.crop} {setting.dtype} {setting.mode} ...', end=' ', file=sys.stderr,
           flush=True)
     try:
-      row = measure(setting, args.warmup, args.repeats, args.steps, args.peak_tflops, args.hlo)
+      row = measure(setting, args.warmup, args.repeats, steps=args.steps,
+                    peak_tflops=args.peak_tflops, hlo_dir=args.hlo)
     except jax.errors.JaxRuntimeError as e:  # out of memory and the like: report, go on
       row = {**dataclasses.asdict(setting), 'error': str(e).splitlines()[0]}
       print(f'failed: {row["error"]}', file=sys.stderr)

@@ -73,7 +73,7 @@ class RunCheckpoints:
         item_names=('state', 'config'))
     self.best_file = workdir / 'best' / 'best.json'
 
-  def save(self, step: int, state, data_iterator, config, force: bool = False) -> None:
+  def save(self, step: int, state, data_iterator, *, config, force: bool = False) -> None:
     import grain  # here: variables checkpoints and the benchmark work without the data stack
     with self._writing(step, self.latest):
       self.latest.save(step, args=ocp.args.Composite(

@@ -46,7 +46,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 
 def main(argv=None) -> int:
   args, (run_a, run_b) = cli_flags.parse_with_positional(argv, __doc__, define_flags,
-                                                         ('RUN_A', 'RUN_B'))
+                                                         names=('RUN_A', 'RUN_B'))
   a, b = load_results(run_a, args.views), load_results(run_b, args.views)
   rows = class_gains(a, b)[:args.top]
   run_a, run_b = paths.resolve(run_a), paths.resolve(run_b)

@@ -177,7 +177,7 @@ def parse_flags(argv: list[str], flag_values=None) -> list[str]:
     raise SystemExit(1) from error
 
 
-def parse_command(argv: Optional[Sequence[str]], doc: str, define,
+def parse_command(argv: Optional[Sequence[str]], doc: str, define, *,
                   config_help: str = 'Experiment config file.',
                   config_required: bool = True) -> flags.FlagValues:
   """`cli_flags.parse` for a command with a `--config` (see `define_config_flag`)."""

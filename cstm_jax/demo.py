@@ -29,7 +29,7 @@ def make_data(root: pathlib.Path) -> None:
   manual, prepared = root / 'synthetic', root / 'prepared'
   if not (manual / f'{labels.SSV2_PREFIX}-validation.json').exists():
     print(f'Generating the synthetic dataset in {manual} ...', flush=True)
-    synthetic.generate(manual, TRAIN_VIDEOS, VAL_VIDEOS, 0, FRAME_SIZE, seed=0)
+    synthetic.generate(manual, TRAIN_VIDEOS, VAL_VIDEOS, test=0, size=FRAME_SIZE, seed=0)
   if not (prepared / 'something_something_v2').exists():
     print(f'Preparing it as a TFDS dataset in {prepared} ...', flush=True)
     report = prepare.prepare('ssv2', manual, prepared, short_side=0)

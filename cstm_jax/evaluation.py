@@ -34,7 +34,7 @@ def data_config_with_views(config, views: str) -> ml_collections.ConfigDict:
   return data
 
 
-def run(eval_step, variables, dataset, mesh, max_features: int = 2000, batches: int = 0,
+def run(eval_step, variables, dataset, *, mesh, max_features: int = 2000, batches: int = 0,
         label: str = 'evaluation') -> dict:
   """Runs `eval_step` (`steps.jit_eval_step`) over every batch of `dataset`; returns host
   arrays of the valid examples: logits, labels and the features of the first `max_features`.
@@ -78,8 +78,7 @@ def metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
   }
 
 
-def write_results(directory, name: str, results: dict, class_names, features=None,
-                  labels=None):
+def write_results(directory, name: str, results: dict, *, class_names, features=None, labels=None):
   """Writes `<name>.json` (metrics, per-class accuracy, class names), the confusion-matrix PNG
   and the t-SNE PNG of clip features into `directory`; returns the JSON path."""
   from cstm_jax import plots  # matplotlib only where results are written
@@ -92,23 +91,24 @@ def write_results(directory, name: str, results: dict, class_names, features=Non
                          title=f"{name}: top-1 {results['top1']:.1f}%")
   if features is not None and len(features) >= 4:
     # `run` keeps the features of the first `max_features` clips only.
-    plots.tsne(features, labels[:len(features)], class_names, directory / f'{name}_tsne.png')
+    plots.tsne(features, labels[:len(features)], class_names, path=directory / f'{name}_tsne.png')
   return path
 
 
-def evaluate_views(config, eval_step, variables, mesh, views: str, class_names, workdir=None,
+def evaluate_views(config, eval_step, variables, *, mesh, views: str, class_names, workdir=None,
                    name=None, step=None) -> dict:
   """Metrics of `variables` on the evaluation split with `views`; writes results and plots
   into `workdir/eval` when given. `eval_step` is a `steps.jit_eval_step`."""
   data = data_config_with_views(config, views)
   dataset, batches = pipeline.eval_dataset(data, jax.process_index(), jax.process_count())
-  outputs = run(eval_step, variables, dataset, mesh, config.eval.tsne_examples, batches,
-                f'evaluation {views}')
+  outputs = run(eval_step, variables, dataset, mesh=mesh, max_features=config.eval.tsne_examples,
+                batches=batches, label=f'evaluation {views}')
   results = metrics(outputs['logits'], outputs['labels'], config.model.num_classes)
   results.update({'views': views, 'step': step})
   if workdir is not None and jax.process_index() == 0:
-    write_results(paths.resolve(workdir) / 'eval', name or f'views_{views}', results,
-                  class_names, outputs['features'], outputs['labels'])
+    write_results(
+        paths.resolve(workdir) / 'eval', name or f'views_{views}', results, class_names=class_names,
+        features=outputs['features'], labels=outputs['labels'])
   return results
 
 
@@ -129,8 +129,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   eval_step = steps.jit_eval_step(model, mesh, config.data.colour, config.xla.gpu_conv_nhwc)
   results = {}
   for views in config.eval.final_views.split(','):
-    results[views] = evaluate_views(config, eval_step, variables, mesh, views, class_names,
-                                    workdir, f'{config.eval.checkpoint}_{views}', step)
+    results[views] = evaluate_views(config, eval_step, variables, mesh=mesh, views=views,
+                                    class_names=class_names, workdir=workdir,
+                                    name=f'{config.eval.checkpoint}_{views}', step=step)
     if jax.process_index() == 0:
       logging.info('%s checkpoint (step %d): %s', config.eval.checkpoint, step,
                    summary_line(results[views]))

@@ -77,8 +77,7 @@ def local_device_ids(environ: Mapping[str, str], gpus: int) -> Optional[list[int
 
 
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None,
-               device_ids: Optional[Sequence[int]] = None,
+               process_id: Optional[int] = None, *, device_ids: Optional[Sequence[int]] = None,
                environ: Mapping[str, str] = os.environ,
                peer_timeout_s: float = peers.DEFAULT_TIMEOUT_S) -> None:
   """`jax.distributed.initialize` when this job has several processes; nothing otherwise.

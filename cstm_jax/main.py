@@ -51,7 +51,7 @@ def main(argv):
   if config.mode not in ('train', 'eval'):
     raise app.UsageError(f"config.mode {config.mode!r} is not 'train' or 'eval'")
   launch.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                    FLAGS.local_device_ids and [int(i) for i in FLAGS.local_device_ids],
+                    device_ids=FLAGS.local_device_ids and [int(i) for i in FLAGS.local_device_ids],
                     peer_timeout_s=FLAGS.peer_timeout_s)
   import jax
   from cstm_jax import compile_cache, evaluation, train

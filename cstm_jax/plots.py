@@ -41,7 +41,7 @@ def confusion_matrix(confusion: np.ndarray, class_names, path, title: str = '') 
   _save(fig, path)
 
 
-def tsne(features: np.ndarray, labels: np.ndarray, class_names, path, seed: int = 0) -> None:
+def tsne(features: np.ndarray, labels: np.ndarray, class_names, *, path, seed: int = 0) -> None:
   """2-D t-SNE of clip features coloured by class."""
   from sklearn.manifold import TSNE
   perplexity = max(2.0, min(30.0, (len(features) - 1) / 3))

@@ -35,7 +35,7 @@ from cstm_jax.foundation.progress import Progress
 
 # --- Model and weights ------------------------------------------------------------------------
 
-def load_model(workdir=None, checkpoint=None, config=None, which: str = 'best',
+def load_model(workdir=None, checkpoint=None, config=None, *, which: str = 'best',
                config_name: str = 'the config'):
   """(config, model, variables, class names) from a training run (its config.json, or `config`
   in its place), or from a variables checkpoint (`cstm_jax.convert`) plus `config`, the config it
@@ -90,7 +90,8 @@ def load_model_from_flags(args: flags.FlagValues):
   """`load_model` for the flags of `parse_model_command`."""
   config, config_name = config_loader.from_flag(args)
   compile_cache.enable(compile_cache.config_setting(config))
-  return load_model(args.workdir, args.checkpoint, config, args.which, config_name)
+  return load_model(args.workdir, args.checkpoint, config, which=args.which,
+                    config_name=config_name)
 
 
 def one_device_mesh() -> jax.sharding.Mesh:
@@ -146,7 +147,7 @@ def video_views(path: pathlib.Path, config, views: str) -> np.ndarray:
 class Predictor:
   """Probabilities of every class for one video at a time (views averaged in logit space)."""
 
-  def __init__(self, config, model, variables, names, views: str = '1x1'):
+  def __init__(self, config, model, variables, *, names, views: str = '1x1'):
     self.config, self.variables, self.names, self.views = config, variables, names, views
     self._step = steps.jit_eval_step(model, one_device_mesh(), config.data.colour)
 
@@ -206,7 +207,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except ConfigError as e:
     cli_flags.fail(f'--views: {e}')
   config, model, variables, names = load_model_from_flags(args)
-  predictor = Predictor(config, model, variables, names, args.views)
+  predictor = Predictor(config, model, variables, names=names, views=args.views)
 
   if video.is_dir() and not is_frame_folder(video):
     videos = list_videos(video)

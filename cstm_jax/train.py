@@ -35,16 +35,17 @@ INPUT_BOUND_WARN_EVERY_S = 600.0
 
 # --- Where a run starts -------------------------------------------------------------------------
 
-def initial_state(config, model, tx, mesh, clips_shape, run_checkpoints, train_iterator):
+def initial_state(config, model, tx, *, mesh, clips_shape, run_checkpoints, train_iterator):
   """Resume > init_from > scratch. Returns (state, state shardings, first step)."""
-  abstract, shardings = train_state.state_layout(model, tx, clips_shape, mesh,
-                                            config.mesh.shard_threshold)
+  abstract, shardings = train_state.state_layout(model, tx, clips_shape, mesh=mesh,
+                                                 threshold=config.mesh.shard_threshold)
   restored, step = run_checkpoints.restore_latest(abstract, train_iterator, config)
   if restored is not None:
     logging.info('Resuming from the checkpoint of step %d', step)
     return restored, shardings, step
-  state, _ = train_state.create_train_state(model, tx, clips_shape, mesh,
-                                       jax.random.key(config.train.seed), shardings=shardings)
+  state, _ = train_state.create_train_state(model, tx, clips_shape, mesh=mesh,
+                                            rng=jax.random.key(config.train.seed),
+                                            shardings=shardings)
   if config.train.init_from:
     pretrained = checkpoints.load_variables(config.train.init_from)
     merged, _ = checkpoints.merge_pretrained(
@@ -116,8 +117,9 @@ def _train_and_evaluate(config, workdir, mesh, main_process) -> dict:
   # State, restored or fresh.
   run_checkpoints = checkpoints.RunCheckpoints(workdir, config.train.keep_checkpoints)
   train_iterator = iter(train_data)
-  state, shardings, start = initial_state(config, model, tx, mesh, clips_shape, run_checkpoints,
-                                          train_iterator)
+  state, shardings, start = initial_state(config, model, tx, mesh=mesh, clips_shape=clips_shape,
+                                          run_checkpoints=run_checkpoints,
+                                          train_iterator=train_iterator)
   train_step = steps.jit_train_step(
       steps.make_train_step(model, schedule, config.data.colour, config.optim.grad_accum_steps),
       shardings, mesh, config.xla.gpu_conv_nhwc)
@@ -186,15 +188,17 @@ def _train_and_evaluate(config, workdir, mesh, main_process) -> dict:
                                                    window_steps, config.data.num_workers)
         window_start, window_steps, window_wait = time.monotonic(), 0, 0.0
       if saving:
-        run_checkpoints.save(step, state, batches, config, force=True)
+        run_checkpoints.save(step, state, batches, config=config, force=True)
       if stop:
         run_checkpoints.wait()
         logging.warning('Stopped at step %d on request; the same command resumes.', step)
         return {}
       if step % eval_every == 0 and step != total_steps:
-        results = evaluation.evaluate_views(config, eval_step, train_state.variables_of(state), mesh,
-                                            config.eval.views, class_names, step=step)
-        _record_eval(writer, run_checkpoints, step, state, config, results, main_process)
+        results = evaluation.evaluate_views(config, eval_step, train_state.variables_of(state),
+                                            mesh=mesh, views=config.eval.views,
+                                            class_names=class_names, step=step)
+        _record_eval(writer, run_checkpoints, step, state=state, config=config, results=results,
+                     main_process=main_process)
         window_start, window_steps, window_wait = time.monotonic(), 0, 0.0
   finally:
     preemption.restore()
@@ -203,11 +207,13 @@ def _train_and_evaluate(config, workdir, mesh, main_process) -> dict:
   # Final evaluation, with every requested set of views.
   final = {}
   for views in config.eval.final_views.split(','):
-    results = evaluation.evaluate_views(config, eval_step, train_state.variables_of(state), mesh,
-                                        views, class_names, workdir, f'final_{views}', step)
+    results = evaluation.evaluate_views(config, eval_step, train_state.variables_of(state),
+                                        mesh=mesh, views=views, class_names=class_names,
+                                        workdir=workdir, name=f'final_{views}', step=step)
     final[views] = results
     if views == config.eval.views:
-      _record_eval(writer, run_checkpoints, step, state, config, results, main_process)
+      _record_eval(writer, run_checkpoints, step, state=state, config=config, results=results,
+                   main_process=main_process)
     if main_process:
       logging.info('final %s', evaluation.summary_line(results))
   run_checkpoints.wait()
@@ -285,7 +291,7 @@ def _check_finite(unchecked, run_checkpoints) -> None:
           'command to resume.')
 
 
-def _record_eval(writer, run_checkpoints, step, state, config, results, main_process):
+def _record_eval(writer, run_checkpoints, step, *, state, config, results, main_process):
   writer.write(step, {'val_top1': results['top1'], 'val_top5': results['top5'],
                       'val_mean_class_accuracy': results['mean_class_accuracy']})
   improved = run_checkpoints.save_best(step, state, config, _scalars(results))

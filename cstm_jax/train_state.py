@@ -65,7 +65,7 @@ def _init_fn(model, tx, clips_shape):
   return init
 
 
-def state_layout(model, tx, clips_shape, mesh, threshold=2 ** 20):
+def state_layout(model, tx, clips_shape, *, mesh, threshold=2**20):
   """(abstract state whose leaves carry their shardings, the shardings)."""
   abstract = jax.eval_shape(lambda v: _state_of(model, tx, v),
                             abstract_variables(model, one_clip(clips_shape)))
@@ -76,11 +76,11 @@ def state_layout(model, tx, clips_shape, mesh, threshold=2 ** 20):
   return with_shardings, shardings
 
 
-def create_train_state(model, tx, clips_shape, mesh, rng, threshold=2 ** 20, shardings=None):
+def create_train_state(model, tx, clips_shape, *, mesh, rng, threshold=2**20, shardings=None):
   """(initial state, its shardings): created directly with its shardings. `shardings` from an
   earlier `state_layout` saves tracing the layout again."""
   if shardings is None:
-    _, shardings = state_layout(model, tx, clips_shape, mesh, threshold)
+    _, shardings = state_layout(model, tx, clips_shape, mesh=mesh, threshold=threshold)
   return jax.jit(_init_fn(model, tx, clips_shape), out_shardings=shardings)(rng), shardings
 
 
@@ -98,7 +98,8 @@ def variables_of(state) -> dict:
 def restore_variables(config, workdir, which: str, mesh):
   """(model, {'params', 'batch_stats'}, step) of the run's 'best' or 'latest' checkpoint."""
   model, _, tx, clips_shape = model_and_optimizer(config, steps_per_epoch=1)
-  abstract, _ = state_layout(model, tx, clips_shape, mesh, config.mesh.shard_threshold)
+  abstract, _ = state_layout(model, tx, clips_shape, mesh=mesh,
+                             threshold=config.mesh.shard_threshold)
   run_checkpoints = checkpoints.RunCheckpoints(workdir)
   try:
     state, step = run_checkpoints.restore_state(which, abstract, config)

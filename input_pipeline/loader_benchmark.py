@@ -108,8 +108,8 @@ def stage_breakdown(config, clips: int) -> dict:
     frames = transforms.decode_frames(jpegs, indices)
     spent['decode'] += time.perf_counter() - tick
     tick = time.perf_counter()
-    clip, _ = transforms.train_crop(frames, indices, config.crop, rng, config.flip,
-                                    config.scales)
+    clip, _ = transforms.train_crop(frames, indices, config.crop, rng=rng, flip=config.flip,
+                                    scales=config.scales)
     spent['crop_resize_flip'] += time.perf_counter() - tick
     batch.append(clip)
     if len(batch) == config.batch_size:

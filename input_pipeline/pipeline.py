@@ -75,8 +75,8 @@ class TrainTransform:
   scales: tuple[float, ...]
 
   def __call__(self, record, rng: np.random.Generator):
-    clip, flipped = transforms.train_clip(record['frames'], self.num_frames, self.crop, rng,
-                                          self.flip_map is not None, self.scales)
+    clip, flipped = transforms.train_clip(record['frames'], self.num_frames, self.crop, rng=rng,
+                                          flip=self.flip_map is not None, scales=self.scales)
     label = int(record['label'])
     if flipped:
       label = self.flip_map[label]
@@ -97,8 +97,9 @@ class EvalTransform:
     if record is PADDING or record.get('padding'):
       return {'clips': np.zeros((views, self.num_frames, self.crop, self.crop, 3), np.uint8),
               'labels': np.int32(0), 'index': np.int32(-1), 'mask': np.float32(0)}
-    clips = transforms.eval_clips(record['frames'], self.num_frames, self.crop, self.test_scale,
-                                  self.num_clips, self.num_crops)
+    clips = transforms.eval_clips(record['frames'], self.num_frames, self.crop,
+                                  test_scale=self.test_scale, num_clips=self.num_clips,
+                                  num_crops=self.num_crops)
     return {'clips': clips, 'labels': np.int32(record['label']),
             'index': np.int32(record['index']), 'mask': np.float32(1)}
 

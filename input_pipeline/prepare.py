@@ -26,7 +26,7 @@ from cstm_jax.foundation.errors import ConfigError, MissingFile, first_line, run
 REPORT = 'prepare_report.json'
 
 
-def prepare(dataset: str, manual_dir, data_dir, workers=None, short_side=None,
+def prepare(dataset: str, manual_dir, data_dir, *, workers=None, short_side=None,
             rebuild: bool = False) -> dict:
   """Builds the dataset; returns the report (also written beside the dataset).
 
@@ -144,8 +144,8 @@ def main(argv=None) -> int:
     return _print_verified(verify(args.dataset, args.data_dir))
   if not args.manual_dir:
     cli_flags.fail('--manual_dir is required (the downloaded dataset), except with --verify')
-  report = prepare(args.dataset, args.manual_dir, args.data_dir, args.workers, args.short_side,
-                   args.rebuild)
+  report = prepare(args.dataset, args.manual_dir, args.data_dir, workers=args.workers,
+                   short_side=args.short_side, rebuild=args.rebuild)
   if report.get('reused'):
     print(f"{report.get('path', args.data_dir)}: already prepared with these options; kept "
           f"({report.get('videos_written', '?')} videos written, "

@@ -77,7 +77,7 @@ def _polygon(centre, radius, sides, angle):
   return np.round(points * 16).astype(np.int32)  # 4 fractional bits for cv2's shift=4
 
 
-def _draw_object(canvas, centre, radius, sides, angle, colour, alpha=1.0):
+def _draw_object(canvas, centre, radius, *, sides, angle, colour, alpha=1.0):
   """A filled polygon with a dark hand from its centre toward `angle` ending in a marker, so
   turning is visible even at 32 pixels."""
   if alpha <= 0.02 or radius < 1:
@@ -138,7 +138,7 @@ def _texture_scene(rng: np.random.Generator, height: int, width: int, num_frames
   return frame
 
 
-def render_clip(class_index: int, rng: np.random.Generator, height: int, num_frames: int,
+def render_clip(class_index: int, rng: np.random.Generator, height: int, *, num_frames: int,
                 background: str = 'flat'):
   """Frames `[T][H, W, 3]` uint8 of one clip of `class_index`, and the object's description.
   `background`: 'flat' (a plain colour with clutter) or 'texture' (a moving photograph)."""
@@ -179,7 +179,7 @@ def render_clip(class_index: int, rng: np.random.Generator, height: int, num_fra
     dx, dy = distractor[2] * t, distractor[3] * t
     cv2.circle(frame, (int(distractor[0] + dx) % width, int(distractor[1] + dy) % height),
                int(distractor[4]), (90, 90, 90), -1, cv2.LINE_AA)
-    _draw_object(frame, (x, y), r, sides, angle, rgb, alpha)
+    _draw_object(frame, (x, y), r, sides=sides, angle=angle, colour=rgb, alpha=alpha)
     noise = rng.normal(0, 6, frame.shape)
     frames.append(np.clip(frame + noise, 0, 255).astype(np.uint8))
   return frames, f'{colour} {shape}'
@@ -189,7 +189,8 @@ def _write_one(job):
   """Renders and writes one clip; runs in a worker process."""
   out, fmt, layout, video_id, class_index, seed, height, background = job
   rng = np.random.default_rng(seed)
-  frames, thing = render_clip(class_index, rng, height, int(rng.integers(16, 33)), background)
+  frames, thing = render_clip(class_index, rng, height, num_frames=int(rng.integers(16, 33)),
+                              background=background)
   if fmt == 'webm':
     video_io.write_webm(pathlib.Path(out) / labels.SSV2_VIDEOS / f'{video_id}.webm', frames, FPS,
                         crf=TEXTURE_CRF if background == 'texture' else 30)
@@ -201,7 +202,7 @@ def _write_one(job):
   return video_id, thing
 
 
-def generate(out, train=240, val=60, test=12, size=64, seed=0, fmt='webm', layout='ssv1',
+def generate(out, train=240, val=60, *, test=12, size=64, seed=0, fmt='webm', layout='ssv1',
              workers=None, background='flat'):
   """Writes the dataset under `out`; returns {split: [(id, class name)]}."""
   out = pathlib.Path(paths.expand(out))
@@ -237,11 +238,11 @@ def generate(out, train=240, val=60, test=12, size=64, seed=0, fmt='webm', layou
     if workers != 1:
       pool.close()
       pool.join()
-  _write_annotations(out, fmt, layout, names, assignment, things)
+  _write_annotations(out, fmt, layout, names=names, assignment=assignment, things=things)
   return {s: [(v, names[c]) for v, c in items] for s, items in assignment.items()}
 
 
-def _write_annotations(out, fmt, layout, names, assignment, things):
+def _write_annotations(out, fmt, layout, *, names, assignment, things):
   if fmt == 'webm':
     prefix = labels.SSV2_PREFIX
     (out / f'{prefix}-labels.json').write_text(
@@ -284,8 +285,9 @@ def main(argv=None) -> int:
   args = cli_flags.parse(argv, __doc__, define_flags)
   if args.size % 2:
     cli_flags.fail(f'--size {args.size}: give an even number of pixels')
-  written = generate(args.out, args.train, args.val, args.test, args.size, args.seed,
-                     args.format, args.layout, args.workers, args.background)
+  written = generate(args.out, args.train, args.val, test=args.test, size=args.size, seed=args.seed,
+                     fmt=args.format, layout=args.layout, workers=args.workers,
+                     background=args.background)
   print(f'wrote {sum(map(len, written.values()))} videos ({args.format}) of '
         f'{len(class_names())} classes to {args.out}')
   return 0

@@ -18,7 +18,7 @@ def fixed_offsets(image_w: int, image_h: int, crop_w: int, crop_h: int) -> list[
   return [(i * w, j * h) for i, j in grid]
 
 
-def multiscale_crop_box(image_w: int, image_h: int, crop_size: int, rng: np.random.Generator,
+def multiscale_crop_box(image_w: int, image_h: int, crop_size: int, *, rng: np.random.Generator,
                         scales=TSN_SCALES, max_distort: int = 1) -> tuple[int, int, int, int]:
   """TSN multi-scale crop: width and height from neighbouring scales of the short side,
   position from the 13 fixed offsets."""
@@ -52,7 +52,7 @@ def decode_frames(jpegs, indices) -> dict[int, np.ndarray]:
   return {int(i): video_io.decode_jpeg(jpegs[int(i)], f'frame {int(i)}') for i in set(indices)}
 
 
-def crop_resize(frame: np.ndarray, box, size: int, out: np.ndarray | None = None,
+def crop_resize(frame: np.ndarray, box, size: int, *, out: np.ndarray | None = None,
                 flip: bool = False) -> np.ndarray:
   """`frame`'s `box` resized to `size` x `size` (and mirrored when `flip`), written into `out`
   (`[size, size, 3]` uint8) when given: no intermediate copies."""
@@ -70,28 +70,28 @@ def crop_resize(frame: np.ndarray, box, size: int, out: np.ndarray | None = None
   return out
 
 
-def train_clip(jpegs, num_frames: int, crop: int, rng: np.random.Generator,
-               flip: bool = False, scales=TSN_SCALES) -> tuple[np.ndarray, bool]:
+def train_clip(jpegs, num_frames: int, crop: int, *, rng: np.random.Generator, flip: bool = False,
+               scales=TSN_SCALES) -> tuple[np.ndarray, bool]:
   """A training clip `[T, crop, crop, 3]` uint8 RGB and whether it was flipped: TSN segment
   sampling, one multi-scale crop for every frame, a horizontal flip with probability 1/2."""
   indices = sampling.train_indices(len(jpegs), num_frames, rng)
-  return train_crop(decode_frames(jpegs, indices), indices, crop, rng, flip, scales)
+  return train_crop(decode_frames(jpegs, indices), indices, crop, rng=rng, flip=flip, scales=scales)
 
 
-def train_crop(frames: dict[int, np.ndarray], indices, crop: int, rng: np.random.Generator,
+def train_crop(frames: dict[int, np.ndarray], indices, crop: int, *, rng: np.random.Generator,
                flip: bool = False, scales=TSN_SCALES) -> tuple[np.ndarray, bool]:
   """`train_clip` after decoding: the decoded `frames` at `indices` cropped, resized and maybe
   flipped into one uint8 clip `[T, crop, crop, 3]`."""
   height, width = next(iter(frames.values())).shape[:2]
-  box = multiscale_crop_box(width, height, crop, rng, scales)
+  box = multiscale_crop_box(width, height, crop, rng=rng, scales=scales)
   flipped = bool(flip and rng.random() < 0.5)
   clip = np.empty((len(indices), crop, crop, 3), np.uint8)
   for t, i in enumerate(indices):
-    crop_resize(frames[int(i)], box, crop, clip[t], flipped)
+    crop_resize(frames[int(i)], box, crop, out=clip[t], flip=flipped)
   return clip, flipped
 
 
-def eval_clips(jpegs, num_frames: int, crop: int, test_scale: int, num_clips: int = 1,
+def eval_clips(jpegs, num_frames: int, crop: int, *, test_scale: int, num_clips: int = 1,
                num_crops: int = 1) -> np.ndarray:
   """Evaluation views `[num_clips * num_crops, T, crop, crop, 3]` uint8 RGB: short side resized
   to `test_scale`, centre crop (or three crops), segment centres (and starts)."""
@@ -106,5 +106,5 @@ def eval_clips(jpegs, num_frames: int, crop: int, test_scale: int, num_clips: in
   views = np.empty((len(indices) * len(boxes), num_frames, crop, crop, 3), np.uint8)
   for v, (clip, box) in enumerate((clip, box) for clip in indices for box in boxes):
     for t, i in enumerate(clip):
-      crop_resize(frames[int(i)], box, crop, views[v, t])
+      crop_resize(frames[int(i)], box, crop, out=views[v, t])
   return views

@@ -38,8 +38,8 @@ def synthetic_ssv2(tmp_path_factory):
   """Synthetic SSv2-format download (webm + json); returns (dir, {split: [(id, class)]})."""
   from input_pipeline import synthetic
   root = tmp_path_factory.mktemp('ssv2_download')
-  written = synthetic.generate(root, SYNTHETIC['train'], SYNTHETIC['val'], SYNTHETIC['test'],
-                               SYNTHETIC['size'], SYNTHETIC['seed'], workers=1)
+  written = synthetic.generate(root, SYNTHETIC['train'], SYNTHETIC['val'], test=SYNTHETIC['test'],
+                               size=SYNTHETIC['size'], seed=SYNTHETIC['seed'], workers=1)
   return root, written
 
 

@@ -69,7 +69,7 @@ def test_a_non_finite_step_is_never_saved(prepared_ssv2, tmp_path):
   config.model.num_classes = prepared_ssv2[1]['classes']
   model, _, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=1)
   mesh = train_state.setup_mesh(config)
-  abstract, _ = train_state.state_layout(model, tx, clips_shape, mesh)
+  abstract, _ = train_state.state_layout(model, tx, clips_shape, mesh=mesh)
   run = checkpoints.RunCheckpoints(tmp_path)
   for step in saved:
     state = run.latest.restore(step, args=ocp.args.Composite(
@@ -88,11 +88,12 @@ def saved_run(prepared_ssv2, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('saved_run')
   model, _, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=1)
   mesh = train_state.setup_mesh(config)
-  state, _ = train_state.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
+  state, _ = train_state.create_train_state(model, tx, clips_shape, mesh=mesh,
+                                            rng=jax.random.key(0))
   iterator = iter(pipeline.train_dataset(config.data, 0, 1))
   run = checkpoints.RunCheckpoints(workdir)
   for step in (2, 4):
-    run.save(step, state.replace(step=step), iterator, config, force=True)
+    run.save(step, state.replace(step=step), iterator, config=config, force=True)
   run.wait()
   run.close()
   return config, workdir
@@ -105,7 +106,8 @@ def restore(config, workdir):
   run = checkpoints.RunCheckpoints(workdir)
   iterator = iter(pipeline.train_dataset(config.data, 0, 1))
   try:
-    state, _, step = train.initial_state(config, model, tx, mesh, clips_shape, run, iterator)
+    state, _, step = train.initial_state(config, model, tx, mesh=mesh, clips_shape=clips_shape,
+                                         run_checkpoints=run, train_iterator=iterator)
   finally:
     run.close()
   return state, step

@@ -53,9 +53,9 @@ def test_training_starts_from_the_converted_weights(finetuned):
   config = finetuned['config']
   model, _, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=10)
   mesh = sharding.make_mesh(1)
-  state, _, start = train.initial_state(config, model, tx, mesh, clips_shape,
-                                        checkpoints.RunCheckpoints(finetuned['root'] / 'new'),
-                                        None)
+  state, _, start = train.initial_state(
+      config, model, tx, mesh=mesh, clips_shape=clips_shape,
+      run_checkpoints=checkpoints.RunCheckpoints(finetuned['root'] / 'new'), train_iterator=None)
   assert start == 0
   kernel = np.asarray(state.params['backbone']['conv1_7x7_s2']['conv']['kernel'])
   np.testing.assert_array_equal(

@@ -45,7 +45,7 @@ def test_multiscale_crop_sizes_come_from_neighbouring_scales():
   rng = np.random.default_rng(0)
   allowed = {256, 224, 192, 168}  # 256 * (1, .875, .75, .66), 224 snapped to the crop
   for _ in range(300):
-    x, y, w, h = transforms.multiscale_crop_box(340, 256, 224, rng)
+    x, y, w, h = transforms.multiscale_crop_box(340, 256, 224, rng=rng)
     assert w in allowed and h in allowed and (x, y) in transforms.fixed_offsets(340, 256, w, h)
     order = sorted(allowed, reverse=True)
     assert abs(order.index(w) - order.index(h)) <= 1
@@ -60,7 +60,7 @@ def test_train_clip_crops_every_frame_the_same_way():
   y, x = np.mgrid[:256, :340]
   base = np.stack([x * 0.5, y * 0.6, np.full_like(x, 50.0)], -1)  # a gradient: crops differ
   frames = [(base + 10 * i).astype(np.uint8) for i in range(6)]
-  clip, _ = transforms.train_clip(jpegs_of(frames), 4, 112, np.random.default_rng(0))
+  clip, _ = transforms.train_clip(jpegs_of(frames), 4, 112, rng=np.random.default_rng(0))
   assert clip.shape == (4, 112, 112, 3) and clip.dtype == np.uint8
   # Frames differ by a constant brightness, so identical crops differ by a constant too.
   diffs = clip[1:].astype(int) - clip[:-1].astype(int)
@@ -74,7 +74,7 @@ def test_flip_mirrors_the_clip_and_reports_it():
   flips = 0
   for seed in range(20):
     clip, flipped = transforms.train_clip(jpegs_of([frame] * 2), 2, 64,
-                                          np.random.default_rng(seed), flip=True, scales=(1.0,))
+                                          rng=np.random.default_rng(seed), flip=True, scales=(1.0,))
     bright_left = clip[0, :, :8].mean() > clip[0, :, -8:].mean()
     assert bright_left != flipped
     flips += flipped
@@ -92,7 +92,7 @@ def test_flip_label_map_swaps_exactly_the_mirrored_pairs():
 
 def test_eval_views():
   frames = [np.full((128, 200, 3), i * 20, np.uint8) for i in range(10)]
-  views = transforms.eval_clips(jpegs_of(frames), 4, 112, 128, num_clips=2, num_crops=3)
+  views = transforms.eval_clips(jpegs_of(frames), 4, 112, test_scale=128, num_clips=2, num_crops=3)
   assert views.shape == (6, 4, 112, 112, 3)
   # Views 0-2 are the centre clip (frames 1, 3, 6, 8), 3-5 the start clip (0, 2, 5, 7).
   np.testing.assert_allclose(views[0, :, 50, 50, 0], [20, 60, 120, 160], atol=2)
@@ -104,5 +104,5 @@ def test_eval_views():
 def test_eval_clips_take_one_or_three_crops():
   pixel = np.array([[[10, 20, 30]]], np.uint8)
   with pytest.raises(ValueError, match='num_crops'):
-    transforms.eval_clips(jpegs_of([pixel.repeat(8, 0).repeat(8, 1)]), 2, 8, 8, num_crops=2)
-
+    transforms.eval_clips(jpegs_of([pixel.repeat(8, 0).repeat(8, 1)]), 2, 8, test_scale=8,
+                          num_crops=2)

@@ -137,13 +137,13 @@ def test_one_device_and_eight_devices_give_the_same_step():
   rng = np.random.default_rng(0)
   batch = {'clips': rng.integers(0, 256, clips_shape, np.uint8),
            'labels': rng.integers(0, SMOKE_CLASSES, clips_shape[0]).astype(np.int32)}
-  initial, _ = train_state.create_train_state(model, tx, clips_shape, sharding.make_mesh(1),
-                                         jax.random.key(0))
+  initial, _ = train_state.create_train_state(model, tx, clips_shape, mesh=sharding.make_mesh(1),
+                                              rng=jax.random.key(0))
   initial = jax.device_get(initial)  # on the host: each mesh gets its own copy to donate
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(1, devices)
-    _, shardings = train_state.state_layout(model, tx, clips_shape, mesh)
+    _, shardings = train_state.state_layout(model, tx, clips_shape, mesh=mesh)
     state = jax.device_put(initial, shardings)
     step = steps.jit_train_step(steps.make_train_step(model, schedule, config.data.colour),
                                 shardings, mesh)
@@ -168,20 +168,23 @@ def test_init_from_loads_the_backbone_and_keeps_a_new_head(tmp_path):
   config.model.num_classes = 174
   mesh = sharding.make_mesh(1)
   model, _, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=10)
-  source, _ = train_state.create_train_state(model, tx, clips_shape, mesh, jax.random.key(7))
+  source, _ = train_state.create_train_state(model, tx, clips_shape, mesh=mesh,
+                                             rng=jax.random.key(7))
   checkpoints.save_variables(tmp_path / 'pretrained', {'params': source.params,
                                                        'batch_stats': source.batch_stats})
   config.model.num_classes = SMOKE_CLASSES
   config.train.init_from = str(tmp_path / 'pretrained')
   model, _, tx, clips_shape = train_state.model_and_optimizer(config, SMOKE_STEPS_PER_EPOCH)
   run = checkpoints.RunCheckpoints(tmp_path / 'run')
-  state, _, start = train.initial_state(config, model, tx, mesh, clips_shape, run, None)
+  state, _, start = train.initial_state(config, model, tx, mesh=mesh, clips_shape=clips_shape,
+                                        run_checkpoints=run, train_iterator=None)
   assert start == 0 and state.params['head']['kernel'].shape[-1] == 12
   kernel = lambda p: np.asarray(p['backbone']['layer2_0']['conv1']['conv_s']['conv']['kernel'])
   np.testing.assert_array_equal(kernel(state.params), kernel(source.params))
   stats = lambda s: np.asarray(s['backbone']['stem_spatial']['bn']['mean'])
   np.testing.assert_array_equal(stats(state.batch_stats), stats(source.batch_stats))
-  fresh, _ = train_state.create_train_state(model, tx, clips_shape, mesh, jax.random.key(0))
+  fresh, _ = train_state.create_train_state(model, tx, clips_shape, mesh=mesh,
+                                            rng=jax.random.key(0))
   assert not np.array_equal(kernel(fresh.params), kernel(source.params))
 
 

@@ -43,11 +43,11 @@ def parse(argv: Optional[Sequence[str]], doc: str, define: Callable[[flags.FlagV
   """Flags defined by `define` and parsed from `argv` (after the program name); no positional
   arguments. `parser(argv, flag_values)` parses instead of `flag_values(argv)` (argv with the
   program name first)."""
-  return parse_with_positional(argv, doc, define, (), parser)[0]
+  return parse_with_positional(argv, doc, define, names=(), parser=parser)[0]
 
 
 def parse_with_positional(argv: Optional[Sequence[str]], doc: str,
-                          define: Callable[[flags.FlagValues], None], names: Sequence[str],
+                          define: Callable[[flags.FlagValues], None], *, names: Sequence[str],
                           parser=None) -> tuple[flags.FlagValues, list[str]]:
   """`parse` for a command that also takes the positional arguments `names` (all of them)."""
   argv = arguments(argv)

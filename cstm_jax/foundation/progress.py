@@ -16,7 +16,7 @@ LOG_INTERVAL_S = 10.0
 class Progress:
   """`with Progress(total, 'videos', 'prepare train') as bar: ... bar.update()`."""
 
-  def __init__(self, total: int, unit: str, label: str = '', stream=None, enabled: bool = True):
+  def __init__(self, total: int, unit: str, label: str = '', *, stream=None, enabled: bool = True):
     self.total, self.unit, self.label = total, unit, label
     self.stream = stream or sys.stderr
     self.enabled = enabled

@@ -35,7 +35,7 @@ class Bottleneck(nn.Module):
   def __call__(self, x, train: bool = False):
     is_3d = x.ndim == 5
 
-    def conv(features, temporal_kernel, kernel, stride, name, relu=True):
+    def conv(features, temporal_kernel, kernel, *, stride, name, relu=True):
       spatial_pad = [(kernel // 2, kernel // 2)] * 2
       if is_3d:
         kt = temporal_kernel
@@ -47,17 +47,17 @@ class Bottleneck(nn.Module):
                            dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
     branch = x if self.shift is None else self.shift(name='shift')(x, train)
-    h = conv(self.features, self.temporal_kernel, 1, 1, 'conv1')(branch, train)
-    h = conv(self.features, 1, 3, self.stride, 'conv2')(h, train)
-    h = conv(self.features * EXPANSION, 1, 1, 1, 'conv3', relu=False)(h, train)
+    h = conv(self.features, self.temporal_kernel, 1, stride=1, name='conv1')(branch, train)
+    h = conv(self.features, 1, 3, stride=self.stride, name='conv2')(h, train)
+    h = conv(self.features * EXPANSION, 1, 1, stride=1, name='conv3', relu=False)(h, train)
     shortcut = x
     if x.shape[-1] != self.features * EXPANSION or self.stride != 1:
-      shortcut = conv(self.features * EXPANSION, 1, 1, self.stride, 'downsample',
+      shortcut = conv(self.features * EXPANSION, 1, 1, stride=self.stride, name='downsample',
                       relu=False)(x, train)
     return nn.relu(h + shortcut)
 
 
-def _stages(x, train, width, block_kwargs, temporal_kernels=None, after_first_stage=None,
+def _stages(x, train, width, *, block_kwargs, temporal_kernels=None, after_first_stage=None,
             dtype=jnp.float32, param_dtype=jnp.float32):
   """The four residual stages (torchvision names layer1..layer4, blocks numbered from 0)."""
   for stage, (depth, features) in enumerate(zip(STAGE_DEPTHS, STAGE_WIDTHS)):
@@ -95,7 +95,7 @@ class ResNet50(nn.Module):
     shift = None
     if self.temporal is not None:
       shift = functools.partial(self.temporal, num_frames=num_frames)
-    x = _stages(x, train, self.width, {'shift': shift}, dtype=self.dtype,
+    x = _stages(x, train, self.width, block_kwargs={'shift': shift}, dtype=self.dtype,
                 param_dtype=self.param_dtype)
     pooled = layers.spatial_mean(x)
     return pooled.reshape(clips.shape[0], num_frames, pooled.shape[-1])
@@ -122,6 +122,6 @@ class I3DResNet50(nn.Module):
                       param_dtype=self.param_dtype, name='stem')(x, train)
     x = nn.max_pool(x, (1, 3, 3), (1, 2, 2), padding=[(0, 0), (1, 1), (1, 1)])
     temporal_pool = lambda h: nn.max_pool(h, (2, 1, 1), (2, 1, 1)) if h.shape[1] > 1 else h
-    x = _stages(x, train, self.width, {}, I3D_TEMPORAL_KERNELS, temporal_pool,
-                dtype=self.dtype, param_dtype=self.param_dtype)
+    x = _stages(x, train, self.width, block_kwargs={}, temporal_kernels=I3D_TEMPORAL_KERNELS,
+                after_first_stage=temporal_pool, dtype=self.dtype, param_dtype=self.param_dtype)
     return layers.spatial_mean(x)

@@ -78,13 +78,14 @@ def compare(default: dict, other: dict, tolerance: float) -> dict:
           'zero_gradient_arrays': sorted(zero), 'tolerance': tolerance}
 
 
-def outputs(model, mesh, clips_shape, colour: str, nhwc: bool, batch, seed: int = 0) -> dict:
+def outputs(model, mesh, clips_shape, *, colour: str, nhwc: bool, batch, seed: int = 0) -> dict:
   """The compared outputs of `model` with channels-last convolutions forced (`nhwc`) or not."""
   config = config_defaults.get_config().optim
   schedule = optim.learning_rate_schedule(config, clips_shape[0], steps_per_epoch=100)
   tx = optim.make_optimizer(config, schedule,
                             abstract_variables(model, train_state.one_clip(clips_shape))['params'])
-  state, shardings = train_state.create_train_state(model, tx, clips_shape, mesh, jax.random.key(seed))
+  state, shardings = train_state.create_train_state(model, tx, clips_shape, mesh=mesh,
+                                                    rng=jax.random.key(seed))
   variables = train_state.variables_of(state)
   logits, _ = steps.jit_eval_step(model, mesh, colour, nhwc)(variables,
                                                              {'clips': batch['clips'][:, None]})
@@ -121,8 +122,10 @@ def check(*, model_name: str = 'cstm_bninception', width: float = 0.25, frames: 
            'labels': jax.random.randint(key, (batch_size,), 0, config.num_classes)}
   colour = BACKBONES[config.backbone].colour
   with jax.default_matmul_precision('highest'):  # this check only: no TF32 in either layout
-    default, nhwc = [outputs(model, mesh, clips_shape, colour, flag, batch)
-                     for flag in (False, True)]
+    default, nhwc = [
+        outputs(model, mesh, clips_shape, colour=colour, nhwc=flag, batch=batch)
+        for flag in (False, True)
+    ]
   device = jax.devices()[0]
   return {'model': model_name, 'width': width, 'frames': frames, 'crop': crop,
           'batch': batch_size, 'device': device.device_kind, 'platform': device.platform,

@@ -182,7 +182,7 @@ def prepare_data(work: pathlib.Path, sizes: Sizes) -> dict:
           'frames_per_video': round(report['frames'] / max(1, report['videos_written']), 1)}
 
 
-def train_command(sizes: Sizes, work: pathlib.Path, devices: int, max_steps: int,
+def train_command(sizes: Sizes, work: pathlib.Path, devices: int, *, max_steps: int,
                   nhwc: bool = False) -> list[str]:
   """The main.py command of the end-to-end part (`python -m cstm_jax.main` is `main.py`)."""
   batch = sizes.per_device_batch * devices
@@ -239,12 +239,12 @@ def steady_state(metrics: list[dict], after_step: int = 0) -> dict:
               m.get('input_wait_fraction', 0.0) for m in steady), 4)}
 
 
-def part_end_to_end(part: dict, report: Report, sizes: Sizes, work: pathlib.Path, devices: int,
+def part_end_to_end(part: dict, report: Report, sizes: Sizes, *, work: pathlib.Path, devices: int,
                     deadline: Deadline, nhwc: bool) -> None:
   part['data'] = prepare_data(work, sizes)
   part['gpu_conv_nhwc'], part['per_device_batch'] = nhwc, sizes.per_device_batch
   report.save()
-  first = train_command(sizes, work, devices, sizes.steps, nhwc)
+  first = train_command(sizes, work, devices, max_steps=sizes.steps, nhwc=nhwc)
   part['command'] = ('python ' + ' '.join(first[1:])).replace(str(work), 'WORK').replace(
       str(ROOT) + '/', '')
   part['cold'] = run_training(first, deadline.left())
@@ -258,7 +258,7 @@ def part_end_to_end(part: dict, report: Report, sizes: Sizes, work: pathlib.Path
   if part['cold']['exit'] != 0:
     part['status'] = 'failed'
     return
-  again = train_command(sizes, work, devices, sizes.steps + sizes.more_steps, nhwc)
+  again = train_command(sizes, work, devices, max_steps=sizes.steps + sizes.more_steps, nhwc=nhwc)
   part['warm'] = run_training(again, deadline.left())
   part['warm'].update(steady_state(read_metrics(work / 'run'), after_step=sizes.steps))
   cold, warm = part['cold']['compile_s'], part['warm']['compile_s']
@@ -269,7 +269,7 @@ def part_end_to_end(part: dict, report: Report, sizes: Sizes, work: pathlib.Path
 
 # --- Part: the loader -------------------------------------------------------------------------
 
-def part_loader(part: dict, report: Report, sizes: Sizes, work: pathlib.Path,
+def part_loader(part: dict, report: Report, sizes: Sizes, *, work: pathlib.Path,
                 deadline: Deadline) -> None:
   from input_pipeline import loader_benchmark as input_benchmark, builders
   if not (work / 'data').exists():
@@ -321,16 +321,17 @@ def step_settings(sizes: Sizes, devices: int) -> list:
   return [make(*o) for o in order]
 
 
-def part_steps(part: dict, report: Report, sizes: Sizes, devices: int, deadline: Deadline,
+def part_steps(part: dict, report: Report, sizes: Sizes, *, devices: int, deadline: Deadline,
                smoke: bool, cache_dir: str) -> None:
   from cstm_jax import benchmark, compile_cache
   part['rows'], part['skipped'], part['compile_cache'] = [], [], cache_dir
   with compile_cache.using(cache_dir):
-    _measure_steps(part, report, sizes, devices, deadline, smoke, benchmark)
+    _measure_steps(part, report, sizes, devices=devices, deadline=deadline, smoke=smoke,
+                   benchmark=benchmark)
   part['status'] = 'done' if not part['skipped'] else 'cut short by its budget'
 
 
-def _measure_steps(part, report, sizes, devices, deadline, smoke, benchmark) -> None:
+def _measure_steps(part, report, sizes, *, devices, deadline, smoke, benchmark) -> None:
   cost = {}  # model -> seconds its last row took
   for setting in step_settings(sizes, devices):
     guess = cost.get(setting.model, 0.0)
@@ -339,7 +340,7 @@ def _measure_steps(part, report, sizes, devices, deadline, smoke, benchmark) -> 
       continue
     start = time.monotonic()
     try:
-      row = loader_benchmark.measure(setting, warmup=1 if smoke else 2, repeats=1 if smoke else 5,
+      row = benchmark.measure(setting, warmup=1 if smoke else 2, repeats=1 if smoke else 5,
                               steps=1 if smoke else 5)
     except Exception as e:  # out of memory and the like: recorded, the next row runs
       row = {**dataclasses.asdict(setting), 'error': first_line(e)}
@@ -426,8 +427,8 @@ def markdown(data: dict) -> str:
         lines.append(f"| {r['model']} | {r['frames']} | {r['per_device_batch']} | {layout} "
                      f"| failed: {r['error'][:80]} | | | |")
         continue
-      tsn = _step_row(b, 'tsn_bninception', r['gpu_conv_nhwc'], r['per_device_batch'],
-                      r['frames'])
+      tsn = _step_row(b, 'tsn_bninception', r['gpu_conv_nhwc'], batch=r['per_device_batch'],
+                      frames=r['frames'])
       ratio = (r['clips_per_s'] / tsn['clips_per_s']
                if r['model'] == 'cstm_bninception' and tsn else None)
       lines.append(f"| {r['model']} | {r['frames']} | {r['per_device_batch']} | {layout} "
@@ -438,7 +439,7 @@ def markdown(data: dict) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def _step_row(part, model, nhwc, batch=None, frames=None):
+def _step_row(part, model, nhwc, *, batch=None, frames=None):
   for r in (part or {}).get('rows', []):
     if (r['model'] == model and r['gpu_conv_nhwc'] == nhwc and not r.get('error')
         and (batch is None or r['per_device_batch'] == batch)
@@ -506,14 +507,15 @@ def main(argv=None) -> int:
         if name == 'end_to_end':
           layout = report.data['parts'].get('layout', {})
           nhwc = devices['platform'] == 'gpu' and layout.get('holds', False)
-          part_end_to_end(part, report, sizes, work, devices['count'], budget, nhwc)
+          part_end_to_end(part, report, sizes, work=work, devices=devices['count'], deadline=budget,
+                          nhwc=nhwc)
         elif name == 'loader':
-          part_loader(part, report, sizes, work, budget)
+          part_loader(part, report, sizes, work=work, deadline=budget)
         elif name == 'layout':
           part_layout(part, report, sizes)
         else:
-          part_steps(part, report, sizes, devices['count'], budget, args.smoke,
-                     str(work / 'xla_cache'))
+          part_steps(part, report, sizes, devices=devices['count'], deadline=budget,
+                     smoke=args.smoke, cache_dir=str(work / 'xla_cache'))
       except Exception as e:  # one part's failure is recorded; the next part runs
         part['status'] = f'failed: {type(e).__name__}: {first_line(e)}'
       part['seconds'] = round(time.monotonic() - tick, 1)
