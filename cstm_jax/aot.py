@@ -34,7 +34,8 @@ import jax.numpy as jnp
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cstm_jax import compile_cache, config_loader, evaluation, hlo_stats, sharding, train_state, steps
+from cstm_jax import (compile_cache, config_loader, evaluation, hlo_stats, sharding, steps,
+                      train_state)
 from cstm_jax.foundation import cli_flags, paths
 from cstm_jax import aot_targets as target_specs
 from cstm_jax.models.zoo import model_name

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from cstm_jax import config_defaults, compile_cache, hlo_stats, optim, sharding, train_state, steps
+from cstm_jax import compile_cache, config_defaults, hlo_stats, optim, sharding, steps, train_state
 from cstm_jax.foundation import cli_flags, paths
 from cstm_jax.config_defaults import model_config
 from cstm_jax.models.build import abstract_variables, build_model, random_variables

@@ -48,9 +48,9 @@ def _named(name: str) -> Optional[pathlib.Path]:
   path = configs_dir() / f'{name}.py'
   if not path.is_file():
     close = difflib.get_close_matches(name, experiments(), n=3)
-    raise MissingFile(f'--config={name}: no experiment of that name'
-                      + (f'; did you mean {" or ".join(close)}?' if close else '')
-                      + f' The experiments: {", ".join(experiments())} (in {configs_dir()}); '
+    raise MissingFile(f'--config={name}: no experiment of that name' +
+                      (f'; did you mean {" or ".join(close)}?' if close else '') +
+                      f' The experiments: {", ".join(experiments())} (in {configs_dir()}); '
                       'or pass a config file\'s path')
   return path
 

@@ -276,7 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = config_loader.parse_command(
       argv, __doc__, define_flags,
       config_help='The experiment config whose model block is the target (configs/ssv2_16f.py, '
-                  'configs/ssv2_16f.py:smoke).')
+      'configs/ssv2_16f.py:smoke).')
   out = paths.resolve(args.out)
   problem = output_problem(out, paths.resolve(args.torch), args.overwrite)
   if problem:

@@ -83,8 +83,9 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   define('string', 'workdir', None, 'Where the runs, their plots and summary.md go (default: '
          'runs/demo, runs/demo_bfloat16 in bfloat16: a finished run is reused, so the dtypes '
          'keep apart).')
-  define('string', 'data', config_loader.load_module('demo').DATA, 'Where the synthetic videos and their prepared '
-         'dataset go (made once, reused).')
+  define('string', 'data',
+         config_loader.load_module('demo').DATA,
+         'Where the synthetic videos and their prepared dataset go (made once, reused).')
   define('list', 'models', ['tsn', 'cstm'], 'Temporal modules to train on BN-Inception '
          f'(configs/demo.py): {", ".join(zoo.TEMPORAL_MODULES)}.')
   define('enum', 'dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype of the models '

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cstm_jax import config_loader, sharding, train_state, steps
+from cstm_jax import config_loader, sharding, steps, train_state
 from cstm_jax.foundation import paths
 from input_pipeline import pipeline
 from cstm_jax.foundation.errors import ConfigError
@@ -122,10 +122,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   each of `config.eval.final_views`, without training."""
   mesh = train_state.setup_mesh(config)
   config = config_loader.with_loader_workers(config, train_state.local_accelerators(),
-                                           jax.process_count())
+                                             jax.process_count())
   _, class_names = pipeline.open_split(config.data, config.data.eval_split)
   config = config_loader.with_dataset_classes(config, class_names)
-  model, variables, step = train_state.restore_variables(config, workdir, config.eval.checkpoint, mesh)
+  model, variables, step = train_state.restore_variables(config, workdir, config.eval.checkpoint,
+                                                         mesh)
   eval_step = steps.jit_eval_step(model, mesh, config.data.colour, config.xla.gpu_conv_nhwc)
   results = {}
   for views in config.eval.final_views.split(','):

@@ -17,14 +17,15 @@ import io
 import json
 import pathlib
 import sys
-from typing import Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import flax
 import jax
 import numpy as np
 from absl import flags
 
-from cstm_jax import checkpoints, compile_cache, config_loader, evaluation, sharding, train_state, steps
+from cstm_jax import (checkpoints, compile_cache, config_loader, evaluation, sharding, steps,
+                      train_state)
 from cstm_jax.foundation import cli_flags, paths
 from cstm_jax.convert import describe_mismatch
 from cstm_jax.models.build import abstract_variables, build_model
@@ -35,11 +36,18 @@ from cstm_jax.foundation.progress import Progress
 
 # --- Model and weights ------------------------------------------------------------------------
 
+class LoadedModel(NamedTuple):
+  config: Any  # the run's config (or the one given)
+  model: Any  # the Flax module
+  variables: dict  # {'params', 'batch_stats'}
+  names: list  # the class names, by label
+
+
 def load_model(workdir=None, checkpoint=None, config=None, *, which: str = 'best',
-               config_name: str = 'the config'):
-  """(config, model, variables, class names) from a training run (its config.json, or `config`
-  in its place), or from a variables checkpoint (`cstm_jax.convert`) plus `config`, the config it
-  belongs to (named `config_name` in messages)."""
+               config_name: str = 'the config') -> LoadedModel:
+  """The model of a training run (its config.json, or `config` in its place), or of a variables
+  checkpoint (`cstm_jax.convert`) plus `config`, the config it belongs to (named `config_name`
+  in messages)."""
   if workdir and not checkpoint:
     workdir = paths.resolve(workdir)
     config = config if config is not None else config_loader.load(workdir / 'config.json')
@@ -63,7 +71,7 @@ def load_model(workdir=None, checkpoint=None, config=None, *, which: str = 'best
     names = class_names(config)
   else:
     raise ConfigError('give --workdir RUN, or --checkpoint DIR with --config FILE')
-  return config, model, variables, names
+  return LoadedModel(config, model, variables, names)
 
 
 def parse_model_command(argv: Optional[Sequence[str]], doc: str, define) -> flags.FlagValues:

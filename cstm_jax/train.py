@@ -9,13 +9,15 @@ live one level down: `train_state` (model, optimizer, sharded state), `steps` (j
 import json
 import signal
 import time
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from cstm_jax import (checkpoints, compile_cache, config_loader, evaluation, plots, sharding, train_state, steps, workdir_lock)
+from cstm_jax import (checkpoints, compile_cache, config_loader, evaluation, plots, sharding, steps,
+                      train_state, workdir_lock)
 from cstm_jax.foundation import paths
 from cstm_jax.writer import MetricWriter, read_metrics
 from input_pipeline import pipeline, workers
@@ -35,14 +37,21 @@ INPUT_BOUND_WARN_EVERY_S = 600.0
 
 # --- Where a run starts -------------------------------------------------------------------------
 
-def initial_state(config, model, tx, *, mesh, clips_shape, run_checkpoints, train_iterator):
-  """Resume > init_from > scratch. Returns (state, state shardings, first step)."""
+class Start(NamedTuple):
+  state: Any  # the train state, restored or fresh
+  shardings: Any  # the state's shardings
+  step: int  # the first step to run
+
+
+def initial_state(config, model, tx, *, mesh, clips_shape, run_checkpoints,
+                  train_iterator) -> Start:
+  """Resume > init_from > scratch."""
   abstract, shardings = train_state.state_layout(model, tx, clips_shape, mesh=mesh,
                                                  threshold=config.mesh.shard_threshold)
   restored, step = run_checkpoints.restore_latest(abstract, train_iterator, config)
   if restored is not None:
     logging.info('Resuming from the checkpoint of step %d', step)
-    return restored, shardings, step
+    return Start(restored, shardings, step)
   state, _ = train_state.create_train_state(model, tx, clips_shape, mesh=mesh,
                                             rng=jax.random.key(config.train.seed),
                                             shardings=shardings)
@@ -55,7 +64,7 @@ def initial_state(config, model, tx, *, mesh, clips_shape, run_checkpoints, trai
                                      'batch_stats': shardings.batch_stats})
     state = state.replace(params=merged['params'], batch_stats=merged['batch_stats'])
     logging.info('Initialised from %s', config.train.init_from)
-  return state, shardings, 0
+  return Start(state, shardings, 0)
 
 
 # --- Training loop ----------------------------------------------------------------------------
@@ -96,7 +105,7 @@ def _train_and_evaluate(config, workdir, mesh, main_process) -> dict:
 
   # Data.
   config = config_loader.with_loader_workers(config, train_state.local_accelerators(),
-                                           jax.process_count())
+                                             jax.process_count())
   train_data = pipeline.train_dataset(config.data, jax.process_index(), jax.process_count())
   train_source, class_names = pipeline.open_split(config.data, config.data.train_split)
   # The evaluation split is checked now, not found missing an epoch later.

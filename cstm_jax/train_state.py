@@ -3,7 +3,7 @@
 A step of the run holds a `TrainState` whose leaves are laid out over the device mesh by
 `sharding.state_shardings`; nothing is built on one device first.
 """
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,14 +33,24 @@ def local_accelerators() -> int:
   return sum(d.platform != 'cpu' for d in jax.local_devices())
 
 
-def model_and_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int):
-  """(model, lr schedule, optimizer, shape of a global training batch of clips)."""
+class ModelAndOptimizer(NamedTuple):
+  model: Any  # the Flax module
+  schedule: Any  # step -> learning rate
+  tx: Any  # the optax optimizer
+  clips_shape: tuple  # a global training batch of clips, [N, T, H, W, 3]
+
+
+def model_and_optimizer(config: ml_collections.ConfigDict,
+                        steps_per_epoch: int) -> ModelAndOptimizer:
+  """The model, its learning-rate schedule and optimizer, and the training batch's shape."""
   model = build_model(config.model)
   schedule = optim.learning_rate_schedule(config.optim, config.data.batch_size, steps_per_epoch)
   clips_shape = (config.data.batch_size, config.data.num_frames, config.data.crop,
                  config.data.crop, 3)
   abstract_params = abstract_variables(model, one_clip(clips_shape))['params']
-  return model, schedule, optim.make_optimizer(config.optim, schedule, abstract_params), clips_shape
+  return ModelAndOptimizer(model, schedule,
+                           optim.make_optimizer(config.optim, schedule, abstract_params),
+                           clips_shape)
 
 
 def one_clip(clips_shape) -> jax.ShapeDtypeStruct:
@@ -95,8 +105,14 @@ def variables_of(state) -> dict:
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
-def restore_variables(config, workdir, which: str, mesh):
-  """(model, {'params', 'batch_stats'}, step) of the run's 'best' or 'latest' checkpoint."""
+class RestoredVariables(NamedTuple):
+  model: Any
+  variables: dict  # {'params', 'batch_stats'}
+  step: int
+
+
+def restore_variables(config, workdir, which: str, mesh) -> RestoredVariables:
+  """The model and the variables of the run's 'best' or 'latest' checkpoint, and its step."""
   model, _, tx, clips_shape = model_and_optimizer(config, steps_per_epoch=1)
   abstract, _ = state_layout(model, tx, clips_shape, mesh=mesh,
                              threshold=config.mesh.shard_threshold)
@@ -105,4 +121,4 @@ def restore_variables(config, workdir, which: str, mesh):
     state, step = run_checkpoints.restore_state(which, abstract, config)
   finally:
     run_checkpoints.close()
-  return model, variables_of(state), step
+  return RestoredVariables(model, variables_of(state), step)

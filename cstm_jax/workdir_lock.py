@@ -126,8 +126,8 @@ class WorkdirLock:
       holder = self._read()
       if holder is None:
         continue
-      why = holder_gone(holder, time.time(), self.record['host'], self.record['slurm_job']) if holder \
-          else 'the lock file is unreadable'
+      why = (holder_gone(holder, time.time(), self.record['host'], self.record['slurm_job'])
+             if holder else 'the lock file is unreadable')
       if why is None:
         age = time.time() - float(holder.get('heartbeat', 0))
         raise WorkdirInUse(

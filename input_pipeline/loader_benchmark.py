@@ -192,11 +192,13 @@ def main(argv=None) -> int:
     worker_counts = [int(w) for w in args.workers]
   except ValueError:
     cli_flags.fail(f'--workers {",".join(args.workers)}: give whole numbers')
-  result = {'machine': f'{platform.processor() or platform.machine()}, '
-                       f'{os.cpu_count()} cores, Python {platform.python_version()}',
-            'command': 'python -m input_pipeline.loader_benchmark '
-                       + ' '.join(cli_flags.arguments(argv)),
-            'background': None if args.data_dir else args.background, 'loader': []}
+  result = {
+      'machine': f'{platform.processor() or platform.machine()}, '
+                 f'{os.cpu_count()} cores, Python {platform.python_version()}',
+      'command': 'python -m input_pipeline.loader_benchmark ' + ' '.join(cli_flags.arguments(argv)),
+      'background': None if args.data_dir else args.background,
+      'loader': []
+  }
   with tempfile.TemporaryDirectory() as tmp:
     data_dir = args.data_dir
     if not data_dir:

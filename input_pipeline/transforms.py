@@ -3,6 +3,8 @@ stay uint8 RGB: the steps normalise them on the device (`cstm_jax/clips.py`).
 
 A box is `(x, y, w, h)` in pixels of the decoded frame. Clips are `[T, H, W, 3]`.
 """
+from typing import NamedTuple
+
 import cv2
 import numpy as np
 
@@ -18,8 +20,16 @@ def fixed_offsets(image_w: int, image_h: int, crop_w: int, crop_h: int) -> list[
   return [(i * w, j * h) for i, j in grid]
 
 
+class Box(NamedTuple):
+  """A crop: its top-left corner (x, y) and its size (w, h), in pixels."""
+  x: int
+  y: int
+  w: int
+  h: int
+
+
 def multiscale_crop_box(image_w: int, image_h: int, crop_size: int, *, rng: np.random.Generator,
-                        scales=TSN_SCALES, max_distort: int = 1) -> tuple[int, int, int, int]:
+                        scales=TSN_SCALES, max_distort: int = 1) -> Box:
   """TSN multi-scale crop: width and height from neighbouring scales of the short side,
   position from the 13 fixed offsets."""
   base = min(image_w, image_h)
@@ -31,12 +41,12 @@ def multiscale_crop_box(image_w: int, image_h: int, crop_size: int, *, rng: np.r
   crop_w, crop_h = min(crop_w, image_w), min(crop_h, image_h)
   offsets = fixed_offsets(image_w, image_h, crop_w, crop_h)
   x, y = offsets[rng.integers(len(offsets))]
-  return x, y, crop_w, crop_h
+  return Box(x, y, crop_w, crop_h)
 
 
-def centre_box(image_w: int, image_h: int, crop: int) -> tuple[int, int, int, int]:
+def centre_box(image_w: int, image_h: int, crop: int) -> Box:
   crop_w, crop_h = min(crop, image_w), min(crop, image_h)
-  return (image_w - crop_w) // 2, (image_h - crop_h) // 2, crop_w, crop_h
+  return Box((image_w - crop_w) // 2, (image_h - crop_h) // 2, crop_w, crop_h)
 
 
 def three_crop_boxes(image_w: int, image_h: int, crop: int) -> list[tuple[int, int, int, int]]:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cstm_jax import aot, config_loader, hlo_stats, aot_targets
+from cstm_jax import aot, aot_targets, config_loader, hlo_stats
 from cstm_jax.models import summary
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -43,7 +43,8 @@ def test_cuda_targets_and_bad_targets():
 def test_gpu_memory_is_the_share_jax_allocates(monkeypatch):
   h100 = aot_targets.parse('cuda:h100')
   monkeypatch.delenv('XLA_PYTHON_CLIENT_MEM_FRACTION', raising=False)
-  assert aot_targets.memory_limit_bytes(h100, None) == int(0.75 * aot_targets.GPUS['h100']['memory'])
+  memory = aot_targets.GPUS['h100']['memory']
+  assert aot_targets.memory_limit_bytes(h100, None) == int(0.75 * memory)
   monkeypatch.setenv('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.9')
   assert aot_targets.memory_limit_bytes(h100, None) == int(0.9 * aot_targets.GPUS['h100']['memory'])
 
@@ -107,11 +108,11 @@ def test_cli_reports_a_step_that_does_not_fit(tmp_path):
   """A per-device batch far past a v5e chip's 16 GiB (the compiler refuses it): exit 1 and one
   line naming the memory."""
   out = tmp_path / 'aot.json'
-  result = subprocess.run(
-      [sys.executable, '-m', 'cstm_jax.aot', '--config=configs/ssv2_8f.py:smoke',
-       '--config.model.num_classes=174', '--target=tpu:v5e:2x2', '--steps=eval', '--config.data.eval_batch_size=16384',
-       '--config.data.crop=224',
-       f'--json={out}'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  result = subprocess.run([
+      sys.executable, '-m', 'cstm_jax.aot', '--config=configs/ssv2_8f.py:smoke',
+      '--config.model.num_classes=174', '--target=tpu:v5e:2x2', '--steps=eval',
+      '--config.data.eval_batch_size=16384', '--config.data.crop=224', f'--json={out}'
+  ], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 1, result.stderr[-2000:]
   (line,) = [l for l in result.stderr.splitlines() if l.startswith('tpu:v5e:2x2: the eval step')]
   (needed,) = re.findall(r'needs ([\d.]+) GiB per device; 16.00 GiB available', line)

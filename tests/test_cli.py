@@ -84,7 +84,7 @@ def test_config_overrides_apply_to_config_files_and_run_configs(tmp_path, monkey
 
   def parse(*argv):
     return config_loader.parse_command(list(argv), 'doc', lambda flag_values: None,
-                                     config_required=False)
+                                       config_required=False)
 
   # A config file, and a run's config.json written with `~` the shell left alone.
   assert parse('--config=configs/ssv2_8f.py:smoke',
@@ -100,8 +100,8 @@ def test_an_experiment_is_named_without_its_path(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   by_name = config_loader.load('ssv2_8f:smoke')
   assert by_name.to_dict() == config_loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke')).to_dict()
-  assert config_loader.load('demo').to_dict() == config_loader.load(
-      str(ROOT / 'configs/demo.py')).to_dict()
+  assert config_loader.load('demo').to_dict() == config_loader.load(str(
+      ROOT / 'configs/demo.py')).to_dict()
   assert set(config_loader.experiments()) == {p.stem for p in (ROOT / 'configs').glob('[!_]*.py')}
   # A file of that name in the current folder is a path, as before.
   (tmp_path / 'ssv2_8f').write_text('')
@@ -118,7 +118,7 @@ def test_config_override_mistakes_name_the_fix(tmp_path, capsys):
   def error(*argv):
     with pytest.raises(SystemExit):
       config_loader.parse_command(list(argv), 'doc', lambda flag_values: None,
-                                config_required=False)
+                                  config_required=False)
     return capsys.readouterr().err.strip()
 
   assert error('--config=configs/ssv2_8f.py', '--config.optim.lerning_rate=0.1') == (

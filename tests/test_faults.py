@@ -17,13 +17,13 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import ssv2_r2plus1d_18
-from cstm_jax import (checkpoints, config_loader, convert, evaluation, predict, train_state, train, workdir_lock)
+from cstm_jax import (checkpoints, config_loader, convert, evaluation, predict, train, train_state,
+                      workdir_lock)
 from cstm_jax.foundation import errors, paths
 from cstm_jax.models.build import build_model
 from input_pipeline import labels, pipeline, prepare, records, video_io
 from cstm_jax.foundation.errors import ConfigError, UserError
 from runs import smoke
-
 
 
 def test_convert_refuses_an_output_folder_it_would_empty(tmp_path, capsys):

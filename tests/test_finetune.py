@@ -15,7 +15,7 @@ import torch
 import torch_reference as ref
 from torch_reference import reference_normalise
 from cstm_jax import (checkpoints, config_loader, convert, evaluation, export, predict, sharding,
-                      train_state, train)
+                      train, train_state)
 from cstm_jax.steps import make_eval_step
 from input_pipeline import pipeline
 from cstm_jax.foundation import errors

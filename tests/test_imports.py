@@ -51,10 +51,10 @@ def test_input_pipeline_imports_only_the_foundation_of_the_package_above():
 
 
 def test_models_and_temporal_ops_do_not_import_training_or_configs():
-  above = tuple(f'cstm_jax.{m}' for m in (
-      'train', 'evaluation', 'train_state', 'steps', 'checkpoints', 'predict', 'export', 'convert',
-      'benchmark', 'aot', 'demo', 'writer', 'plots', 'launch', 'peers')) + ('configs',
-                                                                           'input_pipeline')
+  above = tuple(f'cstm_jax.{m}'
+                for m in ('train', 'evaluation', 'train_state', 'steps', 'checkpoints', 'predict',
+                          'export', 'convert', 'benchmark', 'aot', 'demo', 'writer', 'plots',
+                          'launch', 'peers')) + ('configs', 'input_pipeline')
   for folder in ('cstm_jax/models', 'cstm_jax/temporal'):
     assert wrong_way(folder, above) == {}, folder
 

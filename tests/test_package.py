@@ -45,14 +45,19 @@ def test_the_wheel_installs_with_its_commands_and_runs_outside_the_checkout(tmp_
                                      capture_output=True, text=True, timeout=300)
   # One namespace for the package and its configs: no top-level `configs` to collide with a
   # user's own; every package of the checkout is in the wheel.
-  where = run(python, '-c', 'import cstm_jax, input_pipeline, cstm_jax.configs as c; '
-              'print(cstm_jax.__file__, input_pipeline.__file__, c.__file__)')
+  where = run(
+      python, '-c', 'import cstm_jax, input_pipeline, cstm_jax.configs as c; '
+      'print(cstm_jax.__file__, input_pipeline.__file__, c.__file__)')
   assert where.returncode == 0 and where.stdout.count(str(site)) == 3, where
   assert run(python, '-c', 'import configs').returncode == 1
-  packages = {str(p.parent.relative_to(ROOT)).replace('/', '.') for folder in
-              ('cstm_jax', 'input_pipeline') for p in (ROOT / folder).rglob('__init__.py')}
-  found = run(python, '-c', 'import importlib, sys; [importlib.import_module(p) for p in '
-              f'{sorted(packages)!r}]')
+  packages = {
+      str(p.parent.relative_to(ROOT)).replace('/', '.')
+      for folder in ('cstm_jax', 'input_pipeline')
+      for p in (ROOT / folder).rglob('__init__.py')
+  }
+  found = run(
+      python, '-c', 'import importlib, sys; [importlib.import_module(p) for p in '
+      f'{sorted(packages)!r}]')
   assert found.returncode == 0, found.stderr[-2000:]
 
   # The data commands with relative paths: the demo's data step, at a tiny size.

@@ -172,9 +172,13 @@ def test_loader_benchmark_on_a_prepared_dataset(prepared_ssv2, tmp_path):
   assert records.keep_freed_memory()  # glibc here
   doc = tmp_path / 'benchmarks.md'
   doc.write_text('# Benchmarks\n\n## Input pipeline\n\nold\n\n## Next\n\nkept\n')
-  assert loader_benchmark.main(['--data_dir', str(prepared_ssv2[0]), '--batches', '2', '--workers',
-                         '0', '--batch', '4', '--crop', '32', '--stage_clips', '8',
-                         '--json', str(tmp_path / 'b.json'), '--markdown', str(doc)]) == 0
+  assert loader_benchmark.main([
+      '--data_dir',
+      str(prepared_ssv2[0]), '--batches', '2', '--workers', '0', '--batch', '4', '--crop', '32',
+      '--stage_clips', '8', '--json',
+      str(tmp_path / 'b.json'), '--markdown',
+      str(doc)
+  ]) == 0
   result = json.loads((tmp_path / 'b.json').read_text())
   row, = result['loader']
   assert row['bytes_per_clip'] == 8 * 32 * 32 * 3 and row['clips_per_s'] > 0

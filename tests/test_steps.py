@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cstm_jax import aot, clips, config_loader, hlo_stats, sharding, train_state, steps
+from cstm_jax import aot, clips, config_loader, hlo_stats, sharding, steps, train_state
 from cstm_jax.temporal import ops
 from input_pipeline.conventions import NORMALISATION
 from torch_reference import reference_normalise

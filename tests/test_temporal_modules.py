@@ -155,4 +155,3 @@ def test_bad_options_are_refused():
     tm.CSTM(num_frames=T, attention_pool='pixel').init(jax.random.key(0), x)
   with pytest.raises(ValueError, match='unknown cstm_shift'):
     tm.CSTM(num_frames=T, cstm_shift='tam').init(jax.random.key(0), x)
-

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import ssv2_8f, ssv2_r2plus1d_18
-from cstm_jax import checkpoints, compare, demo, evaluation, sharding, train_state, steps, train
+from cstm_jax import checkpoints, compare, demo, evaluation, sharding, steps, train, train_state
 from conftest import SYNTHETIC
 from input_pipeline import synthetic
 from cstm_jax.foundation import errors

@@ -49,8 +49,9 @@ def temporal_module(config, dtype) -> Optional[functools.partial]:
   gsm = functools.partial(tm.GateShift, **_settings(config, 'gsm_interleave', 'shift_impl'),
                           **learned)
   cstm = functools.partial(
-      tm.CSTM, **_settings(config, 'attention_pool', 'cstm_shift', 'shift_div', 'shift_impl',
-                           'gsm_interleave', 'conv3d', 'conv3d_group_width'), **learned)
+      tm.CSTM,
+      **_settings(config, 'attention_pool', 'cstm_shift', 'shift_div', 'shift_impl',
+                  'gsm_interleave', 'conv3d', 'conv3d_group_width'), **learned)
   return {
       'tsn': None,
       'none': None,

@@ -157,8 +157,7 @@ class CSTM(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     clip = ops.unfold_time(x, self.num_frames)
-    conv = Conv3DBranch(self.conv3d, self.conv3d_group_width, self.param_dtype,
-                        name='conv3d')(clip)
+    conv = Conv3DBranch(self.conv3d, self.conv3d_group_width, self.param_dtype, name='conv3d')(clip)
     if self.cstm_shift == 'tsm':
       shifted = ops.temporal_shift(clip, self.shift_div, self.shift_impl)
     elif self.cstm_shift == 'gsm':

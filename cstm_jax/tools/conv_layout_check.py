@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from absl import flags
 
-from cstm_jax import config_defaults, optim, sharding, train_state, steps
+from cstm_jax import config_defaults, optim, sharding, steps, train_state
 from cstm_jax.foundation import cli_flags, paths
 from cstm_jax.config_defaults import model_config
 from cstm_jax.clips import normalise
