@@ -1,4 +1,4 @@
-"""CSTM, BN-Inception, 8 frames, on your own videos: README "Your own videos" walks through it.
+"""CSTM, BN-Inception, 8 frames, on your own videos (docs/training.md, "Your own videos").
 
   python -m input_pipeline.prepare --dataset folder --manual_dir ~/my_videos \
       --data_dir ~/tensorflow_datasets

@@ -80,7 +80,7 @@ def test_two_processes_train_and_serve_from_cloud_storage(emulator, prepared_ssv
       parts[1].isdigit() and parts[2] == 'commit_success.txt'}
 
   def job():
-    """Both processes, as the README starts them on each host; exits with the first failure."""
+    """Both processes, as docs/clusters.md starts them on each host; exits with the first failure."""
     port = free_port()
     main = (f'{sys.executable} main.py --config=configs/ssv2_r2plus1d_18.py:smoke '
             f'--workdir={workdir} --config.data.data_dir={prepared_ssv2[0]} '

@@ -136,7 +136,7 @@ def test_folder_builder_round_trip(synthetic_ssv2, tmp_path):
 
 
 def test_own_videos_walkthrough(synthetic_ssv2, tmp_path, capsys):
-  # README "Your own videos" at the smoke size: class folders -> prepare -> train -> predict.
+  # docs/training.md "Your own videos" at the smoke size: class folders -> prepare -> train -> predict.
   from configs import folder_8f
   from cstm_jax import predict, train
   root, written = synthetic_ssv2

@@ -1,4 +1,4 @@
-"""The fine-tuning path of the README, end to end on synthetic data: PyTorch ImageNet weights ->
+"""The fine-tuning path of docs/inference.md, end to end on synthetic data: PyTorch ImageNet weights ->
 convert -> train an SSv2 config from them -> evaluate -> predict on videos -> export and run the
 export in a fresh process."""
 import csv
