@@ -123,9 +123,8 @@ class PeerWatch:
       if state == STOPPING:
         return f'{self._name(process, record)} stopped because {record.get("why")}'
       if state != DONE and now - since > self.timeout_s:
-        return (f'{self._name(process, record) if record else f"process {process}"} stopped '
-                f'answering {now - since:.0f} s ago: killed, out of memory, preempted or its '
-                f'host lost')
+        return (f'{self._name(process, record)} stopped answering {now - since:.0f} s ago: '
+                'killed, out of memory, preempted or its host lost')
     return None
 
   def report(self, why: str) -> str:
