@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags, logging
 
-from cstm_jax import config_loader
+from cstm_jax import config_loader, peers
 from cstm_jax.foundation.errors import debugging, run_main
 
 FLAGS = flags.FLAGS
@@ -28,7 +28,7 @@ flags.DEFINE_integer('process_id', None, 'This process (multi-process).')
 flags.DEFINE_list('local_device_ids', None,
                   'GPUs this process uses, as it numbers them (default: chosen from the SLURM or '
                   'Open MPI layout; all visible GPUs for one process per node).')
-flags.DEFINE_float('peer_timeout_s', 60.0,
+flags.DEFINE_float('peer_timeout_s', peers.DEFAULT_TIMEOUT_S,
                    'Multi-process: stop every process this many seconds after one of them stops '
                    'answering (killed, lost host), with a line naming it and exit status 75; 0 '
                    "leaves it to JAX's heartbeat (which aborts).")
@@ -39,7 +39,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # Imported here, in this order: launch picks this process's GPUs before JAX loads.
-  from cstm_jax import launch, peers
+  from cstm_jax import launch
   from cstm_jax.foundation import logs
   logs.quiet_library_logs()
   logs.quiet_exit_warnings()
