@@ -7,9 +7,9 @@
 synthetic classes come in time-reversed pairs, so TSN (no temporal modelling) stays near chance
 inside each pair while CSTM separates them.
 """
+from cstm_foundation.errors import ConfigError
 from cstm_jax import config_defaults
 from cstm_jax.models import zoo
-from cstm_jax.foundation.errors import ConfigError
 
 DATA = 'data/demo'
 

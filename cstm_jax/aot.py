@@ -36,10 +36,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cstm_jax import (compile_cache, config_loader, evaluation, hlo_stats, sharding, steps,
                       train_state)
-from cstm_jax.foundation import cli_flags, paths
+from cstm_foundation import cli_flags, paths
+from cstm_foundation.errors import ConfigError, run_main
 from cstm_jax import aot_targets as target_specs
 from cstm_jax.models.zoo import model_name
-from cstm_jax.foundation.errors import ConfigError, run_main
 
 STEPS = ('train', 'eval')
 GiB = 2 ** 30

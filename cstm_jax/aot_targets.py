@@ -15,7 +15,7 @@ import os
 import re
 from typing import Optional
 
-from cstm_jax.foundation.errors import ConfigError
+from cstm_foundation.errors import ConfigError
 
 # Chips per host of the Cloud TPU VMs that are single-host at 8 chips (v5e-8, v6e-8); larger
 # slices of these chips have 4 chips per host, which is libtpu's default.

@@ -34,15 +34,15 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
+from cstm_foundation import cli_flags, paths
+from cstm_foundation.errors import run_main
+from cstm_foundation.progress import format_seconds
 from cstm_jax import compile_cache, config_defaults, hlo_stats, optim, sharding, steps, train_state
-from cstm_jax.foundation import cli_flags, paths
 from cstm_jax.config_defaults import model_config
 from cstm_jax.models.build import abstract_variables, build_model, random_variables
-from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names
 from cstm_jax.models.summary import count_params
+from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names
 from cstm_jax.temporal import ops
-from cstm_jax.foundation.progress import format_seconds
-from cstm_jax.foundation.errors import run_main
 
 MODES = ('inference', 'train')
 DTYPES = ('float32', 'bfloat16')

@@ -15,8 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from cstm_jax.foundation import paths
-from cstm_jax.foundation.errors import BadFile, ConfigError, MissingFile, UserError, first_line
+from cstm_foundation import paths
+from cstm_foundation.errors import BadFile, ConfigError, MissingFile, UserError, first_line
 
 # Orbax splits each replicated array into per-replica slices before writing it ("replica
 # parallel"); for these models' hundreds of small arrays the slicing costs seconds a save.

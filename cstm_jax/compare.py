@@ -11,8 +11,8 @@ import sys
 import numpy as np
 from absl import flags
 
-from cstm_jax.foundation import cli_flags, paths
-from cstm_jax.foundation.errors import ConfigError, MissingFile, run_main
+from cstm_foundation import cli_flags, paths
+from cstm_foundation.errors import ConfigError, MissingFile, run_main
 
 RESULT_PREFIXES = ('final', 'best', 'latest')
 

@@ -29,7 +29,7 @@ OFF = 'off'
 def chosen_dir(setting: str = '', environ=os.environ) -> Optional[str]:
   """The cache folder that `setting` (a config's `xla.cache_dir`) and the environment choose,
   with `~` and variables expanded; None when the cache is off."""
-  from cstm_jax.foundation.paths import expand
+  from cstm_foundation.paths import expand
   for value in (setting, environ.get(ENVIRONMENT, ''), environ.get('JAX_COMPILATION_CACHE_DIR', ''),
                 DEFAULT):
     value = (value or '').strip()
@@ -49,7 +49,7 @@ def enable(setting: str = '') -> Optional[str]:
   """Points JAX's persistent compilation cache at the folder `chosen_dir(setting)` picks (or
   turns it off), before the first compile. Returns the folder, or None when off."""
   import jax
-  from cstm_jax.foundation.paths import is_remote
+  from cstm_foundation.paths import is_remote
   folder = chosen_dir(setting)
   if folder is None:
     jax.config.update('jax_enable_compilation_cache', False)

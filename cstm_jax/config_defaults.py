@@ -9,9 +9,9 @@ import os
 
 import ml_collections
 
+from cstm_foundation.errors import ConfigError
 from cstm_jax.models import zoo
 from input_pipeline import conventions
-from cstm_jax.foundation.errors import ConfigError
 
 DATASETS = {  # name -> (TFDS name of the prepared dataset, classes; 0: the prepared count)
     'ssv2': ('something_something_v2', 174),

@@ -19,9 +19,9 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from cstm_jax.foundation import cli_flags, paths
+from cstm_foundation import cli_flags, paths
+from cstm_foundation.errors import BadFile, ConfigError, MissingFile, UserError
 from input_pipeline import workers
-from cstm_jax.foundation.errors import BadFile, ConfigError, MissingFile, UserError
 
 # Names other codebases use for our keys: a misspelling is matched to these too.
 ALIASES = {'learning_rate': 'base_lr', 'lr': 'base_lr', 'wd': 'weight_decay',

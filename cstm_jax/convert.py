@@ -26,12 +26,12 @@ import safetensors
 import safetensors.numpy
 from absl import flags, logging
 
+from cstm_foundation import cli_flags, paths
+from cstm_foundation.errors import BadFile, MissingFile, run_main
 from cstm_jax import checkpoints, config_loader
-from cstm_jax.foundation import cli_flags, paths
 from cstm_jax.models.build import abstract_variables, build_model
-from cstm_jax.models.zoo import BACKBONES, model_name
 from cstm_jax.models.inception import TABLES, load_table
-from cstm_jax.foundation.errors import BadFile, MissingFile, run_main
+from cstm_jax.models.zoo import BACKBONES, model_name
 
 IMAGENET_CLASSES = 1000
 BN_NAMES = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}

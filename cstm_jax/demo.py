@@ -15,12 +15,12 @@ import time
 import numpy as np
 from absl import flags, logging
 
+from cstm_foundation import cli_flags, logs
+from cstm_foundation.errors import run_main
 from cstm_jax import compare, config_loader
-from cstm_jax.foundation import cli_flags, logs
 from cstm_jax.models import zoo
 from cstm_jax.writer import read_metrics
 from input_pipeline import labels, prepare, synthetic
-from cstm_jax.foundation.errors import run_main
 
 TRAIN_VIDEOS, VAL_VIDEOS, FRAME_SIZE = 960, 240, 32
 

@@ -9,11 +9,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from cstm_foundation import paths
+from cstm_foundation.errors import ConfigError
+from cstm_foundation.progress import Progress
 from cstm_jax import config_loader, sharding, steps, train_state
-from cstm_jax.foundation import paths
 from input_pipeline import pipeline
-from cstm_jax.foundation.errors import ConfigError
-from cstm_jax.foundation.progress import Progress
 
 
 def parse_views(views: str) -> tuple[int, int]:

@@ -21,11 +21,11 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from cstm_jax.foundation import cli_flags, paths
+from cstm_foundation import cli_flags, paths
+from cstm_foundation.errors import run_main
 from cstm_jax.clips import normalise
 from cstm_jax.models.zoo import model_name
 from cstm_jax.predict import load_model_from_flags, parse_model_command
-from cstm_jax.foundation.errors import run_main
 
 DEFAULT_PLATFORMS = ('cpu', 'cuda')
 

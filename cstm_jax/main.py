@@ -16,8 +16,8 @@ import sys
 
 from absl import app, flags, logging
 
+from cstm_foundation.errors import debugging, run_main
 from cstm_jax import config_loader, peers
-from cstm_jax.foundation.errors import debugging, run_main
 
 FLAGS = flags.FLAGS
 config_loader.define_config_flag()
@@ -40,7 +40,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # Imported here, in this order: launch picks this process's GPUs before JAX loads.
   from cstm_jax import launch
-  from cstm_jax.foundation import logs
+  from cstm_foundation import logs
   logs.quiet_library_logs()
   logs.quiet_exit_warnings()
   if not debugging():

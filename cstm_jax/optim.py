@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cstm_jax.foundation.errors import ConfigError
+from cstm_foundation.errors import ConfigError
 
 VALID_SCHEDULES = ('cosine', 'steps')
 VALID_OPTIMIZERS = ('sgd', 'adamw')

@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 from absl import logging
 
-from cstm_jax.foundation.errors import UserError, debugging, first_line
+from cstm_foundation.errors import UserError, debugging, first_line
 
 EXIT_PEER_LOST = 75
 DEFAULT_TIMEOUT_S = 60.0

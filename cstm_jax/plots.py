@@ -6,7 +6,7 @@ matplotlib.use('Agg')  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cstm_jax.foundation import paths
+from cstm_foundation import paths
 from cstm_jax.models.zoo import BACKBONES, MODELS  # noqa: E402
 
 

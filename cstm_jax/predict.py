@@ -26,12 +26,12 @@ from absl import flags
 
 from cstm_jax import (checkpoints, compile_cache, config_loader, evaluation, sharding, steps,
                       train_state)
-from cstm_jax.foundation import cli_flags, paths
+from cstm_foundation import cli_flags, paths
+from cstm_foundation.errors import ConfigError, run_main
+from cstm_foundation.progress import Progress
 from cstm_jax.convert import describe_mismatch
 from cstm_jax.models.build import abstract_variables, build_model
 from input_pipeline import builders, labels, pipeline, video_io
-from cstm_jax.foundation.errors import ConfigError, run_main
-from cstm_jax.foundation.progress import Progress
 
 
 # --- Model and weights ------------------------------------------------------------------------

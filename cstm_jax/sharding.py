@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cstm_jax.foundation.errors import ConfigError
+from cstm_foundation.errors import ConfigError
 
 
 def make_mesh(model_axis: int = 1, devices=None) -> Mesh:

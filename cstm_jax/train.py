@@ -18,12 +18,12 @@ from absl import logging
 
 from cstm_jax import (checkpoints, compile_cache, config_loader, evaluation, plots, sharding, steps,
                       train_state, workdir_lock)
-from cstm_jax.foundation import paths
+from cstm_foundation import paths
+from cstm_foundation.errors import UserError
+from cstm_foundation.progress import format_seconds
 from cstm_jax.writer import MetricWriter, read_metrics
 from input_pipeline import pipeline, workers
 from input_pipeline.prefetch import Prefetched
-from cstm_jax.foundation.errors import UserError
-from cstm_jax.foundation.progress import format_seconds
 
 
 class NonFiniteLoss(UserError, FloatingPointError):

@@ -20,8 +20,8 @@ from typing import Optional
 
 from absl import logging
 
-from cstm_jax.foundation import paths
-from cstm_jax.foundation.errors import UserError
+from cstm_foundation import paths
+from cstm_foundation.errors import UserError
 
 NAME = 'LOCK'
 HEARTBEAT_S = 60.0

@@ -8,7 +8,7 @@ import sys
 import jax
 from absl import logging
 
-from cstm_jax.foundation import paths
+from cstm_foundation import paths
 
 
 def _summary_writer_class():

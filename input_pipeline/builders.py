@@ -17,8 +17,8 @@ from absl import logging
 from array_record.python import array_record_module
 from tensorflow_datasets.core import file_adapters
 
+from cstm_foundation.progress import Progress
 from input_pipeline import labels, video_io
-from cstm_jax.foundation.progress import Progress
 
 SPLITS = ('train', 'validation')
 

@@ -9,7 +9,7 @@ import json
 import pathlib
 import re
 
-from cstm_jax.foundation.errors import UserError
+from cstm_foundation.errors import UserError
 
 
 class AnnotationError(UserError, ValueError):

@@ -29,9 +29,9 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from cstm_foundation import cli_flags, paths
+from cstm_foundation.errors import run_main
 from input_pipeline import conventions, pipeline, prepare, sampling, synthetic, transforms
-from cstm_jax.foundation import cli_flags, paths
-from cstm_jax.foundation.errors import run_main
 
 # Synthetic video height per background: texture clips at SSv2's own 240 px (prepare resizes the
 # short side to 256, as it does real SSv2); flat clips at 256.

@@ -27,8 +27,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from input_pipeline import builders, labels, records, transforms  # noqa: F401 (builders)
-from cstm_jax.foundation import paths
-from cstm_jax.foundation.errors import ConfigError, MissingFile
+from cstm_foundation import paths
+from cstm_foundation.errors import ConfigError, MissingFile
 
 
 def open_split(config, split: str):

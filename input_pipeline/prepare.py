@@ -19,9 +19,9 @@ import tensorflow_datasets as tfds
 from absl import flags, logging
 from tensorflow_datasets.core.constants import INCOMPLETE_PREFIX
 
+from cstm_foundation import cli_flags, paths
+from cstm_foundation.errors import ConfigError, MissingFile, first_line, run_main
 from input_pipeline import builders
-from cstm_jax.foundation import cli_flags, paths
-from cstm_jax.foundation.errors import ConfigError, MissingFile, first_line, run_main
 
 REPORT = 'prepare_report.json'
 

@@ -16,7 +16,7 @@ from array_record.python import array_record_module
 from google.protobuf import message
 from tensorflow_datasets.proto import tf_example_pb2
 
-from cstm_jax.foundation.errors import BadFile, first_line
+from cstm_foundation.errors import BadFile, first_line
 
 
 class DamagedRecord(BadFile):

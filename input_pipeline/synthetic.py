@@ -30,10 +30,10 @@ import cv2
 import numpy as np
 from absl import flags
 
+from cstm_foundation import cli_flags, paths
+from cstm_foundation.errors import run_main
+from cstm_foundation.progress import Progress
 from input_pipeline import labels, video_io
-from cstm_jax.foundation import cli_flags, paths
-from cstm_jax.foundation.errors import run_main
-from cstm_jax.foundation.progress import Progress
 
 TEMPLATES = (
     'Moving [something] from left to right',

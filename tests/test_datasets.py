@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from cstm_foundation import errors
 from input_pipeline import builders, labels, prepare, synthetic, video_io  # noqa: F401
-from cstm_jax.foundation import errors
 
 
 def read_back(data_dir, name, split):

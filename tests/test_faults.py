@@ -19,10 +19,10 @@ import pytest
 from configs import ssv2_r2plus1d_18
 from cstm_jax import (checkpoints, config_loader, convert, evaluation, predict, train, train_state,
                       workdir_lock)
-from cstm_jax.foundation import errors, paths
+from cstm_foundation import errors, paths
+from cstm_foundation.errors import ConfigError, UserError
 from cstm_jax.models.build import build_model
 from input_pipeline import labels, pipeline, prepare, records, video_io
-from cstm_jax.foundation.errors import ConfigError, UserError
 from runs import smoke
 
 

@@ -16,9 +16,9 @@ import torch_reference as ref
 from torch_reference import reference_normalise
 from cstm_jax import (checkpoints, config_loader, convert, evaluation, export, predict, sharding,
                       train, train_state)
+from cstm_foundation import errors
 from cstm_jax.steps import make_eval_step
 from input_pipeline import pipeline
-from cstm_jax.foundation import errors
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

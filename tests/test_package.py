@@ -8,8 +8,8 @@ import sysconfig
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCES = ('pyproject.toml', 'README.md', 'requirements.txt', 'requirements-tpu.txt',
-           'requirements-cuda.txt', 'requirements-dev.txt', 'cstm_jax', 'input_pipeline',
-           'configs')
+           'requirements-cuda.txt', 'requirements-dev.txt', 'cstm_foundation', 'cstm_jax',
+           'input_pipeline', 'configs')
 
 
 def test_the_wheel_installs_with_its_commands_and_runs_outside_the_checkout(tmp_path):
@@ -43,8 +43,8 @@ def test_the_wheel_installs_with_its_commands_and_runs_outside_the_checkout(tmp_
   env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH',)}
   run = lambda *args: subprocess.run([str(a) for a in args], cwd=elsewhere, env=env,
                                      capture_output=True, text=True, timeout=300)
-  # One namespace for the package and its configs: no top-level `configs` to collide with a
-  # user's own; every package of the checkout is in the wheel.
+  # The configs inside the package's namespace: no top-level `configs` to collide with a user's
+  # own; every package of the checkout is in the wheel.
   where = run(
       python, '-c', 'import cstm_jax, input_pipeline, cstm_jax.configs as c; '
       'print(cstm_jax.__file__, input_pipeline.__file__, c.__file__)')
@@ -52,7 +52,7 @@ def test_the_wheel_installs_with_its_commands_and_runs_outside_the_checkout(tmp_
   assert run(python, '-c', 'import configs').returncode == 1
   packages = {
       str(p.parent.relative_to(ROOT)).replace('/', '.')
-      for folder in ('cstm_jax', 'input_pipeline')
+      for folder in ('cstm_foundation', 'cstm_jax', 'input_pipeline')
       for p in (ROOT / folder).rglob('__init__.py')
   }
   found = run(

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from configs import jester_8f
+from cstm_foundation import progress
 from cstm_jax import config_defaults
 from input_pipeline import pipeline, synthetic
-from cstm_jax.foundation import progress
 
 
 def data_config(**overrides):

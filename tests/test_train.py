@@ -14,8 +14,8 @@ import pytest
 from configs import ssv2_8f, ssv2_r2plus1d_18
 from cstm_jax import checkpoints, compare, demo, evaluation, sharding, steps, train, train_state
 from conftest import SYNTHETIC
+from cstm_foundation import errors
 from input_pipeline import synthetic
-from cstm_jax.foundation import errors
 from runs import final_params, smoke
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

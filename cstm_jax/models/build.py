@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cstm_foundation.errors import ConfigError
 from cstm_jax import config_defaults
 from cstm_jax.models import inception, inception3d, r2plus1d, resnet, zoo
 from cstm_jax.models.video import VideoClassifier
 from cstm_jax.temporal import modules as tm
-from cstm_jax.foundation.errors import ConfigError
 
 
 def checked(model_config: Mapping[str, Any]) -> ml_collections.ConfigDict:

@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
+from cstm_foundation import cli_flags
+from cstm_foundation.errors import run_main
 from cstm_jax.config_defaults import model_config
 from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models.flops import count_macs
 from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names, model_name
-from cstm_jax.foundation import cli_flags
-from cstm_jax.foundation.errors import run_main
 
 
 def count_params(variables) -> int:

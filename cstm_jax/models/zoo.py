@@ -6,7 +6,7 @@ maps a `config.model` block to a Flax module using it.
 """
 import dataclasses
 
-from cstm_jax.foundation.errors import ConfigError
+from cstm_foundation.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

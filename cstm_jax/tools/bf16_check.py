@@ -19,12 +19,12 @@ import numpy as np
 import optax
 from absl import flags
 
+from cstm_foundation import cli_flags, paths
+from cstm_foundation.errors import run_main
 from cstm_jax import config_loader, sharding, train_state
-from cstm_jax.foundation import cli_flags, paths
 from cstm_jax.clips import normalise
 from cstm_jax.models.build import build_model
 from input_pipeline import pipeline
-from cstm_jax.foundation.errors import run_main
 
 
 def gradients(model, variables, batch, colour: str):

@@ -23,13 +23,13 @@ import numpy as np
 import optax
 from absl import flags
 
+from cstm_foundation import cli_flags, paths
+from cstm_foundation.errors import run_main
 from cstm_jax import config_defaults, optim, sharding, steps, train_state
-from cstm_jax.foundation import cli_flags, paths
-from cstm_jax.config_defaults import model_config
 from cstm_jax.clips import normalise
+from cstm_jax.config_defaults import model_config
 from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models.zoo import BACKBONES, MODELS
-from cstm_jax.foundation.errors import run_main
 
 # A gradient array whose root-mean-square is below this fraction of the whole gradient's is
 # zero up to rounding (measured: conv biases before a BatchNorm sit near 1e-7).

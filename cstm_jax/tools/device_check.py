@@ -47,9 +47,9 @@ from typing import Optional
 
 from absl import flags
 
-from cstm_jax.foundation import cli_flags, paths
+from cstm_foundation import cli_flags, paths
+from cstm_foundation.errors import first_line, run_main
 from input_pipeline import workers
-from cstm_jax.foundation.errors import first_line, run_main
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PARTS = ('layout', 'end_to_end', 'loader', 'steps')

@@ -16,8 +16,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from cstm_foundation import cli_flags
 from cstm_jax.temporal import ops
-from cstm_jax.foundation import cli_flags
 
 SHAPES = ((4, 8, 16, 16, 64), (4, 8, 8, 8, 224), (4, 8, 4, 4, 352))  # [N, T, H, W, C]
 GROUP_WIDTH = 16

@@ -4,7 +4,7 @@ import os
 
 from absl import logging
 
-from cstm_jax.foundation.errors import debugging
+from cstm_foundation.errors import debugging
 
 NOISY = ('/orbax/', '/tensorflow_datasets/', '/grain/', '/jax/_src/')
 

@@ -11,7 +11,7 @@ import os
 
 from etils import epath
 
-from cstm_jax.foundation.errors import ConfigError
+from cstm_foundation.errors import ConfigError
 
 REMOTE_SCHEMES = ('gs://',)
 
