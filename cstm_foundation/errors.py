@@ -28,8 +28,18 @@ def run_main(main, *args) -> int:
   except UserError as error:
     if debugging():
       raise
-    print(f'error: {error}', file=sys.stderr, flush=True)
+    report(error)
     return 1
+
+
+def report(error: BaseException) -> None:
+  """Prints `error` on stderr as a command's last words: one line for a `UserError`, its
+  traceback for anything else (and for both under CSTM_DEBUG=1)."""
+  if isinstance(error, UserError) and not debugging():
+    print(f'error: {error}', file=sys.stderr, flush=True)
+  else:
+    import traceback
+    traceback.print_exception(error, file=sys.stderr)
 
 
 def first_line(error: BaseException, limit: int = 300) -> str:

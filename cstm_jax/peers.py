@@ -26,12 +26,12 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from typing import Callable, Optional
 
 from absl import logging
 
-from cstm_foundation.errors import UserError, debugging, first_line
+from cstm_foundation import errors
+from cstm_foundation.errors import UserError, first_line
 
 EXIT_PEER_LOST = 75
 DEFAULT_TIMEOUT_S = 60.0
@@ -190,10 +190,7 @@ class PeerWatch:
       threading.Event().wait()
     self._halt()
     _flush_logs()
-    if isinstance(error, UserError) and not debugging():
-      print(f'error: {error}', file=sys.stderr, flush=True)
-    else:
-      traceback.print_exception(error, file=sys.stderr)
+    errors.report(error)
     self._settle(FAILED, first_line(error, 200))
     sys.stderr.flush()
     self._exit(1)

@@ -136,3 +136,15 @@ def test_a_sigkilled_process_stops_the_other_in_bounded_time_naming_it(prepared_
     assert stopped_after < timeout_s + 6, stopped_after
     assert 'Terminating process because the JAX distributed service detected fatal errors' in err
   assert 'Traceback' not in err and 'Extension modules' not in err, err[-3000:]
+
+
+def test_a_failing_process_reports_its_error_once_and_tells_the_others(capsys):
+  store, clock, codes = Store(), Clock(), []
+  one = peers.PeerWatch(store, process_id=1, num_processes=2, timeout_s=10.0, clock=clock,
+                        exit_fn=codes.append)
+  one.failed(peers.UserError('data/x: no split validation; prepare it again'))
+  assert codes == [1]
+  assert capsys.readouterr().err == 'error: data/x: no split validation; prepare it again\n'
+  record = json.loads(store.values['cstm_peers/1'])
+  assert (record['state'], record['why']) == (peers.FAILED, 'data/x: no split validation; '
+                                                            'prepare it again')
