@@ -39,7 +39,7 @@ from cstm_jax import (compile_cache, config_loader, evaluation, hlo_stats, shard
 from cstm_foundation import cli_flags, paths
 from cstm_foundation.errors import ConfigError, run_main
 from cstm_jax import aot_targets as target_specs
-from cstm_jax.models.zoo import model_name
+from cstm_jax.models.zoo import name_of
 
 STEPS = ('train', 'eval')
 GiB = 2 ** 30
@@ -172,7 +172,7 @@ def _analyse_step(config, target, step, *, mesh, devices, hosts, limit, max_batc
   row = {
       'target': target.spec, 'platform': target.platform, 'device_kind': devices[0].device_kind,
       'devices': len(devices), 'hosts': hosts, 'step': step,
-      'model': model_name(config.model.backbone, config.model.temporal),
+      'model': name_of(config.model),
       'frames': config.model.num_frames,
       'crop': config.data.crop, 'dtype': config.model.dtype, 'global_batch': global_batch,
       'per_device_batch': global_batch // data_devices, 'compile_s': round(result.seconds, 1),

@@ -267,12 +267,19 @@ def short_reason(error: Exception) -> str:
   return f'{type(error).__name__}: {text}'
 
 
+# Modules that may start fresh in init_from: the classifiers (`head`, TRN's relations `trn`),
+# which another class count replaces, and the temporal modules a 2D network lacks (this
+# project's `temporal` modules, STM's `channel_temporal` and `motion`).
+HEADS = ('head', 'trn')
+NEW_MODULES = ('temporal', 'channel_temporal', 'motion')
+
+
 def merge_pretrained(variables, pretrained, partial: bool = False,
                      source: str = 'the checkpoint') -> tuple[dict, dict]:
   """Copies every pretrained leaf whose path and shape match into `variables`.
 
   Returns (merged variables, report with 'loaded', 'mismatched' and 'missing' path lists).
-  Only the head (another class count) and temporal modules a 2D network lacks may keep their
+  Only the heads (another class count) and temporal modules a 2D network lacks may keep their
   initial values; any other backbone weight that does not load is an error listing them,
   unless `partial` (then it is logged as a warning).
   """
@@ -287,11 +294,11 @@ def merge_pretrained(variables, pretrained, partial: bool = False,
     else:
       flat[key] = jax.numpy.asarray(pretrained[key], dtype=value.dtype)
       report['loaded'].append(key)
-  head = lambda key: '/head/' in key
+  head = lambda key: any(f'/{name}/' in key for name in HEADS)
   unloaded = ([f'{k} {np.shape(pretrained[k])} for {np.shape(flat[k])}'
                for k in report['mismatched'] if not head(k)]
               + [f'{k} (not in it)' for k in report['missing']
-                 if not head(k) and '/temporal/' not in k])
+                 if not head(k) and not any(f'/{name}/' in k for name in NEW_MODULES)])
   if unloaded and not report['loaded']:
     raise ConfigError(f'init_from {source}: no parameter matches this model (model has e.g. '
                       f'{sorted(flat)[:2]}, the checkpoint {sorted(pretrained)[:2]})')

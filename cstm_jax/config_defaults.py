@@ -27,7 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict({
       'backbone': 'bninception',    # a key of models/zoo.py BACKBONES
-      'temporal': 'cstm',           # tsn, tsm, gsm, 3d_shift_sum, gsm_attention, cstm; 'none' (3D)
+      'temporal': 'cstm',           # tsn, tsm, gsm, 3d_shift_sum, gsm_attention, cstm; stm
+                                    # (resnet50 only); 'none' (3D)
       'num_classes': 174,           # 0: the prepared dataset's count
       'num_frames': 8,              # frames per clip (data.num_frames follows it)
       'dropout': 0.5,               # before the classifier
@@ -40,6 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
       'conv3d_group_width': 16,     # channels per group of the grouped 3D branch
       'cstm_shift': 'tsm',          # shift path in cstm / 3d_shift_sum: 'tsm' or 'gsm'
       'attention_pool': 'clip',     # CSTM's attention squeeze: per 'clip' or per 'frame'
+      'consensus': 'average',       # 'average' (TSN) or 'trn_multiscale' (TRN's relations)
+      'trn_feature_dim': 256,       # trn_multiscale: frame features' width before the relations
   })
 
   config.data = ml_collections.ConfigDict({
@@ -126,16 +129,32 @@ def model_config(name: str = 'cstm_bninception', **overrides) -> ml_collections.
   return ml_collections.ConfigDict({**values, **zoo.MODELS[name], **overrides})
 
 
-def experiment(dataset: str, model: str, frames: int, arg: str = '',
+# Other papers' recipes, as changes to the base config's (GSM's) `model` and `optim` keys.
+RECIPES = {
+    'gsm': {},
+    # zhoubolei/TRN-pytorch's main.py defaults with --consensus_type TRNmultiscale.
+    'trn': {'model': {'dropout': 0.8},
+            'optim': {'base_lr': 0.001, 'base_batch': 64, 'epochs': 120.0, 'warmup_epochs': 0.0,
+                      'schedule': 'steps', 'decay_epochs': (50, 100), 'clip_norm': 20.0}},
+    # The STM paper's Something-Something schedule.
+    'stm': {'optim': {'base_lr': 0.01, 'epochs': 50.0, 'warmup_epochs': 0.0,
+                      'schedule': 'steps', 'decay_epochs': (30, 40, 45)}},
+}
+
+
+def experiment(dataset: str, model: str, frames: int, arg: str = '', *, recipe: str = 'gsm',
                **model_overrides) -> ml_collections.ConfigDict:
   """The base config for `model` on `dataset` with `frames` frames a clip: the dataset's name,
-  classes and flip; the backbone's crop, test scale and colour. It computes in bfloat16, as
-  accelerators train (parameters, statistics, attention and loss stay float32; measured against
-  float32 in docs/benchmarks.md). `arg` 'smoke' shrinks it to a float32 CPU run."""
+  classes and flip; the backbone's crop, test scale and colour; `recipe`'s training settings
+  (RECIPES). It computes in bfloat16, as accelerators train (parameters, statistics, attention
+  and loss stay float32; measured against float32 in docs/benchmarks.md). `arg` 'smoke'
+  shrinks it to a float32 CPU run."""
   tfds_name, classes = DATASETS[dataset]
   config = get_config()
   config.model.update(model_config(model, **{'num_frames': frames, 'num_classes': classes,
                                              'dtype': 'bfloat16', **model_overrides}).to_dict())
+  for block, values in RECIPES[recipe].items():
+    config[block].update(values)
   backbone = zoo.BACKBONES[config.model.backbone]
   config.data.update(name=tfds_name, crop=backbone.crop, test_scale=backbone.test_scale,
                      colour=backbone.colour, flip=dataset != 'jester')

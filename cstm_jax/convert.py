@@ -8,10 +8,15 @@ head may be `fc`, `new_fc` or `last_linear`):
   `architecture/*.csv` (`conv1_7x7_s2.weight`, `conv1_7x7_s2_bn.running_mean`, ...), and the
   GSM release, whose gate modules are `gsm_<conv>.conv3D.*` and `gsm_<conv>.bn.*`;
 - ResNet-50, torchvision's names (`layer1.0.conv1.weight`, `layer1.0.downsample.1.weight`),
-  and the TSM release (`layer1.0.conv1.net.weight`).
+  the TSM release (`layer1.0.conv1.net.weight`), and STM's authors' code for its parts
+  (`layer1.0.shift.weight`, `layer1.0.mb.stage_conv.weight`, ...);
+- TRN's release (`zhoubolei/TRN-pytorch`, e.g. TRN_something_RGB_BNInception_TRNmultiscale_
+  segment8_best.pth.tar): BN-Inception as TSN's, `new_fc` (the frame features) and
+  `consensus.fc_fusion_scales.<i>.{1,3}` (the relations, largest scale first).
 A 1000-way ImageNet head is dropped when the target has another class count. A plain 2D
 network (no temporal-module keys at all) converts into a model with temporal modules: their
-parameters are left out, and the training run initialises them (`init_from` merges). Any other
+parameters (and those of STM's parts and TRN's relations) are left out, and the training run
+initialises them (`init_from` merges). Any other
 mismatch -- a missing or extra key, a wrong shape -- is an error that lists the keys.
 """
 import re
@@ -30,8 +35,9 @@ from cstm_foundation import cli_flags, paths
 from cstm_foundation.errors import BadFile, MissingFile, run_main
 from cstm_jax import checkpoints, config_loader
 from cstm_jax.models.build import abstract_variables, build_model
+from cstm_jax.models import trn
 from cstm_jax.models.inception import TABLES, load_table
-from cstm_jax.models.zoo import BACKBONES, model_name
+from cstm_jax.models.zoo import BACKBONES, name_of
 
 IMAGENET_CLASSES = 1000
 BN_NAMES = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
@@ -122,6 +128,11 @@ def _inception_key(path: tuple[str, ...], bn_names: Mapping[str, str]) -> str:
   return 'temporal:' + '/'.join(path)  # a module with no PyTorch release (CSTM, SE attention)
 
 
+# STM's parts under the authors' names (`<block>.shift`, `<block>.mb.*`).
+STM_NAMES = {'channel_temporal': 'shift', 'reduce': 'stage_conv', 'spatial': 'shift',
+             'expand': 'conv1x1'}
+
+
 def _resnet_key(path: tuple[str, ...]) -> str:
   block, rest = path[1], path[2:]
   stem = block == 'conv1'
@@ -130,6 +141,13 @@ def _resnet_key(path: tuple[str, ...]) -> str:
   else:
     stage, index = re.fullmatch(r'layer(\d)_(\d+)', block).groups()
     prefix = f'layer{stage}.{index}.'
+    if rest[0] == 'channel_temporal':
+      return f'{prefix}shift.weight'
+    if rest[0] == 'motion':  # reduce/{conv,bn}/..., spatial/kernel, expand/kernel
+      part = STM_NAMES[rest[1]]
+      if rest[2] == 'bn':
+        return f'{prefix}mb.stage_bn.{BN_NAMES[rest[3]]}'
+      return f'{prefix}mb.{part}.weight'
     if rest[0] == 'downsample':
       conv, bn = 'downsample.0', 'downsample.1'
     else:
@@ -140,10 +158,24 @@ def _resnet_key(path: tuple[str, ...]) -> str:
   return f'{prefix}{bn}.{BN_NAMES[rest[1]]}'
 
 
-def torch_key(path: tuple[str, ...], backbone: str) -> str:
-  """The canonical PyTorch name of one Flax variable (`path` without 'params'/'batch_stats')."""
+def _trn_key(path: tuple[str, ...], num_frames: int) -> str:
+  """TRN's names: `new_fc` (read as `fc` after normalise_key) is the frame embedding, and
+  `consensus.fc_fusion_scales.<i>.{1,3}` the hidden and output layer of scale `T - i`."""
+  kind = 'weight' if path[-1] == 'kernel' else 'bias'
+  if path[1] == 'embed':
+    return f'fc.{kind}'
+  scale = int(path[1].removeprefix('relation'))
+  layer = {'hidden': 1, 'out': 3}[path[2]]
+  return f'consensus.fc_fusion_scales.{trn.pytorch_index(num_frames, scale)}.{layer}.{kind}'
+
+
+def torch_key(path: tuple[str, ...], backbone: str, num_frames: int = 8) -> str:
+  """The canonical PyTorch name of one Flax variable (`path` without 'params'/'batch_stats');
+  `num_frames` numbers TRN's relation scales."""
   if path[0] == 'head':
     return f'fc.{"weight" if path[1] == "kernel" else "bias"}'
+  if path[0] == 'trn':
+    return _trn_key(path, num_frames)
   if backbone in TABLES:
     table, _ = load_table(backbone)
     return _inception_key(path, {layer.name: layer.bn for layer in table if layer.op == 'conv'})
@@ -200,16 +232,20 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_config) -> tu
   for collection in ('params', 'batch_stats'):
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract[collection]))
     for path, leaf in flat.items():
-      targets[torch_key(path, backbone)] = (collection, path, leaf.shape)
+      targets[torch_key(path, backbone, frames)] = (collection, path, leaf.shape)
 
   report = {'dropped_head': False, 'new_modules': []}
-  # Modules no PyTorch release has (CSTM, the SE attention), and GSM gates when the weights are
-  # a plain 2D network, start from their own initialisation.
+  # Modules no PyTorch release has (CSTM, the SE attention) start from their own
+  # initialisation; so do GSM's gates, STM's parts and TRN's relations when the weights are a
+  # plain 2D network without them.
   new = [k for k in targets if k.startswith('temporal:')]
-  gates = [k for k in targets if k.startswith('gsm_')]
-  if not any(k in source for k in gates):
-    new += gates
-  report['new_modules'] = sorted({'/'.join(targets[k][1][1:3]) for k in new})
+  for group in (lambda k: k.startswith('gsm_'), lambda k: re.search(r'\.(shift|mb)\.', k),
+                lambda k: k.startswith('consensus.')):
+    keys = [k for k in targets if group(k)]
+    if not any(k in source for k in keys):
+      new += keys
+  report['new_modules'] = sorted({'/'.join(targets[k][1][:2] if targets[k][1][0] == 'trn'
+                                           else targets[k][1][1:3]) for k in new})
   for k in new:
     del targets[k]
   head = source.get('fc.weight')
@@ -290,7 +326,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   checkpoints.save_variables(out, variables)
   count = sum(np.size(v) for v in jax.tree_util.tree_leaves(variables['params']))
   print(f'wrote {count / 1e6:.2f} M parameters of '
-        f'{model_name(config.model.backbone, config.model.temporal)} to {out}')
+        f'{name_of(config.model)} to {out}')
   if report['dropped_head']:
     classes = config.model.num_classes or "the dataset's"
     print(f'dropped the head of the weights: training starts a new one for {classes} classes')

@@ -24,7 +24,7 @@ from absl import flags
 from cstm_foundation import cli_flags, paths
 from cstm_foundation.errors import run_main
 from cstm_jax.clips import normalise
-from cstm_jax.models.zoo import model_name
+from cstm_jax.models.zoo import name_of
 from cstm_jax.predict import load_model_from_flags, parse_model_command
 
 DEFAULT_PLATFORMS = ('cpu', 'cuda')
@@ -62,7 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   serialized = exported.serialize()
   out.write_bytes(serialized)
   meta = {
-      'model': model_name(config.model.backbone, config.model.temporal),
+      'model': name_of(config.model),
       'input': {'shape': ['batch', config.data.num_frames, config.data.crop, config.data.crop, 3],
                 'dtype': 'uint8', 'channels': 'RGB'},
       'output': {'shape': ['batch', config.model.num_classes], 'dtype': 'float32',

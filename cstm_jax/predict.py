@@ -31,6 +31,7 @@ from cstm_foundation.errors import ConfigError, run_main
 from cstm_foundation.progress import Progress
 from cstm_jax.convert import describe_mismatch
 from cstm_jax.models.build import abstract_variables, build_model
+from cstm_jax.models.video import num_classes_of
 from input_pipeline import builders, labels, pipeline, video_io
 
 
@@ -59,11 +60,11 @@ def load_model(workdir=None, checkpoint=None, config=None, *, which: str = 'best
     # num_classes 0 (left to the data) takes the head's count; check_variables reports a set
     # count that differs from it, with the other mismatches.
     if config.model.num_classes == 0:
-      head = variables['params'].get('head', {}).get('kernel')
-      if head is None:
+      classes = num_classes_of(variables['params'])
+      if classes is None:
         raise ConfigError(f'{checkpoint} has no classification head and {config_name} sets no '
                           'model.num_classes: give the config of a trained run')
-      config = config_loader.with_num_classes(config, int(np.shape(head)[-1]), str(checkpoint))
+      config = config_loader.with_num_classes(config, classes, str(checkpoint))
     model = build_model(config.model)
     clip = (1, config.data.num_frames, config.data.crop, config.data.crop, 3)
     expected = abstract_variables(model, jax.ShapeDtypeStruct(clip, np.float32))

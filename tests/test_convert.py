@@ -22,7 +22,11 @@ def reference(name: str) -> torch.nn.Module:
       'gsm_bninception': lambda: ref.InceptionBase('bninception', WIDTH, FRAMES, gsm=True),
       'tsn_inception_v3': lambda: ref.InceptionBase('inception_v3', WIDTH, FRAMES),
       'tsm_resnet50': lambda: ref.ResNet50(WIDTH, FRAMES),
+      'stm_resnet50': lambda: ref.ResNet50(WIDTH, FRAMES, stm=True),
+      'trn_bninception': lambda: ref.InceptionBase('bninception', WIDTH, FRAMES),
   }[name]()
+  if name == 'trn_bninception':
+    return ref.randomise(ref.TRN(base, CLASSES, FRAMES))
   return ref.randomise(ref.TSN(base, CLASSES))
 
 
@@ -32,7 +36,8 @@ def state_dict(model: torch.nn.Module, prefix: str = 'module.') -> dict:
 
 
 @pytest.mark.parametrize('name,crop', [('tsn_bninception', 128), ('gsm_bninception', 128),
-                                       ('tsn_inception_v3', 133), ('tsm_resnet50', 96)])
+                                       ('tsn_inception_v3', 133), ('tsm_resnet50', 96),
+                                       ('stm_resnet50', 96), ('trn_bninception', 128)])
 def test_converted_reference_gives_the_same_logits(name, crop):
   torch_model = reference(name)
   clips = torch.randn(2, FRAMES, 3, crop, crop, generator=torch.Generator().manual_seed(1))
@@ -63,6 +68,28 @@ def test_imagenet_network_into_cstm_drops_the_head_and_leaves_new_modules():
   merged, merge_report = checkpoints.merge_pretrained(fresh, variables)
   assert any(k.endswith('inception_3a_1x1/temporal/conv3d/kernel') for k in merge_report['missing'])
   assert 'params/backbone/conv1_7x7_s2/conv/kernel' in merge_report['loaded']
+
+
+@pytest.mark.parametrize('name, base, crop, new_module', [
+    ('stm_resnet50', lambda: ref.ResNet50(WIDTH), 96, 'layer1_0/motion'),
+    ('trn_bninception', lambda: ref.InceptionBase('bninception', WIDTH, FRAMES), 128,
+     'trn/relation4'),
+])
+def test_imagenet_network_into_stm_or_trn_leaves_their_parts_new(name, base, crop, new_module):
+  """STM and TRN train from ImageNet networks (torchvision's ResNet-50, TSN's BN-Inception):
+  the backbone converts, STM's parts and TRN's relations start fresh, and init_from merges."""
+  torch_model = ref.randomise(ref.TSN(base(), 1000))
+  weights = {k.replace('base_model.', '').replace('new_fc', 'fc'): v
+             for k, v in state_dict(torch_model, '').items()}
+  config = model_config(name, num_frames=FRAMES, width=WIDTH, num_classes=174)
+  variables, report = convert.convert_state_dict(weights, config)
+  assert report['dropped_head'] and new_module in report['new_modules']
+  fresh = jax.eval_shape(build_model(config).init, jax.random.key(0),
+                         np.zeros((1, FRAMES, crop, crop, 3), np.float32))
+  _, merge_report = checkpoints.merge_pretrained(fresh, variables)
+  assert merge_report['loaded'] and merge_report['missing']
+  assert 'params/backbone/conv1/conv/kernel' in merge_report['loaded'] or (
+      'params/backbone/conv1_7x7_s2/conv/kernel' in merge_report['loaded'])
 
 
 def test_mismatches_are_errors_that_name_the_keys():

@@ -1,14 +1,21 @@
 """PyTorch reference networks for the converter tests, written the way the released code is:
 TSN's table-driven BN-Inception / Inception v3 (layer names from `architecture/*.csv`), the GSM
-release's gate module, torchvision's ResNet-50 with TSM's shift wrapping each `conv1`.
-NCHW, eval mode; `[N, T, 3, H, W]` clips -> `[N, classes]` logits averaged over frames.
+release's gate module, torchvision's ResNet-50 with TSM's shift wrapping each `conv1` or with
+STM's blocks (the authors' code), TRN's multi-scale relation head. NCHW, eval mode;
+`[N, T, 3, H, W]` clips -> `[N, classes]` logits averaged over frames (TRN: summed relations).
+S3D-G from the description of TF-Slim's s3dg.py, NCDHW with TensorFlow's 'SAME' padding.
 And the input normalisation those releases run on the host, in NumPy."""
+import itertools
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from cstm_jax.models import inception3d, trn
 from cstm_jax.models.inception import load_table
 from cstm_jax.models.layers import scale_channels
+from cstm_jax.temporal.stm_parts import MOTION_REDUCTION
 from input_pipeline.conventions import NORMALISATION
 
 
@@ -131,10 +138,56 @@ class Bottleneck(nn.Module):
     return torch.relu(h + (x if self.downsample is None else self.downsample(x)))
 
 
-class ResNet50(nn.Module):
-  """torchvision's ResNet-50 (stride on the 3x3 conv); TSM's shift when `num_segments` is set."""
+class CMM(nn.Module):
+  """STM's channel-wise motion module, as the authors' CMM.py: 1x1 conv + BN to C/16, depthwise
+  3x3 conv, next frame's filtered features minus this frame's, zero last frame, 1x1 conv."""
 
-  def __init__(self, width: float, num_segments=None):
+  def __init__(self, planes: int, num_segments: int):
+    super().__init__()
+    reduced = max(1, planes // MOTION_REDUCTION)
+    self.stage_conv = nn.Conv2d(planes, reduced, 1, bias=False)
+    self.stage_bn = nn.BatchNorm2d(reduced)
+    self.shift = nn.Conv2d(reduced, reduced, 3, 1, 1, groups=reduced, bias=False)
+    self.conv1x1 = nn.Conv2d(reduced, planes, 1, bias=False)
+    self.t = num_segments
+
+  def forward(self, x):
+    reduced = self.stage_bn(self.stage_conv(x))
+    nt, c, h, w = reduced.shape
+    filtered = self.shift(reduced).view(-1, self.t, c, h, w)
+    motion = filtered[:, 1:] - reduced.view(-1, self.t, c, h, w)[:, :-1]
+    motion = F.pad(motion, (0, 0, 0, 0, 0, 0, 0, 1))
+    return self.conv1x1(motion.reshape(nt, c, h, w))
+
+
+class STMBottleneck(Bottleneck):
+  """The authors' STM block: conv1; CMM (max-pooled when strided) plus the channel-wise
+  temporal conv (`shift`, a depthwise Conv1d) then conv2; conv3; shortcut."""
+
+  def __init__(self, inplanes, planes, stride, num_segments):
+    super().__init__(inplanes, planes, stride)
+    self.shift = nn.Conv1d(planes, planes, 3, padding=1, groups=planes, bias=False)
+    self.mb = CMM(planes, num_segments)
+    self.t = num_segments
+
+  def forward(self, x):
+    h = torch.relu(self.bn1(self.conv1(x)))
+    motion = self.mb(h)
+    if self.conv2.stride[0] == 2:
+      motion = F.max_pool2d(motion, 2)
+    nt, c, height, width = h.shape
+    clip = h.view(-1, self.t, c, height, width).permute(0, 3, 4, 2, 1).reshape(-1, c, self.t)
+    clip = self.shift(clip).view(-1, height, width, c, self.t).permute(0, 4, 3, 1, 2)
+    h = torch.relu(self.bn2(self.conv2(clip.reshape(nt, c, height, width)))) + motion
+    h = self.bn3(self.conv3(h))
+    return torch.relu(h + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet50(nn.Module):
+  """torchvision's ResNet-50 (stride on the 3x3 conv); TSM's shift when `num_segments` is set,
+  STM's blocks with `stm`."""
+
+  def __init__(self, width: float, num_segments=None, stm: bool = False):
     super().__init__()
     stem = scale_channels(64, width)
     self.conv1 = nn.Conv2d(3, stem, 7, 2, 3, bias=False)
@@ -145,8 +198,9 @@ class ResNet50(nn.Module):
       planes = scale_channels(planes, width)
       blocks = []
       for block in range(depth):
-        blocks.append(Bottleneck(inplanes, planes, 2 if stage and not block else 1,
-                                 num_segments))
+        stride = 2 if stage and not block else 1
+        blocks.append(STMBottleneck(inplanes, planes, stride, num_segments) if stm
+                      else Bottleneck(inplanes, planes, stride, num_segments))
         inplanes = planes * 4
       setattr(self, f'layer{stage + 1}', nn.Sequential(*blocks))
     self.out_channels = inplanes
@@ -172,6 +226,165 @@ class TSN(nn.Module):
     return self.new_fc(features).view(n, t, -1).mean(1)
 
 
+class RelationModuleMultiScale(nn.Module):
+  """TRN's multi-scale relations over `[N, T, D]` frame features: per scale s = T..2 an MLP
+  (ReLU, Linear(s D, 256), ReLU, Linear(256, classes)) over s concatenated frames, summed over
+  the full relation and 3 relations of each smaller scale. The release draws those 3 at
+  random in every forward; this reference takes the ones `choose(count, used)` names (the
+  evaluation's choice of the Flax model)."""
+
+  def __init__(self, feature_dim: int, num_frames: int, num_classes: int,
+               choose=trn.eval_relations):
+    super().__init__()
+    self.scales = trn.scales(num_frames)
+    self.relations = [list(itertools.combinations(range(num_frames), s)) for s in self.scales]
+    self.used = [trn.relations_used(num_frames, s) for s in self.scales]
+    self.fc_fusion_scales = nn.ModuleList([
+        nn.Sequential(nn.ReLU(), nn.Linear(s * feature_dim, trn.BOTTLENECK), nn.ReLU(),
+                      nn.Linear(trn.BOTTLENECK, num_classes)) for s in self.scales])
+    self.choose = choose
+
+  def forward(self, x):
+    total = 0
+    for scale, relations, used, mlp in zip(self.scales, self.relations, self.used,
+                                           self.fc_fusion_scales):
+      for index in self.choose(len(relations), used):
+        total = total + mlp(x[:, list(relations[index])].flatten(1))
+    return total
+
+
+class TRN(nn.Module):
+  """TRN's wrapper (TSN's, consensus TRNmultiscale): `base_model`, `new_fc` to the frame
+  feature width, the relations as `consensus`."""
+
+  def __init__(self, base_model: nn.Module, num_classes: int, num_frames: int,
+               feature_dim: int = 256):
+    super().__init__()
+    self.base_model = base_model
+    self.new_fc = nn.Linear(base_model.out_channels, feature_dim)
+    self.consensus = RelationModuleMultiScale(feature_dim, num_frames, num_classes)
+
+  def forward(self, clips):
+    n, t = clips.shape[:2]
+    return self.consensus(self.new_fc(self.base_model(clips.flatten(0, 1))).view(n, t, -1))
+
+  def output_layers(self):
+    return [mlp[3] for mlp in self.consensus.fc_fusion_scales]
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """TensorFlow's 'SAME' padding of one axis: (low, high)."""
+  total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+def pad_same(x, kernel, stride, value=0.0):
+  """`x` `[N, C, T, H, W]` padded as TensorFlow's 'SAME' pads for `kernel` and `stride`."""
+  pads = [same_padding(n, k, s) for n, k, s in zip(x.shape[2:], kernel, stride)]
+  return F.pad(x, [p for pair in reversed(pads) for p in pair], value=value)
+
+
+class Unit3D(nn.Module):
+  """conv (no bias, 'SAME') -> BN -> ReLU, with `kernel` (kt, kh, kw) and `stride`."""
+
+  def __init__(self, cin, cout, kernel, stride):
+    super().__init__()
+    self.conv = nn.Conv3d(cin, cout, kernel, stride, bias=False)
+    self.bn = nn.BatchNorm3d(cout)
+    self.kernel, self.stride = kernel, stride
+
+  def forward(self, x):
+    return torch.relu(self.bn(self.conv(pad_same(x, self.kernel, self.stride))))
+
+
+class S3DG(nn.Module):
+  """S3D-G: S3D's separable units (1 x k x k then k x 1 x 1), and each gated output multiplied
+  by sigmoid(Linear(mean over T, H, W)). Submodules carry the Flax model's names
+  (`units['Mixed_3b_b1b/conv_t']`, `gates['Mixed_3b_b1b']`)."""
+
+  def __init__(self, width: float):
+    super().__init__()
+    self.units, self.gates = nn.ModuleDict(), nn.ModuleDict()
+    self.channels = 3
+    self.plan = []  # (kind, name, args) in order
+
+    def unit(name, cout, k, stride=1):
+      cout, cin = scale_channels(cout, width), self.channels
+      if k == 1:
+        self.units[f'{name}/conv'] = Unit3D(cin, cout, (1, 1, 1), (stride,) * 3)
+      else:
+        self.units[f'{name}/conv_s'] = Unit3D(cin, cout, (1, k, k), (1, stride, stride))
+        self.units[f'{name}/conv_t'] = Unit3D(cout, cout, (k, 1, 1), (stride, 1, 1))
+      self.channels = cout
+      return cout
+
+    def gate(name, channels):
+      self.gates[name] = nn.Linear(channels, channels)
+
+    unit('Conv3d_1a_7x7', 64, 7, 2)
+    unit('Conv3d_2b_1x1', 64, 1)
+    gate('Conv3d_2c_3x3', unit('Conv3d_2c_3x3', 192, 3))
+    for name, (c0, c1a, c1b, c2a, c2b, c3) in inception3d.MIXED.items():
+      cin, outs = self.channels, []
+      for branch, spec in (('b0', [(c0, 1)]), ('b1', [(c1a, 1), (c1b, 3)]),
+                           ('b2', [(c2a, 1), (c2b, 3)]), ('b3', [(c3, 1)])):
+        self.channels = cin
+        suffixes = ['a', 'b'] if len(spec) == 2 else [''] if branch == 'b0' else ['b']
+        for suffix, (cout, k) in zip(suffixes, spec):
+          last = unit(f'{name}_{branch}{suffix}', cout, k)
+        gate(f'{name}_{branch}{suffixes[-1]}', last)
+        outs.append(last)
+      self.channels = sum(outs)
+    self.out_channels = self.channels
+
+  def _unit(self, name, x):
+    if f'{name}/conv' in self.units:
+      return self.units[f'{name}/conv'](x)
+    return self.units[f'{name}/conv_t'](self.units[f'{name}/conv_s'](x))
+
+  def _gate(self, name, x):
+    weights = torch.sigmoid(self.gates[name](x.mean(dim=(2, 3, 4))))
+    return x * weights[:, :, None, None, None]
+
+  @staticmethod
+  def _pool(x, window, stride):
+    return F.max_pool3d(pad_same(x, window, stride, value=-float('inf')), window, stride)
+
+  def forward(self, clips):  # [N, T, 3, H, W] -> [N, T', C]
+    x = clips.permute(0, 2, 1, 3, 4)
+    x = self._unit('Conv3d_1a_7x7', x)
+    x = self._pool(x, *inception3d.POOLS['Conv3d_2b_1x1'])
+    x = self._unit('Conv3d_2b_1x1', x)
+    x = self._gate('Conv3d_2c_3x3', self._unit('Conv3d_2c_3x3', x))
+    for name in inception3d.MIXED:
+      if name in inception3d.POOLS:
+        x = self._pool(x, *inception3d.POOLS[name])
+      b0 = self._gate(f'{name}_b0', self._unit(f'{name}_b0', x))
+      b1 = self._gate(f'{name}_b1b', self._unit(f'{name}_b1b', self._unit(f'{name}_b1a', x)))
+      b2 = self._gate(f'{name}_b2b', self._unit(f'{name}_b2b', self._unit(f'{name}_b2a', x)))
+      b3 = self._gate(f'{name}_b3b', self._unit(f'{name}_b3b',
+                                                self._pool(x, (3, 3, 3), (1, 1, 1))))
+      x = torch.cat([b0, b1, b2, b3], 1)
+    return x.mean(dim=(3, 4)).transpose(1, 2)
+
+  def load_flax(self, variables) -> None:
+    """Copies the Flax model's `backbone` variables into this network."""
+    params, stats = variables['params']['backbone'], variables['batch_stats']['backbone']
+    with torch.no_grad():
+      for key, module in self.units.items():
+        name, part = key.split('/')
+        p, s = params[name][part], stats[name][part]
+        kernel = np.asarray(p['conv']['kernel'])  # [kt, kh, kw, I, O] -> [O, I, kt, kh, kw]
+        module.conv.weight.copy_(torch.from_numpy(kernel.transpose(4, 3, 0, 1, 2).copy()))
+        for attr, value in (('weight', p['bn']['scale']), ('bias', p['bn']['bias']),
+                            ('running_mean', s['bn']['mean']), ('running_var', s['bn']['var'])):
+          getattr(module.bn, attr).copy_(torch.from_numpy(np.asarray(value)))
+      for name, module in self.gates.items():
+        gate = params[f'{name}_gating']['gate']
+        module.weight.copy_(torch.from_numpy(np.asarray(gate['kernel']).T.copy()))
+        module.bias.copy_(torch.from_numpy(np.asarray(gate['bias'])))
+
+
 def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
   """Random weights and random BatchNorm statistics (all nonzero), eval mode."""
   generator = torch.Generator().manual_seed(seed)
@@ -189,11 +402,13 @@ def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
   return model.eval()
 
 
-def unit_logits(model: TSN, clips: torch.Tensor) -> torch.Tensor:
+def unit_logits(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
   """Rescales the head so the logits on `clips` have unit spread (random BN statistics let the
   features grow through the depth); returns those logits."""
+  layers = model.output_layers() if hasattr(model, 'output_layers') else [model.new_fc]
   with torch.no_grad():
     scale = model(clips).std()
-    model.new_fc.weight /= scale
-    model.new_fc.bias /= scale
+    for layer in layers:
+      layer.weight /= scale
+      layer.bias /= scale
     return model(clips)

@@ -10,16 +10,22 @@ import numpy as np
 
 from cstm_foundation.errors import ConfigError
 from cstm_jax import config_defaults
-from cstm_jax.models import inception, inception3d, r2plus1d, resnet, zoo
+from cstm_jax.models import inception, inception3d, r2plus1d, resnet, stm, zoo
 from cstm_jax.models.video import VideoClassifier
 from cstm_jax.temporal import modules as tm
 
 
+# Keys added to the model block after runs were written with it, and the value that builds
+# those runs' models: a run's config.json without them still loads.
+ADDED_KEYS = {'consensus': 'average', 'trn_feature_dim': 256}
+
+
 def checked(model_config: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """`model_config` (a ConfigDict or a dict) as a ConfigDict, if it has the keys of the base
-  config's model block and its backbone, temporal module and dtype go together; else a
-  ConfigError naming the problem."""
+  config's model block (those of ADDED_KEYS may be missing) and its backbone, temporal module,
+  consensus and dtype go together; else a ConfigError naming the problem."""
   values = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
+  values = {**ADDED_KEYS, **values}
   keys = list(config_defaults.get_config().model)
   unknown, missing = sorted(set(values) - set(keys)), sorted(set(keys) - set(values))
   if unknown or missing:
@@ -32,6 +38,11 @@ def checked(model_config: Mapping[str, Any]) -> ml_collections.ConfigDict:
   if config.temporal not in allowed:
     raise ConfigError(f'temporal module {config.temporal!r} does not fit backbone '
                       f'{config.backbone!r}; choose one of {list(allowed)}')
+  if config.consensus not in zoo.CONSENSUS:
+    raise ConfigError(f'unknown consensus {config.consensus!r}; known: {list(zoo.CONSENSUS)}')
+  if config.consensus == 'trn_multiscale' and config.temporal != 'tsn':
+    raise ConfigError(f"consensus 'trn_multiscale' (TRN) takes a 2D backbone without a temporal "
+                      f"module (temporal 'tsn'), not temporal {config.temporal!r}")
   if config.dtype not in ('float32', 'bfloat16', 'float16'):
     raise ConfigError(f"model dtype {config.dtype!r} is not 'float32', 'bfloat16' or 'float16'")
   return config
@@ -56,6 +67,7 @@ def temporal_module(config, dtype) -> Optional[functools.partial]:
       'tsn': None,
       'none': None,
       'tsm': functools.partial(tm.TemporalShift, **_settings(config, 'shift_div', 'shift_impl')),
+      'stm': None,  # its parts are in each block (models/stm.py)
       'gsm': gsm,
       'gsm_attention': functools.partial(gsm, attention=True),
       '3d_shift_sum': functools.partial(cstm, attention=False),
@@ -86,12 +98,16 @@ def build_model(model_config: Mapping[str, Any]) -> VideoClassifier:
       'resnet50': functools.partial(resnet.ResNet50, temporal),
       'i3d': functools.partial(inception3d.Inception3D, separable=False),
       's3d': functools.partial(inception3d.Inception3D, separable=True),
+      's3dg': functools.partial(inception3d.Inception3D, separable=True, gating=True),
       'i3d_resnet50': resnet.I3DResNet50,
       'r2plus1d_18': functools.partial(r2plus1d.R2Plus1D, 18),
       'r2plus1d_34': functools.partial(r2plus1d.R2Plus1D, 34),
   }[config.backbone]
+  if config.temporal == 'stm':  # STM's blocks replace the bottlenecks
+    backbone = stm.STMResNet50
   return VideoClassifier(functools.partial(backbone, **common),
-                         **_settings(config, 'num_classes', 'dropout'))
+                         **_settings(config, 'num_classes', 'dropout', 'consensus',
+                                     'trn_feature_dim'))
 
 
 # model -> {(clip shape, dtype): abstract variables}; dropped with the model.

@@ -57,15 +57,27 @@ class Bottleneck(nn.Module):
     return nn.relu(h + shortcut)
 
 
-def _stages(x, train, width, *, block_kwargs, temporal_kernels=None, after_first_stage=None,
-            dtype=jnp.float32, param_dtype=jnp.float32):
-  """The four residual stages (torchvision names layer1..layer4, blocks numbered from 0)."""
+def stem(x, train, width, *, dtype=jnp.float32, param_dtype=jnp.float32):
+  """torchvision's 2D stem: 7x7 conv (stride 2), BN, ReLU, 3x3 max pool (stride 2)."""
+  x = layers.ConvBN(layers.scale_channels(64, width), (7, 7), (2, 2), [(3, 3), (3, 3)],
+                    use_bias=False, dtype=dtype, param_dtype=param_dtype, name='conv1')(x, train)
+  return nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+
+
+def stages(x, train, width, *, block_kwargs, block=None, temporal_kernels=None,
+           after_first_stage=None, dtype=jnp.float32, param_dtype=jnp.float32):
+  """The four residual stages (torchvision names layer1..layer4, blocks numbered from 0) of
+  `block` (default `Bottleneck`; `temporal_kernels` is Bottleneck's)."""
   for stage, (depth, features) in enumerate(zip(STAGE_DEPTHS, STAGE_WIDTHS)):
-    for block in range(depth):
-      kt = temporal_kernels[stage][block % len(temporal_kernels[stage])] if temporal_kernels else 1
-      x = Bottleneck(layers.scale_channels(features, width), stride=2 if stage and not block else 1,
-                     temporal_kernel=kt, dtype=dtype, param_dtype=param_dtype,
-                     name=f'layer{stage + 1}_{block}', **block_kwargs)(x, train)
+    for index in range(depth):
+      kwargs = dict(block_kwargs)
+      if block is None:
+        kernels = temporal_kernels[stage] if temporal_kernels else (1,)
+        kwargs['temporal_kernel'] = kernels[index % len(kernels)]
+      x = (block or Bottleneck)(layers.scale_channels(features, width),
+                                stride=2 if stage and not index else 1, dtype=dtype,
+                                param_dtype=param_dtype, name=f'layer{stage + 1}_{index}',
+                                **kwargs)(x, train)
     if stage == 0 and after_first_stage is not None:
       x = after_first_stage(x)
   return x
@@ -88,15 +100,12 @@ class ResNet50(nn.Module):
   def __call__(self, clips, train: bool = False):
     num_frames = clips.shape[1]
     x = ops.fold_time(clips).astype(self.dtype)
-    x = layers.ConvBN(layers.scale_channels(64, self.width), (7, 7), (2, 2), [(3, 3), (3, 3)],
-                      use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                      name='conv1')(x, train)
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+    x = stem(x, train, self.width, dtype=self.dtype, param_dtype=self.param_dtype)
     shift = None
     if self.temporal is not None:
       shift = functools.partial(self.temporal, num_frames=num_frames)
-    x = _stages(x, train, self.width, block_kwargs={'shift': shift}, dtype=self.dtype,
-                param_dtype=self.param_dtype)
+    x = stages(x, train, self.width, block_kwargs={'shift': shift}, dtype=self.dtype,
+               param_dtype=self.param_dtype)
     pooled = layers.spatial_mean(x)
     return pooled.reshape(clips.shape[0], num_frames, pooled.shape[-1])
 
@@ -122,6 +131,6 @@ class I3DResNet50(nn.Module):
                       param_dtype=self.param_dtype, name='stem')(x, train)
     x = nn.max_pool(x, (1, 3, 3), (1, 2, 2), padding=[(0, 0), (1, 1), (1, 1)])
     temporal_pool = lambda h: nn.max_pool(h, (2, 1, 1), (2, 1, 1)) if h.shape[1] > 1 else h
-    x = _stages(x, train, self.width, block_kwargs={}, temporal_kernels=I3D_TEMPORAL_KERNELS,
-                after_first_stage=temporal_pool, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = stages(x, train, self.width, block_kwargs={}, temporal_kernels=I3D_TEMPORAL_KERNELS,
+               after_first_stage=temporal_pool, dtype=self.dtype, param_dtype=self.param_dtype)
     return layers.spatial_mean(x)

@@ -21,7 +21,7 @@ from cstm_foundation.errors import run_main
 from cstm_jax.config_defaults import model_config
 from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models.flops import count_macs
-from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names, model_name
+from cstm_jax.models.zoo import BACKBONES, MODELS, check_model_names, name_of
 
 
 def count_params(variables) -> int:
@@ -36,7 +36,7 @@ def summarize_config(config, crop: Optional[int] = None) -> dict:
   variables = abstract_variables(model, clips)
   forward = lambda v, x: model.apply(v, x, train=False)
   return {
-      'model': model_name(config.backbone, config.temporal),
+      'model': name_of(config),
       'backbone': config.backbone,
       'temporal': config.temporal,
       'frames': config.num_frames,

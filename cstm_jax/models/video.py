@@ -1,11 +1,12 @@
 """The video classifier shared by every model: backbone, global pool, dropout, dense head,
-logits averaged over time ("average consensus")."""
+logits averaged over time ("average consensus"), or TRN's temporal relations in its place."""
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from cstm_jax.models.layers import ModuleDef
+from cstm_jax.models.trn import RelationHead
 
 
 class VideoClassifier(nn.Module):
@@ -19,11 +20,16 @@ class VideoClassifier(nn.Module):
     backbone: constructor of the backbone module (settings bound with functools.partial).
     num_classes: size of the new dense head.
     dropout: dropout rate on the features before the head (training only).
+    consensus: 'average' (the head scores each step, the scores are averaged) or
+      'trn_multiscale' (TRN's relation head `trn`, `models/trn.py`, on the dropped-out features).
+    trn_feature_dim: the width of TRN's frame features.
     head_init_std: the head's kernel is N(0, head_init_std); its bias starts at zero.
   """
   backbone: ModuleDef
   num_classes: int
   dropout: float = 0.5
+  consensus: str = 'average'
+  trn_feature_dim: int = 256
   head_init_std: float = 0.001
   param_dtype: Any = jnp.float32
 
@@ -34,7 +40,19 @@ class VideoClassifier(nn.Module):
     features = self.backbone(name='backbone')(clips, train).astype(jnp.float32)
     self.sow('intermediates', 'features', jnp.mean(features, axis=1))
     features = nn.Dropout(self.dropout, deterministic=not train)(features)
+    if self.consensus == 'trn_multiscale':
+      return RelationHead(self.num_classes, self.trn_feature_dim, self.param_dtype,
+                          name='trn')(features, train)
     logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=self.param_dtype,
                       kernel_init=nn.initializers.normal(self.head_init_std),
                       name='head')(features)
     return jnp.mean(logits, axis=1)
+
+
+def num_classes_of(params) -> int | None:
+  """The class count of a classifier's parameters (its `head`, or TRN's relations); None when
+  they hold neither."""
+  if 'head' in params:
+    return int(params['head']['kernel'].shape[-1])
+  relations = [v for k, v in params.get('trn', {}).items() if k.startswith('relation')]
+  return int(relations[0]['out']['kernel'].shape[-1]) if relations else None

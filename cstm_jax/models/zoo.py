@@ -32,27 +32,45 @@ BACKBONES = {
     'i3d': BackboneInfo(224, 256, True, 'rgb_imagenet'),
     'i3d_resnet50': BackboneInfo(224, 256, True, 'rgb_imagenet'),
     's3d': BackboneInfo(224, 256, True, 'rgb_imagenet'),
+    's3dg': BackboneInfo(224, 256, True, 'rgb_imagenet'),
     'r2plus1d_18': BackboneInfo(112, 128, True, 'rgb_imagenet'),
     'r2plus1d_34': BackboneInfo(112, 128, True, 'rgb_imagenet'),
 }
 TEMPORAL_MODULES = ('tsn', 'tsm', 'gsm', '3d_shift_sum', 'gsm_attention', 'cstm')
+# ResNet-50 takes TSN, TSM and STM's blocks (channel-wise temporal conv and motion module, in
+# place of each bottleneck's 3x3 conv; not this project's CSTM).
+RESNET_TEMPORAL_MODULES = ('tsn', 'tsm', 'stm')
+# How per-frame features become clip logits: TSN's mean of per-frame logits, or TRN's
+# multi-scale temporal relations (2D backbones without a temporal module).
+CONSENSUS = ('average', 'trn_multiscale')
 
 
 def temporal_modules(backbone: str) -> tuple[str, ...]:
-  """The `temporal` values `backbone` takes: 'none' for 3D nets; TSN and TSM on ResNet-50."""
+  """The `temporal` values `backbone` takes: 'none' for 3D nets; TSN, TSM, STM on ResNet-50."""
   if BACKBONES[backbone].is_3d:
     return ('none',)
-  return ('tsn', 'tsm') if backbone == 'resnet50' else TEMPORAL_MODULES
+  return RESNET_TEMPORAL_MODULES if backbone == 'resnet50' else TEMPORAL_MODULES
 
 
-def model_name(backbone: str, temporal: str) -> str:
-  """'cstm_bninception' for a 2D backbone with a temporal module; the backbone name for 3D."""
+def model_name(backbone: str, temporal: str, consensus: str = 'average') -> str:
+  """'cstm_bninception' for a 2D backbone with a temporal module, 'trn_bninception' with TRN's
+  relations; the backbone name for 3D."""
+  if consensus == 'trn_multiscale':
+    return f'trn_{backbone}'
   return backbone if temporal == 'none' else f'{temporal}_{backbone}'
 
 
-# Named models -> their backbone and temporal module.
+def name_of(model_config) -> str:
+  """The model name of a `config.model` block (one written before `consensus` existed too)."""
+  return model_name(model_config['backbone'], model_config['temporal'],
+                    model_config.get('consensus', 'average'))
+
+
+# Named models -> their backbone, temporal module and (where not the average) consensus.
 MODELS = {model_name(b, t): {'backbone': b, 'temporal': t}
           for b in BACKBONES for t in temporal_modules(b)}
+MODELS['trn_bninception'] = {'backbone': 'bninception', 'temporal': 'tsn',
+                             'consensus': 'trn_multiscale'}
 
 
 def check_model_names(names) -> list[str]:

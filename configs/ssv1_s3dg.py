@@ -1,0 +1,12 @@
+"""3D baseline S3D-G (S3D with self-gating) on Something-Something v1, 64 frames.
+
+  python main.py --config=configs/ssv1_s3dg.py --workdir=runs/ssv1_s3dg
+
+Paper (1 clip, centre crop, validation): 48.20 / 78.70 top-1 / top-5 (%); S3D 47.30 / 78.10.
+`--config=configs/ssv1_s3dg.py:smoke` shrinks it to a tiny CPU run.
+"""
+from cstm_jax import config_defaults
+
+
+def get_config(arg: str = ''):
+  return config_defaults.experiment('ssv1', 's3dg', 64, arg)
