@@ -98,6 +98,9 @@ accelerators-tpu: $(INSTALLED)
 	  --json $(AOT_OUT)/tpu_tsn_8f.json
 	-$(TPU_AOT) --config=configs/ssv2_i3d_resnet50.py $(AOT_ARGS) --target=tpu:v5e-8 --steps=train \
 	  --json $(AOT_OUT)/tpu_i3d_resnet50.json
+	-for cfg in ssv2_trn ssv2_s3dg ssv2_stm_resnet50; do \
+	  $(TPU_AOT) --config=configs/$$cfg.py $(AOT_ARGS) --target=tpu:v5e-8 --steps=eval \
+	    --json $(AOT_OUT)/tpu_$${cfg}_eval.json; done
 
 accelerators-gpu: $(INSTALLED)
 	mkdir -p $(AOT_OUT)
@@ -111,6 +114,9 @@ accelerators-gpu: $(INSTALLED)
 	  --json $(AOT_OUT)/cuda_tsn_8f.json
 	-$(GPU_AOT) --config=configs/ssv2_i3d_resnet50.py $(AOT_ARGS) --target=cuda:h100 --steps=train \
 	  --json $(AOT_OUT)/cuda_i3d_resnet50.json
+	-for cfg in ssv2_trn ssv2_s3dg ssv2_stm_resnet50; do \
+	  $(GPU_AOT) --config=configs/$$cfg.py $(AOT_ARGS) --target=cuda:h100 --steps=train \
+	    --json $(AOT_OUT)/cuda_$$cfg.json; done
 	for nhwc in false true; do for cfg in ssv2_8f ssv2_ablation_tsn; do \
 	  $(GPU_AOT) --config=configs/$$cfg.py $(AOT_ARGS) --target=cuda:h100 --steps=train \
 	    --config.data.batch_size=64 --config.xla.gpu_conv_nhwc=$$nhwc \

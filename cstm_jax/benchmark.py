@@ -56,6 +56,9 @@ PUBLISHED = {
     'tsn_resnet50': (8, 1),
     'tsm_resnet50': (8, 1),       # TSM-8F, timed at 77.4 videos/s on a P100 (batch 16)
     'i3d_resnet50': (32, 2),      # I3D-R50 32 frames x 2 clips, timed at 6.1 videos/s there
+    'trn_bninception': (8, 1),    # TRN multiscale 8 frames, as CSTM's comparison table
+    's3dg': (64, 1),              # S3D-G 64 frames
+    'stm_resnet50': (8, 1),       # STM 8 frames
 }
 
 # Dense bfloat16 peak TFLOP/s of one device, by a lower-case fragment of its `device_kind`

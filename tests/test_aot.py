@@ -94,6 +94,21 @@ def test_train_step_on_a_tpu_slice(tmp_path):
   assert (hlo_dir / 'tpu_v5e_2x2_train.hlo.txt').read_text().startswith('HloModule')
 
 
+@pytest.mark.parametrize('experiment', ['ssv2_trn', 'ssv2_s3dg', 'ssv2_stm_resnet50'])
+def test_the_other_papers_models_compile_for_a_tpu_slice(experiment):
+  """TRN, S3D-G and STM: the smoke eval step fits a v5e 2x2 slice with no activation gathered,
+  at the FLOPs of the CPU model summary: between its as-run count and its count of every tap
+  (the TPU compiler counts some of the 3D convs' padded taps)."""
+  config = config_loader.load(f'{experiment}:smoke')
+  # A crop of 96 rather than 32 gives FLOPs the row's three decimals can compare.
+  config.model.num_classes, config.data.crop = 174, 96
+  (row,) = aot.analyse(config, aot_targets.parse('tpu:v5e:2x2'), steps=('eval',),
+                       log=lambda _: None)
+  assert row['fits'] and row['activation_all_gathers'] == 0
+  counts = summary.summarize_config(config.model, config.data.crop)
+  assert 0.98 * 2 * counts['gmacs_xla'] <= row['gflops_per_clip'] <= 1.05 * 2 * counts['gmacs']
+
+
 def test_eval_step_on_two_hosts_matches_the_cpu_summary():
   config = config_loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
   config.model.num_classes = 174

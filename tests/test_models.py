@@ -225,6 +225,13 @@ def test_bad_model_configs_are_refused():
     build_model({k: v for k, v in tsn.items() if k != 'width'})
   with pytest.raises(ValueError, match='unknown backbone'):
     build_model({**tsn, 'backbone': 'vgg16'})
+  with pytest.raises(ValueError, match="unknown consensus 'max'"):
+    build_model({**tsn, 'consensus': 'max'})
+  with pytest.raises(ValueError, match="'trn_multiscale' .* not temporal 'cstm'"):
+    build_model({**tsn, 'temporal': 'cstm', 'consensus': 'trn_multiscale'})
+  # A run's config.json from before `consensus` existed still builds its model.
+  older = {k: v for k, v in tsn.items() if k not in ('consensus', 'trn_feature_dim')}
+  assert build_model(older) == build_model(tsn)
   with pytest.raises(ValueError, match="does not fit backbone 'i3d'"):
     build_model({**tsn, 'backbone': 'i3d', 'temporal': 'cstm'})
   with pytest.raises(ValueError, match="does not fit backbone 'resnet50'"):
