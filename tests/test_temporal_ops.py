@@ -181,3 +181,15 @@ def test_gated_has_the_product_rule_gradients_summed_in_float32():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   grad_gate = jax.grad(ours, 1)(x.astype(jnp.bfloat16), gate)
   assert grad_gate.dtype == jnp.float32 and grad_gate.shape == gate.shape
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_channel_temporal_conv_matches_numpy(impl):
+  """STM's per-channel conv over time: zero padding at both ends of the clip, taps t-1, t, t+1."""
+  rng = np.random.default_rng(0)
+  clip = rng.normal(size=(2, 5, 3, 3, 4)).astype(np.float32)
+  kernel = rng.normal(size=(3, 4)).astype(np.float32)
+  padded = np.pad(clip, [(0, 0), (1, 1), (0, 0), (0, 0), (0, 0)])
+  expected = sum(kernel[k] * padded[:, k:k + 5] for k in range(3))
+  np.testing.assert_allclose(ops.channel_temporal_conv(clip, kernel, impl), expected, rtol=1e-5,
+                             atol=1e-6)

@@ -15,7 +15,7 @@ from torch import nn
 from cstm_jax.models import inception3d, trn
 from cstm_jax.models.inception import load_table
 from cstm_jax.models.layers import scale_channels
-from cstm_jax.temporal.stm_parts import MOTION_REDUCTION
+from cstm_jax.models.stm import MOTION_REDUCTION
 from input_pipeline.conventions import NORMALISATION
 
 

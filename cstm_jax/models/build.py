@@ -104,7 +104,7 @@ def build_model(model_config: Mapping[str, Any]) -> VideoClassifier:
       'r2plus1d_34': functools.partial(r2plus1d.R2Plus1D, 34),
   }[config.backbone]
   if config.temporal == 'stm':  # STM's blocks replace the bottlenecks
-    backbone = stm.STMResNet50
+    backbone = functools.partial(resnet.ResNet50, block=stm.STMBottleneck)
   return VideoClassifier(functools.partial(backbone, **common),
                          **_settings(config, 'num_classes', 'dropout', 'consensus',
                                      'trn_feature_dim'))

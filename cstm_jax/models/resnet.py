@@ -57,14 +57,14 @@ class Bottleneck(nn.Module):
     return nn.relu(h + shortcut)
 
 
-def stem(x, train, width, *, dtype=jnp.float32, param_dtype=jnp.float32):
+def _stem(x, train, width, *, dtype=jnp.float32, param_dtype=jnp.float32):
   """torchvision's 2D stem: 7x7 conv (stride 2), BN, ReLU, 3x3 max pool (stride 2)."""
   x = layers.ConvBN(layers.scale_channels(64, width), (7, 7), (2, 2), [(3, 3), (3, 3)],
                     use_bias=False, dtype=dtype, param_dtype=param_dtype, name='conv1')(x, train)
   return nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
 
 
-def stages(x, train, width, *, block_kwargs, block=None, temporal_kernels=None,
+def _stages(x, train, width, *, block_kwargs, block=None, temporal_kernels=None,
            after_first_stage=None, dtype=jnp.float32, param_dtype=jnp.float32):
   """The four residual stages (torchvision names layer1..layer4, blocks numbered from 0) of
   `block` (default `Bottleneck`; `temporal_kernels` is Bottleneck's)."""
@@ -89,9 +89,12 @@ class ResNet50(nn.Module):
   Attributes:
     temporal: None (TSN) or a TemporalShift constructor (TSM), which goes on the residual
       branch of every bottleneck.
+    block: None (torchvision's bottleneck), or a block constructor that takes `num_frames`
+      and replaces every bottleneck (STM's, `models/stm.py`).
     width: channel multiplier (1.0 is the published network).
   """
   temporal: Optional[layers.ModuleDef] = None
+  block: Optional[layers.ModuleDef] = None
   width: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -100,12 +103,16 @@ class ResNet50(nn.Module):
   def __call__(self, clips, train: bool = False):
     num_frames = clips.shape[1]
     x = ops.fold_time(clips).astype(self.dtype)
-    x = stem(x, train, self.width, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = _stem(x, train, self.width, dtype=self.dtype, param_dtype=self.param_dtype)
     shift = None
     if self.temporal is not None:
       shift = functools.partial(self.temporal, num_frames=num_frames)
-    x = stages(x, train, self.width, block_kwargs={'shift': shift}, dtype=self.dtype,
-               param_dtype=self.param_dtype)
+    if self.block is None:
+      x = _stages(x, train, self.width, block_kwargs={'shift': shift}, dtype=self.dtype,
+                  param_dtype=self.param_dtype)
+    else:
+      x = _stages(x, train, self.width, block=self.block, block_kwargs={'num_frames': num_frames},
+                  dtype=self.dtype, param_dtype=self.param_dtype)
     pooled = layers.spatial_mean(x)
     return pooled.reshape(clips.shape[0], num_frames, pooled.shape[-1])
 
@@ -131,6 +138,6 @@ class I3DResNet50(nn.Module):
                       param_dtype=self.param_dtype, name='stem')(x, train)
     x = nn.max_pool(x, (1, 3, 3), (1, 2, 2), padding=[(0, 0), (1, 1), (1, 1)])
     temporal_pool = lambda h: nn.max_pool(h, (2, 1, 1), (2, 1, 1)) if h.shape[1] > 1 else h
-    x = stages(x, train, self.width, block_kwargs={}, temporal_kernels=I3D_TEMPORAL_KERNELS,
+    x = _stages(x, train, self.width, block_kwargs={}, temporal_kernels=I3D_TEMPORAL_KERNELS,
                after_first_stage=temporal_pool, dtype=self.dtype, param_dtype=self.param_dtype)
     return layers.spatial_mean(x)

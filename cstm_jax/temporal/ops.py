@@ -59,6 +59,22 @@ def shift_frames(x: jax.Array, offset: int, impl: ShiftImpl = 'roll') -> jax.Arr
   raise ValueError(f"unknown shift impl {impl!r}; expected 'roll' or 'slice'")
 
 
+def channel_temporal_conv(clip: jax.Array, kernel: jax.Array,
+                          impl: ShiftImpl = 'roll') -> jax.Array:
+  """Depthwise kernel-3 conv over time, zero-padded (STM's channel-wise temporal conv):
+  `out[t] = k0 x[t-1] + k1 x[t] + k2 x[t+1]` per channel.
+
+  Args:
+    clip: `[N, T, ..., C]`.
+    kernel: `[3, C]`, the taps for frames t-1, t and t+1.
+    impl: how the neighbouring frames are taken ('roll' or 'slice').
+  Returns:
+    `[N, T, ..., C]`, `clip`'s dtype.
+  """
+  k = kernel.astype(clip.dtype)
+  return k[0] * shift_frames(clip, -1, impl) + k[1] * clip + k[2] * shift_frames(clip, 1, impl)
+
+
 def temporal_shift(x: jax.Array, shift_div: int = 8, impl: ShiftImpl = 'roll') -> jax.Array:
   """TSM shift S(X): channels [0, f) take frame t+1, [f, 2f) take frame t-1, f = C // shift_div.
 
