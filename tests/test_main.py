@@ -1,4 +1,5 @@
 """main.py as users run it: a locked config, the smoke variant of an experiment."""
+import json
 import os
 import pathlib
 import subprocess
@@ -54,3 +55,20 @@ def test_a_run_with_loader_processes_ends_quietly(prepared_ssv2, tmp_path):
   for noise in ('leaked shared_memory', 'Type handler registry', 'Traceback',
                 'Exception ignored'):
     assert noise not in result.stderr, noise
+
+
+def test_trn_trains_evaluates_and_predicts_as_users_run_it(prepared_ssv2, synthetic_ssv2,
+                                                           tmp_path):
+  """TRN's head (no `head` parameters; relations drawn in the train step) through main.py, its
+  checkpoints and evaluation, then predict from the run's config.json."""
+  result = run_main('--config=ssv2_trn:smoke', f'--workdir={tmp_path}',
+                    f'--config.data.data_dir={prepared_ssv2[0]}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  final = json.loads((tmp_path / 'final_metrics.json').read_text())
+  assert 0 <= final['1x1']['top1'] <= 100
+  video = next(synthetic_ssv2[0].rglob('*.webm'))
+  predicted = subprocess.run([sys.executable, '-m', 'cstm_jax.predict', '--workdir', str(tmp_path),
+                              '--video', str(video), '--json'], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+  assert predicted.returncode == 0, predicted.stderr[-3000:]
+  assert len(json.loads(predicted.stdout)['top']) == 5
