@@ -34,8 +34,8 @@ from absl import flags, logging
 from cstm_foundation import cli_flags, paths
 from cstm_foundation.errors import BadFile, MissingFile, run_main
 from cstm_jax import checkpoints, config_loader
-from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models import trn
+from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models.inception import TABLES, load_table
 from cstm_jax.models.zoo import BACKBONES, name_of
 
@@ -129,8 +129,7 @@ def _inception_key(path: tuple[str, ...], bn_names: Mapping[str, str]) -> str:
 
 
 # STM's parts under the authors' names (`<block>.shift`, `<block>.mb.*`).
-STM_NAMES = {'channel_temporal': 'shift', 'reduce': 'stage_conv', 'spatial': 'shift',
-             'expand': 'conv1x1'}
+STM_NAMES = {'reduce': 'stage_conv', 'spatial': 'shift', 'expand': 'conv1x1'}
 
 
 def _resnet_key(path: tuple[str, ...]) -> str:

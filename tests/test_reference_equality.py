@@ -3,6 +3,7 @@ published description (tests/torch_reference.py): S3D-G; and TRN's relation samp
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 import torch_reference as ref
@@ -52,3 +53,12 @@ def test_trn_draws_its_relations_in_training_and_fixes_them_in_evaluation():
   assert len(draws) > 1  # 3 of the 4 three-frame and of the 6 two-frame relations, drawn anew
   evaluate = jax.jit(lambda: model.apply(variables, clips))
   np.testing.assert_array_equal(evaluate(), evaluate())
+
+
+def test_trn_names_the_frames_it_takes():
+  for frames in (1, 32):
+    model = build_model(model_config('trn_bninception', width=0.125, num_classes=7,
+                                     num_frames=frames))
+    with pytest.raises(ValueError, match=f'it takes 2 to 16 frames .*, not {frames}'):
+      jax.eval_shape(model.init, jax.random.key(0),
+                     jax.ShapeDtypeStruct((1, frames, 32, 32, 3), jnp.float32))

@@ -23,6 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 BOTTLENECK = 256  # hidden width of each scale's MLP (the release's num_bottleneck)
+# The relations of every scale are listed, as the release lists them: C(16, 8) = 12,870 at 16
+# frames, C(32, 16) = 601 million at 32.
+MAX_FRAMES = 16
 SUBSAMPLE = 3     # relations summed per scale below the largest (the release's subsample_num)
 
 
@@ -93,8 +96,9 @@ class RelationHead(nn.Module):
   @nn.compact
   def __call__(self, features, train: bool = False):
     n, num_frames, _ = features.shape
-    if num_frames < 2:
-      raise ValueError(f'TRN relates frames: it needs clips of 2 or more frames, not {num_frames}')
+    if not 2 <= num_frames <= MAX_FRAMES:
+      raise ValueError(f'TRN relates the frames of a clip: it takes 2 to {MAX_FRAMES} frames '
+                       f'(it lists every subset of them), not {num_frames}')
     frames = nn.Dense(self.feature_dim, dtype=jnp.float32, param_dtype=self.param_dtype,
                       kernel_init=nn.initializers.normal(0.001), name='embed')(features)
     logits = jnp.zeros((n, self.num_classes), jnp.float32)
