@@ -10,8 +10,8 @@ head may be `fc`, `new_fc` or `last_linear`):
 - ResNet-50, torchvision's names (`layer1.0.conv1.weight`, `layer1.0.downsample.1.weight`),
   the TSM release (`layer1.0.conv1.net.weight`), and STM's authors' code for its parts
   (`layer1.0.shift.weight`, `layer1.0.mb.stage_conv.weight`, ...);
-- TRN's release (`zhoubolei/TRN-pytorch`, e.g. TRN_something_RGB_BNInception_TRNmultiscale_
-  segment8_best.pth.tar): BN-Inception as TSN's, `new_fc` (the frame features) and
+- TRN's release (`zhoubolei/TRN-pytorch`: TRN_{something,jester}_RGB_BNInception_
+  TRNmultiscale_segment8_best.pth.tar, SSv1 and Jester): BN-Inception as TSN's, `new_fc` (the frame features) and
   `consensus.fc_fusion_scales.<i>.{1,3}` (the relations, largest scale first).
 A 1000-way ImageNet head is dropped when the target has another class count. A plain 2D
 network (no temporal-module keys at all) converts into a model with temporal modules: their
