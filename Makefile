@@ -98,9 +98,9 @@ accelerators-tpu: $(INSTALLED)
 	  --json $(AOT_OUT)/tpu_tsn_8f.json
 	-$(TPU_AOT) --config=configs/ssv2_i3d_resnet50.py $(AOT_ARGS) --target=tpu:v5e-8 --steps=train \
 	  --json $(AOT_OUT)/tpu_i3d_resnet50.json
-	-for cfg in ssv2_trn ssv2_s3dg ssv2_stm_resnet50; do \
-	  $(TPU_AOT) --config=configs/$$cfg.py $(AOT_ARGS) --target=tpu:v5e-8 --steps=eval \
-	    --json $(AOT_OUT)/tpu_$${cfg}_eval.json; done
+	-for cfg in ssv2_trn ssv2_s3dg ssv2_stm_resnet50; do for step in eval train; do \
+	  $(TPU_AOT) --config=configs/$$cfg.py $(AOT_ARGS) --target=tpu:v5e-8 --steps=$$step \
+	    --json $(AOT_OUT)/tpu_$${cfg}_$$step.json; done; done
 
 accelerators-gpu: $(INSTALLED)
 	mkdir -p $(AOT_OUT)
