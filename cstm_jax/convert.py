@@ -243,8 +243,10 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], model_config) -> tu
     keys = [k for k in targets if group(k)]
     if not any(k in source for k in keys):
       new += keys
-  report['new_modules'] = sorted({'/'.join(targets[k][1][:2] if targets[k][1][0] == 'trn'
-                                           else targets[k][1][1:3]) for k in new})
+  # A module by its first two names below the backbone: 'inception_3a_1x1/temporal',
+  # 'layer1_0/motion', 'trn/relation4'.
+  module = lambda path: '/'.join((path[1:] if path[0] == 'backbone' else path)[:2])
+  report['new_modules'] = sorted({module(targets[k][1]) for k in new})
   for k in new:
     del targets[k]
   head = source.get('fc.weight')

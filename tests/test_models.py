@@ -56,7 +56,7 @@ def test_the_other_papers_models_have_their_published_sizes():
   # branch of every mixed block.
   gated = [192] + [c for c0, _, c1, _, c2, c3 in MIXED.values() for c in (c0, c1, c2, c3)]
   assert params_of('s3dg') - params_of('s3d') == sum(c * c + c for c in gated)
-  # STM's paper (Table 1): 24.0 M parameters for ResNet-50 with STM blocks.
+  # STM's paper: 24.0 M parameters for ResNet-50 with STM blocks.
   assert params_of('stm_resnet50') == pytest.approx(24.0e6, rel=0.01)
 
 

@@ -306,7 +306,6 @@ class S3DG(nn.Module):
     super().__init__()
     self.units, self.gates = nn.ModuleDict(), nn.ModuleDict()
     self.channels = 3
-    self.plan = []  # (kind, name, args) in order
 
     def unit(name, cout, k, stride=1):
       cout, cin = scale_channels(cout, width), self.channels

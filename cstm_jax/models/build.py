@@ -95,7 +95,9 @@ def build_model(model_config: Mapping[str, Any]) -> VideoClassifier:
   backbone = {
       'bninception': functools.partial(inception.InceptionBackbone, 'bninception', temporal),
       'inception_v3': functools.partial(inception.InceptionBackbone, 'inception_v3', temporal),
-      'resnet50': functools.partial(resnet.ResNet50, temporal),
+      # STM's blocks replace the bottlenecks (its parts are in them, not a temporal module).
+      'resnet50': functools.partial(resnet.ResNet50, temporal,
+                                    block=stm.STMBottleneck if config.temporal == 'stm' else None),
       'i3d': functools.partial(inception3d.Inception3D, separable=False),
       's3d': functools.partial(inception3d.Inception3D, separable=True),
       's3dg': functools.partial(inception3d.Inception3D, separable=True, gating=True),
@@ -103,8 +105,6 @@ def build_model(model_config: Mapping[str, Any]) -> VideoClassifier:
       'r2plus1d_18': functools.partial(r2plus1d.R2Plus1D, 18),
       'r2plus1d_34': functools.partial(r2plus1d.R2Plus1D, 34),
   }[config.backbone]
-  if config.temporal == 'stm':  # STM's blocks replace the bottlenecks
-    backbone = functools.partial(resnet.ResNet50, block=stm.STMBottleneck)
   return VideoClassifier(functools.partial(backbone, **common),
                          **_settings(config, 'num_classes', 'dropout', 'consensus',
                                      'trn_feature_dim'))
