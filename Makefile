@@ -1,5 +1,7 @@
 # Quick start: `make demo` (the main job on built-in synthetic data) and `make test`.
-PY ?= python3
+# The environment's Python: >= 3.12 (JAX 0.11 and later need it), found by scripts/find_python.sh
+# (python3.12, python3.13, python3, pyenv's versions); PY=/path/to/python overrides.
+PY ?=
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
@@ -13,7 +15,10 @@ PYTEST_WORKERS ?= 2
 LIBTPU := $(VENV)/libtpu
 
 $(INSTALLED): requirements.txt requirements-dev.txt requirements-tpu.txt
-	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	@if ! $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 12))' 2>/dev/null; then \
+	  py=$$(scripts/find_python.sh $(PY)) || exit 1; \
+	  rm -rf $(VENV); echo "Creating $(VENV) with $$py"; $$py -m venv $(VENV) || exit 1; \
+	fi
 	$(PYTHON) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PYTHON) -m pip install -q --no-deps --upgrade --target $(LIBTPU) \
 	  $$(grep '^libtpu==' requirements-tpu.txt)

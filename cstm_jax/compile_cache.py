@@ -85,10 +85,10 @@ def using(setting: str = ''):
 
 def _reset_if_used() -> None:
   """JAX decides once per process whether it uses the cache (at the first compile); a program
-  compiled before `enable` (none is, in the commands) would have fixed that decision."""
-  from jax._src import compilation_cache
-  if getattr(compilation_cache, '_cache_checked', False):
-    compilation_cache.reset_cache()
+  compiled before `enable` (none is, in the commands) would have fixed that decision. JAX's public
+  `reset_cache` returns it to undecided (a no-op when nothing was compiled yet)."""
+  from jax.experimental.compilation_cache import compilation_cache
+  compilation_cache.reset_cache()
 
 
 _counts = {'requests': 0, 'hits': 0}

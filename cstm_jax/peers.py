@@ -214,8 +214,9 @@ def watched(*, timeout_s: float, workdir: Optional[str] = None):
   """Runs the block under a `PeerWatch` when this is one process of several (and timeout_s > 0);
   a plain block otherwise."""
   import jax
-  from jax._src import distributed
-  client = getattr(distributed.global_state, 'client', None)
+
+  from cstm_jax import jax_private
+  client = jax_private.distributed_client()
   if jax.process_count() <= 1 or client is None or not timeout_s or timeout_s <= 0:
     yield None
     return

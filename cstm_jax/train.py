@@ -135,104 +135,108 @@ def _train_and_evaluate(config, workdir, mesh, main_process) -> dict:
   eval_step = steps.jit_eval_step(model, mesh, config.data.colour, config.xla.gpu_conv_nhwc)
   rng = jax.random.key(config.train.seed + 1)
   writer = MetricWriter(workdir, start)
-  if main_process:
-    (workdir / 'config.json').write_text(config.to_json(indent=1))
-    (workdir / 'classes.json').write_text(json.dumps(list(class_names), indent=0))  # predict
-    logging.info('Training %s/%s on %d devices (%d processes): %d videos, %d steps of %d clips '
-                 '(%d per epoch), starting at step %d; %d loader processes', config.model.temporal,
-                 config.model.backbone, jax.device_count(), jax.process_count(), train_size,
-                 total_steps, config.data.batch_size, steps_per_epoch, start,
-                 config.data.num_workers)
-
-  # Batches are made and sent to the devices in a thread while the step before runs; the loop
-  # waits for each step to finish before taking the next batch, so the time it then waits for
-  # that batch is time the devices had nothing to do (the input wait).
-  batches = Prefetched(train_iterator, lambda local: sharding.global_batch(
-      {k: local[k] for k in ('clips', 'labels')}, mesh))
-  preemption = Preemption()
-  unchecked = []  # (step, metrics on the device) whose finiteness is not yet checked
-  window_start, window_steps, window_wait = time.monotonic(), 0, 0.0
-  warned_input_bound = -INPUT_BOUND_WARN_EVERY_S
-  metrics = None
-  step = start
+  # Closed however the run ends: tensorboardX's own exit hook would start a thread while the
+  # interpreter shuts down, which Python 3.12 refuses with a traceback.
   try:
-    while step < total_steps:
-      if metrics is not None:
-        jax.block_until_ready(metrics)
-      batch = next(batches)
-      if step == start:  # compiled here: timed apart, and left out of the ETA
-        logging.info('Compiling the train step (global batch %d)...', config.data.batch_size)
-        train_step, (state, metrics) = _compile_and_run_once(train_step, state, batch, rng)
-        window_start = time.monotonic()
-      else:
-        state, metrics = train_step(state, batch, rng)
-        window_steps += 1
-        window_wait += batches.last_wait_s
-      step += 1
-      unchecked.append((step, metrics))
-      stop = preemption.requested or (jax.process_count() > 1 and
-                                      run_checkpoints.latest.reached_preemption(step))
-      logging_step = step % config.train.log_every_steps == 0 or step == total_steps or stop
-      saving = stop or step % config.train.checkpoint_every_steps == 0 or step == total_steps
-      if logging_step or saving or step % eval_every == 0:
-        # Never log, save or promote to best a state reached through a non-finite step.
-        _check_finite(unchecked, run_checkpoints)
-        unchecked = []
-      if logging_step:
-        jax.block_until_ready(metrics)  # the window ends when its last step has finished
-        seconds = max(time.monotonic() - window_start, 1e-9)
-        clips_per_s = window_steps * config.data.batch_size / seconds
-        wait_fraction = window_wait / seconds
-        last = jax.device_get(metrics)
-        writer.write(step, {**last, 'clips_per_s': clips_per_s, 'input_wait_s': window_wait,
-                            'input_wait_fraction': wait_fraction})
-        if main_process:
-          eta = (total_steps - step) * seconds / max(window_steps, 1)
-          logging.info('step %d/%d  loss %.4f  acc %.3f  lr %.5f  %.1f clips/s  input wait %.0f%% '
-                       '(%.1f s)  ETA %s', step, total_steps, last['loss'], last['accuracy'],
-                       last['lr'], clips_per_s, 100 * wait_fraction, window_wait,
-                       format_seconds(eta))
-          if window_steps and wait_fraction > INPUT_BOUND_FRACTION:
-            warned_input_bound = _warn_input_bound(warned_input_bound, wait_fraction,
-                                                   window_steps, config.data.num_workers)
-        window_start, window_steps, window_wait = time.monotonic(), 0, 0.0
-      if saving:
-        run_checkpoints.save(step, state, batches, config=config, force=True)
-      if stop:
-        run_checkpoints.wait()
-        logging.warning('Stopped at step %d on request; the same command resumes.', step)
-        return {}
-      if step % eval_every == 0 and step != total_steps:
-        results = evaluation.evaluate_views(config, eval_step, train_state.variables_of(state),
-                                            mesh=mesh, views=config.eval.views,
-                                            class_names=class_names, step=step)
+    if main_process:
+      (workdir / 'config.json').write_text(config.to_json(indent=1))
+      (workdir / 'classes.json').write_text(json.dumps(list(class_names), indent=0))  # predict
+      logging.info('Training %s/%s on %d devices (%d processes): %d videos, %d steps of %d clips '
+                   '(%d per epoch), starting at step %d; %d loader processes',
+                   config.model.temporal, config.model.backbone, jax.device_count(),
+                   jax.process_count(), train_size, total_steps, config.data.batch_size,
+                   steps_per_epoch, start, config.data.num_workers)
+
+    # Batches are made and sent to the devices in a thread while the step before runs; the loop
+    # waits for each step to finish before taking the next batch, so the time it then waits for
+    # that batch is time the devices had nothing to do (the input wait).
+    batches = Prefetched(train_iterator, lambda local: sharding.global_batch(
+        {k: local[k] for k in ('clips', 'labels')}, mesh))
+    preemption = Preemption()
+    unchecked = []  # (step, metrics on the device) whose finiteness is not yet checked
+    window_start, window_steps, window_wait = time.monotonic(), 0, 0.0
+    warned_input_bound = -INPUT_BOUND_WARN_EVERY_S
+    metrics = None
+    step = start
+    try:
+      while step < total_steps:
+        if metrics is not None:
+          jax.block_until_ready(metrics)
+        batch = next(batches)
+        if step == start:  # compiled here: timed apart, and left out of the ETA
+          logging.info('Compiling the train step (global batch %d)...', config.data.batch_size)
+          train_step, (state, metrics) = _compile_and_run_once(train_step, state, batch, rng)
+          window_start = time.monotonic()
+        else:
+          state, metrics = train_step(state, batch, rng)
+          window_steps += 1
+          window_wait += batches.last_wait_s
+        step += 1
+        unchecked.append((step, metrics))
+        stop = preemption.requested or (jax.process_count() > 1 and
+                                        run_checkpoints.latest.reached_preemption(step))
+        logging_step = step % config.train.log_every_steps == 0 or step == total_steps or stop
+        saving = stop or step % config.train.checkpoint_every_steps == 0 or step == total_steps
+        if logging_step or saving or step % eval_every == 0:
+          # Never log, save or promote to best a state reached through a non-finite step.
+          _check_finite(unchecked, run_checkpoints)
+          unchecked = []
+        if logging_step:
+          jax.block_until_ready(metrics)  # the window ends when its last step has finished
+          seconds = max(time.monotonic() - window_start, 1e-9)
+          clips_per_s = window_steps * config.data.batch_size / seconds
+          wait_fraction = window_wait / seconds
+          last = jax.device_get(metrics)
+          writer.write(step, {**last, 'clips_per_s': clips_per_s, 'input_wait_s': window_wait,
+                              'input_wait_fraction': wait_fraction})
+          if main_process:
+            eta = (total_steps - step) * seconds / max(window_steps, 1)
+            logging.info('step %d/%d  loss %.4f  acc %.3f  lr %.5f  %.1f clips/s  '
+                         'input wait %.0f%% (%.1f s)  ETA %s', step, total_steps, last['loss'],
+                         last['accuracy'], last['lr'], clips_per_s, 100 * wait_fraction,
+                         window_wait, format_seconds(eta))
+            if window_steps and wait_fraction > INPUT_BOUND_FRACTION:
+              warned_input_bound = _warn_input_bound(warned_input_bound, wait_fraction,
+                                                     window_steps, config.data.num_workers)
+          window_start, window_steps, window_wait = time.monotonic(), 0, 0.0
+        if saving:
+          run_checkpoints.save(step, state, batches, config=config, force=True)
+        if stop:
+          run_checkpoints.wait()
+          logging.warning('Stopped at step %d on request; the same command resumes.', step)
+          return {}
+        if step % eval_every == 0 and step != total_steps:
+          results = evaluation.evaluate_views(config, eval_step, train_state.variables_of(state),
+                                              mesh=mesh, views=config.eval.views,
+                                              class_names=class_names, step=step)
+          _record_eval(writer, run_checkpoints, step, state=state, config=config, results=results,
+                       main_process=main_process)
+          window_start, window_steps, window_wait = time.monotonic(), 0, 0.0
+    finally:
+      preemption.restore()
+      batches.close()
+
+    # Final evaluation, with every requested set of views.
+    final = {}
+    for views in config.eval.final_views.split(','):
+      results = evaluation.evaluate_views(config, eval_step, train_state.variables_of(state),
+                                          mesh=mesh, views=views, class_names=class_names,
+                                          workdir=workdir, name=f'final_{views}', step=step)
+      final[views] = results
+      if views == config.eval.views:
         _record_eval(writer, run_checkpoints, step, state=state, config=config, results=results,
                      main_process=main_process)
-        window_start, window_steps, window_wait = time.monotonic(), 0, 0.0
-  finally:
-    preemption.restore()
-    batches.close()
-
-  # Final evaluation, with every requested set of views.
-  final = {}
-  for views in config.eval.final_views.split(','):
-    results = evaluation.evaluate_views(config, eval_step, train_state.variables_of(state),
-                                        mesh=mesh, views=views, class_names=class_names,
-                                        workdir=workdir, name=f'final_{views}', step=step)
-    final[views] = results
-    if views == config.eval.views:
-      _record_eval(writer, run_checkpoints, step, state=state, config=config, results=results,
-                   main_process=main_process)
+      if main_process:
+        logging.info('final %s', evaluation.summary_line(results))
+    run_checkpoints.wait()
+    run_checkpoints.close()
     if main_process:
-      logging.info('final %s', evaluation.summary_line(results))
-  run_checkpoints.wait()
-  run_checkpoints.close()
-  if main_process:
-    plots.training_curves(read_metrics(workdir), workdir / 'training_curves.png')
-    (workdir / 'final_metrics.json').write_text(json.dumps(
-        {v: _scalars(r) for v, r in final.items()}, indent=1))
-  writer.close()
-  return final
+      plots.training_curves(read_metrics(workdir), workdir / 'training_curves.png')
+      (workdir / 'final_metrics.json').write_text(json.dumps(
+          {v: _scalars(r) for v, r in final.items()}, indent=1))
+    return final
+  finally:
+    writer.close()
 
 
 def _warn_input_bound(last_warned: float, wait_fraction: float, window_steps: int,

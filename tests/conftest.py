@@ -6,13 +6,9 @@ import pathlib
 _flags = os.environ.get('XLA_FLAGS', '')
 if 'xla_force_host_platform_device_count' not in _flags:
   _flags += ' --xla_force_host_platform_device_count=8'
-# Compile speed matters more than run speed here: no LLVM optimisation, and XLA:CPU's loop
-# emitters instead of its MLIR fusion emitters (the smoke CSTM's train step compiles in 8-11 s
-# instead of 12-19 s: docs/benchmarks.md, "The test suite's time").
+# Compile speed matters more than run speed here: no LLVM optimisation.
 if 'xla_backend_optimization_level' not in _flags:
   _flags += ' --xla_backend_optimization_level=0'
-if 'xla_cpu_use_fusion_emitters' not in _flags:
-  _flags += ' --xla_cpu_use_fusion_emitters=false'
 os.environ['XLA_FLAGS'] = _flags.strip()
 # CPU only, also where libtpu is installed (the ahead-of-time TPU tests use it deviceless); several
 # test processes may load libtpu at once.

@@ -8,7 +8,8 @@ import sysconfig
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCES = ('pyproject.toml', 'README.md', 'requirements.txt', 'requirements-tpu.txt',
-           'requirements-cuda.txt', 'requirements-dev.txt', 'cstm_foundation', 'cstm_jax',
+           'requirements-cuda.txt', 'requirements-cuda13.txt', 'requirements-dev.txt',
+           'cstm_foundation', 'cstm_jax',
            'input_pipeline', 'configs')
 
 
