@@ -7,18 +7,15 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-cluster demo summary benchmark benchmark-gpu accelerators accelerators-tpu accelerators-gpu \
-  device-check device-wheels clean
+.PHONY: test test-floor device-check-image test-cluster demo summary benchmark benchmark-gpu \
+  accelerators accelerators-tpu accelerators-gpu device-check device-wheels clean
 
 # libtpu goes into its own folder, on the path of the tests only (the ahead-of-time TPU compiles):
 # in the environment itself jax would look for a TPU, and say so, in every run.
 LIBTPU := $(VENV)/libtpu
 
 $(INSTALLED): requirements.txt requirements-dev.txt requirements-tpu.txt
-	@if ! $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 12))' 2>/dev/null; then \
-	  py=$$(scripts/find_python.sh $(PY)) || exit 1; \
-	  rm -rf $(VENV); echo "Creating $(VENV) with $$py"; $$py -m venv $(VENV) || exit 1; \
-	fi
+	@scripts/make_venv.sh $(VENV) $(PY)
 	$(PYTHON) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(PYTHON) -m pip install -q --no-deps --upgrade --target $(LIBTPU) \
 	  $$(grep '^libtpu==' requirements-tpu.txt)
@@ -28,6 +25,39 @@ $(INSTALLED): requirements.txt requirements-dev.txt requirements-tpu.txt
 # benchmark report) are built once.
 test: $(INSTALLED)
 	PYTHONPATH=$(LIBTPU) $(PYTHON) -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests
+
+# The oldest supported jax (requirements-floor.txt: the GPU machines' 0.11.2) in .venv-floor: the
+# training, checkpoint and step tests and the multi-process watch on JAX's distributed client;
+# then the device check's --smoke as a GPU image runs it (device-check-image, below). .ci/run
+# runs it after `make test`.
+FLOOR := .venv-floor
+FLOOR_TESTS := tests/test_train.py tests/test_steps.py tests/test_peers.py tests/test_jax_private.py
+$(FLOOR)/.installed: requirements.txt requirements-floor.txt requirements-dev.txt
+	@scripts/make_venv.sh $(FLOOR) $(PY)
+	grep -v '^jax==\|^jaxlib==' requirements.txt > $(FLOOR)/requirements.txt
+	$(FLOOR)/bin/python -m pip install -q -r $(FLOOR)/requirements.txt -r requirements-floor.txt \
+	  -r requirements-dev.txt
+	touch $@
+
+test-floor: $(FLOOR)/.installed
+	$(FLOOR)/bin/python -c 'import jax, sys; print("jax", jax.__version__, "on", sys.version[:6])'
+	$(FLOOR)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(FLOOR_TESTS)
+	$(MAKE) device-check-image
+
+# The device check as a GPU host runs it, on the CPU: a stand-in for the GPU machines' image
+# (scripts/gpu_image.txt: jax 0.11.2 without the data stack) takes the wheels of
+# `make device-wheels` through scripts/device_check.sh, at smoke sizes.
+IMAGE := .venv-gpu-image
+$(IMAGE)/.installed: scripts/gpu_image.txt
+	@scripts/make_venv.sh $(IMAGE) $(PY)
+	$(IMAGE)/bin/python -m pip install -q -r scripts/gpu_image.txt
+	touch $@
+
+device-check-image: $(IMAGE)/.installed device-wheels
+	rm -rf $(IMAGE)/site $(IMAGE)/report
+	! $(IMAGE)/bin/python -c 'import grain' 2>/dev/null  # the stand-in lacks the data stack
+	CSTM_DEVICE_SITE=$(IMAGE)/site bash scripts/device_check.sh $(IMAGE)/bin/python \
+	  $(IMAGE)/report --smoke
 
 # Real SLURM (slurmctld, slurmd, munged on this machine) and Open MPI: sbatch, scancel, requeue,
 # mpirun, a killed task (tests/cluster, about 3 minutes). Needs root and Debian's packages:
@@ -147,4 +177,4 @@ device-wheels: $(INSTALLED)
 	du -sh .whl
 
 clean:
-	rm -rf $(VENV) .pytest_cache .jax_cache runs/demo data/demo
+	rm -rf $(VENV) $(FLOOR) $(IMAGE) .pytest_cache .jax_cache runs/demo data/demo

@@ -22,5 +22,6 @@ def distributed_client() -> Optional[Any]:
     state = distributed.global_state
     return state.client
   except (ImportError, AttributeError) as error:
-    raise MovedError(f'jax {jax.__version__} no longer has jax._src.distributed.global_state.client '
-                     f'({error}); cstm_jax/jax_private.py must follow it') from error
+    raise MovedError(f'jax {jax.__version__} no longer has '
+                     f'jax._src.distributed.global_state.client ({error}); '
+                     'cstm_jax/jax_private.py must follow it') from error

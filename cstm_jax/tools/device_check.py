@@ -77,7 +77,7 @@ class Sizes:
   loader_frames: int
   loader_crop: int
   step_batches: tuple   # per device
-  step_frames: tuple    # CSTM's second frame count is step_frames[1]
+  step_frames: tuple    # CSTM's second frame count, if any, is step_frames[1]
   step_width: float
   step_crop: Optional[int]
   step_dtype: str
@@ -94,7 +94,7 @@ FULL = Sizes(config='configs/ssv1_8f.py', train_videos=512, val_videos=128, vide
 SMOKE = Sizes(config='configs/ssv1_8f.py:smoke', train_videos=16, val_videos=8, video_height=32,
               short_side=40, background='flat', per_device_batch=2, steps=6, more_steps=2,
               log_every=2, loader_batch=4, loader_batches=3, loader_frames=4, loader_crop=32,
-              step_batches=(2,), step_frames=(4, 8), step_width=0.125, step_crop=32,
+              step_batches=(2,), step_frames=(4,), step_width=0.125, step_crop=32,
               step_dtype='float32',
               layout=dict(model_name='cstm_bninception', width=0.125, frames=4, crop=32,
                           batch_size=2))
@@ -308,7 +308,7 @@ def part_layout(part: dict, report: Report, sizes: Sizes) -> None:
 def step_settings(sizes: Sizes, devices: int) -> list:
   """The benchmark settings of the steps part, most important first."""
   from cstm_jax.benchmark import Setting
-  eight, more = sizes.step_frames
+  eight, *more = sizes.step_frames
   first, *rest = sizes.step_batches
   make = lambda model, frames, batch, nhwc: Setting(
       model, frames, sizes.step_crop or 224, batch * devices, sizes.step_dtype, 'train',
@@ -316,7 +316,7 @@ def step_settings(sizes: Sizes, devices: int) -> list:
   order = [('cstm_bninception', eight, first, False), ('cstm_bninception', eight, first, True),
            ('tsn_bninception', eight, first, False), ('tsn_bninception', eight, first, True)]
   order += [(m, eight, b, True) for b in rest for m in ('cstm_bninception', 'tsn_bninception')]
-  order += [('cstm_bninception', more, first, True), ('cstm_bninception', more, first, False)]
+  order += [('cstm_bninception', f, first, nhwc) for f in more for nhwc in (True, False)]
   order += [(m, eight, b, False) for b in rest for m in ('cstm_bninception', 'tsn_bninception')]
   return [make(*o) for o in order]
 
