@@ -157,8 +157,8 @@ def devices(target: Target) -> list:
         topology=target.topology).devices)
   except Exception as e:
     raise RuntimeError(f'{target.spec}: no CUDA topology ({_first_line(e)}); CUDA targets need '
-                       'the jax CUDA plugin: pip install -r requirements-cuda.txt (or .[cuda12])'
-                       ) from None
+                       'the jax CUDA plugin: pip install -r requirements-cuda.txt (CUDA 12, or '
+                       '.[cuda12]) or -r requirements-cuda13.txt (.[cuda13])') from None
 
 
 def memory_limit_bytes(target: Target, device) -> int:
