@@ -19,8 +19,7 @@ def distributed_client() -> Optional[Any]:
   import jax
   try:
     from jax._src import distributed
-    state = distributed.global_state
-    return state.client
+    return distributed.global_state.client
   except (ImportError, AttributeError) as error:
     raise MovedError(f'jax {jax.__version__} no longer has '
                      f'jax._src.distributed.global_state.client ({error}); '
