@@ -71,11 +71,11 @@ demo: $(INSTALLED)
 
 # Parameters and multiply-adds of every model.
 summary: $(INSTALLED)
-	$(PYTHON) -m cstm_jax.models.summary
+	$(PYTHON) -m cstm_jax.analysis.summary
 
 # The CPU throughput tables of docs/benchmarks.md (about 35 minutes on 2 cores); on a GPU or TPU
 # run the commands in docs/benchmarks.md instead.
-BENCH := $(PYTHON) -m cstm_jax.benchmark --warmup 1 --repeats 3 --steps 1 --batch 4
+BENCH := $(PYTHON) -m cstm_jax.analysis.benchmark --warmup 1 --repeats 3 --steps 1 --batch 4
 benchmark: $(INSTALLED)
 	$(BENCH) --frames 8 --crop 128 --mode inference,train --json docs/bench/cpu_matched.json \
 	  --markdown docs/bench/cpu_matched.md --plot docs/bench/cpu_matched.png
@@ -92,7 +92,7 @@ benchmark: $(INSTALLED)
 GPU_PYTHON ?= python3
 GPU_OUT ?= docs/bench
 GPU_PART ?= 1 2
-GPU_BENCH := $(GPU_PYTHON) -m cstm_jax.benchmark --batch 64 --dtype bfloat16 --warmup 2 \
+GPU_BENCH := $(GPU_PYTHON) -m cstm_jax.analysis.benchmark --batch 64 --dtype bfloat16 --warmup 2 \
   --repeats 5 --steps 5 --mode inference,train
 benchmark-gpu:
 ifneq (,$(filter 1,$(GPU_PART)))
@@ -114,8 +114,8 @@ endif
 # make accelerators CUDA_PYTHON=path/to/python-with-requirements-cuda.txt
 CUDA_PYTHON ?= .venv-cuda/bin/python
 AOT_ARGS := --config.model.dtype=bfloat16
-TPU_AOT := PYTHONPATH=$(LIBTPU) $(PYTHON) -m cstm_jax.aot
-GPU_AOT := $(CUDA_PYTHON) -m cstm_jax.aot
+TPU_AOT := PYTHONPATH=$(LIBTPU) $(PYTHON) -m cstm_jax.analysis.aot
+GPU_AOT := $(CUDA_PYTHON) -m cstm_jax.analysis.aot
 AOT_OUT := docs/aot
 accelerators: accelerators-tpu accelerators-gpu
 

@@ -8,8 +8,8 @@ synthetic classes come in time-reversed pairs, so TSN (no temporal modelling) st
 inside each pair while CSTM separates them.
 """
 from cstm_foundation.errors import ConfigError
-from cstm_jax import config_defaults
-from cstm_jax.models import zoo
+from cstm_jax.config import defaults
+from cstm_jax.config import zoo
 
 DATA = 'data/demo'
 
@@ -19,7 +19,7 @@ def get_config(arg: str = 'cstm'):
   temporal, _, size = ('cstm:smoke' if arg == 'smoke' else arg).partition(':')
   if temporal not in zoo.TEMPORAL_MODULES:
     raise ConfigError(f'demo config argument {arg!r}: expected a temporal module, e.g. "cstm"')
-  config = config_defaults.experiment('ssv2', f'{temporal}_bninception', 8, '', width=0.25,
+  config = defaults.experiment('ssv2', f'{temporal}_bninception', 8, '', width=0.25,
                                       num_classes=12, dropout=0.2, dtype='float32')  # a CPU run
   config.data.update(data_dir=f'{DATA}/prepared', crop=32, test_scale=32, scales=(1.0, 0.875),
                      batch_size=16, eval_batch_size=32, num_workers=0)
@@ -28,4 +28,4 @@ def get_config(arg: str = 'cstm'):
                       warmup_epochs=1.0, weight_decay=1e-4)
   config.train.update(log_every_steps=50, checkpoint_every_steps=500, eval_every_epochs=8.0)
   config.eval.update(final_views='1x1', checkpoint='latest', tsne_examples=600)
-  return config_defaults.shrink(config, size)
+  return defaults.shrink(config, size)

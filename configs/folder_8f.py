@@ -10,8 +10,8 @@ The class count is the prepared dataset's (model.num_classes 0); the data is rea
 whose names mirror each other ('... left to right' / '... right to left').
 `--config=configs/folder_8f.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return config_defaults.experiment('folder', 'cstm_bninception', 8, arg)
+  return defaults.experiment('folder', 'cstm_bninception', 8, arg)

@@ -5,8 +5,8 @@
 Paper (1 clip, centre crop, validation): 96.40 / 99.84 top-1 / top-5 (%).
 `--config=configs/jester_8f.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return config_defaults.experiment('jester', 'cstm_bninception', 8, arg)
+  return defaults.experiment('jester', 'cstm_bninception', 8, arg)

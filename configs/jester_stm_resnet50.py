@@ -6,8 +6,8 @@ Paper (1 clip, centre crop, validation): 96.60 / 99.90 top-1 / top-5 (%).
 Recipe as configs/ssv2_stm_resnet50.py (the paper's Something-Something schedule).
 `--config=configs/jester_stm_resnet50.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return config_defaults.experiment('jester', 'stm_resnet50', 8, arg, recipe='stm')
+  return defaults.experiment('jester', 'stm_resnet50', 8, arg, recipe='stm')

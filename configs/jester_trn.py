@@ -6,8 +6,8 @@ Paper (1 clip, centre crop, validation): 95.30 top-1 (%).
 Recipe as configs/ssv2_trn.py.
 `--config=configs/jester_trn.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return config_defaults.experiment('jester', 'trn_bninception', 8, arg, recipe='trn')
+  return defaults.experiment('jester', 'trn_bninception', 8, arg, recipe='trn')

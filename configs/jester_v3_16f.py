@@ -5,8 +5,8 @@
 Paper (1 clip, centre crop, validation): 96.61 / 99.86 top-1 / top-5 (%).
 `--config=configs/jester_v3_16f.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return config_defaults.experiment('jester', 'cstm_inception_v3', 16, arg)
+  return defaults.experiment('jester', 'cstm_inception_v3', 16, arg)

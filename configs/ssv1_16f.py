@@ -5,8 +5,8 @@
 Paper (1 clip, centre crop, validation): 49.84 / 78.71 top-1 / top-5 (%).
 `--config=configs/ssv1_16f.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return config_defaults.experiment('ssv1', 'cstm_bninception', 16, arg)
+  return defaults.experiment('ssv1', 'cstm_bninception', 16, arg)

@@ -5,8 +5,8 @@
 Paper (1 clip, centre crop, validation): 48.20 / 78.70 top-1 / top-5 (%); S3D 47.30 / 78.10.
 `--config=configs/ssv1_s3dg.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return config_defaults.experiment('ssv1', 's3dg', 64, arg)
+  return defaults.experiment('ssv1', 's3dg', 64, arg)

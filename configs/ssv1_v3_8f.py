@@ -5,8 +5,8 @@
 Paper (1 clip, centre crop, validation): 49.24 / 77.56 top-1 / top-5 (%).
 `--config=configs/ssv1_v3_8f.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return config_defaults.experiment('ssv1', 'cstm_inception_v3', 8, arg)
+  return defaults.experiment('ssv1', 'cstm_inception_v3', 8, arg)

@@ -5,8 +5,8 @@
 Paper (1 clip, centre crop, validation): 61.65 / 87.56 top-1 / top-5 (%).
 `--config=configs/ssv2_ablation_3d_shift_sum.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return config_defaults.experiment('ssv2', '3d_shift_sum_bninception', 8, arg)
+  return defaults.experiment('ssv2', '3d_shift_sum_bninception', 8, arg)

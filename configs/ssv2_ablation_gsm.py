@@ -5,8 +5,8 @@
 Paper (1 clip, centre crop, validation): 61.23 / 87.29 top-1 / top-5 (%).
 `--config=configs/ssv2_ablation_gsm.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return config_defaults.experiment('ssv2', 'gsm_bninception', 8, arg)
+  return defaults.experiment('ssv2', 'gsm_bninception', 8, arg)

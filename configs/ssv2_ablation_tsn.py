@@ -6,8 +6,8 @@ Paper (1 clip, centre crop, validation): not in the ablation table (TSN / TSM Re
 27.80 / 57.60 and 58.20 / 84.80).
 `--config=configs/ssv2_ablation_tsn.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return config_defaults.experiment('ssv2', 'tsn_bninception', 8, arg)
+  return defaults.experiment('ssv2', 'tsn_bninception', 8, arg)

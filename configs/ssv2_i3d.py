@@ -5,8 +5,8 @@
 Paper (1 clip, centre crop, validation): not reported on SSv2 in the paper.
 `--config=configs/ssv2_i3d.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return config_defaults.experiment('ssv2', 'i3d', 32, arg)
+  return defaults.experiment('ssv2', 'i3d', 32, arg)

@@ -5,8 +5,8 @@
 Paper (1 clip, centre crop, validation): S3D / S3D-G reach 47.30 / 48.20 top-1 on SSv1 (64 frames).
 `--config=configs/ssv2_s3d.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return config_defaults.experiment('ssv2', 's3d', 64, arg)
+  return defaults.experiment('ssv2', 's3d', 64, arg)

@@ -6,8 +6,8 @@ Paper (1 clip, centre crop, validation): S3D-G reaches 48.20 / 78.70 top-1 / top
 64 frames (configs/ssv1_s3dg.py); it gives no SSv2 figure.
 `--config=configs/ssv2_s3dg.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return config_defaults.experiment('ssv2', 's3dg', 64, arg)
+  return defaults.experiment('ssv2', 's3dg', 64, arg)

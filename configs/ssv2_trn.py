@@ -8,8 +8,8 @@ SGD, lr 0.001 at batch 64, momentum 0.9, weight decay 5e-4, x0.1 at epochs 50 an
 gradient norm clipped at 20, dropout 0.8 before the frame features.
 `--config=configs/ssv2_trn.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return config_defaults.experiment('ssv2', 'trn_bninception', 8, arg, recipe='trn')
+  return defaults.experiment('ssv2', 'trn_bninception', 8, arg, recipe='trn')

@@ -5,11 +5,11 @@
 Paper (1 clip, centre crop, validation): 58.20 / 84.80 top-1 / top-5 (%).
 `--config=configs/ssv2_tsm_resnet50.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return _tsm_recipe(config_defaults.experiment('ssv2', 'tsm_resnet50', 8, arg))
+  return _tsm_recipe(defaults.experiment('ssv2', 'tsm_resnet50', 8, arg))
 
 
 def _tsm_recipe(config):

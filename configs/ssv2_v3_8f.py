@@ -5,8 +5,8 @@
 Paper (1 clip, centre crop, validation): 63.95 / 89.11 top-1 / top-5 (%).
 `--config=configs/ssv2_v3_8f.py:smoke` shrinks it to a tiny CPU run.
 """
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 
 
 def get_config(arg: str = ''):
-  return config_defaults.experiment('ssv2', 'cstm_inception_v3', 8, arg)
+  return defaults.experiment('ssv2', 'cstm_inception_v3', 8, arg)

@@ -17,9 +17,10 @@ from absl import flags, logging
 
 from cstm_foundation import cli_flags, logs
 from cstm_foundation.errors import run_main
-from cstm_jax import compare, config_loader
-from cstm_jax.models import zoo
-from cstm_jax.writer import read_metrics
+from cstm_jax.analysis import class_gains
+from cstm_jax.config import loader
+from cstm_jax.config import zoo
+from cstm_jax.train.writer import read_metrics
 from input_pipeline import labels, prepare, synthetic
 
 TRAIN_VIDEOS, VAL_VIDEOS, FRAME_SIZE = 960, 240, 32
@@ -49,18 +50,18 @@ def pair_accuracy(confusion: np.ndarray) -> float:
 
 def run_model(temporal: str, workdir: pathlib.Path, dtype: str = 'float32') -> dict:
   """Trains and evaluates one model (skipped when its run already finished)."""
-  from cstm_jax import train
+  from cstm_jax.train import loop
   done = workdir / 'final_metrics.json'
   start = time.monotonic()
   if not done.exists():
     print(f'Training {temporal} (BN-Inception x0.25, 8 frames, 32 px, {dtype}) in {workdir} ...',
           flush=True)
-    config = config_loader.load(f'demo:{temporal}')
+    config = loader.load(f'demo:{temporal}')
     config.model.dtype = dtype
-    train.train_and_evaluate(config, str(workdir))
+    loop.train_and_evaluate(config, str(workdir))
   else:
     print(f'{temporal}: using the finished run in {workdir} (delete it to train again)')
-  results = compare.load_results(workdir)
+  results = class_gains.load_results(workdir)
   results['minutes'] = (time.monotonic() - start) / 60
   speeds = [r['clips_per_s'] for r in read_metrics(workdir) if 'clips_per_s' in r][1:]
   results['clips_per_s'] = float(np.median(speeds)) if speeds else float('nan')
@@ -84,7 +85,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
          'runs/demo, runs/demo_bfloat16 in bfloat16: a finished run is reused, so the dtypes '
          'keep apart).')
   define('string', 'data',
-         config_loader.load_module('demo').DATA,
+         loader.load_module('demo').DATA,
          'Where the synthetic videos and their prepared dataset go (made once, reused).')
   define('list', 'models', ['tsn', 'cstm'], 'Temporal modules to train on BN-Inception '
          f'(configs/demo.py): {", ".join(zoo.TEMPORAL_MODULES)}.')
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
                              'clips_per_s', 'minutes')}
        for m, r in results.items()}, indent=1))
   if len(models) == 2:
-    compare.main([str(workdir / models[0]), str(workdir / models[1]), '--top', '12'])
+    class_gains.main([str(workdir / models[0]), str(workdir / models[1]), '--top', '12'])
   print(f'Plots: {workdir}/*/eval/*.png, {workdir}/*/training_curves.png')
   return 0
 

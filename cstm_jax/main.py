@@ -8,7 +8,7 @@ The workdir may be local or in Cloud Storage (`gs://bucket/runs/x`); `~` and `$V
 are expanded.
 
 Several processes (multi-host GPU, TPU pods): run the same command on every host. Under SLURM,
-Open MPI or on a Cloud TPU slice the processes find each other (`cstm_jax/launch.py` picks each
+Open MPI or on a Cloud TPU slice the processes find each other (`cstm_jax/distributed/launch.py` picks each
 one's GPUs); elsewhere pass `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
 """
 import faulthandler
@@ -17,10 +17,11 @@ import sys
 from absl import app, flags, logging
 
 from cstm_foundation.errors import debugging, run_main
-from cstm_jax import config_loader, peers
+from cstm_jax.config import loader
+from cstm_jax.distributed import liveness
 
 FLAGS = flags.FLAGS
-config_loader.define_config_flag()
+loader.define_config_flag()
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and plots (local or gs://).')
 flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (multi-process).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-process).')
@@ -28,7 +29,7 @@ flags.DEFINE_integer('process_id', None, 'This process (multi-process).')
 flags.DEFINE_list('local_device_ids', None,
                   'GPUs this process uses, as it numbers them (default: chosen from the SLURM or '
                   'Open MPI layout; all visible GPUs for one process per node).')
-flags.DEFINE_float('peer_timeout_s', peers.DEFAULT_TIMEOUT_S,
+flags.DEFINE_float('peer_timeout_s', liveness.DEFAULT_TIMEOUT_S,
                    'Multi-process: stop every process this many seconds after one of them stops '
                    'answering (killed, lost host), with a line naming it and exit status 75; 0 '
                    "leaves it to JAX's heartbeat (which aborts).")
@@ -39,7 +40,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # Imported here, in this order: launch picks this process's GPUs before JAX loads.
-  from cstm_jax import launch
+  from cstm_jax.distributed import launch
   from cstm_foundation import logs
   logs.quiet_library_logs()
   logs.quiet_exit_warnings()
@@ -54,13 +55,14 @@ def main(argv):
                     device_ids=FLAGS.local_device_ids and [int(i) for i in FLAGS.local_device_ids],
                     peer_timeout_s=FLAGS.peer_timeout_s)
   import jax
-  from cstm_jax import compile_cache, evaluation, train
+  from cstm_jax.distributed import compile_cache
+  from cstm_jax.train import evaluation, loop
   compile_cache.enable(compile_cache.config_setting(config))
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
-  with peers.watched(timeout_s=FLAGS.peer_timeout_s, workdir=FLAGS.workdir):
+  with liveness.watched(timeout_s=FLAGS.peer_timeout_s, workdir=FLAGS.workdir):
     if config.mode == 'train':
-      train.train_and_evaluate(config, FLAGS.workdir)
+      loop.train_and_evaluate(config, FLAGS.workdir)
     else:
       evaluation.evaluate_checkpoint(config, FLAGS.workdir)
 
@@ -70,7 +72,7 @@ def cli() -> None:
   # absl's --help lists the flags of the script that runs: make these the script's.
   for flag in [FLAGS['config']] + FLAGS.get_flags_for_module(__name__):
     FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  app.run(lambda argv: run_main(main, argv), flags_parser=config_loader.parse_flags)
+  app.run(lambda argv: run_main(main, argv), flags_parser=loader.parse_flags)
 
 
 if __name__ == '__main__':

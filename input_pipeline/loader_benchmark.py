@@ -152,7 +152,7 @@ def markdown(result: dict) -> str:
     lines.append(f'| {stage.replace("_", " ")} | {ms:.2f} | {100 * ms / total:.0f}% |')
   lines += ['', 'Clips leave the host as uint8 RGB, a quarter of float32\'s bytes; conversion to '
             'float, the colour order, mean and scale run inside the jitted step '
-            '(`cstm_jax/clips.py`). The loader is timed over the records tiled to SSv2\'s '
+            '(`cstm_jax/models/video.py`). The loader is timed over the records tiled to SSv2\'s '
             f'training size ({SSV2_TRAIN_VIDEOS:,}): grain\'s index shuffle costs each '
             'element more the smaller the dataset. With as many worker processes as cores the '
             'consuming process shares them, so the per-process figure drops.']

@@ -10,11 +10,11 @@ Evaluation: every record exactly once over all processes; the last batch is padd
 `mask` is 0 on padding; every process yields the same number of batches.
 
 Batches are dicts of NumPy arrays: `clips` uint8 RGB `[B, T, H, W, 3]` (evaluation:
-`[B, V, T, H, W, 3]` with V views; the steps normalise them on the device, `cstm_jax/clips.py`),
+`[B, V, T, H, W, 3]` with V views; the steps normalise them on the device, `cstm_jax/models/video.py`),
 `labels` `[B]` int32, `index` `[B]` int32 (the record's position in its split,
 -1 for padding) and, for evaluation, `mask` `[B]` float32.
 
-Functions take a `config.data` block (its keys, defaults and meaning: cstm_jax/config_defaults.py;
+Functions take a `config.data` block (its keys, defaults and meaning: cstm_jax/config/defaults.py;
 this package does not import it).
 """
 import dataclasses

@@ -1,5 +1,5 @@
 """Clip transforms: decode the sampled frames, crop, resize, flip (docs/design.md, "Data"). Clips
-stay uint8 RGB: the steps normalise them on the device (`cstm_jax/clips.py`).
+stay uint8 RGB: the steps normalise them on the device (`cstm_jax/models/video.py`).
 
 A box is `(x, y, w, h)` in pixels of the decoded frame. Clips are `[T, H, W, 3]`.
 """

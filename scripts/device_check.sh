@@ -14,4 +14,4 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1
-exec "$python" -m cstm_jax.tools.device_check --out "$out" "${@:3}"
+exec "$python" -m tools.device_check --out "$out" "${@:3}"

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from cstm_jax import aot, aot_targets, config_loader, hlo_stats
-from cstm_jax.models import summary
+from cstm_jax.analysis import aot, aot_targets, hlo_stats
+from cstm_jax.config import loader
+from cstm_jax.analysis import summary
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'data'
@@ -78,7 +79,7 @@ def test_largest_fitting_batch_takes_few_probes():
 def test_train_step_on_a_tpu_slice(tmp_path):
   """main.py's smoke train step on a v5e 2x2 slice: fits, gradients all-reduced, activations
   never all-gathered, and the FLOPs of a train step (about 3x the forward)."""
-  config = config_loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
+  config = loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
   config.model.num_classes = 174
   hlo_dir = tmp_path / 'hlo'
   (row,) = aot.analyse(config, aot_targets.parse('tpu:v5e:2x2'), steps=('train',),
@@ -99,7 +100,7 @@ def test_the_other_papers_models_compile_for_a_tpu_slice(experiment):
   """TRN, S3D-G and STM: the smoke eval step fits a v5e 2x2 slice with no activation gathered,
   at the FLOPs of the CPU model summary: between its as-run count and its count of every tap
   (the TPU compiler counts some of the 3D convs' padded taps)."""
-  config = config_loader.load(f'{experiment}:smoke')
+  config = loader.load(f'{experiment}:smoke')
   # A crop of 96 rather than 32 gives FLOPs the row's three decimals can compare.
   config.model.num_classes, config.data.crop = 174, 96
   (row,) = aot.analyse(config, aot_targets.parse('tpu:v5e:2x2'), steps=('eval',),
@@ -110,7 +111,7 @@ def test_the_other_papers_models_compile_for_a_tpu_slice(experiment):
 
 
 def test_eval_step_on_two_hosts_matches_the_cpu_summary():
-  config = config_loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
+  config = loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
   config.model.num_classes = 174
   (row,) = aot.analyse(config, aot_targets.parse('tpu:v5p-16'), steps=('eval',), log=lambda _: None)
   assert (row['devices'], row['hosts'], row['per_device_batch']) == (8, 2, 1)
@@ -124,7 +125,7 @@ def test_cli_reports_a_step_that_does_not_fit(tmp_path):
   line naming the memory."""
   out = tmp_path / 'aot.json'
   result = subprocess.run([
-      sys.executable, '-m', 'cstm_jax.aot', '--config=configs/ssv2_8f.py:smoke',
+      sys.executable, '-m', 'cstm_jax.analysis.aot', '--config=configs/ssv2_8f.py:smoke',
       '--config.model.num_classes=174', '--target=tpu:v5e:2x2', '--steps=eval',
       '--config.data.eval_batch_size=16384', '--config.data.crop=224', f'--json={out}'
   ], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -139,7 +140,7 @@ def test_cli_reports_a_step_that_does_not_fit(tmp_path):
 
 def test_cli_refuses_a_batch_that_does_not_split_and_a_bad_target():
   run = lambda *args: subprocess.run(
-      [sys.executable, '-m', 'cstm_jax.aot', '--config=configs/ssv2_8f.py:smoke', *args],
+      [sys.executable, '-m', 'cstm_jax.analysis.aot', '--config=configs/ssv2_8f.py:smoke', *args],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   result = run('--target=tpu:v5e-256')
   assert result.returncode == 2
@@ -208,14 +209,14 @@ def test_grouped_convs_trace_only_the_target_platforms_way():
   import re
   import jax
   import jax.numpy as jnp
-  from cstm_jax import sharding
-  from cstm_jax.temporal import ops
+  from cstm_jax.distributed import sharding
+  from cstm_jax.models import temporal_ops
   x = jnp.ones((4, 2, 8, 8, 128))
   kernels = {groups: jnp.ones((3, 3, 3, 128 // groups, 128)) for groups in (2, 8)}
 
   def traced(groups):
     """(a cond?, sorted (feature groups, spatial dims) of each conv traced)."""
-    jaxpr = str(jax.make_jaxpr(lambda x, k: ops.conv3d(x, k, groups))(x, kernels[groups]))
+    jaxpr = str(jax.make_jaxpr(lambda x, k: temporal_ops.conv3d(x, k, groups))(x, kernels[groups]))
     convs = re.findall(r'feature_group_count=(\d+)\n.*?window_strides=\(([^)]*)\)', jaxpr,
                        re.S)
     return 'cond' in jaxpr, sorted((int(g), len(strides.split(','))) for g, strides in convs)
@@ -223,7 +224,7 @@ def test_grouped_convs_trace_only_the_target_platforms_way():
   cpu = {2: [(1, 3), (1, 3)], 8: [(1, 3)]}
   for groups in (2, 8):
     assert traced(groups) == (True, sorted(cpu[groups] + [(groups, 2), (groups, 3)]))
-    with ops.native_grouped_convs():
+    with temporal_ops.native_grouped_convs():
       assert traced(groups) == (False, [(groups, 3)])
   tpu = aot_targets.devices(aot_targets.parse('tpu:v5e:2x2'))
   for devices, groups, expected in (

@@ -7,8 +7,8 @@ import sys
 import matplotlib.image
 import pytest
 
-from cstm_jax import benchmark
-from cstm_jax.models import summary
+from cstm_jax.analysis import benchmark
+from cstm_jax.analysis import summary
 
 
 TINY = ['--frames', '2', '--batch', '8', '--crop', '60', '--width', '0.125', '--warmup', '1',
@@ -109,7 +109,7 @@ def test_ratios_compare_matched_frames_and_published_settings():
 
 
 def test_benchmark_imports_without_the_data_stack():
-  code = ('import sys; import cstm_jax.benchmark; '
+  code = ('import sys; import cstm_jax.analysis.benchmark; '
           'print(sorted(m for m in ("grain", "tensorflow_datasets", "cv2", "av") '
           'if m in sys.modules))')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)

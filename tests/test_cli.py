@@ -9,14 +9,17 @@ import sys
 import pytest
 from absl import flags
 
-from cstm_jax import aot, benchmark, compare, config_loader, convert, demo, export, predict
-from cstm_jax.models import summary
-from cstm_jax.tools import bf16_check, conv_layout_check, device_check, grouped_conv_benchmark
+from cstm_jax.analysis import aot, benchmark, class_gains
+from cstm_jax.config import loader
+from cstm_jax.inference import convert, export, predict
+from cstm_jax import demo
+from cstm_jax.analysis import summary
+from tools import bf16_check, conv_layout_check, device_check, grouped_conv_benchmark
 from input_pipeline import loader_benchmark as input_benchmark
 from input_pipeline import prepare, synthetic
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-COMMANDS = (predict, export, convert, aot, benchmark, compare, demo, summary, conv_layout_check,
+COMMANDS = (predict, export, convert, aot, benchmark, class_gains, demo, summary, conv_layout_check,
             device_check,
             bf16_check, input_benchmark, prepare, synthetic)
 WITH_CONFIG = (predict, export, convert, aot)
@@ -59,7 +62,7 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
       (prepare, ['--dataset=ssv2', '--manual_dir=x', '--data_dir=y', '--worker=2'],
        "Unknown command line flag 'worker'. Did you mean: workers ?"),
       (summary, ['--frames=eight'], 'flag --frames=eight: invalid literal for int()'),
-      (compare, [str(tmp_path)], f'expected RUN_A RUN_B, got {tmp_path}'),
+      (class_gains, [str(tmp_path)], f'expected RUN_A RUN_B, got {tmp_path}'),
       (demo, ['--models=tsn,c3d'], '--models tsn,c3d: choose from tsn, tsm, gsm'),
       (aot, ['--config=configs/ssv2_8f.py:smoke', '--target=tpu:v5e:2x2', '--steps=backward'],
        '--steps backward: choose from train, eval'),
@@ -78,12 +81,12 @@ def test_bad_flags_are_one_line_errors(tmp_path, capsys):
 def test_config_overrides_apply_to_config_files_and_run_configs(tmp_path, monkeypatch):
   run = tmp_path / 'run'
   run.mkdir()
-  smoke = config_loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
+  smoke = loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
   (run / 'config.json').write_text(smoke.to_json())
   monkeypatch.setenv('HOME', str(tmp_path))
 
   def parse(*argv):
-    return config_loader.parse_command(list(argv), 'doc', lambda flag_values: None,
+    return loader.parse_command(list(argv), 'doc', lambda flag_values: None,
                                        config_required=False)
 
   # A config file, and a run's config.json written with `~` the shell left alone.
@@ -98,17 +101,17 @@ def test_an_experiment_is_named_without_its_path(tmp_path, monkeypatch):
   # `--config=ssv2_8f:smoke` is the file configs/ssv2_8f.py with its `smoke` argument, from any
   # folder (installed, the files live in cstm_jax/configs; tests/test_package.py runs that).
   monkeypatch.chdir(tmp_path)
-  by_name = config_loader.load('ssv2_8f:smoke')
-  assert by_name.to_dict() == config_loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke')).to_dict()
-  assert config_loader.load('demo').to_dict() == config_loader.load(str(
+  by_name = loader.load('ssv2_8f:smoke')
+  assert by_name.to_dict() == loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke')).to_dict()
+  assert loader.load('demo').to_dict() == loader.load(str(
       ROOT / 'configs/demo.py')).to_dict()
-  assert set(config_loader.experiments()) == {p.stem for p in (ROOT / 'configs').glob('[!_]*.py')}
+  assert set(loader.experiments()) == {p.stem for p in (ROOT / 'configs').glob('[!_]*.py')}
   # A file of that name in the current folder is a path, as before.
   (tmp_path / 'ssv2_8f').write_text('')
-  with pytest.raises(config_loader.BadFile, match='ssv2_8f: not a config file'):
-    config_loader.load('ssv2_8f')
-  with pytest.raises(config_loader.MissingFile) as error:
-    config_loader.load('ssv2_16:smoke')
+  with pytest.raises(loader.BadFile, match='ssv2_8f: not a config file'):
+    loader.load('ssv2_8f')
+  with pytest.raises(loader.MissingFile) as error:
+    loader.load('ssv2_16:smoke')
   assert str(error.value).startswith('--config=ssv2_16: no experiment of that name; did you '
                                      'mean ssv2_16f or ')
   assert 'The experiments: demo, folder_8f, ' in str(error.value)
@@ -117,7 +120,7 @@ def test_an_experiment_is_named_without_its_path(tmp_path, monkeypatch):
 def test_config_override_mistakes_name_the_fix(tmp_path, capsys):
   def error(*argv):
     with pytest.raises(SystemExit):
-      config_loader.parse_command(list(argv), 'doc', lambda flag_values: None,
+      loader.parse_command(list(argv), 'doc', lambda flag_values: None,
                                   config_required=False)
     return capsys.readouterr().err.strip()
 
@@ -158,7 +161,7 @@ def test_predict_applies_overrides_to_the_run_config(tmp_path, capsys):
   checkpoint is read."""
   run = tmp_path / 'run'
   run.mkdir()
-  config = config_loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
+  config = loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
   config.model.num_classes = 3
   (run / 'config.json').write_text(config.to_json())
   (run / 'classes.json').write_text(json.dumps(['a', 'b', 'c']))

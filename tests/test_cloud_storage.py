@@ -120,7 +120,7 @@ def test_two_processes_train_and_serve_from_cloud_storage(emulator, prepared_ssv
   # Predict from the stored run, and export it into the bucket.
   video = next((synthetic_ssv2[0] / labels.SSV2_VIDEOS).glob('*.webm'))
   result = subprocess.run(
-      [sys.executable, '-m', 'cstm_jax.predict', '--workdir', workdir, '--which', 'latest',
+      [sys.executable, '-m', 'cstm_jax.inference.predict', '--workdir', workdir, '--which', 'latest',
        '--video', str(video), '--json'], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -128,7 +128,7 @@ def test_two_processes_train_and_serve_from_cloud_storage(emulator, prepared_ssv
   classes = json.loads(read(env, 'runs/smoke/classes.json'))
   assert len(top) == 5 and all(t['class'] in classes for t in top)
   result = subprocess.run(
-      [sys.executable, '-m', 'cstm_jax.export', '--workdir', workdir, '--which', 'latest',
+      [sys.executable, '-m', 'cstm_jax.inference.export', '--workdir', workdir, '--which', 'latest',
        '--out', f'gs://{BUCKET}/export/model.jax', '--platforms', 'cpu'], cwd=ROOT, env=env,
       capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -138,7 +138,7 @@ def test_two_processes_train_and_serve_from_cloud_storage(emulator, prepared_ssv
 
 LOCK_SCRIPT = '''
 import os
-from cstm_jax import workdir_lock
+from cstm_jax.distributed import workdir_lock
 first = workdir_lock.WorkdirLock('gs://%s/runs/locked')
 first.record['pid'] = os.getppid()  # a live process on this host (the test), not this one
 first.acquire()

@@ -9,8 +9,9 @@ import safetensors.numpy
 import torch
 
 import torch_reference as ref
-from cstm_jax import checkpoints, convert
-from cstm_jax.config_defaults import model_config
+from cstm_jax.train import checkpoints
+from cstm_jax.inference import convert
+from cstm_jax.config.defaults import model_config
 from cstm_jax.models.build import build_model
 
 FRAMES, WIDTH, CLASSES = 4, 0.25, 10

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from cstm_jax import compile_cache
-from cstm_jax.tools import conv_layout_check
-from cstm_jax.tools import device_check as device_check_tool
+from cstm_jax.distributed import compile_cache
+from tools import conv_layout_check
+from tools import device_check as device_check_tool
 from input_pipeline import workers
 from input_pipeline.prefetch import Prefetched
 
@@ -20,7 +20,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def device_check(out, *args, timeout=600):
-  return subprocess.run([sys.executable, '-m', 'cstm_jax.tools.device_check', f'--out={out}',
+  return subprocess.run([sys.executable, '-m', 'tools.device_check', f'--out={out}',
                          *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 

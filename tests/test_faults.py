@@ -17,8 +17,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import ssv2_r2plus1d_18
-from cstm_jax import (checkpoints, config_loader, convert, evaluation, predict, train, train_state,
-                      workdir_lock)
+from cstm_jax.train import checkpoints, evaluation, loop, train_state
+from cstm_jax.config import loader
+from cstm_jax.inference import convert, predict
+from cstm_jax.distributed import workdir_lock
 from cstm_foundation import errors, paths
 from cstm_foundation.errors import ConfigError, UserError
 from cstm_jax.models.build import build_model
@@ -56,8 +58,8 @@ def test_a_non_finite_step_is_never_saved(prepared_ssv2, tmp_path):
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], optim__base_lr=1e30,
                  train__checkpoint_every_steps=1, train__log_every_steps=100,
                  train__eval_every_epochs=1000.0)
-  with pytest.raises(train.NonFiniteLoss) as error:
-    train.train_and_evaluate(config, tmp_path)
+  with pytest.raises(loop.NonFiniteLoss) as error:
+    loop.train_and_evaluate(config, tmp_path)
   message = str(error.value)
   assert re.match(r'loss is (nan|inf) at step \d+ \(gradient norm ', message), message
   assert 'nothing saved after it' in message
@@ -106,7 +108,7 @@ def restore(config, workdir):
   run = checkpoints.RunCheckpoints(workdir)
   iterator = iter(pipeline.train_dataset(config.data, 0, 1))
   try:
-    state, _, step = train.initial_state(config, model, tx, mesh=mesh, clips_shape=clips_shape,
+    state, _, step = loop.initial_state(config, model, tx, mesh=mesh, clips_shape=clips_shape,
                                          run_checkpoints=run, train_iterator=iterator)
   finally:
     run.close()
@@ -160,7 +162,7 @@ def test_a_missing_evaluation_split_stops_the_run_before_its_first_step(prepared
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], data__eval_split='valdation')
   with pytest.raises(ConfigError, match=r"no split 'valdation'; has \['train', 'validation'\]"
                      r"\. .*or set --config.data.eval_split to one of those"):
-    train.train_and_evaluate(config, tmp_path)
+    loop.train_and_evaluate(config, tmp_path)
   assert not (tmp_path / 'checkpoints').exists() and not (tmp_path / 'metrics.jsonl').exists()
 
 
@@ -170,20 +172,20 @@ def test_a_workdir_that_cannot_be_written_is_refused_before_anything_runs(prepar
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0])
   with pytest.raises(UserError, match=re.escape(f'{tmp_path}/a_file/run: the workdir cannot be '
                                                 'written (Not a directory); give a --workdir')):
-    train.train_and_evaluate(config, tmp_path / 'a_file' / 'run')
+    loop.train_and_evaluate(config, tmp_path / 'a_file' / 'run')
 
 
 def test_num_classes_comes_from_the_dataset_and_a_mismatch_is_refused(prepared_ssv2, tmp_path):
   classes = prepared_ssv2[1]['classes']
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0])
   assert config.model.num_classes == 0  # smoke runs take the dataset's
-  resolved = config_loader.with_num_classes(config, classes, 'the dataset')
+  resolved = loader.with_num_classes(config, classes, 'the dataset')
   assert resolved.model.num_classes == classes and config.model.num_classes == 0
   config.model.num_classes = 174
   with pytest.raises(ConfigError, match=f'model.num_classes is 174 but the dataset '
                      f'something_something_v2 in .* has {classes} classes: set '
                      f'--config.model.num_classes={classes}'):
-    train.train_and_evaluate(config, tmp_path)
+    loop.train_and_evaluate(config, tmp_path)
   assert not (tmp_path / 'checkpoints').exists()
 
 
@@ -201,7 +203,7 @@ def test_init_from_weights_of_another_width_fails_unless_partial_is_asked(saved_
   assert f'init_from {narrow}: ' in message and 'do not load' in message
   assert 'params/backbone/layer1_0/bn1/bias (8,) for (16,)' in message
   assert 'init_partial=True' in message
-  # On purpose (what train.init_partial passes): what fits loads, the rest is named.
+  # On purpose (what loop.init_partial passes): what fits loads, the rest is named.
   model = build_model(wider.model)
   fresh = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4, 32, 32, 3)))
   with caplog.at_level(logging.WARNING):
@@ -246,8 +248,8 @@ def test_preparing_again_keeps_the_data_and_its_report(small_download, tmp_path,
 
   # What a killed preparation leaves beside the dataset.
   leftover = folder.parent / 'incomplete.K1LLED_1.0.0'
-  (leftover / 'something_something_v2-train.array_record-00000-of-00001').parent.mkdir()
-  (leftover / 'something_something_v2-train.array_record-00000-of-00001').write_bytes(b'0' * 99)
+  (leftover / 'something_something_v2-loop.array_record-00000-of-00001').parent.mkdir()
+  (leftover / 'something_something_v2-loop.array_record-00000-of-00001').write_bytes(b'0' * 99)
   assert prepare.main(args) == 0
   assert 'already prepared with these options; kept (6 videos written, 1 skipped' in (
       capsys.readouterr().out)
@@ -264,7 +266,7 @@ def test_preparing_again_keeps_the_data_and_its_report(small_download, tmp_path,
 
 def test_a_video_id_listed_twice_stops_before_any_decoding(small_download, tmp_path, capsys):
   train = annotations(small_download, 'train')
-  path = small_download / 'something-something-v2-train.json'
+  path = small_download / 'something-something-v2-loop.json'
   path.write_text(json.dumps(train + [train[2]]))
   for video in (small_download / '20bn-something-something-v2').iterdir():
     video.write_bytes(b'')  # were anything decoded, it would be reported as empty instead
@@ -285,8 +287,8 @@ def test_a_video_id_listed_twice_stops_before_any_decoding(small_download, tmp_p
 
 
 def test_a_csv_header_line_is_not_a_class(tmp_path):
-  (tmp_path / 'train.csv').write_text('path,label\nv/1.webm,waving\nv/2.webm,clapping\n')
-  entries = labels.read_folder_dataset(tmp_path, 'train.csv')
+  (tmp_path / 'loop.csv').write_text('path,label\nv/1.webm,waving\nv/2.webm,clapping\n')
+  entries = labels.read_folder_dataset(tmp_path, 'loop.csv')
   assert [e.label for e in entries] == ['waving', 'clapping']
 
 
@@ -380,12 +382,12 @@ def test_predict_checks_its_arguments_before_loading_anything(tmp_path, capsys):
 
 def test_a_misspelt_or_misplaced_config_key_gets_the_closest_keys():
   config = ssv2_r2plus1d_18.get_config()
-  message = lambda key: config_loader.unknown_key_message(config, key)
+  message = lambda key: loader.unknown_key_message(config, key)
   assert message('optim.lerning_rate') == (
       'unknown config key optim.lerning_rate; did you mean optim.base_lr?')
-  assert message('train.batch_size').startswith(
-      'unknown config key train.batch_size; did you mean data.batch_size')
-  assert 'did you mean train.init_partial?' in message('train.init_parital')
+  assert message('loop.batch_size').startswith(
+      'unknown config key loop.batch_size; did you mean data.batch_size')
+  assert 'did you mean loop.init_partial?' in message('loop.init_parital')
 
 
 # --- Damaged prepared data --------------------------------------------------------------------
@@ -395,7 +397,7 @@ def damaged_copy(prepared_ssv2, tmp_path, damage):
   data dir and the shard."""
   data_dir = tmp_path / 'data'
   shutil.copytree(prepared_ssv2[0], data_dir)
-  shard = next((data_dir / 'something_something_v2').glob('*/*-train.array_record-*'))
+  shard = next((data_dir / 'something_something_v2').glob('*/*-loop.array_record-*'))
   damage(shard)
   return data_dir, shard
 

@@ -14,10 +14,12 @@ import torch
 
 import torch_reference as ref
 from torch_reference import reference_normalise
-from cstm_jax import (checkpoints, config_loader, convert, evaluation, export, predict, sharding,
-                      train, train_state)
+from cstm_jax.train import checkpoints, evaluation, loop, train_state
+from cstm_jax.config import loader
+from cstm_jax.inference import convert, export, predict
+from cstm_jax.distributed import sharding
 from cstm_foundation import errors
-from cstm_jax.steps import make_eval_step
+from cstm_jax.train.steps import make_eval_step
 from input_pipeline import pipeline
 
 
@@ -29,7 +31,7 @@ CONFIG = str(ROOT / 'configs' / 'ssv2_16f.py') + ':smoke'
 def finetuned(prepared_ssv2, tmp_path_factory):
   """A smoke CSTM run on synthetic SSv2 started from converted PyTorch ImageNet weights."""
   root = tmp_path_factory.mktemp('finetune')
-  config = config_loader.load(CONFIG)
+  config = loader.load(CONFIG)
   frames, width = config.model.num_frames, config.model.width
   # TSN's ImageNet BN-Inception: bare layer names and a 1000-way `fc`.
   imagenet = ref.randomise(ref.TSN(ref.InceptionBase('bninception', width, frames), 1000))
@@ -44,7 +46,7 @@ def finetuned(prepared_ssv2, tmp_path_factory):
   config.train.init_from = str(root / 'pretrained')
   config.train.eval_every_epochs = 1000.0
   workdir = root / 'run'
-  final = train.train_and_evaluate(config, workdir)['1x1']
+  final = loop.train_and_evaluate(config, workdir)['1x1']
   return {'root': root, 'workdir': workdir, 'config': config, 'final': final,
           'weights': weights}
 
@@ -53,7 +55,7 @@ def test_training_starts_from_the_converted_weights(finetuned):
   config = finetuned['config']
   model, _, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=10)
   mesh = sharding.make_mesh(1)
-  state, _, start = train.initial_state(
+  state, _, start = loop.initial_state(
       config, model, tx, mesh=mesh, clips_shape=clips_shape,
       run_checkpoints=checkpoints.RunCheckpoints(finetuned['root'] / 'new'), train_iterator=None)
   assert start == 0

@@ -1,7 +1,10 @@
-"""Imports flow one way: cstm_foundation stands alone and light; input_pipeline builds on it
-alone; the model code does not reach up into training, inference, the data package or the
-configs; nothing of the package imports a config file; config files load no JAX and no data
-stack."""
+"""Imports flow one way, folder by folder (RULES): cstm_foundation stands alone and light;
+input_pipeline builds on it alone; the configuration reads no model; the models read the
+configuration's facts and nothing that trains; the multi-process infrastructure reads nothing of
+the model; training sits on both, inference on training, analysis on all of them, and the
+commands (`cstm_jax/main.py`, `cstm_jax/demo.py`) and the development tools (`tools/`) on top.
+Nothing of the package imports a config file or a development tool; config files load no JAX
+and no data stack."""
 import ast
 import importlib.util
 import os
@@ -38,30 +41,51 @@ def wrong_way(folder: str, forbidden: tuple[str, ...],
 
 
 HEAVY = ('jax', 'flax', 'optax', 'orbax', 'grain', 'tensorflow_datasets', 'cv2', 'av', 'numpy')
+PROJECT = ('cstm_foundation', 'input_pipeline', 'cstm_jax', 'configs', 'tools')
+
+# Each folder and the project modules it may import besides its own (a name stands for the
+# package or module and everything below it).
+_TRAIN = ('cstm_foundation', 'input_pipeline', 'cstm_jax.config', 'cstm_jax.models',
+          'cstm_jax.distributed')
+RULES = {
+    'cstm_foundation': (),
+    'input_pipeline': ('cstm_foundation',),
+    'cstm_jax/config': ('cstm_foundation', 'input_pipeline'),
+    'cstm_jax/models': ('cstm_foundation', 'input_pipeline.conventions', 'cstm_jax.config'),
+    'cstm_jax/distributed': ('cstm_foundation',),
+    'cstm_jax/train': _TRAIN,
+    'cstm_jax/inference': _TRAIN + ('cstm_jax.train',),
+    'cstm_jax/analysis': _TRAIN + ('cstm_jax.train', 'cstm_jax.inference'),
+}
 
 
-def test_the_foundation_imports_nothing_of_the_project_and_nothing_heavy():
-  assert wrong_way('cstm_foundation', ('cstm_jax', 'input_pipeline', 'configs') + HEAVY) == {}
+def test_the_foundation_imports_nothing_heavy():
+  assert wrong_way('cstm_foundation', HEAVY) == {}
 
 
-def test_input_pipeline_imports_nothing_of_the_package_above():
-  assert wrong_way('input_pipeline', ('cstm_jax', 'configs')) == {}
+def test_every_folder_imports_only_what_its_rule_allows():
+  for folder, allowed in RULES.items():
+    own = folder.replace('/', '.')
+    assert wrong_way(folder, PROJECT, allowed + (own,)) == {}, folder
 
 
-def test_models_and_temporal_ops_do_not_import_training_or_configs():
-  above = tuple(f'cstm_jax.{m}'
-                for m in ('train', 'evaluation', 'train_state', 'steps', 'checkpoints', 'predict',
-                          'export', 'convert', 'benchmark', 'aot', 'demo', 'writer', 'plots',
-                          'launch', 'peers')) + ('configs', 'input_pipeline')
-  for folder in ('cstm_jax/models', 'cstm_jax/temporal'):
-    assert wrong_way(folder, above) == {}, folder
+def test_every_folder_of_the_package_has_a_rule():
+  folders = {str(p.parent.relative_to(ROOT)) for p in (ROOT / 'cstm_jax').glob('*/__init__.py')}
+  assert folders == {f for f in RULES if f.startswith('cstm_jax/')}
+
+
+def test_the_commands_import_nothing_of_the_tools_or_the_configs():
+  for command in ('cstm_jax/main.py', 'cstm_jax/demo.py', 'cstm_jax/__init__.py'):
+    bad = [n for n in imported_packages(ROOT / command)
+           if n.split('.')[0] in ('tools', 'configs')]
+    assert bad == [], command
 
 
 def test_nothing_of_the_package_imports_a_config_file():
-  # The configs sit on top: the package reads them by name or path (config_loader.load), never by
-  # import, so they need not be an installed top-level package.
-  assert wrong_way('cstm_jax', ('configs',)) == {}
-  assert wrong_way('input_pipeline', ('configs',)) == {}
+  # The configs sit on top: the package reads them by name or path (config.loader.load), never
+  # by import, so they need not be an installed top-level package.
+  assert wrong_way('cstm_jax', ('configs', 'tools')) == {}
+  assert wrong_way('input_pipeline', ('configs', 'tools')) == {}
 
 
 def test_config_files_load_no_jax_and_no_data_stack():
@@ -78,17 +102,17 @@ def test_config_files_load_no_jax_and_no_data_stack():
 def test_the_check_sees_a_wrong_way_import(tmp_path, monkeypatch):
   module = tmp_path / 'input_pipeline' / 'bad.py'
   module.parent.mkdir()
-  module.write_text('def f():\n  from cstm_jax.train import train_and_evaluate\n')
+  module.write_text('def f():\n  from cstm_jax.train.loop import train_and_evaluate\n')
   monkeypatch.setattr(sys.modules[__name__], 'ROOT', tmp_path)
   assert wrong_way('input_pipeline', ('cstm_jax',)) == {
-      'input_pipeline/bad.py': ['cstm_jax.train', 'cstm_jax.train.train_and_evaluate']}
+      'input_pipeline/bad.py': ['cstm_jax.train.loop', 'cstm_jax.train.loop.train_and_evaluate']}
 
 
 def test_the_metric_writer_starts_without_importing_torch(tmp_path):
   # tensorboardX imports torch where it is installed (as here, for the PyTorch cross-checks), a
   # cost of seconds at every start of a run; the writer keeps it out.
   assert importlib.util.find_spec('torch')  # else the check below could not fail
-  code = ('import sys\nfrom cstm_jax.writer import MetricWriter\n'
+  code = ('import sys\nfrom cstm_jax.train.writer import MetricWriter\n'
           f'writer = MetricWriter({str(tmp_path)!r})\nwriter.write(1, {{"loss": 0.5}})\n'
           'writer.close()\nimport tensorboardX.x2num\nprint("torch" in sys.modules)')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,

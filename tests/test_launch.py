@@ -2,7 +2,7 @@
 under real SLURM and Open MPI: tests/cluster, `make test-cluster`.)"""
 import pytest
 
-from cstm_jax import launch
+from cstm_jax.distributed import launch
 
 SLURM_8_GPUS = {'CUDA_VISIBLE_DEVICES': '0,1,2,3,4,5,6,7', 'SLURM_NTASKS': '16',
                 'SLURM_NODEID': '1'}

@@ -9,9 +9,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_demo_config_takes_smoke_alone():
-  from cstm_jax import config_loader
-  smoke = config_loader.load(str(ROOT / 'configs/demo.py:smoke'))
-  assert smoke.to_dict() == config_loader.load(str(ROOT / 'configs/demo.py:cstm:smoke')).to_dict()
+  from cstm_jax.config import loader
+  smoke = loader.load(str(ROOT / 'configs/demo.py:smoke'))
+  assert smoke.to_dict() == loader.load(str(ROOT / 'configs/demo.py:cstm:smoke')).to_dict()
   assert smoke.model.temporal == 'cstm' and smoke.train.max_steps == 6
 
 
@@ -67,7 +67,7 @@ def test_trn_trains_evaluates_and_predicts_as_users_run_it(prepared_ssv2, synthe
   final = json.loads((tmp_path / 'final_metrics.json').read_text())
   assert 0 <= final['1x1']['top1'] <= 100
   video = next(synthetic_ssv2[0].rglob('*.webm'))
-  predicted = subprocess.run([sys.executable, '-m', 'cstm_jax.predict', '--workdir', str(tmp_path),
+  predicted = subprocess.run([sys.executable, '-m', 'cstm_jax.inference.predict', '--workdir', str(tmp_path),
                               '--video', str(video), '--json'], cwd=ROOT, capture_output=True,
                              text=True, timeout=300)
   assert predicted.returncode == 0, predicted.stderr[-3000:]

@@ -8,11 +8,11 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cstm_jax.config_defaults import model_config
+from cstm_jax.config.defaults import model_config
 from cstm_jax.models.build import abstract_variables, build_model, random_variables
 from cstm_jax.models.inception3d import MIXED
-from cstm_jax.models.zoo import BACKBONES
-from cstm_jax.models.summary import count_params, summarize
+from cstm_jax.config.zoo import BACKBONES
+from cstm_jax.analysis.summary import count_params, summarize
 
 TINY = {'width': 0.125, 'num_classes': 7}
 TINY_SIZE = {'inception_v3': 75}  # the smallest kind of size that keeps v3's branches aligned

@@ -8,7 +8,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import ssv2_8f
-from cstm_jax import optim, sharding
+from cstm_jax.train import optim
+from cstm_jax.distributed import sharding
 
 
 def optim_config(**overrides):

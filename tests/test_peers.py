@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cstm_jax import peers
+from cstm_jax.distributed import liveness
 from runs import ROOT, free_port, process_env
 
 
@@ -38,7 +38,7 @@ class Clock:
 
 
 def watches(store, clock, n=3, timeout_s=10.0):
-  return [peers.PeerWatch(store, process_id=i, num_processes=n, timeout_s=timeout_s,
+  return [liveness.PeerWatch(store, process_id=i, num_processes=n, timeout_s=timeout_s,
                           workdir='/runs/x', clock=clock) for i in range(n)]
 
 
@@ -51,7 +51,7 @@ def test_a_silent_peer_is_named_after_the_timeout_and_a_finished_one_is_not_wait
   assert zero.check() is None
   clock.now += 8
   one._publish()  # process 1 beats, process 2 has ended normally
-  two._publish(peers.DONE)
+  two._publish(liveness.DONE)
   assert zero.check() is None
   clock.now += 8  # 16 s since process 1's last beat... no: 8 s since it changed
   assert zero.check() is None
@@ -67,10 +67,10 @@ def test_a_peer_that_failed_or_stops_ends_the_others_at_once_with_its_reason():
   store, clock = Store(), Clock()
   zero, one, _ = watches(store, clock)
   zero._seen = {1: ({}, clock.now), 2: ({}, clock.now)}
-  one._publish(peers.FAILED, 'data/x: no split validation')
+  one._publish(liveness.FAILED, 'data/x: no split validation')
   assert 'process 1 of 3 (host' in zero.check()
   assert zero.check().endswith('stopped with an error (data/x: no split validation)')
-  one._publish(peers.STOPPING, 'process 2 of 3 stopped answering 61 s ago')
+  one._publish(liveness.STOPPING, 'process 2 of 3 stopped answering 61 s ago')
   assert zero.check().endswith('stopped because process 2 of 3 stopped answering 61 s ago')
 
 
@@ -87,7 +87,7 @@ def test_a_coordinator_that_stops_answering_is_reported_after_the_timeout():
 
 def test_the_watch_speaks_before_jax_aborts():
   for timeout in (1, 60, 600):
-    assert peers.jax_heartbeat_timeout_s(timeout) > timeout + peers.interval_s(timeout)
+    assert liveness.jax_heartbeat_timeout_s(timeout) > timeout + liveness.interval_s(timeout)
 
 
 def _job(workdir, data_dir, port, process, timeout_s):
@@ -124,7 +124,7 @@ def test_a_sigkilled_process_stops_the_other_in_bounded_time_naming_it(prepared_
   lines = err.splitlines()
   if victim == 1:
     # Named in one line, exit 75, within the timeout and a few beats (here 5 s + at most 1 s).
-    assert survivor.returncode == peers.EXIT_PEER_LOST, err[-3000:]
+    assert survivor.returncode == liveness.EXIT_PEER_LOST, err[-3000:]
     assert stopped_after < timeout_s + 6, stopped_after
     error = [l for l in lines if l.startswith('error: ')]
     assert len(error) == 1 and error[0].startswith(
@@ -140,11 +140,11 @@ def test_a_sigkilled_process_stops_the_other_in_bounded_time_naming_it(prepared_
 
 def test_a_failing_process_reports_its_error_once_and_tells_the_others(capsys):
   store, clock, codes = Store(), Clock(), []
-  one = peers.PeerWatch(store, process_id=1, num_processes=2, timeout_s=10.0, clock=clock,
+  one = liveness.PeerWatch(store, process_id=1, num_processes=2, timeout_s=10.0, clock=clock,
                         exit_fn=codes.append)
-  one.failed(peers.UserError('data/x: no split validation; prepare it again'))
+  one.failed(liveness.UserError('data/x: no split validation; prepare it again'))
   assert codes == [1]
   assert capsys.readouterr().err == 'error: data/x: no split validation; prepare it again\n'
   record = json.loads(store.values['cstm_peers/1'])
-  assert (record['state'], record['why']) == (peers.FAILED, 'data/x: no split validation; '
+  assert (record['state'], record['why']) == (liveness.FAILED, 'data/x: no split validation; '
                                                             'prepare it again')

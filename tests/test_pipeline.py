@@ -7,13 +7,13 @@ import pytest
 
 from configs import jester_8f
 from cstm_foundation import progress
-from cstm_jax import config_defaults
+from cstm_jax.config import defaults
 from input_pipeline import pipeline, synthetic
 
 
 def data_config(**overrides):
   """The base config's data block with `overrides`."""
-  config = config_defaults.get_config().data
+  config = defaults.get_config().data
   config.update(overrides)
   return config
 

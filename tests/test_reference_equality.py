@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import torch_reference as ref
-from cstm_jax.config_defaults import model_config
+from cstm_jax.config.defaults import model_config
 from cstm_jax.models.build import build_model, random_variables
 
 

@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cstm_jax import aot, clips, config_loader, hlo_stats, sharding, steps, train_state
-from cstm_jax.temporal import ops
+from cstm_jax.analysis import aot, hlo_stats
+from cstm_jax.models import video as clips
+from cstm_jax.config import loader
+from cstm_jax.distributed import sharding
+from cstm_jax.train import steps, train_state
+from cstm_jax.models import temporal_ops
 from input_pipeline.conventions import NORMALISATION
 from torch_reference import reference_normalise
 
@@ -15,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def smoke_cstm():
-  config = config_loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
+  config = loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
   config.model.num_classes = 174
   return config
 
@@ -42,7 +46,7 @@ def test_a_grouped_convolution_jitted_without_the_mesh_gathers_the_batch():
   native = lambda x, kernel: jax.lax.conv_general_dilated(
       x, kernel, (1, 1, 1), [(1, 1)] * 3, dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
       feature_group_count=2)
-  per_shard = jax.jit(ops.per_batch_shard(native))
+  per_shard = jax.jit(temporal_ops.per_batch_shard(native))
   assert all_gathers(per_shard.lower(x, kernel))  # no mesh set: the op cannot split the batch
   assert all_gathers(steps.MeshStep(per_shard, mesh).lower(x, kernel)) == []
 

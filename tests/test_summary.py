@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cstm_jax.models import summary
-from cstm_jax.models.flops import count_macs
+from cstm_jax.analysis import summary
+from cstm_jax.analysis.flops import count_macs
 
 
 def test_dense_count_includes_padded_taps_and_xla_count_skips_them():

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from cstm_jax.temporal import modules as tm
+from cstm_jax.models import temporal_modules as tm
 from test_temporal_ops import np_conv3d, np_shift, random_clips
 
 N, T, H, W, C = 2, 4, 3, 3, 32

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from cstm_jax.temporal import ops
-from cstm_jax.temporal.modules import TemporalShift
+from cstm_jax.models import temporal_ops
+from cstm_jax.models.temporal_modules import TemporalShift
 
 IMPLS = ['roll', 'slice']
 
@@ -26,7 +26,7 @@ def random_clips(n=3, t=5, h=4, w=3, c=16, seed=0):
 @pytest.mark.parametrize('t', [1, 2, 5])
 def test_shift_matches_numpy(impl, t):
   x = random_clips(t=t)
-  got = np.asarray(ops.temporal_shift(x, 8, impl))
+  got = np.asarray(temporal_ops.temporal_shift(x, 8, impl))
   np.testing.assert_array_equal(got, np_shift(x))
   f = x.shape[-1] // 8
   # Border frames of the shifted channels are zero; the rest of the channels are untouched.
@@ -61,12 +61,12 @@ def test_shift_frames(impl, offset):
   for t in range(5):
     if 0 <= t + offset < 5:
       expected[:, t] = x[:, t + offset]
-  np.testing.assert_array_equal(np.asarray(ops.shift_frames(x, offset, impl)), expected)
+  np.testing.assert_array_equal(np.asarray(temporal_ops.shift_frames(x, offset, impl)), expected)
 
 
 def test_interleave_halves():
   x = np.arange(2 * 12, dtype=np.float32).reshape(2, 12)
-  got = np.asarray(ops.interleave_halves(x))
+  got = np.asarray(temporal_ops.interleave_halves(x))
   quarter = 12 // 2
   for i in range(quarter):
     for k in range(2):
@@ -94,7 +94,7 @@ def np_conv3d(x, kernel, groups):
 def test_conv3d_matches_numpy(groups):
   x = random_clips(n=2, t=3, c=16)
   kernel = np.random.default_rng(1).normal(size=(3, 3, 3, 16 // groups, 16)).astype(np.float32)
-  np.testing.assert_allclose(np.asarray(ops.conv3d(x, kernel, groups)),
+  np.testing.assert_allclose(np.asarray(temporal_ops.conv3d(x, kernel, groups)),
                              np_conv3d(x, kernel, groups), rtol=1e-4, atol=1e-4)
 
 
@@ -105,14 +105,14 @@ def test_cpu_and_tpu_ways_have_the_native_grouped_convs_gradients(groups):
   conv, which GPUs run."""
   import jax
   import jax.numpy as jnp
-  assert (groups > ops.CPU_UNROLLED_GROUPS) == (groups == 8)
+  assert (groups > temporal_ops.CPU_UNROLLED_GROUPS) == (groups == 8)
   x = jnp.asarray(random_clips(n=2, t=3, c=16))
   kernel = jnp.asarray(np.random.default_rng(1).normal(size=(3, 3, 3, 16 // groups, 16)),
                        jnp.float32)
   value_and_grad = lambda conv: jax.value_and_grad(
       lambda x, k: jnp.sum(jnp.sin(conv(x, k, groups))), argnums=(0, 1))(x, kernel)
-  native = value_and_grad(ops.xla_conv3d)
-  for way in (ops.conv3d, ops.tpu_grouped_conv3d):  # conv3d: the CPU's way here
+  native = value_and_grad(temporal_ops.xla_conv3d)
+  for way in (temporal_ops.conv3d, temporal_ops.tpu_grouped_conv3d):  # conv3d: the CPU's way here
     for got, want in zip(jax.tree.leaves(value_and_grad(way)), jax.tree.leaves(native)):
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
@@ -120,8 +120,8 @@ def test_cpu_and_tpu_ways_have_the_native_grouped_convs_gradients(groups):
 @pytest.mark.parametrize('groups', [1, 4, 16])
 def test_identity_centre_kernel(groups):
   x = random_clips(c=16)
-  kernel = ops.identity_centre_kernel(16, groups)
-  np.testing.assert_allclose(np.asarray(ops.conv3d(x, kernel, groups)), x, atol=1e-6)
+  kernel = temporal_ops.identity_centre_kernel(16, groups)
+  np.testing.assert_allclose(np.asarray(temporal_ops.conv3d(x, kernel, groups)), x, atol=1e-6)
 
 
 def test_gate_shift_with_fixed_gate():
@@ -129,12 +129,12 @@ def test_gate_shift_with_fixed_gate():
   x = random_clips(c=8)
   half = 4
   ones = np.ones(x.shape[:-1] + (2,), np.float32)
-  moved = np.asarray(ops.gate_shift(x, ones, interleave=False))
+  moved = np.asarray(temporal_ops.gate_shift(x, ones, interleave=False))
   np.testing.assert_array_equal(moved[:, :-1, ..., :half], x[:, 1:, ..., :half])
   np.testing.assert_array_equal(moved[:, -1, ..., :half], 0)
   np.testing.assert_array_equal(moved[:, 1:, ..., half:], x[:, :-1, ..., half:])
   np.testing.assert_array_equal(moved[:, 0, ..., half:], 0)
-  still = np.asarray(ops.gate_shift(x, np.zeros_like(ones), interleave=False))
+  still = np.asarray(temporal_ops.gate_shift(x, np.zeros_like(ones), interleave=False))
   np.testing.assert_array_equal(still, x)
 
 
@@ -143,13 +143,13 @@ def test_attention_fuse_is_a_two_way_softmax():
   a, b = (rng.normal(size=(2, 3, 5)).astype(np.float32) for _ in range(2))
   logits = rng.normal(size=(2, 2, 1, 5)).astype(np.float32) * 3
   alpha = np.exp(logits[0]) / np.exp(logits).sum(axis=0)
-  got = np.asarray(ops.attention_fuse(a, b, logits[0] - logits[1]))
+  got = np.asarray(temporal_ops.attention_fuse(a, b, logits[0] - logits[1]))
   np.testing.assert_allclose(got, alpha * a + (1 - alpha) * b, rtol=1e-5, atol=1e-6)
 
 
 def test_unfold_rejects_partial_clips():
   with pytest.raises(ValueError, match='not a multiple of num_frames=4'):
-    ops.unfold_time(np.zeros((6, 2, 2, 8)), 4)
+    temporal_ops.unfold_time(np.zeros((6, 2, 2, 8)), 4)
 
 
 @pytest.mark.parametrize('groups', [2, 4])
@@ -157,17 +157,17 @@ def test_grouped_conv3d_splits_over_a_sharded_batch(groups):
   # XLA's partitioner alone would gather the whole batch onto every device for a grouped conv.
   import jax
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from cstm_jax import sharding
+  from cstm_jax.distributed import sharding
   mesh = sharding.make_mesh(1)  # 8 CPU devices on `data`
   x = np.random.default_rng(0).normal(size=(8, 3, 4, 4, 8)).astype(np.float32)
   kernel = np.random.default_rng(1).normal(size=(3, 3, 3, 8 // groups, 8)).astype(np.float32)
-  conv = jax.jit(lambda x, k: ops.conv3d(x, k, groups),
+  conv = jax.jit(lambda x, k: temporal_ops.conv3d(x, k, groups),
                  in_shardings=(NamedSharding(mesh, P('data')), NamedSharding(mesh, P())))
   with jax.set_mesh(mesh):
     hlo = conv.lower(x, kernel).compile().as_text()
     out = conv(x, kernel)
   assert 'all-gather' not in hlo
-  np.testing.assert_allclose(out, ops.conv3d(x, kernel, groups), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out, temporal_ops.conv3d(x, kernel, groups), rtol=1e-5, atol=1e-5)
 
 
 def test_gated_has_the_product_rule_gradients_summed_in_float32():
@@ -176,7 +176,7 @@ def test_gated_has_the_product_rule_gradients_summed_in_float32():
   x = jnp.asarray(random_clips(n=2, t=3, c=8))
   gate = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 1, 1, 1, 8)), jnp.float32)
   plain = lambda x, g: jnp.sum(jnp.sin(x * g))
-  ours = lambda x, g: jnp.sum(jnp.sin(ops.gated(x, g)))
+  ours = lambda x, g: jnp.sum(jnp.sin(temporal_ops.gated(x, g)))
   for want, got in zip(jax.grad(plain, (0, 1))(x, gate), jax.grad(ours, (0, 1))(x, gate)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   grad_gate = jax.grad(ours, 1)(x.astype(jnp.bfloat16), gate)
@@ -191,5 +191,5 @@ def test_channel_temporal_conv_matches_numpy(impl):
   kernel = rng.normal(size=(3, 4)).astype(np.float32)
   padded = np.pad(clip, [(0, 0), (1, 1), (0, 0), (0, 0), (0, 0)])
   expected = sum(kernel[k] * padded[:, k:k + 5] for k in range(3))
-  np.testing.assert_allclose(ops.channel_temporal_conv(clip, kernel, impl), expected, rtol=1e-5,
+  np.testing.assert_allclose(temporal_ops.channel_temporal_conv(clip, kernel, impl), expected, rtol=1e-5,
                              atol=1e-6)

@@ -12,7 +12,10 @@ import numpy as np
 import pytest
 
 from configs import ssv2_8f, ssv2_r2plus1d_18
-from cstm_jax import checkpoints, compare, demo, evaluation, sharding, steps, train, train_state
+from cstm_jax.train import checkpoints, evaluation, loop, steps, train_state
+from cstm_jax.analysis import class_gains
+from cstm_jax import demo
+from cstm_jax.distributed import sharding
 from conftest import SYNTHETIC
 from cstm_foundation import errors
 from input_pipeline import synthetic
@@ -25,7 +28,7 @@ def test_smoke_run_writes_everything_and_eval_mode_reproduces_it(prepared_ssv2, 
                                                                  capfd):
   # R(2+1)D compiles fastest; tests/test_finetune.py trains CSTM on BN-Inception the same way.
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], train__eval_every_epochs=3.0)
-  final = train.train_and_evaluate(config, tmp_path)['1x1']
+  final = loop.train_and_evaluate(config, tmp_path)['1x1']
   # Evaluation shows its progress; not a terminal here, so as whole lines.
   assert 'evaluation 1x1: 100%|' in capfd.readouterr().err
   confusion = np.asarray(final['confusion'])
@@ -68,7 +71,7 @@ def test_an_input_bound_run_says_so_and_names_the_loader_setting(prepared_ssv2, 
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], train__max_steps=8,
                  train__eval_every_epochs=1000.0)
   with caplog.at_level('WARNING'):
-    train.train_and_evaluate(config, tmp_path)
+    loop.train_and_evaluate(config, tmp_path)
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   waits = [r['input_wait_fraction'] for r in records if 'loss' in r]
   assert len(waits) == 4 and max(waits) > 0.5
@@ -106,7 +109,7 @@ def test_sigterm_saves_and_the_restart_ends_at_the_uninterrupted_result(prepared
   data_dir = prepared_ssv2[0]
   config = smoke(ssv2_r2plus1d_18, data_dir, train__max_steps=INTERRUPTED_RUN_STEPS,
                  train__eval_every_epochs=1000.0)
-  train.train_and_evaluate(config, tmp_path / 'straight')
+  loop.train_and_evaluate(config, tmp_path / 'straight')
   run = tmp_path / 'interrupted'
   # SIGTERM (preemption): a checkpoint at the step it stopped, and a clean exit.
   code, err = interrupt(run, data_dir, signal.SIGTERM)
@@ -115,7 +118,7 @@ def test_sigterm_saves_and_the_restart_ends_at_the_uninterrupted_result(prepared
   assert 'Compiling the train step (global batch 8)...' in err
   assert 'Compiled the train step and ran it once in' in err
   assert stopped_at < INTERRUPTED_RUN_STEPS and not (run / 'final_metrics.json').exists()
-  train.train_and_evaluate(config, run)  # the same run, started again
+  loop.train_and_evaluate(config, run)  # the same run, started again
   step_a, params_a = final_params(tmp_path / 'straight')
   step_b, params_b = final_params(run)
   assert step_a == step_b == INTERRUPTED_RUN_STEPS
@@ -157,10 +160,10 @@ def test_one_device_and_eight_devices_give_the_same_step():
 def test_start_errors_are_clear(prepared_ssv2, tmp_path):
   config = smoke(ssv2_8f, prepared_ssv2[0], data__batch_size=6)
   with pytest.raises(ValueError, match='global batch size 6 is not divisible by the 8 devices'):
-    train.train_and_evaluate(config, tmp_path / 'a')
+    loop.train_and_evaluate(config, tmp_path / 'a')
   config = smoke(ssv2_8f, tmp_path / 'nowhere')
   with pytest.raises(FileNotFoundError, match='python -m input_pipeline.prepare'):
-    train.train_and_evaluate(config, tmp_path / 'b')
+    loop.train_and_evaluate(config, tmp_path / 'b')
 
 
 def test_init_from_loads_the_backbone_and_keeps_a_new_head(tmp_path):
@@ -176,7 +179,7 @@ def test_init_from_loads_the_backbone_and_keeps_a_new_head(tmp_path):
   config.train.init_from = str(tmp_path / 'pretrained')
   model, _, tx, clips_shape = train_state.model_and_optimizer(config, SMOKE_STEPS_PER_EPOCH)
   run = checkpoints.RunCheckpoints(tmp_path / 'run')
-  state, _, start = train.initial_state(config, model, tx, mesh=mesh, clips_shape=clips_shape,
+  state, _, start = loop.initial_state(config, model, tx, mesh=mesh, clips_shape=clips_shape,
                                         run_checkpoints=run, train_iterator=None)
   assert start == 0 and state.params['head']['kernel'].shape[-1] == 12
   kernel = lambda p: np.asarray(p['backbone']['layer2_0']['conv1']['conv_s']['conv']['kernel'])
@@ -198,13 +201,13 @@ def test_compare_plots_the_classes_that_improve_most(tmp_path, capsys):
   names = ['Moving something up', 'Moving something down', 'Holding something still']
   write_result(tmp_path / 'tsn', names, [50.0, 40.0, 90.0], 60.0)
   write_result(tmp_path / 'cstm', names, [95.0, 100.0, 85.0], 93.3)
-  assert compare.main([str(tmp_path / 'tsn'), str(tmp_path / 'cstm'), '--top', '3']) == 0
+  assert class_gains.main([str(tmp_path / 'tsn'), str(tmp_path / 'cstm'), '--top', '3']) == 0
   out = capsys.readouterr().out
   order = [out.index(n) for n in ('Moving something down', 'Moving something up',
                                   'Holding something still')]
   assert order == sorted(order) and '+60.0' in out
   assert (tmp_path / 'cstm' / 'eval' / 'gains_over_tsn.png').stat().st_size > 1000
-  assert errors.run_main(compare.main, [str(tmp_path / 'tsn'), str(tmp_path / 'missing')]) == 1
+  assert errors.run_main(class_gains.main, [str(tmp_path / 'tsn'), str(tmp_path / 'missing')]) == 1
 
 
 def test_pair_accuracy_reads_the_time_reversed_pairs():
@@ -216,7 +219,7 @@ def test_pair_accuracy_reads_the_time_reversed_pairs():
 
 
 def test_a_resumed_run_drops_the_metrics_logged_after_its_checkpoint(tmp_path):
-  from cstm_jax.writer import MetricWriter, read_metrics
+  from cstm_jax.train.writer import MetricWriter, read_metrics
   writer = MetricWriter(tmp_path)
   for step in (2, 4, 6):
     writer.write(step, {'loss': 1.0 / step})

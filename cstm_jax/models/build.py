@@ -9,10 +9,11 @@ import ml_collections
 import numpy as np
 
 from cstm_foundation.errors import ConfigError
-from cstm_jax import config_defaults
-from cstm_jax.models import inception, inception3d, r2plus1d, resnet, stm, zoo
+from cstm_jax.config import defaults
+from cstm_jax.config import zoo
+from cstm_jax.models import inception, inception3d, r2plus1d, resnet, stm
 from cstm_jax.models.video import VideoClassifier
-from cstm_jax.temporal import modules as tm
+from cstm_jax.models import temporal_modules as tm
 
 
 # Keys added to the model block after runs were written with it, and the value that builds
@@ -26,7 +27,7 @@ def checked(model_config: Mapping[str, Any]) -> ml_collections.ConfigDict:
   consensus and dtype go together; else a ConfigError naming the problem."""
   values = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
   values = {**ADDED_KEYS, **values}
-  keys = list(config_defaults.get_config().model)
+  keys = list(defaults.get_config().model)
   unknown, missing = sorted(set(values) - set(keys)), sorted(set(keys) - set(values))
   if unknown or missing:
     raise ConfigError(f'model config: unknown keys {unknown}, missing keys {missing}; '
@@ -78,7 +79,7 @@ def temporal_module(config, dtype) -> Optional[functools.partial]:
 def build_model(model_config: Mapping[str, Any]) -> VideoClassifier:
   """Returns the Flax module for a `config.model` block (a ConfigDict or a dict).
 
-  The block holds the keys of `config_defaults.get_config().model` (`config_defaults.model_config`
+  The block holds the keys of `defaults.get_config().model` (`defaults.model_config`
   makes one for a named model).
   The module maps normalised clips
   `[N, T, H, W, 3]` to logits `[N, num_classes]`; call it with `train=True` for dropout and

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cstm_jax.models import layers
-from cstm_jax.temporal import ops
+from cstm_jax.models import temporal_ops
 
 TABLE_DIR = pathlib.Path(__file__).parent / 'architecture'
 TABLES = {'bninception': 'bn_inception.csv', 'inception_v3': 'inception_v3.csv'}
@@ -76,7 +76,7 @@ class InceptionBackbone(nn.Module):
   def __call__(self, clips, train: bool = False):
     num_frames = clips.shape[1]
     table, features = load_table(self.backbone)
-    tensors = {'data': ops.fold_time(clips).astype(self.dtype)}
+    tensors = {'data': temporal_ops.fold_time(clips).astype(self.dtype)}
     for layer in table:
       inputs = [tensors[name] for name in layer.inputs]
       if layer.op == 'conv':

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from cstm_jax.models import layers
-from cstm_jax.temporal import ops
+from cstm_jax.models import temporal_ops
 
 # Mixed blocks: (name, [b0 1x1, b1 1x1, b1 3x3, b2 1x1, b2 3x3, b3 pool-proj]).
 MIXED = {
@@ -68,7 +68,7 @@ class SelfGating(nn.Module):
     pooled = jnp.mean(x, axis=(1, 2, 3), keepdims=True, dtype=jnp.float32)
     gate = nn.Dense(x.shape[-1], dtype=jnp.float32, param_dtype=self.param_dtype,
                     kernel_init=nn.initializers.truncated_normal(0.01), name='gate')(pooled)
-    return ops.gated(x, jax.nn.sigmoid(gate))
+    return temporal_ops.gated(x, jax.nn.sigmoid(gate))
 
 
 class Inception3D(nn.Module):

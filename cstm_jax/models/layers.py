@@ -1,4 +1,5 @@
-"""Building blocks shared by the backbones: conv -> [temporal module] -> BN -> ReLU, Caffe pools."""
+"""Building blocks shared by the backbones and temporal modules: BatchNorm as the PyTorch
+references train it, conv -> [temporal module] -> BN -> ReLU, Caffe pools."""
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -6,10 +7,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cstm_jax.norm import batch_norm
-
 Dtype = Any
 ModuleDef = Callable[..., nn.Module]
+
+BN_MOMENTUM = 0.9  # Flax keeps 0.9 of the old statistics: PyTorch's momentum 0.1
+BN_EPSILON = 1e-5
+
+
+def batch_norm(train: bool, dtype: Any, param_dtype: Any, name: str) -> nn.BatchNorm:
+  """BatchNorm with PyTorch's settings (eps 1e-5, momentum 0.1); statistics over all but C.
+
+  Training normalises with the batch's statistics and updates the running ones (mutable
+  'batch_stats'); evaluation uses the running ones.
+  """
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                      dtype=dtype, param_dtype=param_dtype, name=name)
+
 
 # He init (fan out), as torchvision does for conv layers trained from scratch.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cstm_jax.models import layers
-from cstm_jax.temporal import ops
+from cstm_jax.models import temporal_ops
 
 STAGE_DEPTHS = (3, 4, 6, 3)
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -102,7 +102,7 @@ class ResNet50(nn.Module):
   @nn.compact
   def __call__(self, clips, train: bool = False):
     num_frames = clips.shape[1]
-    x = ops.fold_time(clips).astype(self.dtype)
+    x = temporal_ops.fold_time(clips).astype(self.dtype)
     x = _stem(x, train, self.width, dtype=self.dtype, param_dtype=self.param_dtype)
     shift = None
     if self.temporal is not None:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cstm_jax.models import layers, resnet
-from cstm_jax.temporal import ops
+from cstm_jax.models import temporal_ops
 
 MOTION_REDUCTION = 16  # CMM's channel reduction (the code's reduce_time)
 
@@ -51,8 +51,8 @@ class ChannelTemporal(nn.Module):
   def __call__(self, x):
     kernel = self.param('kernel', lambda _, c: jnp.asarray(shift_init_kernel(c), self.param_dtype),
                         x.shape[-1])
-    clip = ops.unfold_time(x, self.num_frames)
-    return ops.fold_time(ops.channel_temporal_conv(clip, kernel))
+    clip = temporal_ops.unfold_time(x, self.num_frames)
+    return temporal_ops.fold_time(temporal_ops.channel_temporal_conv(clip, kernel))
 
 
 class Motion(nn.Module):
@@ -81,11 +81,11 @@ class Motion(nn.Module):
                             name='reduce')(x, train)
     filtered = conv(reduced_channels, (3, 3), 'spatial',
                     feature_group_count=reduced_channels)(reduced)
-    clip, next_frames = (ops.unfold_time(h, self.num_frames) for h in (reduced, filtered))
-    difference = ops.shift_frames(next_frames, 1) - clip  # R_t, t < T - 1
+    clip, next_frames = (temporal_ops.unfold_time(h, self.num_frames) for h in (reduced, filtered))
+    difference = temporal_ops.shift_frames(next_frames, 1) - clip  # R_t, t < T - 1
     last = np.arange(self.num_frames) == self.num_frames - 1
     difference = jnp.where(last.reshape(1, -1, 1, 1, 1), 0, difference)
-    return conv(channels, (1, 1), 'expand')(ops.fold_time(difference))
+    return conv(channels, (1, 1), 'expand')(temporal_ops.fold_time(difference))
 
 
 class STMBottleneck(nn.Module):

@@ -1,12 +1,21 @@
 """The video classifier shared by every model: backbone, global pool, dropout, dense head,
-logits averaged over time ("average consensus"), or TRN's temporal relations in its place."""
+logits averaged over time ("average consensus"), or TRN's temporal relations in its place;
+and `normalise`, the clips as the host sends them made the backbone's input.
+
+The pipelines send uint8 RGB clips (a quarter of float32's bytes); every step (training,
+evaluation, prediction) and the exported model normalise them on the device into the backbone's
+convention: BGR 0-255 minus the Caffe mean for the Inception nets, RGB ImageNet mean / std for
+the torchvision ones (`input_pipeline/conventions.py`)."""
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cstm_jax.models.layers import ModuleDef
 from cstm_jax.models.trn import RelationHead
+from input_pipeline.conventions import NORMALISATION
 
 
 class VideoClassifier(nn.Module):
@@ -56,3 +65,15 @@ def num_classes_of(params) -> int | None:
     return int(params['head']['kernel'].shape[-1])
   relations = [v for k, v in params.get('trn', {}).items() if k.startswith('relation')]
   return int(relations[0]['out']['kernel'].shape[-1]) if relations else None
+
+
+def normalise(clips: jax.Array, colour: str) -> jax.Array:
+  """uint8 RGB `[..., H, W, 3]` -> float32 `[..., H, W, 3]` in the `colour` convention."""
+  if clips.dtype != jnp.uint8:
+    raise TypeError(f'clips are {clips.dtype}; the steps take uint8 RGB clips as the '
+                    'pipelines send them')
+  mean, std = (np.asarray(v, np.float32) for v in NORMALISATION[colour])
+  x = clips.astype(jnp.float32)
+  if colour == 'bgr255':
+    x = x[..., ::-1]
+  return (x - mean) * (1 / std)

@@ -15,7 +15,8 @@ import jax
 import pytest
 
 from configs import ssv2_r2plus1d_18
-from cstm_jax import peers, train
+from cstm_jax.distributed import liveness
+from cstm_jax.train import loop
 from runs import ROOT, free_port, process_env, smoke
 
 # The README's sbatch line on a node of this machine's CPUs: two tasks, no GPUs.
@@ -122,7 +123,7 @@ def test_a_job_stopped_by_sigterm_is_requeued_resumes_and_matches_one_process(
   assert jax.device_count() == 8
   config = smoke(ssv2_r2plus1d_18, data_dir, train__eval_every_epochs=1000.0,
                  train__max_steps=12)
-  one = train.train_and_evaluate(config, tmp_path / 'one')['1x1']
+  one = loop.train_and_evaluate(config, tmp_path / 'one')['1x1']
   two = json.loads((run / 'final_metrics.json').read_text())['1x1']
   assert (two['examples'], two['step']) == (one['examples'], one['step']) == (8, 12)
   # At step 12 the smoke model is still near chance (loss about ln 12), so which of its nearly
@@ -162,5 +163,5 @@ def test_a_sigkilled_task_stops_the_job_in_bounded_time_naming_it(slurm, prepare
   assert f'srun: error: {host}: task 1: Killed' in log, log[-3000:]
   errors = [line for line in log.splitlines() if line.startswith('error: ')]
   assert len(errors) == 1 and errors[0].startswith('error: process 1 of 2 (host '), log[-3000:]
-  assert f'srun: error: {host}: task 0: Exited with exit code {peers.EXIT_PEER_LOST}' in log
+  assert f'srun: error: {host}: task 0: Exited with exit code {liveness.EXIT_PEER_LOST}' in log
   assert 'Traceback' not in log and 'Terminating process' not in log, log[-3000:]

@@ -1,0 +1,180 @@
+"""The base config: every key a run reads, with its default and what it means.
+
+`get_config()` is CSTM on BN-Inception, 8 frames, Something-Something v2, trained with the GSM
+recipe (docs/design.md, "Recipe"). The files in `configs/` start from it through `experiment`
+and change only what differs; `--config.KEY=VALUE` changes one key, and a key not listed here
+is refused. Importing this file loads ml_collections and nothing of JAX or the data stack.
+"""
+import os
+
+import ml_collections
+
+from cstm_foundation.errors import ConfigError
+from cstm_jax.config import zoo
+from input_pipeline import conventions
+
+DATASETS = {  # name -> (TFDS name of the prepared dataset, classes; 0: the prepared count)
+    'ssv2': ('something_something_v2', 174),
+    'ssv1': ('something_something_v1', 174),
+    'jester': ('jester', 27),
+    'folder': ('video_folder', 0),  # your own videos (input_pipeline.prepare --dataset folder)
+}
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.mode = 'train'             # 'train' (train, then evaluate) or 'eval' (a checkpoint)
+
+  config.model = ml_collections.ConfigDict({
+      'backbone': 'bninception',    # a key of models/zoo.py BACKBONES
+      'temporal': 'cstm',           # tsn, tsm, gsm, 3d_shift_sum, gsm_attention, cstm; stm
+                                    # (resnet50 only); 'none' (3D)
+      'num_classes': 174,           # 0: the prepared dataset's count
+      'num_frames': 8,              # frames per clip (data.num_frames follows it)
+      'dropout': 0.5,               # before the classifier
+      'dtype': 'float32',           # compute dtype: float32, bfloat16 or float16; params float32
+      'width': 1.0,                 # channel multiplier (tests and the demo use small ones)
+      'shift_div': 8,               # shifted channels: C // shift_div each way
+      'shift_impl': 'roll',         # 'roll' (jnp.roll, wrapped frame zeroed) or 'slice'
+      'gsm_interleave': True,       # the GSM reference's channel interleave
+      'conv3d': 'grouped',          # CSTM's 3D branch: 'grouped', 'depthwise' or 'full'
+      'conv3d_group_width': 16,     # channels per group of the grouped 3D branch
+      'cstm_shift': 'tsm',          # shift path in cstm / 3d_shift_sum: 'tsm' or 'gsm'
+      'attention_pool': 'clip',     # CSTM's attention squeeze: per 'clip' or per 'frame'
+      'consensus': 'average',       # 'average' (TSN) or 'trn_multiscale' (TRN's relations)
+      'trn_feature_dim': 256,       # trn_multiscale: frame features' width before the relations
+  })
+
+  config.data = ml_collections.ConfigDict({
+      'name': 'something_something_v2',  # TFDS name of the prepared dataset
+      'data_dir': os.path.expanduser('~/tensorflow_datasets'),  # prepare's --data_dir
+      'train_split': 'train',
+      'eval_split': 'validation',
+      'num_frames': config.model.get_ref('num_frames'),  # TSN segments, one frame each
+      'crop': 224,                  # training crop; the backbone's native one (zoo.BACKBONES)
+      'test_scale': 256,            # short side before the centre (or three) crops at test time
+      'colour': 'bgr255',           # 'bgr255' (Inception nets) or 'rgb_imagenet' (torchvision)
+      'scales': conventions.TSN_SCALES,  # multi-scale crop: fractions of the short side
+      'flip': True,                 # horizontal flip with label swap (off for Jester)
+      'eval_clips': 1,              # 1 (segment centres) or 2 (centres and starts)
+      'eval_crops': 1,              # 1 (centre) or 3 (along the long side)
+      'batch_size': 32,             # global training batch over all processes
+      'eval_batch_size': 32,
+      'num_workers': -1,            # grain processes; 0: in-process; -1: by the host (workers.py)
+      'prefetch': 2,                # batches buffered per worker
+      'seed': 0,                    # sampling, crops and flips; shuffling
+  })
+
+  config.optim = ml_collections.ConfigDict({
+      'optimizer': 'sgd',           # 'sgd' (the recipe) or 'adamw' (momentum is its beta1)
+      'base_lr': 0.01,              # per base_batch clips; scaled with the global batch
+      'base_batch': 32,
+      'momentum': 0.9,
+      'weight_decay': 5e-4,         # SGD: coupled, added to the gradient as PyTorch's SGD does
+      'epochs': 60.0,
+      'warmup_epochs': 10.0,
+      'warmup_start': 0.1,          # warmup from 0.1 x the peak learning rate
+      'schedule': 'cosine',         # 'cosine', or 'steps' (x0.1 at decay_epochs)
+      'decay_epochs': (20, 40),
+      'clip_norm': 20.0,            # global-norm gradient clipping (0 disables)
+      'param_groups': 'uniform',    # 'uniform', or 'tsm' (bias x2 no decay, BN no decay, head)
+      'head_lr_mult': 5.0,          # param_groups='tsm': the head's weights
+      'head_bias_lr_mult': 10.0,    # param_groups='tsm': the head's bias
+      'grad_accum_steps': 1,        # micro-batches per optimizer step
+  })
+
+  config.train = ml_collections.ConfigDict({
+      'seed': 0,                    # initialisation and dropout
+      'max_steps': -1,              # > 0 stops early (smoke runs)
+      'log_every_steps': 50,
+      'checkpoint_every_steps': 1000,
+      'keep_checkpoints': 2,        # latest checkpoints kept (the best one is kept apart)
+      'eval_every_epochs': 5.0,
+      'init_from': '',              # a variables checkpoint (cstm_jax.inference.convert) when starting fresh
+      'init_partial': False,        # True: init_from may leave backbone weights that do not fit
+  })
+
+  config.eval = ml_collections.ConfigDict({
+      'views': '1x1',               # during training: 1 clip x centre crop
+      'final_views': '1x1,2x3',     # after training, and in mode=eval
+      'checkpoint': 'best',         # mode=eval: 'best' or 'latest'
+      'tsne_examples': 2000,        # clips in the t-SNE plot of features
+  })
+
+  config.mesh = ml_collections.ConfigDict({
+      'model': 1,                   # devices on the model axis (1: parameters replicated)
+      'shard_threshold': 2 ** 20,   # with model > 1: parameters this large are sharded
+  })
+
+  config.xla = ml_collections.ConfigDict({
+      # GPUs: force convolutions channels-last (XLA:GPU runs 3D convs NCDHW, wrapped in
+      # transposes). Faster on an H100; off until the device check's layout part shows the
+      # same gradients and updates on a GPU (docs/accelerators.md). No effect on CPU or TPU.
+      'gpu_conv_nhwc': False,
+      # JAX's persistent compilation cache: a folder (local or gs://), 'off', or '' for
+      # $CSTM_COMPILE_CACHE, else $JAX_COMPILATION_CACHE_DIR, else ~/.cache/cstm_jax/xla
+      # (cstm_jax/distributed/compile_cache.py). A restarted run loads its compiled steps from it.
+      'cache_dir': '',
+  })
+  return config
+
+
+def model_config(name: str = 'cstm_bninception', **overrides) -> ml_collections.ConfigDict:
+  """The `config.model` block of a named model (zoo.MODELS), with `overrides` applied."""
+  zoo.check_model_names([name])
+  values = get_config().model.to_dict()
+  unknown = sorted(set(overrides) - set(values))
+  if unknown:
+    raise ConfigError(f'unknown model config keys {unknown}; known keys: {sorted(values)}')
+  return ml_collections.ConfigDict({**values, **zoo.MODELS[name], **overrides})
+
+
+# Other papers' recipes, as changes to the base config's (GSM's) `model` and `optim` keys.
+RECIPES = {
+    'gsm': {},
+    # zhoubolei/TRN-pytorch's main.py defaults with --consensus_type TRNmultiscale.
+    'trn': {'model': {'dropout': 0.8},
+            'optim': {'base_lr': 0.001, 'base_batch': 64, 'epochs': 120.0, 'warmup_epochs': 0.0,
+                      'schedule': 'steps', 'decay_epochs': (50, 100), 'clip_norm': 20.0}},
+    # The STM paper's Something-Something schedule.
+    'stm': {'optim': {'base_lr': 0.01, 'epochs': 50.0, 'warmup_epochs': 0.0,
+                      'schedule': 'steps', 'decay_epochs': (30, 40, 45)}},
+}
+
+
+def experiment(dataset: str, model: str, frames: int, arg: str = '', *, recipe: str = 'gsm',
+               **model_overrides) -> ml_collections.ConfigDict:
+  """The base config for `model` on `dataset` with `frames` frames a clip: the dataset's name,
+  classes and flip; the backbone's crop, test scale and colour; `recipe`'s training settings
+  (RECIPES). It computes in bfloat16, as accelerators train (parameters, statistics, attention
+  and loss stay float32; measured against float32 in docs/benchmarks.md). `arg` 'smoke'
+  shrinks it to a float32 CPU run."""
+  tfds_name, classes = DATASETS[dataset]
+  config = get_config()
+  config.model.update(model_config(model, **{'num_frames': frames, 'num_classes': classes,
+                                             'dtype': 'bfloat16', **model_overrides}).to_dict())
+  for block, values in RECIPES[recipe].items():
+    config[block].update(values)
+  backbone = zoo.BACKBONES[config.model.backbone]
+  config.data.update(name=tfds_name, crop=backbone.crop, test_scale=backbone.test_scale,
+                     colour=backbone.colour, flip=dataset != 'jester')
+  return shrink(config, arg)
+
+
+def shrink(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
+  """'' keeps the experiment; 'smoke' makes it a tiny CPU run of the same code paths."""
+  if arg == '':
+    return config
+  if arg != 'smoke':
+    raise ConfigError(f'unknown config argument {arg!r}; expected nothing or "smoke"')
+  config.model.update(width=0.125, num_frames=4, dropout=0.0, dtype='float32',
+                      num_classes=0)  # the prepared dataset's: smoke runs take any dataset
+  is_v3 = config.model.backbone == 'inception_v3'
+  config.data.update(crop=75 if is_v3 else 32, test_scale=80 if is_v3 else 36, batch_size=8,
+                     eval_batch_size=8, num_workers=0)
+  # max_steps ends the run; the schedule still warms up and decays.
+  config.optim.update(epochs=100.0, warmup_epochs=1.0)
+  config.train.update(max_steps=6, log_every_steps=2, checkpoint_every_steps=2,
+                      eval_every_epochs=1.0)
+  config.eval.update(final_views='1x1', tsne_examples=64)
+  return config

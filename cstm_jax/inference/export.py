@@ -1,0 +1,86 @@
+"""Ship a trained model: the inference function serialised with `jax.export`.
+
+  python -m cstm_jax.inference.export --workdir runs/ssv2_16f --out cstm_ssv2.jax
+  python -m cstm_jax.inference.export --checkpoint converted/ --config configs/ssv2_16f.py --out m.jax
+
+The file holds StableHLO with the weights inside; it runs in any process with jax installed
+and none of this package:
+
+  exported = jax.export.deserialize(open('cstm_ssv2.jax', 'rb').read())
+  logits = exported.call(clips)   # uint8 RGB [batch, T, crop, crop, 3] -> float32 [batch, classes]
+
+The batch size is symbolic (any batch runs). Input is the cropped frames as uint8 RGB: the
+backbone's normalisation is inside. For several views of one video, put the views in the batch
+and average the logits. `FILE.json` beside it says the frames, crop, test scale and classes.
+"""
+import json
+import sys
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from absl import flags
+
+from cstm_foundation import cli_flags, paths
+from cstm_foundation.errors import run_main
+from cstm_jax.models.video import normalise
+from cstm_jax.config.zoo import name_of
+from cstm_jax.inference.predict import load_model_from_flags, parse_model_command
+
+DEFAULT_PLATFORMS = ('cpu', 'cuda')
+
+
+def inference_function(model, variables, colour: str):
+  """uint8 RGB clips `[B, T, H, W, 3]` -> float32 logits `[B, classes]`, normalised inside as
+  the training and evaluation steps normalise them."""
+  return lambda clips: model.apply(variables, normalise(clips, colour), train=False)
+
+
+def export(model, variables, config, platforms: Sequence[str] = DEFAULT_PLATFORMS):
+  """`jax.export.Exported` of the inference function, batch size symbolic."""
+  batch, = jax.export.symbolic_shape('batch')
+  shape = (batch, config.data.num_frames, config.data.crop, config.data.crop, 3)
+  infer = jax.jit(inference_function(model, variables, config.data.colour))
+  return jax.export.export(infer, platforms=tuple(platforms))(
+      jax.ShapeDtypeStruct(shape, jnp.uint8))
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+  define = cli_flags.definer(flag_values)
+  define('string', 'out', None, 'The file to write, local or gs:// (and FILE.json beside it).',
+         required=True)
+  define('list', 'platforms', list(DEFAULT_PLATFORMS), 'Platforms to export for: cpu, cuda, '
+         'rocm, tpu.')
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parse_model_command(argv, __doc__, define_flags)
+  config, model, variables, names = load_model_from_flags(args)
+  exported = export(model, variables, config, args.platforms)
+  out = paths.resolve(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  serialized = exported.serialize()
+  out.write_bytes(serialized)
+  meta = {
+      'model': name_of(config.model),
+      'input': {'shape': ['batch', config.data.num_frames, config.data.crop, config.data.crop, 3],
+                'dtype': 'uint8', 'channels': 'RGB'},
+      'output': {'shape': ['batch', config.model.num_classes], 'dtype': 'float32',
+                 'meaning': 'logits; softmax for probabilities'},
+      'test_scale': config.data.test_scale,
+      'platforms': list(exported.platforms),
+      'classes': list(names),
+  }
+  paths.write_text(f'{out}.json', json.dumps(meta, indent=1))
+  print(f'wrote {out} ({len(serialized) / 2 ** 20:.1f} MiB, {", ".join(exported.platforms)}) '
+        f'and {out}.json')
+  return 0
+
+
+def cli() -> int:
+  """The `cstm-export` command (`python -m cstm_jax.inference.export`)."""
+  return run_main(main)
+
+
+if __name__ == '__main__':
+  sys.exit(cli())

@@ -1,1 +1,0 @@
-"""Temporal ops (pure functions) and the temporal modules built on them."""
