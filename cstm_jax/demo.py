@@ -50,7 +50,7 @@ def pair_accuracy(confusion: np.ndarray) -> float:
 
 def run_model(temporal: str, workdir: pathlib.Path, dtype: str = 'float32') -> dict:
   """Trains and evaluates one model (skipped when its run already finished)."""
-  from cstm_jax.train import loop
+  from cstm_jax.train import experiment
   done = workdir / 'final_metrics.json'
   start = time.monotonic()
   if not done.exists():
@@ -58,7 +58,7 @@ def run_model(temporal: str, workdir: pathlib.Path, dtype: str = 'float32') -> d
           flush=True)
     config = loader.load(f'demo:{temporal}')
     config.model.dtype = dtype
-    loop.train_and_evaluate(config, str(workdir))
+    experiment.run(config, str(workdir))
   else:
     print(f'{temporal}: using the finished run in {workdir} (delete it to train again)')
   results = class_gains.load_results(workdir)

@@ -8,8 +8,9 @@ The workdir may be local or in Cloud Storage (`gs://bucket/runs/x`); `~` and `$V
 are expanded.
 
 Several processes (multi-host GPU, TPU pods): run the same command on every host. Under SLURM,
-Open MPI or on a Cloud TPU slice the processes find each other (`cstm_jax/distributed/launch.py` picks each
-one's GPUs); elsewhere pass `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
+Open MPI or on a Cloud TPU slice the processes find each other
+(`cstm_jax/distributed/launch.py` picks each one's GPUs); elsewhere pass
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
 """
 import faulthandler
 import sys
@@ -56,15 +57,12 @@ def main(argv):
                     peer_timeout_s=FLAGS.peer_timeout_s)
   import jax
   from cstm_jax.distributed import compile_cache
-  from cstm_jax.train import evaluation, loop
+  from cstm_jax.train import experiment
   compile_cache.enable(compile_cache.config_setting(config))
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
   with liveness.watched(timeout_s=FLAGS.peer_timeout_s, workdir=FLAGS.workdir):
-    if config.mode == 'train':
-      loop.train_and_evaluate(config, FLAGS.workdir)
-    else:
-      evaluation.evaluate_checkpoint(config, FLAGS.workdir)
+    experiment.run(config, FLAGS.workdir)
 
 
 def cli() -> None:

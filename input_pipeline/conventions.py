@@ -5,7 +5,7 @@ import numpy as np
 # TSN's multi-scale crop: crop sides as fractions of the frame's short side.
 TSN_SCALES = (1.0, 0.875, 0.75, 0.66)
 
-# Mean and std per input convention, the `colour` of a backbone (cstm_jax/config/zoo.py):
+# Mean and std per input convention, the `input_norm` of a backbone (cstm_jax/config/zoo.py):
 # BGR 0-255 minus the mean for the Caffe Inception nets, RGB ImageNet mean/std for torchvision's.
 NORMALISATION = {
     'bgr255': (np.array([104.0, 117.0, 128.0], np.float32), np.ones(3, np.float32)),

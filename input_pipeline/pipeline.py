@@ -10,7 +10,8 @@ Evaluation: every record exactly once over all processes; the last batch is padd
 `mask` is 0 on padding; every process yields the same number of batches.
 
 Batches are dicts of NumPy arrays: `clips` uint8 RGB `[B, T, H, W, 3]` (evaluation:
-`[B, V, T, H, W, 3]` with V views; the steps normalise them on the device, `cstm_jax/models/video.py`),
+`[B, V, T, H, W, 3]` with V views; the steps normalise them on the device,
+`cstm_jax/models/video.py`),
 `labels` `[B]` int32, `index` `[B]` int32 (the record's position in its split,
 -1 for padding) and, for evaluation, `mask` `[B]` float32.
 
@@ -20,6 +21,7 @@ this package does not import it).
 import dataclasses
 import math
 import pathlib
+from typing import Optional
 
 import grain
 from absl import flags
@@ -104,10 +106,11 @@ class EvalTransform:
             'index': np.int32(record['index']), 'mask': np.float32(1)}
 
 
-def eval_transform(config) -> EvalTransform:
-  """The evaluation transform of a `config.data` block (its eval_clips x eval_crops views)."""
-  return EvalTransform(config.num_frames, config.crop, config.test_scale, config.eval_clips,
-                       config.eval_crops)
+def eval_transform(config, views: Optional[tuple[int, int]] = None) -> EvalTransform:
+  """The evaluation transform of a `config.data` block with `views` (clips, crops); None: the
+  block's eval_clips x eval_crops."""
+  clips, crops = views or (config.eval_clips, config.eval_crops)
+  return EvalTransform(config.num_frames, config.crop, config.test_scale, clips, crops)
 
 
 PADDING = {'padding': True}  # grain drops None elements, so padding is a marker record
@@ -186,8 +189,10 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1,
   return _finish(mine.batch(batch, drop_remainder=True), config)
 
 
-def eval_dataset(config, process_index: int = 0, process_count: int = 1):
-  """One pass over the evaluation split; returns (dataset, batches per process)."""
+def eval_dataset(config, process_index: int = 0, process_count: int = 1, *,
+                 views: Optional[tuple[int, int]] = None):
+  """One pass over the evaluation split with `views` (`eval_transform`); returns (dataset,
+  batches per process)."""
   source, _ = open_split(config, config.eval_split)
   batch = local_batch_size(config.eval_batch_size, process_count)
   total = len(source)
@@ -196,5 +201,5 @@ def eval_dataset(config, process_index: int = 0, process_count: int = 1):
   mine = list(range(process_index, total, process_count))
   mine += [-1] * (num_batches * batch - len(mine))
   dataset = grain.MapDataset.source(IndexedSource(source, mine)).map(
-      eval_transform(config)).batch(batch)
+      eval_transform(config, views)).batch(batch)
   return _finish(dataset, config), num_batches

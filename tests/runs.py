@@ -21,6 +21,15 @@ def smoke(module, data_dir, **overrides):
   return config
 
 
+def built(config, steps_per_epoch: int = 1, mesh=None):
+  """The training program of `config` (its `model.num_classes` set) on all devices, as a run
+  builds it: finished (without opening a dataset), then `program.build`."""
+  from cstm_jax.config import finish
+  from cstm_jax.train import program
+  config = finish.without_data(config)
+  return program.build(config, mesh or program.make_mesh(config), steps_per_epoch=steps_per_epoch)
+
+
 def final_params(workdir):
   """(step, parameters as NumPy arrays) of a run's latest checkpoint, whatever devices and
   processes saved it."""

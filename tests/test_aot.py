@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from cstm_jax.analysis import aot, aot_targets, hlo_stats
-from cstm_jax.config import loader
+from cstm_jax.config import finish, loader
 from cstm_jax.analysis import summary
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -82,7 +82,8 @@ def test_train_step_on_a_tpu_slice(tmp_path):
   config = loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
   config.model.num_classes = 174
   hlo_dir = tmp_path / 'hlo'
-  (row,) = aot.analyse(config, aot_targets.parse('tpu:v5e:2x2'), steps=('train',),
+  (row,) = aot.analyse(finish.without_data(config), aot_targets.parse('tpu:v5e:2x2'),
+                       steps=('train',),
                        hlo_dir=str(hlo_dir), log=lambda _: None)
   assert row['devices'] == 4 and row['hosts'] == 1 and row['device_kind'] == 'TPU v5 lite'
   assert row['global_batch'] == 8 and row['per_device_batch'] == 2
@@ -103,7 +104,8 @@ def test_the_other_papers_models_compile_for_a_tpu_slice(experiment):
   config = loader.load(f'{experiment}:smoke')
   # A crop of 96 rather than 32 gives FLOPs the row's three decimals can compare.
   config.model.num_classes, config.data.crop = 174, 96
-  (row,) = aot.analyse(config, aot_targets.parse('tpu:v5e:2x2'), steps=('eval',),
+  (row,) = aot.analyse(finish.without_data(config), aot_targets.parse('tpu:v5e:2x2'),
+                       steps=('eval',),
                        log=lambda _: None)
   assert row['fits'] and row['activation_all_gathers'] == 0
   counts = summary.summarize_config(config.model, config.data.crop)
@@ -113,7 +115,8 @@ def test_the_other_papers_models_compile_for_a_tpu_slice(experiment):
 def test_eval_step_on_two_hosts_matches_the_cpu_summary():
   config = loader.load(str(ROOT / 'configs/ssv2_8f.py:smoke'))
   config.model.num_classes = 174
-  (row,) = aot.analyse(config, aot_targets.parse('tpu:v5p-16'), steps=('eval',), log=lambda _: None)
+  (row,) = aot.analyse(finish.without_data(config), aot_targets.parse('tpu:v5p-16'),
+                       steps=('eval',), log=lambda _: None)
   assert (row['devices'], row['hosts'], row['per_device_batch']) == (8, 2, 1)
   assert row['fits'] and row['collectives'] == {} and row['activation_all_gathers'] == 0
   forward = 2 * summary.summarize_config(config.model, config.data.crop)['gmacs_xla']
@@ -138,11 +141,16 @@ def test_cli_reports_a_step_that_does_not_fit(tmp_path):
   assert '| tpu:v5e:2x2 | 4 (1) | eval |' in result.stdout
 
 
-def test_cli_refuses_a_batch_that_does_not_split_and_a_bad_target():
+def test_cli_refuses_a_batch_that_does_not_split_a_bad_target_and_no_class_count():
   run = lambda *args: subprocess.run(
       [sys.executable, '-m', 'cstm_jax.analysis.aot', '--config=configs/ssv2_8f.py:smoke', *args],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
-  result = run('--target=tpu:v5e-256')
+  result = run('--target=tpu:v5e:2x2')  # a smoke config leaves the class count to its dataset
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      'error: model.num_classes is 0: with no dataset to take it from, set '
+      '--config.model.num_classes (e.g. 174)')
+  result = run('--target=tpu:v5e-256', '--config.model.num_classes=174')
   assert result.returncode == 2
   assert 'global train batch 8 does not split over 256 devices' in result.stderr
   result = run('--target=tpu:v5e-7')

@@ -135,10 +135,10 @@ def test_config_override_mistakes_name_the_fix(tmp_path, capsys):
 
 def test_a_config_file_that_does_not_load_is_one_line_with_its_file_and_line(tmp_path):
   files = {
-      'syntax.py': ('from cstm_jax import config_defaults\n\ndef get_config(arg=None:\n'
-                    '  return config_defaults.get_config()\n'),
-      'raises.py': ('from cstm_jax import config_defaults\n\ndef get_config(arg=None):\n'
-                    '  config = config_defaults.get_config()\n  return config.model.widht\n'),
+      'syntax.py': ('from cstm_jax.config import defaults\n\ndef get_config(arg=None:\n'
+                    '  return defaults.get_config()\n'),
+      'raises.py': ('from cstm_jax.config import defaults\n\ndef get_config(arg=None):\n'
+                    '  config = defaults.get_config()\n  return config.model.widht\n'),
       'empty.py': 'SETTINGS = {}\n',
       'run.json': '{"model": {"width": 1.0,\n  "dtype": }}\n',
   }

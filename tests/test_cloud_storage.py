@@ -120,9 +120,9 @@ def test_two_processes_train_and_serve_from_cloud_storage(emulator, prepared_ssv
   # Predict from the stored run, and export it into the bucket.
   video = next((synthetic_ssv2[0] / labels.SSV2_VIDEOS).glob('*.webm'))
   result = subprocess.run(
-      [sys.executable, '-m', 'cstm_jax.inference.predict', '--workdir', workdir, '--which', 'latest',
-       '--video', str(video), '--json'], cwd=ROOT, env=env, capture_output=True, text=True,
-      timeout=300)
+      [sys.executable, '-m', 'cstm_jax.inference.predict', '--workdir', workdir,
+       '--which', 'latest', '--video', str(video), '--json'], cwd=ROOT, env=env,
+      capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   top = json.loads(result.stdout)['top']
   classes = json.loads(read(env, 'runs/smoke/classes.json'))

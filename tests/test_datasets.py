@@ -21,7 +21,7 @@ def test_synthetic_ssv2_is_laid_out_like_the_real_download(synthetic_ssv2):
   root, written = synthetic_ssv2
   names = labels.read_ssv2_classes(root)
   assert names == synthetic.class_names() and len(names) == 12
-  train = json.loads((root / 'something-something-v2-loop.json').read_text())
+  train = json.loads((root / 'something-something-v2-train.json').read_text())
   assert set(train[0]) == {'id', 'label', 'template', 'placeholders'}
   assert '[something]' in train[0]['template'] or '[Something]' in train[0]['template']
   test = json.loads((root / 'something-something-v2-test.json').read_text())
@@ -43,8 +43,8 @@ def test_same_seed_same_dataset(synthetic_ssv2, tmp_path):
   assert repeat == again
   np.testing.assert_array_equal(np.stack(video_io.decode_video(videos(tmp_path / 'c'))),
                                 np.stack(again_frames))
-  assert ((tmp_path / 'a' / 'something-something-v2-loop.json').read_text() ==
-          (tmp_path / 'c' / 'something-something-v2-loop.json').read_text())
+  assert ((tmp_path / 'a' / 'something-something-v2-train.json').read_text() ==
+          (tmp_path / 'c' / 'something-something-v2-train.json').read_text())
   assert other != again
 
 
@@ -139,7 +139,7 @@ def test_own_videos_walkthrough(synthetic_ssv2, tmp_path, capsys):
   # docs/training.md "Your own videos" at the smoke size: class folders -> prepare -> train -> predict.
   from configs import folder_8f
   from cstm_jax.inference import predict
-  from cstm_jax.train import loop
+  from cstm_jax.train import experiment
   root, written = synthetic_ssv2
   for split, items in (('train', written['train'][:8]), ('validation', written['validation'][:4])):
     for video_id, class_name in items:
@@ -152,7 +152,7 @@ def test_own_videos_walkthrough(synthetic_ssv2, tmp_path, capsys):
   config.data.data_dir, config.train.max_steps = str(tmp_path / 'data'), 2
   # R(2+1)D compiles fastest (CSTM on BN-Inception trains end to end in tests/test_finetune.py).
   config.model.update(backbone='r2plus1d_18', temporal='none')
-  final = loop.train_and_evaluate(config, tmp_path / 'run')['1x1']
+  final = experiment.run(config, tmp_path / 'run')['1x1']
   classes = sorted({c for _, c in written['train'][:8] + written['validation'][:4]})
   assert final['examples'] == 4 and len(final['per_class_top1']) == len(classes)
   video = next((tmp_path / 'my_videos' / 'validation').rglob('*.webm'))
@@ -167,15 +167,15 @@ def test_bad_inputs_are_skipped_and_reported(synthetic_ssv2, tmp_path, capsys):
   src = tmp_path / 'ssv2'
   shutil.copytree(root, src)
   videos = src / '20bn-something-something-v2'
-  train = json.loads((src / 'something-something-v2-loop.json').read_text())
+  train = json.loads((src / 'something-something-v2-train.json').read_text())
   truncated, garbage, missing = (train[i]['id'] for i in range(3))
   data = (videos / f'{truncated}.webm').read_bytes()
   (videos / f'{truncated}.webm').write_bytes(data[:len(data) // 2])
   (videos / f'{garbage}.webm').write_bytes(b'\x1aE\xdf\xa3 not really a webm' * 20)
   (videos / f'{missing}.webm').unlink()
-  loop.append({'id': '999', 'template': 'Juggling [something]', 'label': 'juggling',
+  train.append({'id': '999', 'template': 'Juggling [something]', 'label': 'juggling',
                 'placeholders': []})
-  (src / 'something-something-v2-loop.json').write_text(json.dumps(train))
+  (src / 'something-something-v2-train.json').write_text(json.dumps(train))
 
   assert prepare.main(['--dataset', 'ssv2', '--manual_dir', str(src), '--data_dir',
                        str(tmp_path / 'data'), '--workers', '2', '--short_side', '32']) == 0

@@ -17,7 +17,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import ssv2_r2plus1d_18
-from cstm_jax.train import checkpoints, evaluation, loop, train_state
+from cstm_jax.config import finish
+from cstm_jax.train import checkpoints, experiment, loop, train_state
 from cstm_jax.config import loader
 from cstm_jax.inference import convert, predict
 from cstm_jax.distributed import workdir_lock
@@ -25,7 +26,7 @@ from cstm_foundation import errors, paths
 from cstm_foundation.errors import ConfigError, UserError
 from cstm_jax.models.build import build_model
 from input_pipeline import labels, pipeline, prepare, records, video_io
-from runs import smoke
+from runs import built, smoke
 
 
 def test_convert_refuses_an_output_folder_it_would_empty(tmp_path, capsys):
@@ -59,7 +60,7 @@ def test_a_non_finite_step_is_never_saved(prepared_ssv2, tmp_path):
                  train__checkpoint_every_steps=1, train__log_every_steps=100,
                  train__eval_every_epochs=1000.0)
   with pytest.raises(loop.NonFiniteLoss) as error:
-    loop.train_and_evaluate(config, tmp_path)
+    experiment.run(config, tmp_path)
   message = str(error.value)
   assert re.match(r'loss is (nan|inf) at step \d+ \(gradient norm ', message), message
   assert 'nothing saved after it' in message
@@ -69,9 +70,7 @@ def test_a_non_finite_step_is_never_saved(prepared_ssv2, tmp_path):
   else:
     assert 'there is no checkpoint yet' in message
   config.model.num_classes = prepared_ssv2[1]['classes']
-  model, _, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=1)
-  mesh = train_state.setup_mesh(config)
-  abstract, _ = train_state.state_layout(model, tx, clips_shape, mesh=mesh)
+  abstract = built(config).abstract_state
   run = checkpoints.RunCheckpoints(tmp_path)
   for step in saved:
     state = run.latest.restore(step, args=ocp.args.Composite(
@@ -88,10 +87,7 @@ def saved_run(prepared_ssv2, tmp_path_factory):
   """A run folder with checkpoints at steps 2 and 4 (states saved directly, no training)."""
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], model__num_classes=12)
   workdir = tmp_path_factory.mktemp('saved_run')
-  model, _, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=1)
-  mesh = train_state.setup_mesh(config)
-  state, _ = train_state.create_train_state(model, tx, clips_shape, mesh=mesh,
-                                            rng=jax.random.key(0))
+  state = built(config).init_state(jax.random.key(0))
   iterator = iter(pipeline.train_dataset(config.data, 0, 1))
   run = checkpoints.RunCheckpoints(workdir)
   for step in (2, 4):
@@ -103,13 +99,10 @@ def saved_run(prepared_ssv2, tmp_path_factory):
 
 def restore(config, workdir):
   """(state, step) as a restarted run restores them."""
-  model, _, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=1)
-  mesh = train_state.setup_mesh(config)
   run = checkpoints.RunCheckpoints(workdir)
   iterator = iter(pipeline.train_dataset(config.data, 0, 1))
   try:
-    state, _, step = loop.initial_state(config, model, tx, mesh=mesh, clips_shape=clips_shape,
-                                         run_checkpoints=run, train_iterator=iterator)
+    state, step = loop.initial_state(built(config), run_checkpoints=run, train_iterator=iterator)
   finally:
     run.close()
   return state, step
@@ -150,7 +143,7 @@ def test_a_checkpoint_of_another_model_names_the_differing_keys(saved_run, tmp_p
                  model__width=0.25, optim__optimizer='adamw')
   config.mode, config.eval.checkpoint = 'eval', 'latest'
   with pytest.raises(UserError) as error:
-    evaluation.evaluate_checkpoint(config, workdir)
+    experiment.run(config, workdir)
   message = str(error.value)
   assert 'was written by a different model or optimizer' in message
   assert 'model.width: 0.125 in the checkpoint, 0.25 now' in message
@@ -162,7 +155,7 @@ def test_a_missing_evaluation_split_stops_the_run_before_its_first_step(prepared
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], data__eval_split='valdation')
   with pytest.raises(ConfigError, match=r"no split 'valdation'; has \['train', 'validation'\]"
                      r"\. .*or set --config.data.eval_split to one of those"):
-    loop.train_and_evaluate(config, tmp_path)
+    experiment.run(config, tmp_path)
   assert not (tmp_path / 'checkpoints').exists() and not (tmp_path / 'metrics.jsonl').exists()
 
 
@@ -172,20 +165,21 @@ def test_a_workdir_that_cannot_be_written_is_refused_before_anything_runs(prepar
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0])
   with pytest.raises(UserError, match=re.escape(f'{tmp_path}/a_file/run: the workdir cannot be '
                                                 'written (Not a directory); give a --workdir')):
-    loop.train_and_evaluate(config, tmp_path / 'a_file' / 'run')
+    experiment.run(config, tmp_path / 'a_file' / 'run')
 
 
 def test_num_classes_comes_from_the_dataset_and_a_mismatch_is_refused(prepared_ssv2, tmp_path):
   classes = prepared_ssv2[1]['classes']
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0])
   assert config.model.num_classes == 0  # smoke runs take the dataset's
-  resolved = loader.with_num_classes(config, classes, 'the dataset')
-  assert resolved.model.num_classes == classes and config.model.num_classes == 0
+  resolved, names = finish.for_data(config, ['train'])
+  assert resolved.model.num_classes == classes == len(names) and config.model.num_classes == 0
+  assert finish.is_finished(resolved) and not finish.is_finished(config)
   config.model.num_classes = 174
   with pytest.raises(ConfigError, match=f'model.num_classes is 174 but the dataset '
                      f'something_something_v2 in .* has {classes} classes: set '
                      f'--config.model.num_classes={classes}'):
-    loop.train_and_evaluate(config, tmp_path)
+    experiment.run(config, tmp_path)
   assert not (tmp_path / 'checkpoints').exists()
 
 
@@ -203,7 +197,7 @@ def test_init_from_weights_of_another_width_fails_unless_partial_is_asked(saved_
   assert f'init_from {narrow}: ' in message and 'do not load' in message
   assert 'params/backbone/layer1_0/bn1/bias (8,) for (16,)' in message
   assert 'init_partial=True' in message
-  # On purpose (what loop.init_partial passes): what fits loads, the rest is named.
+  # On purpose (what train.init_partial passes): what fits loads, the rest is named.
   model = build_model(wider.model)
   fresh = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4, 32, 32, 3)))
   with caplog.at_level(logging.WARNING):
@@ -248,8 +242,8 @@ def test_preparing_again_keeps_the_data_and_its_report(small_download, tmp_path,
 
   # What a killed preparation leaves beside the dataset.
   leftover = folder.parent / 'incomplete.K1LLED_1.0.0'
-  (leftover / 'something_something_v2-loop.array_record-00000-of-00001').parent.mkdir()
-  (leftover / 'something_something_v2-loop.array_record-00000-of-00001').write_bytes(b'0' * 99)
+  (leftover / 'something_something_v2-train.array_record-00000-of-00001').parent.mkdir()
+  (leftover / 'something_something_v2-train.array_record-00000-of-00001').write_bytes(b'0' * 99)
   assert prepare.main(args) == 0
   assert 'already prepared with these options; kept (6 videos written, 1 skipped' in (
       capsys.readouterr().out)
@@ -266,7 +260,7 @@ def test_preparing_again_keeps_the_data_and_its_report(small_download, tmp_path,
 
 def test_a_video_id_listed_twice_stops_before_any_decoding(small_download, tmp_path, capsys):
   train = annotations(small_download, 'train')
-  path = small_download / 'something-something-v2-loop.json'
+  path = small_download / 'something-something-v2-train.json'
   path.write_text(json.dumps(train + [train[2]]))
   for video in (small_download / '20bn-something-something-v2').iterdir():
     video.write_bytes(b'')  # were anything decoded, it would be reported as empty instead
@@ -287,8 +281,8 @@ def test_a_video_id_listed_twice_stops_before_any_decoding(small_download, tmp_p
 
 
 def test_a_csv_header_line_is_not_a_class(tmp_path):
-  (tmp_path / 'loop.csv').write_text('path,label\nv/1.webm,waving\nv/2.webm,clapping\n')
-  entries = labels.read_folder_dataset(tmp_path, 'loop.csv')
+  (tmp_path / 'train.csv').write_text('path,label\nv/1.webm,waving\nv/2.webm,clapping\n')
+  entries = labels.read_folder_dataset(tmp_path, 'train.csv')
   assert [e.label for e in entries] == ['waving', 'clapping']
 
 
@@ -385,9 +379,9 @@ def test_a_misspelt_or_misplaced_config_key_gets_the_closest_keys():
   message = lambda key: loader.unknown_key_message(config, key)
   assert message('optim.lerning_rate') == (
       'unknown config key optim.lerning_rate; did you mean optim.base_lr?')
-  assert message('loop.batch_size').startswith(
-      'unknown config key loop.batch_size; did you mean data.batch_size')
-  assert 'did you mean loop.init_partial?' in message('loop.init_parital')
+  assert message('train.batch_size').startswith(
+      'unknown config key train.batch_size; did you mean data.batch_size')
+  assert 'did you mean train.init_partial?' in message('train.init_parital')
 
 
 # --- Damaged prepared data --------------------------------------------------------------------
@@ -397,7 +391,7 @@ def damaged_copy(prepared_ssv2, tmp_path, damage):
   data dir and the shard."""
   data_dir = tmp_path / 'data'
   shutil.copytree(prepared_ssv2[0], data_dir)
-  shard = next((data_dir / 'something_something_v2').glob('*/*-loop.array_record-*'))
+  shard = next((data_dir / 'something_something_v2').glob('*/*-train.array_record-*'))
   damage(shard)
   return data_dir, shard
 

@@ -14,13 +14,13 @@ import torch
 
 import torch_reference as ref
 from torch_reference import reference_normalise
-from cstm_jax.train import checkpoints, evaluation, loop, train_state
+from cstm_jax.train import checkpoints, experiment, loop
 from cstm_jax.config import loader
 from cstm_jax.inference import convert, export, predict
-from cstm_jax.distributed import sharding
 from cstm_foundation import errors
 from cstm_jax.train.steps import make_eval_step
 from input_pipeline import pipeline
+from runs import built
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -46,17 +46,15 @@ def finetuned(prepared_ssv2, tmp_path_factory):
   config.train.init_from = str(root / 'pretrained')
   config.train.eval_every_epochs = 1000.0
   workdir = root / 'run'
-  final = loop.train_and_evaluate(config, workdir)['1x1']
+  final = experiment.run(config, workdir)['1x1']
   return {'root': root, 'workdir': workdir, 'config': config, 'final': final,
           'weights': weights}
 
 
 def test_training_starts_from_the_converted_weights(finetuned):
   config = finetuned['config']
-  model, _, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=10)
-  mesh = sharding.make_mesh(1)
-  state, _, start = loop.initial_state(
-      config, model, tx, mesh=mesh, clips_shape=clips_shape,
+  state, start = loop.initial_state(
+      built(config, steps_per_epoch=10),
       run_checkpoints=checkpoints.RunCheckpoints(finetuned['root'] / 'new'), train_iterator=None)
   assert start == 0
   kernel = np.asarray(state.params['backbone']['conv1_7x7_s2']['conv']['kernel'])
@@ -65,7 +63,7 @@ def test_training_starts_from_the_converted_weights(finetuned):
   assert state.params['head']['kernel'].shape[-1] == config.model.num_classes
   # Evaluating the trained run reproduces its final numbers.
   config.mode, config.eval.checkpoint = 'eval', 'latest'
-  again = evaluation.evaluate_checkpoint(config, finetuned['workdir'])['1x1']
+  again = experiment.run(config, finetuned['workdir'])['1x1']
   assert again['top1'] == pytest.approx(finetuned['final']['top1'])
 
 
@@ -99,11 +97,10 @@ def test_predict_a_video_a_frame_folder_and_a_folder_of_videos(finetuned, synthe
   assert predict.main(['--workdir', workdir, '--video', str(frames), '--json',
                        '--topk', '1', '--views', '2x3']) == 0
   got = json.loads(capsys.readouterr().out)['top'][0]
-  model, variables = predict.load_model(workdir)[1:3]
-  data = evaluation.data_config_with_views(config, '2x3')
-  batch = pipeline.eval_transform(data)({**record, 'index': 0})  # what evaluation runs
-  logits, _ = jax.jit(make_eval_step(model, config.data.colour))(
-      variables, {'clips': batch['clips'][None]})
+  loaded = predict.load_model(workdir)
+  batch = pipeline.eval_transform(config.data, (2, 3))({**record, 'index': 0})  # as evaluation
+  logits, _ = jax.jit(make_eval_step(loaded.program.model, 'bgr255'))(
+      loaded.variables, {'clips': batch['clips'][None]})
   expected = np.asarray(jax.nn.softmax(logits[0]))
   assert got['class'] == classes[int(expected.argmax())]
   assert got['probability'] == pytest.approx(float(expected.max()), abs=1e-5)
@@ -163,9 +160,10 @@ def test_export_runs_in_a_fresh_process_and_matches(finetuned, tmp_path):
           'assert not any(m.startswith(("cstm_jax", "flax")) for m in sys.modules)')
   subprocess.run([sys.executable, '-c', code], check=True, cwd=tmp_path)
   exported_logits = np.load(tmp_path / 'logits.npy')
-  model, variables = predict.load_model(str(finetuned['workdir']))[1:3]
+  loaded = predict.load_model(str(finetuned['workdir']))
+  model, variables = loaded.program.model, loaded.variables
   # The exported function normalises inside, as the host did before clips went as uint8.
-  normalised = reference_normalise(clips, config.data.colour)
+  normalised = reference_normalise(clips, 'bgr255')  # BN-Inception's
   expected = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables,
                                                                            normalised))
   np.testing.assert_allclose(exported_logits[:3], expected, atol=1e-5)

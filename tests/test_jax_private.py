@@ -1,5 +1,5 @@
-"""JAX's private names the project relies on (cstm_jax/distributed/jax_private.py) are still where it looks,
-and nothing else of the project reaches into jax._src."""
+"""JAX's private names the project relies on (cstm_jax/distributed/jax_private.py) are still
+where it looks, and nothing else of the project reaches into jax._src."""
 import ast
 import pathlib
 

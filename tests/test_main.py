@@ -67,8 +67,8 @@ def test_trn_trains_evaluates_and_predicts_as_users_run_it(prepared_ssv2, synthe
   final = json.loads((tmp_path / 'final_metrics.json').read_text())
   assert 0 <= final['1x1']['top1'] <= 100
   video = next(synthetic_ssv2[0].rglob('*.webm'))
-  predicted = subprocess.run([sys.executable, '-m', 'cstm_jax.inference.predict', '--workdir', str(tmp_path),
-                              '--video', str(video), '--json'], cwd=ROOT, capture_output=True,
-                             text=True, timeout=300)
+  predicted = subprocess.run([sys.executable, '-m', 'cstm_jax.inference.predict',
+                              '--workdir', str(tmp_path), '--video', str(video), '--json'],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert predicted.returncode == 0, predicted.stderr[-3000:]
   assert len(json.loads(predicted.stdout)['top']) == 5

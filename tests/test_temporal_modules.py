@@ -148,7 +148,7 @@ def test_cstm_with_gsm_shift_uses_the_gate_shift():
 
 
 def test_bad_options_are_refused():
-  with pytest.raises(ValueError, match='unknown conv3d mode'):
+  with pytest.raises(ValueError, match='unknown conv3d_grouping'):
     tm.conv3d_groups(32, 'sparse')
   x = fold(random_clips(N, T, H, W, C))
   with pytest.raises(ValueError, match='unknown attention_pool'):

@@ -191,5 +191,5 @@ def test_channel_temporal_conv_matches_numpy(impl):
   kernel = rng.normal(size=(3, 4)).astype(np.float32)
   padded = np.pad(clip, [(0, 0), (1, 1), (0, 0), (0, 0), (0, 0)])
   expected = sum(kernel[k] * padded[:, k:k + 5] for k in range(3))
-  np.testing.assert_allclose(temporal_ops.channel_temporal_conv(clip, kernel, impl), expected, rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(temporal_ops.channel_temporal_conv(clip, kernel, impl), expected,
+                             rtol=1e-5, atol=1e-6)

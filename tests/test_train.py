@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from configs import ssv2_8f, ssv2_r2plus1d_18
-from cstm_jax.train import checkpoints, evaluation, loop, steps, train_state
+from cstm_jax.config import finish
+from cstm_jax.train import checkpoints, experiment, loop, program
 from cstm_jax.analysis import class_gains
 from cstm_jax import demo
 from cstm_jax.distributed import sharding
@@ -28,7 +29,7 @@ def test_smoke_run_writes_everything_and_eval_mode_reproduces_it(prepared_ssv2, 
                                                                  capfd):
   # R(2+1)D compiles fastest; tests/test_finetune.py trains CSTM on BN-Inception the same way.
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], train__eval_every_epochs=3.0)
-  final = loop.train_and_evaluate(config, tmp_path)['1x1']
+  final = experiment.run(config, tmp_path)['1x1']
   # Evaluation shows its progress; not a terminal here, so as whole lines.
   assert 'evaluation 1x1: 100%|' in capfd.readouterr().err
   confusion = np.asarray(final['confusion'])
@@ -48,7 +49,7 @@ def test_smoke_run_writes_everything_and_eval_mode_reproduces_it(prepared_ssv2, 
   for png in ('training_curves.png', 'eval/final_1x1_confusion.png', 'eval/final_1x1_tsne.png'):
     assert (tmp_path / png).stat().st_size > 1000
   config.mode, config.eval.checkpoint = 'eval', 'latest'
-  again = evaluation.evaluate_checkpoint(config, tmp_path)['1x1']
+  again = experiment.run(config, tmp_path)['1x1']
   assert again['step'] == 6
   for key in ('top1', 'top5', 'mean_class_accuracy'):
     assert again[key] == pytest.approx(final[key])
@@ -71,7 +72,7 @@ def test_an_input_bound_run_says_so_and_names_the_loader_setting(prepared_ssv2, 
   config = smoke(ssv2_r2plus1d_18, prepared_ssv2[0], train__max_steps=8,
                  train__eval_every_epochs=1000.0)
   with caplog.at_level('WARNING'):
-    loop.train_and_evaluate(config, tmp_path)
+    experiment.run(config, tmp_path)
   records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   waits = [r['input_wait_fraction'] for r in records if 'loss' in r]
   assert len(waits) == 4 and max(waits) > 0.5
@@ -109,7 +110,7 @@ def test_sigterm_saves_and_the_restart_ends_at_the_uninterrupted_result(prepared
   data_dir = prepared_ssv2[0]
   config = smoke(ssv2_r2plus1d_18, data_dir, train__max_steps=INTERRUPTED_RUN_STEPS,
                  train__eval_every_epochs=1000.0)
-  loop.train_and_evaluate(config, tmp_path / 'straight')
+  experiment.run(config, tmp_path / 'straight')
   run = tmp_path / 'interrupted'
   # SIGTERM (preemption): a checkpoint at the step it stopped, and a clean exit.
   code, err = interrupt(run, data_dir, signal.SIGTERM)
@@ -118,7 +119,7 @@ def test_sigterm_saves_and_the_restart_ends_at_the_uninterrupted_result(prepared
   assert 'Compiling the train step (global batch 8)...' in err
   assert 'Compiled the train step and ran it once in' in err
   assert stopped_at < INTERRUPTED_RUN_STEPS and not (run / 'final_metrics.json').exists()
-  loop.train_and_evaluate(config, run)  # the same run, started again
+  experiment.run(config, run)  # the same run, started again
   step_a, params_a = final_params(tmp_path / 'straight')
   step_b, params_b = final_params(run)
   assert step_a == step_b == INTERRUPTED_RUN_STEPS
@@ -136,21 +137,21 @@ def test_one_device_and_eight_devices_give_the_same_step():
   assert jax.device_count() == 8
   config = ssv2_r2plus1d_18.get_config('smoke')
   config.model.num_classes = SMOKE_CLASSES
-  model, schedule, tx, clips_shape = train_state.model_and_optimizer(config, SMOKE_STEPS_PER_EPOCH)
+  config = finish.without_data(config)
+  programs = [program.build(config, sharding.make_mesh(1, devices),
+                            steps_per_epoch=SMOKE_STEPS_PER_EPOCH)
+              for devices in (jax.devices()[:1], jax.devices())]
+  clips_shape = programs[0].clips_shape
   rng = np.random.default_rng(0)
   batch = {'clips': rng.integers(0, 256, clips_shape, np.uint8),
            'labels': rng.integers(0, SMOKE_CLASSES, clips_shape[0]).astype(np.int32)}
-  initial, _ = train_state.create_train_state(model, tx, clips_shape, mesh=sharding.make_mesh(1),
-                                              rng=jax.random.key(0))
-  initial = jax.device_get(initial)  # on the host: each mesh gets its own copy to donate
+  # On the host: each mesh gets its own copy to donate.
+  initial = jax.device_get(programs[1].init_state(jax.random.key(0)))
   results = []
-  for devices in (jax.devices()[:1], jax.devices()):
-    mesh = sharding.make_mesh(1, devices)
-    _, shardings = train_state.state_layout(model, tx, clips_shape, mesh=mesh)
-    state = jax.device_put(initial, shardings)
-    step = steps.jit_train_step(steps.make_train_step(model, schedule, config.data.colour),
-                                shardings, mesh)
-    state, metrics = step(state, sharding.global_batch(batch, mesh), jax.random.key(1))
+  for one in programs:
+    state = jax.device_put(initial, one.state_shardings)
+    state, metrics = one.train_step(state, sharding.global_batch(batch, one.mesh),
+                                    jax.random.key(1))
     results.append((float(metrics['loss']), jax.tree_util.tree_leaves(state.params)))
   assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
   for a, b in zip(results[0][1], results[1][1]):
@@ -160,34 +161,32 @@ def test_one_device_and_eight_devices_give_the_same_step():
 def test_start_errors_are_clear(prepared_ssv2, tmp_path):
   config = smoke(ssv2_8f, prepared_ssv2[0], data__batch_size=6)
   with pytest.raises(ValueError, match='global batch size 6 is not divisible by the 8 devices'):
-    loop.train_and_evaluate(config, tmp_path / 'a')
+    experiment.run(config, tmp_path / 'a')
   config = smoke(ssv2_8f, tmp_path / 'nowhere')
   with pytest.raises(FileNotFoundError, match='python -m input_pipeline.prepare'):
-    loop.train_and_evaluate(config, tmp_path / 'b')
+    experiment.run(config, tmp_path / 'b')
 
 
 def test_init_from_loads_the_backbone_and_keeps_a_new_head(tmp_path):
   config = ssv2_r2plus1d_18.get_config('smoke')
   config.model.num_classes = 174
   mesh = sharding.make_mesh(1)
-  model, _, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=10)
-  source, _ = train_state.create_train_state(model, tx, clips_shape, mesh=mesh,
-                                             rng=jax.random.key(7))
+  source = program.build(finish.without_data(config), mesh, steps_per_epoch=10).init_state(
+      jax.random.key(7))
   checkpoints.save_variables(tmp_path / 'pretrained', {'params': source.params,
                                                        'batch_stats': source.batch_stats})
   config.model.num_classes = SMOKE_CLASSES
   config.train.init_from = str(tmp_path / 'pretrained')
-  model, _, tx, clips_shape = train_state.model_and_optimizer(config, SMOKE_STEPS_PER_EPOCH)
+  smoke_program = program.build(finish.without_data(config), mesh,
+                                steps_per_epoch=SMOKE_STEPS_PER_EPOCH)
   run = checkpoints.RunCheckpoints(tmp_path / 'run')
-  state, _, start = loop.initial_state(config, model, tx, mesh=mesh, clips_shape=clips_shape,
-                                        run_checkpoints=run, train_iterator=None)
+  state, start = loop.initial_state(smoke_program, run_checkpoints=run, train_iterator=None)
   assert start == 0 and state.params['head']['kernel'].shape[-1] == 12
   kernel = lambda p: np.asarray(p['backbone']['layer2_0']['conv1']['conv_s']['conv']['kernel'])
   np.testing.assert_array_equal(kernel(state.params), kernel(source.params))
   stats = lambda s: np.asarray(s['backbone']['stem_spatial']['bn']['mean'])
   np.testing.assert_array_equal(stats(state.batch_stats), stats(source.batch_stats))
-  fresh, _ = train_state.create_train_state(model, tx, clips_shape, mesh=mesh,
-                                            rng=jax.random.key(0))
+  fresh = smoke_program.init_state(jax.random.key(0))
   assert not np.array_equal(kernel(fresh.params), kernel(source.params))
 
 

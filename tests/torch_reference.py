@@ -19,11 +19,11 @@ from cstm_jax.models.stm import MOTION_REDUCTION
 from input_pipeline.conventions import NORMALISATION
 
 
-def reference_normalise(clips: np.ndarray, colour: str) -> np.ndarray:
+def reference_normalise(clips: np.ndarray, input_norm: str) -> np.ndarray:
   """uint8 RGB clips normalised on the host, as TSN's GroupNormalize (and this project's
   pipelines, before clips went to the device as uint8) did."""
-  mean, std = NORMALISATION[colour]
-  x = clips[..., ::-1].astype(np.float32) if colour == 'bgr255' else clips.astype(np.float32)
+  mean, std = NORMALISATION[input_norm]
+  x = clips[..., ::-1].astype(np.float32) if input_norm == 'bgr255' else clips.astype(np.float32)
   return (x - mean) / std
 
 

@@ -21,19 +21,19 @@ from absl import flags
 
 from cstm_foundation import cli_flags, paths
 from cstm_foundation.errors import run_main
-from cstm_jax.config import loader
+from cstm_jax.config import finish, loader
 from cstm_jax.distributed import sharding
-from cstm_jax.train import train_state
+from cstm_jax.train import program as program_lib, train_state
 from cstm_jax.models.video import normalise
 from cstm_jax.models.build import build_model
 from input_pipeline import pipeline
 
 
-def gradients(model, variables, batch, colour: str):
+def gradients(model, variables, batch, input_norm: str):
   """The loss gradient w.r.t. the parameters, and the loss, in training mode."""
   def loss_fn(params):
     logits, _ = model.apply({'params': params, 'batch_stats': variables['batch_stats']},
-                            normalise(batch['clips'], colour), train=True,
+                            normalise(batch['clips'], input_norm), train=True,
                             mutable=['batch_stats'], rngs={'dropout': jax.random.key(0)})
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch['labels']).mean()
   loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables['params'])
@@ -79,14 +79,11 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 def main(argv=None) -> int:
   args = cli_flags.parse(argv, __doc__, define_flags)
   workdir = paths.resolve(args.workdir)
-  config = loader.load(workdir / 'config.json')
-  with config.unlocked():
-    config.data.num_workers = 0
-  mesh = sharding.make_mesh(1, jax.devices()[:1])
-  _, trained, _ = train_state.restore_variables(config, workdir, args.which, mesh)
+  config = finish.without_data(loader.load(workdir / 'config.json'))  # loads in-process
+  program = program_lib.build(config, sharding.make_mesh(1, jax.devices()[:1]))
+  trained, _ = train_state.restore_variables(program, workdir, args.which)
   iterator = iter(pipeline.train_dataset(config.data))
   batches = [next(iterator) for _ in range(args.batches)]
-  colour = config.data.colour
   results = {}
   initial = build_model(config.model).init(jax.random.key(1), batches[0]['clips'][:1].astype(
       np.float32))
@@ -94,7 +91,7 @@ def main(argv=None) -> int:
     summed = {}
     for dtype in ('float32', 'bfloat16'):
       model = build_model({**config.model.to_dict(), 'dtype': dtype})
-      per_batch = [gradients(model, variables, b, colour) for b in batches]
+      per_batch = [gradients(model, variables, b, program.input_norm) for b in batches]
       grads = jax.tree_util.tree_map(lambda *g: sum(g), *[g for g, _ in per_batch])
       summed[dtype] = (grads, float(np.mean([loss for _, loss in per_batch])))
     results[state] = {'loss_float32': summed['float32'][1], 'loss_bfloat16': summed['bfloat16'][1],

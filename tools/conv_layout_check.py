@@ -25,13 +25,11 @@ from absl import flags
 
 from cstm_foundation import cli_flags, paths
 from cstm_foundation.errors import run_main
-from cstm_jax.config import defaults
-from cstm_jax.train import optim, steps, train_state
+from cstm_jax.analysis import benchmark
+from cstm_jax.config.zoo import MODELS
 from cstm_jax.distributed import sharding
 from cstm_jax.models.video import normalise
-from cstm_jax.config.defaults import model_config
-from cstm_jax.models.build import abstract_variables, build_model
-from cstm_jax.config.zoo import BACKBONES, MODELS
+from cstm_jax.train import program as program_lib, steps, train_state
 
 # A gradient array whose root-mean-square is below this fraction of the whole gradient's is
 # zero up to rounding (measured: conv biases before a BatchNorm sit near 1e-7).
@@ -80,30 +78,25 @@ def compare(default: dict, other: dict, tolerance: float) -> dict:
           'zero_gradient_arrays': sorted(zero), 'tolerance': tolerance}
 
 
-def outputs(model, mesh, clips_shape, *, colour: str, nhwc: bool, batch, seed: int = 0) -> dict:
-  """The compared outputs of `model` with channels-last convolutions forced (`nhwc`) or not."""
-  config = defaults.get_config().optim
-  schedule = optim.learning_rate_schedule(config, clips_shape[0], steps_per_epoch=100)
-  tx = optim.make_optimizer(config, schedule,
-                            abstract_variables(model, train_state.one_clip(clips_shape))['params'])
-  state, shardings = train_state.create_train_state(model, tx, clips_shape, mesh=mesh,
-                                                    rng=jax.random.key(seed))
+def outputs(program, *, batch, seed: int = 0) -> dict:
+  """The compared outputs of `program` (channels-last convolutions forced when its config's
+  `xla.gpu_conv_nhwc` is set)."""
+  model, mesh, input_norm = program.model, program.mesh, program.input_norm
+  state = program.init_state(jax.random.key(seed))
   variables = train_state.variables_of(state)
-  logits, _ = steps.jit_eval_step(model, mesh, colour, nhwc)(variables,
-                                                             {'clips': batch['clips'][:, None]})
+  logits, _ = program.eval_step(variables, {'clips': batch['clips'][:, None]})
 
   def loss(params, batch_stats, clips, labels):
-    out, _ = model.apply({'params': params, 'batch_stats': batch_stats}, normalise(clips, colour),
-                         train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.key(1)})
+    out, _ = model.apply({'params': params, 'batch_stats': batch_stats},
+                         normalise(clips, input_norm), train=True, mutable=['batch_stats'],
+                         rngs={'dropout': jax.random.key(1)})
     return optax.softmax_cross_entropy_with_integer_labels(out, labels).mean()
 
-  gradient = steps.MeshStep(jax.jit(jax.grad(loss),
-                                    compiler_options=sharding.compiler_options(mesh, nhwc)), mesh)(
+  options = sharding.compiler_options(mesh, program.config.xla.gpu_conv_nhwc)
+  gradient = steps.MeshStep(jax.jit(jax.grad(loss), compiler_options=options), mesh)(
       state.params, state.batch_stats, batch['clips'], batch['labels'])
   before = jax.device_get(state.params)  # the step donates the state
-  step = steps.jit_train_step(steps.make_train_step(model, schedule, colour), shardings, mesh,
-                              nhwc)
-  new_state, metrics = step(state, batch, jax.random.key(1))
+  new_state, metrics = program.train_step(state, batch, jax.random.key(1))
   after = jax.device_get(new_state.params)
   return {'eval_logits': jax.device_get(logits), 'loss': jax.device_get(metrics['loss']),
           'batch_stats_after_step': jax.device_get(new_state.batch_stats),
@@ -114,20 +107,20 @@ def outputs(model, mesh, clips_shape, *, colour: str, nhwc: bool, batch, seed: i
 
 def check(*, model_name: str = 'cstm_bninception', width: float = 0.25, frames: int = 4,
           crop: int = 224, batch_size: int = 2, tolerance: float = 1e-4) -> dict:
-  """Both layouts on one device, compared (`compare`), with the setting and the device."""
-  config = model_config(model_name, num_frames=frames, width=width)
-  model = build_model(config)
-  mesh = sharding.make_mesh(1, jax.devices()[:1])
-  clips_shape = (batch_size, frames, crop, crop, 3)
+  """Both layouts on one device, compared (`compare`), with the setting and the device. The
+  steps are the training program's (`train/program.py`) with the base config's optimizer."""
   key = jax.random.key(42)
+  clips_shape = (batch_size, frames, crop, crop, 3)
+  programs = []
+  for nhwc in (False, True):
+    config = benchmark.setting_config(benchmark.Setting(
+        model_name, frames, crop, batch_size, 'float32', 'train', width=width, gpu_conv_nhwc=nhwc))
+    programs.append(program_lib.build(config, sharding.make_mesh(1, jax.devices()[:1])))
   batch = {'clips': jax.random.bits(key, clips_shape, jnp.uint8),
-           'labels': jax.random.randint(key, (batch_size,), 0, config.num_classes)}
-  colour = BACKBONES[config.backbone].colour
+           'labels': jax.random.randint(key, (batch_size,), 0,
+                                        programs[0].config.model.num_classes)}
   with jax.default_matmul_precision('highest'):  # this check only: no TF32 in either layout
-    default, nhwc = [
-        outputs(model, mesh, clips_shape, colour=colour, nhwc=flag, batch=batch)
-        for flag in (False, True)
-    ]
+    default, nhwc = [outputs(program, batch=batch) for program in programs]
   device = jax.devices()[0]
   return {'model': model_name, 'width': width, 'frames': frames, 'crop': crop,
           'batch': batch_size, 'device': device.device_kind, 'platform': device.platform,

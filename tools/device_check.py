@@ -51,7 +51,7 @@ from cstm_foundation import cli_flags, paths
 from cstm_foundation.errors import first_line, run_main
 from input_pipeline import workers
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 PARTS = ('layout', 'end_to_end', 'loader', 'steps')
 BUDGET_S = {'layout': 70, 'end_to_end': 250, 'loader': 50, 'steps': 160}  # 530 s in all
 # This process grows its GPU memory as it needs it (a few GiB for the layout check), so that

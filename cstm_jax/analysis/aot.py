@@ -1,7 +1,8 @@
 r"""Compile an experiment's real train and eval steps for TPU slices and NVIDIA GPUs that are not
 here, and report whether they fit, what they cost and what they communicate.
 
-  python -m cstm_jax.analysis.aot --config=configs/ssv2_16f.py --target=tpu:v5e-8 --target=cuda:h100x8 \
+  python -m cstm_jax.analysis.aot --config=configs/ssv2_16f.py --target=tpu:v5e-8 \
+      --target=cuda:h100x8 \
       --config.model.dtype=bfloat16 --max_batch=256 --json aot.json --markdown aot.md
 
 The steps are main.py's: the same model, optimizer, state shardings and mesh (`config.mesh`)
@@ -18,7 +19,8 @@ estimated step time where it gives one (TPU), and the kernels, cuDNN convolution
 the transposes and copies that change layouts (bytes read + written).
 
 Exits 1, with one line per step naming the memory needed and available, when a step does not
-fit. Targets: `cstm_jax/analysis/aot_targets.py` (tpu:v5e:2x2, tpu:v5e-256, tpu:v5p-8, cuda:h100, ...).
+fit. Targets: `cstm_jax/analysis/aot_targets.py` (tpu:v5e:2x2, tpu:v5e-256, tpu:v5p-8,
+cuda:h100, ...).
 TPU targets need libtpu (requirements-tpu.txt), CUDA targets the jax CUDA plugin
 (requirements-cuda.txt); no accelerator is used either way.
 """
@@ -34,14 +36,13 @@ import jax.numpy as jnp
 from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from cstm_jax.distributed import compile_cache, sharding
-from cstm_jax.config import loader
-from cstm_jax.train import evaluation, steps, train_state
-from cstm_jax.analysis import hlo_stats
 from cstm_foundation import cli_flags, paths
 from cstm_foundation.errors import ConfigError, run_main
-from cstm_jax.analysis import aot_targets as target_specs
+from cstm_jax.analysis import aot_targets as target_specs, hlo_stats
+from cstm_jax.config import finish, loader
 from cstm_jax.config.zoo import name_of
+from cstm_jax.distributed import compile_cache, sharding
+from cstm_jax.train import evaluation, program as program_lib, train_state
 
 STEPS = ('train', 'eval')
 GiB = 2 ** 30
@@ -61,30 +62,28 @@ class Compiled:
 # --- Steps ------------------------------------------------------------------------------------
 
 def step_builder(config, mesh, step: str) -> Callable[[int], object]:
-  """global batch -> the lowered `step` ('train' or 'eval') of main.py for `config` on `mesh`."""
-  model, schedule, tx, clips_shape = train_state.model_and_optimizer(config, steps_per_epoch=1000)
-  abstract, shardings = train_state.state_layout(model, tx, clips_shape, mesh=mesh,
-                                                 threshold=config.mesh.shard_threshold)
+  """global batch -> the lowered `step` ('train' or 'eval') of main.py for `config` (finished)
+  on `mesh`: `program.build`'s, the experiment's optimizer included."""
+  program = program_lib.build(config, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
   labels = lambda n: jax.ShapeDtypeStruct((n,), jnp.int32, sharding=batch_sharding)
+  frames = program.clips_shape[1:]
   if step == 'train':
-    jitted = steps.jit_train_step(
-        steps.make_train_step(model, schedule, config.data.colour, config.optim.grad_accum_steps),
-        shardings, mesh, config.xla.gpu_conv_nhwc)
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, P()))
 
     def lower(batch: int):
-      clips = jax.ShapeDtypeStruct((batch, *clips_shape[1:]), jnp.uint8, sharding=batch_sharding)
-      return jitted.lower(abstract, {'clips': clips, 'labels': labels(batch)}, rng)
+      clips = jax.ShapeDtypeStruct((batch, *frames), jnp.uint8, sharding=batch_sharding)
+      return program.train_step.lower(program.abstract_state,
+                                      {'clips': clips, 'labels': labels(batch)}, rng)
   else:
     clips, crops = evaluation.parse_views(config.eval.views)
-    jitted = steps.jit_eval_step(model, mesh, config.data.colour, config.xla.gpu_conv_nhwc)
-    variables = train_state.variables_of(abstract)
+    variables = train_state.variables_of(program.abstract_state)
 
     def lower(batch: int):
-      clips_abstract = jax.ShapeDtypeStruct((batch, clips * crops, *clips_shape[1:]), jnp.uint8,
+      clips_abstract = jax.ShapeDtypeStruct((batch, clips * crops, *frames), jnp.uint8,
                                             sharding=batch_sharding)
-      return jitted.lower(variables, {'clips': clips_abstract, 'labels': labels(batch)})
+      return program.eval_step.lower(variables, {'clips': clips_abstract,
+                                                 'labels': labels(batch)})
 
   return lower
 
@@ -330,11 +329,12 @@ def main(argv=None) -> int:
   if set(args.steps) - set(STEPS):
     cli_flags.fail(f'--steps {",".join(args.steps)}: choose from {", ".join(STEPS)}')
   log = lambda message: print(message, file=sys.stderr, flush=True)
-  compile_cache.enable(compile_cache.config_setting(args.config))
+  config = finish.without_data(args.config)
+  compile_cache.enable(compile_cache.config_setting(config))
   rows = []
   for target in parsed:
     try:
-      rows += analyse(args.config, target, args.steps, max_batch=args.max_batch, hlo_dir=args.hlo,
+      rows += analyse(config, target, args.steps, max_batch=args.max_batch, hlo_dir=args.hlo,
                       log=log)
     except (RuntimeError, ValueError) as e:
       log(f'error: {e}')

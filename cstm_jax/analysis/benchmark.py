@@ -4,25 +4,28 @@ r"""XLA throughput of the model zoo: clips/s, FLOPs, compile time and memory, on
       --frames 8,16 --batch 16 --dtype bfloat16 --mode inference,train \
       --json bench.json --markdown bench.md --plot bench.png
   python -m cstm_jax.analysis.benchmark --published ...   # each model at its paper's frames x clips
+  python -m cstm_jax.analysis.benchmark --config=ssv2_16f --models cstm_bninception --mode train
 
 Each row compiles one step for a batch of `--batch` clips sharded over all local devices, then
 times `--repeats` runs of `--steps` consecutive steps after `--warmup` runs, inputs already on
 the device and `block_until_ready` inside the timing; clips/s is the median run's.
-`inference` is the eval-mode forward; `train` is a full optimizer step of the training recipe
-(forward, backward, SGD update, BatchNorm statistics). The variables are random at the scale of
-the initialisers (`models.build.random_variables`): their values do not change the speed, and
-compiling the real initialisers would cost seconds per row. `gflops` is XLA's cost analysis of the
-step per clip (train counts forward and backward): on TPUs of the compiled step; on GPUs, whose
-compiled count leaves out the cuDNN and cuBLAS calls, and CPUs, whose block-diagonal grouped
-convs would count their zeros, of the step lowered for one device with native grouped convs
-(`temporal_ops.native_grouped_convs`). `memory_gb` is XLA's buffer
+`inference` is the eval-mode forward; `train` is the training program's own step
+(`train/program.py`: forward, backward, the optimizer update, BatchNorm statistics) with the
+optimizer of `--config`'s experiment (parameter groups, clipping, accumulation), or of the base
+config (GSM's recipe) without one; each row names it (`train_config`). The variables are
+random at the scale of the initialisers (`models.build.random_variables`): their values do not
+change the speed, and compiling the real initialisers would cost seconds per row. `gflops` is
+XLA's cost analysis of the step per clip (train counts forward and backward): on TPUs of the
+compiled step; on GPUs, whose compiled count leaves out the cuDNN and cuBLAS calls, and CPUs,
+whose block-diagonal grouped convs would count their zeros, of the step lowered for one device
+with native grouped convs (`temporal_ops.native_grouped_convs`). `memory_gb` is XLA's buffer
 assignment of the step per device (arguments + outputs + temporaries - donated buffers).
 A crop that breaks a backbone's shapes (Inception v3 needs 229 rather than 224) is raised to the
 nearest crop that fits, and the row says which crop ran. A clip is one view: a video evaluated
 with V clips costs V clips, so `videos_per_s` = clips/s / V.
 """
+import copy
 import dataclasses
-import functools
 import json
 import statistics
 import sys
@@ -32,20 +35,21 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from absl import flags
 
 from cstm_foundation import cli_flags, paths
 from cstm_foundation.errors import run_main
 from cstm_foundation.progress import format_seconds
-from cstm_jax.distributed import compile_cache, sharding
-from cstm_jax.config import defaults
 from cstm_jax.analysis import hlo_stats
-from cstm_jax.train import optim, steps, train_state
-from cstm_jax.config.defaults import model_config
-from cstm_jax.models.build import abstract_variables, build_model, random_variables
 from cstm_jax.analysis.summary import count_params
+from cstm_jax.config import defaults, finish, loader
+from cstm_jax.config.defaults import model_config
 from cstm_jax.config.zoo import BACKBONES, MODELS, check_model_names
+from cstm_jax.distributed import compile_cache, sharding
 from cstm_jax.models import temporal_ops
+from cstm_jax.models.build import abstract_variables, build_model, random_variables
+from cstm_jax.train import program as program_lib
 
 MODES = ('inference', 'train')
 DTYPES = ('float32', 'bfloat16')
@@ -124,39 +128,38 @@ def _random_batch(shape, mesh, num_classes: int, seed: int = 0) -> dict:
   return jax.jit(make, out_shardings=batch_sharding)(jax.random.key(seed))
 
 
-def inference_step(model, mesh, clips_shape, *, num_classes: int, colour: str,
-                   gpu_conv_nhwc: bool = False):
-  """(lowered eval-mode forward, runner): `runner(compiled)` is a call of it on a batch already
-  on the devices. Logits stay sharded over the batch, as a serving loop would leave them."""
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  variables = jax.device_put(random_variables(model, train_state.one_clip(clips_shape)), replicated)
-  batch = _random_batch(clips_shape, mesh, num_classes)
-  forward = steps.jit_forward(model, mesh, colour, gpu_conv_nhwc)
-  lowered = forward.lower(variables, batch['clips'])
+def setting_config(setting: Setting, experiment=None) -> ml_collections.ConfigDict:
+  """The finished config a row runs: the named model at the setting's frames, dtype, width and
+  shift; its batch and crop; and the optimizer, mesh and XLA settings of `experiment` (a config;
+  default: the base config, the GSM recipe)."""
+  config = defaults.get_config() if experiment is None else copy.deepcopy(experiment)
+  config.model.update(model_config(setting.model, num_frames=setting.frames, dtype=setting.dtype,
+                                   width=setting.width, shift_impl=setting.shift_impl).to_dict())
+  config.data.update(num_frames=setting.frames, batch_size=setting.batch,
+                     eval_batch_size=setting.batch, crop=setting.crop)
+  config.xla.gpu_conv_nhwc = setting.gpu_conv_nhwc
+  return finish.without_data(config)
+
+
+def inference_step(program):
+  """(lowered eval-mode forward of `program`, runner): `runner(compiled)` is a call of it on a
+  batch already on the devices. Logits stay sharded over the batch, as a serving loop would
+  leave them."""
+  replicated = jax.sharding.NamedSharding(program.mesh, jax.sharding.PartitionSpec())
+  variables = jax.device_put(random_variables(program.model, program.one_clip()), replicated)
+  batch = _random_batch(program.clips_shape, program.mesh, program.config.model.num_classes)
+  lowered = program.forward.lower(variables, batch['clips'])
   return lowered, lambda compiled: (lambda: compiled(variables, batch['clips']))
 
 
-def recipe_optimizer(model, clips_shape):
-  """(learning-rate schedule, optimizer) of the training recipe for `model`."""
-  config = defaults.get_config().optim
-  schedule = optim.learning_rate_schedule(config, clips_shape[0], steps_per_epoch=1000)
-  params = abstract_variables(model, train_state.one_clip(clips_shape))['params']
-  return schedule, optim.make_optimizer(config, schedule, params)
-
-
-def train_step(model, mesh, clips_shape, *, num_classes: int, colour: str,
-               gpu_conv_nhwc: bool = False):
-  """(lowered train step, runner): a full optimizer step of the recipe (SGD, clipping, weight
-  decay, BatchNorm statistics); the state threads through successive calls."""
-  schedule, tx = recipe_optimizer(model, clips_shape)
-  _, shardings = train_state.state_layout(model, tx, clips_shape, mesh=mesh)
-  state = train_state.state_from_variables(
-      model, tx, random_variables(model, train_state.one_clip(clips_shape)), shardings)
-  batch = _random_batch(clips_shape, mesh, num_classes)
+def train_step(program):
+  """(lowered train step of `program`, runner): a full step of the experiment's optimizer
+  (gradient, clipping, weight decay, parameter groups, BatchNorm statistics); the state threads
+  through successive calls."""
+  state = program.state_with(random_variables(program.model, program.one_clip()))
+  batch = _random_batch(program.clips_shape, program.mesh, program.config.model.num_classes)
   rng = jax.random.key(1)
-  step = steps.jit_train_step(steps.make_train_step(model, schedule, colour), shardings, mesh,
-                              gpu_conv_nhwc)
-  lowered = step.lower(state, batch, rng)
+  lowered = program.train_step.lower(state, batch, rng)
   holder = {'state': state}
 
   def runner(compiled):
@@ -184,44 +187,37 @@ def median_seconds(run: Callable[[], object], warmup: int, repeats: int, steps: 
   return statistics.median(times)
 
 
-def unoptimised_gflops_per_clip(mode: str, model, clips_shape, colour: str) -> float:
-  """XLA's FLOPs per clip of the `mode` step ('inference' or 'train'), lowered (not compiled)
-  from abstract inputs for one CPU device, its grouped convs as GPUs run them
+def unoptimised_gflops_per_clip(mode: str, config) -> float:
+  """XLA's FLOPs per clip of the `mode` step ('inference' or 'train') of `config`, lowered (not
+  compiled) from abstract inputs for one CPU device, its grouped convs as GPUs run them
   (`temporal_ops.native_grouped_convs`)."""
-  cpu_mesh = sharding.make_mesh(1, jax.devices('cpu')[:1])
-  clips = jax.ShapeDtypeStruct(clips_shape, jnp.uint8)
+  program = program_lib.build(config, sharding.make_mesh(1, jax.devices('cpu')[:1]))
+  clips = jax.ShapeDtypeStruct(program.clips_shape, jnp.uint8)
   with temporal_ops.native_grouped_convs():
     if mode == 'inference':
-      variables = abstract_variables(model, train_state.one_clip(clips_shape))
-      lowered = steps.jit_forward(model, cpu_mesh, colour).lower(variables, clips)
+      variables = abstract_variables(program.model, program.one_clip())
+      lowered = program.forward.lower(variables, clips)
     else:
-      schedule, tx = recipe_optimizer(model, clips_shape)
-      state, shardings = train_state.state_layout(model, tx, clips_shape, mesh=cpu_mesh)
-      step = steps.jit_train_step(steps.make_train_step(model, schedule, colour), shardings,
-                                  cpu_mesh)
-      labels = jax.ShapeDtypeStruct(clips_shape[:1], jnp.int32)
-      lowered = step.lower(state, {'clips': clips, 'labels': labels}, jax.random.key(1))
-  return hlo_stats.first_cost(lowered.cost_analysis())['flops'] / clips_shape[0] / 1e9
+      labels = jax.ShapeDtypeStruct(program.clips_shape[:1], jnp.int32)
+      lowered = program.train_step.lower(program.abstract_state,
+                                         {'clips': clips, 'labels': labels}, jax.random.key(1))
+  return hlo_stats.first_cost(lowered.cost_analysis())['flops'] / program.clips_shape[0] / 1e9
 
 
 _UNOPTIMISED_GFLOPS = {}  # Setting (layout and view count left out) -> GFLOPs per clip
 
 
 def measure(setting: Setting, warmup: int = 2, repeats: int = 5, *, steps: int = 5,
-            peak_tflops: Optional[float] = None, hlo_dir: Optional[str] = None) -> dict:
-  """One row: parameters, XLA FLOPs and memory, compile time and throughput of `setting`;
-  the optimised HLO of the step is written into `hlo_dir` when given."""
-  mesh = sharding.make_mesh(1, jax.local_devices())
-  sharding.check_batch(setting.batch, mesh)
-  config = model_config(setting.model, num_frames=setting.frames, dtype=setting.dtype,
-                        width=setting.width, shift_impl=setting.shift_impl)
-  model = build_model(config)
-  clips_shape = (setting.batch, setting.frames, setting.crop, setting.crop, 3)
-  colour = BACKBONES[config.backbone].colour
-  make = functools.partial(inference_step if setting.mode == 'inference' else train_step,
-                           colour=colour)
-  lowered, runner = make(model, mesh, clips_shape, num_classes=config.num_classes,
-                         gpu_conv_nhwc=setting.gpu_conv_nhwc)
+            peak_tflops: Optional[float] = None, hlo_dir: Optional[str] = None,
+            experiment=None, experiment_name: str = 'the base config') -> dict:
+  """One row: parameters, XLA FLOPs and memory, compile time and throughput of `setting`, its
+  train step that of `experiment` (`setting_config`; named `experiment_name` in the row); the
+  optimised HLO of the step is written into `hlo_dir` when given."""
+  config = setting_config(setting, experiment)
+  program = program_lib.build(config, program_lib.make_mesh(config, jax.local_devices()))
+  mesh, model = program.mesh, program.model
+  make = inference_step if setting.mode == 'inference' else train_step
+  lowered, runner = make(program)
   start = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
@@ -237,10 +233,10 @@ def measure(setting: Setting, warmup: int = 2, repeats: int = 5, *, steps: int =
   # CSTM's block-diagonal convs. Both count the step as lowered for one device instead.
   if mesh.devices.flat[0].platform in ('gpu', 'cpu'):
     # Traced once per setting: the layout option changes the compile, not the lowered step.
-    key = dataclasses.replace(setting, gpu_conv_nhwc=False, views=1, setting='')
+    key = (dataclasses.replace(setting, gpu_conv_nhwc=False, views=1, setting=''),
+           experiment_name)
     if key not in _UNOPTIMISED_GFLOPS:
-      _UNOPTIMISED_GFLOPS[key] = unoptimised_gflops_per_clip(setting.mode, model, clips_shape,
-                                                             colour)
+      _UNOPTIMISED_GFLOPS[key] = unoptimised_gflops_per_clip(setting.mode, config)
     gflops = _UNOPTIMISED_GFLOPS[key]
   else:  # the compiled module is one device's partition of the step
     flops = hlo_stats.first_cost(compiled.cost_analysis())['flops']
@@ -252,9 +248,10 @@ def measure(setting: Setting, warmup: int = 2, repeats: int = 5, *, steps: int =
   device = jax.local_devices()[0]
   peak = peak_tflops or known_peak_tflops(device.device_kind, setting.dtype)
   achieved = gflops * clips_per_s / 1e3
-  params = count_params(abstract_variables(model, train_state.one_clip(clips_shape)))
+  params = count_params(abstract_variables(model, program.one_clip()))
   return {
       **dataclasses.asdict(setting),
+      'train_config': experiment_name,
       'params': params,
       'gflops': round(gflops, 6),
       'compile_s': round(compile_s, 2),
@@ -347,8 +344,16 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> types.SimpleNamespace:
   """The command line's settings, checked: model names known, frames numbers, dtypes and modes
-  from their lists."""
-  args = types.SimpleNamespace(**cli_flags.parse(argv, __doc__, define_flags).flag_values_dict())
+  from their lists; `experiment` and `experiment_name` from the optional `--config`."""
+  flag_values = loader.parse_command(
+      argv, __doc__, define_flags, config_required=False,
+      config_help="An experiment whose optimizer (parameter groups, clipping, accumulation), "
+      "mesh and XLA settings every row's train step uses; default: the base config (GSM's "
+      'recipe).')
+  experiment, name = loader.from_flag(flag_values)
+  args = types.SimpleNamespace(**flag_values.flag_values_dict())
+  args.experiment, args.experiment_name = experiment, (name if experiment is not None
+                                                        else 'the base config')
   try:
     args.models = check_model_names(args.models or MODELS)
     args.frames = [int(f) for f in args.frames]
@@ -396,7 +401,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   todo = settings(args)
   device = jax.local_devices()[0]
   print(f'benchmarking {len(todo)} settings on {jax.local_device_count()} x '
-        f'{device.device_kind} (jax {jax.__version__})', file=sys.stderr, flush=True)
+        f'{device.device_kind} (jax {jax.__version__}); train steps use the optimizer of '
+        f'{args.experiment_name}', file=sys.stderr, flush=True)
   with compile_cache.using(args.compile_cache):  # 'off' by default: compile_s is cold
     rows = run_settings(todo, args)
   print(markdown_table(rows))
@@ -411,7 +417,8 @@ def run_settings(todo: Sequence[Setting], args) -> list[dict]:
           flush=True)
     try:
       row = measure(setting, args.warmup, args.repeats, steps=args.steps,
-                    peak_tflops=args.peak_tflops, hlo_dir=args.hlo)
+                    peak_tflops=args.peak_tflops, hlo_dir=args.hlo,
+                    experiment=args.experiment, experiment_name=args.experiment_name)
     except jax.errors.JaxRuntimeError as e:  # out of memory and the like: report, go on
       row = {**dataclasses.asdict(setting), 'error': str(e).splitlines()[0]}
       print(f'failed: {row["error"]}', file=sys.stderr)

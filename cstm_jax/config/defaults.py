@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
       'shift_div': 8,               # shifted channels: C // shift_div each way
       'shift_impl': 'roll',         # 'roll' (jnp.roll, wrapped frame zeroed) or 'slice'
       'gsm_interleave': True,       # the GSM reference's channel interleave
-      'conv3d': 'grouped',          # CSTM's 3D branch: 'grouped', 'depthwise' or 'full'
+      'conv3d_grouping': 'grouped',  # CSTM's 3D branch: 'grouped', 'depthwise' or 'full'
       'conv3d_group_width': 16,     # channels per group of the grouped 3D branch
       'cstm_shift': 'tsm',          # shift path in cstm / 3d_shift_sum: 'tsm' or 'gsm'
       'attention_pool': 'clip',     # CSTM's attention squeeze: per 'clip' or per 'frame'
@@ -53,7 +53,6 @@ def get_config() -> ml_collections.ConfigDict:
       'num_frames': config.model.get_ref('num_frames'),  # TSN segments, one frame each
       'crop': 224,                  # training crop; the backbone's native one (zoo.BACKBONES)
       'test_scale': 256,            # short side before the centre (or three) crops at test time
-      'colour': 'bgr255',           # 'bgr255' (Inception nets) or 'rgb_imagenet' (torchvision)
       'scales': conventions.TSN_SCALES,  # multi-scale crop: fractions of the short side
       'flip': True,                 # horizontal flip with label swap (off for Jester)
       'eval_clips': 1,              # 1 (segment centres) or 2 (centres and starts)
@@ -90,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
       'checkpoint_every_steps': 1000,
       'keep_checkpoints': 2,        # latest checkpoints kept (the best one is kept apart)
       'eval_every_epochs': 5.0,
-      'init_from': '',              # a variables checkpoint (cstm_jax.inference.convert) when starting fresh
+      'init_from': '',              # a variables checkpoint (inference/convert.py), fresh runs
       'init_partial': False,        # True: init_from may leave backbone weights that do not fit
   })
 
@@ -119,6 +118,34 @@ def get_config() -> ml_collections.ConfigDict:
   return config
 
 
+# Keys that changed after runs were written with them: `upgraded` turns such a run's config
+# (its config.json, a checkpoint's copy) into today's keys. Added keys take the value that built
+# those runs; renamed keys move; removed keys go, with the reason a command line that sets one
+# is told.
+ADDED_KEYS = {'model.consensus': 'average', 'model.trn_feature_dim': 256}
+RENAMED_KEYS = {'model.conv3d': 'model.conv3d_grouping'}
+REMOVED_KEYS = {'data.colour': "the backbone sets its input normalisation (config/zoo.py's "
+                               'input_norm)'}
+
+
+def upgraded(values: dict) -> dict:
+  """A config's nested dict with the keys of ADDED_KEYS, RENAMED_KEYS and REMOVED_KEYS brought
+  up to date (blocks it lacks are left out)."""
+  values = {block: dict(v) if isinstance(v, dict) else v for block, v in values.items()}
+  for old, new in RENAMED_KEYS.items():
+    (block, key), (_, new_key) = old.split('.'), new.split('.')
+    if key in values.get(block, {}):
+      values[block].setdefault(new_key, values[block].pop(key))
+  for old in REMOVED_KEYS:
+    block, key = old.split('.')
+    values.get(block, {}).pop(key, None)
+  for added, value in ADDED_KEYS.items():
+    block, key = added.split('.')
+    if block in values:
+      values[block].setdefault(key, value)
+  return values
+
+
 def model_config(name: str = 'cstm_bninception', **overrides) -> ml_collections.ConfigDict:
   """The `config.model` block of a named model (zoo.MODELS), with `overrides` applied."""
   zoo.check_model_names([name])
@@ -145,7 +172,7 @@ RECIPES = {
 def experiment(dataset: str, model: str, frames: int, arg: str = '', *, recipe: str = 'gsm',
                **model_overrides) -> ml_collections.ConfigDict:
   """The base config for `model` on `dataset` with `frames` frames a clip: the dataset's name,
-  classes and flip; the backbone's crop, test scale and colour; `recipe`'s training settings
+  classes and flip; the backbone's crop and test scale; `recipe`'s training settings
   (RECIPES). It computes in bfloat16, as accelerators train (parameters, statistics, attention
   and loss stay float32; measured against float32 in docs/benchmarks.md). `arg` 'smoke'
   shrinks it to a float32 CPU run."""
@@ -157,7 +184,7 @@ def experiment(dataset: str, model: str, frames: int, arg: str = '', *, recipe: 
     config[block].update(values)
   backbone = zoo.BACKBONES[config.model.backbone]
   config.data.update(name=tfds_name, crop=backbone.crop, test_scale=backbone.test_scale,
-                     colour=backbone.colour, flip=dataset != 'jester')
+                     flip=dataset != 'jester')
   return shrink(config, arg)
 
 

@@ -1,12 +1,11 @@
 """Experiment configs: read (an experiment's name or a config file, with its `:arg`, or a run's
 JSON), taken from the command line (`--config` with `--config.KEY=VALUE` overrides, for every
-command that has a config), checked (unknown keys named with the closest known ones), and
-completed (`num_classes` 0 takes the data's count).
+command that has a config) and checked (unknown keys named with the closest known ones).
+`config/finish.py` completes it for the run.
 
 The experiments' config files are `configs/*.py` in a checkout, and `cstm_jax/configs/` once
 installed: `--config=ssv2_16f:smoke` names one, wherever it is; `--config=configs/ssv2_16f.py`
 and any other path work too."""
-import copy
 import difflib
 import importlib.util
 import json
@@ -21,7 +20,6 @@ from ml_collections import config_flags
 
 from cstm_foundation import cli_flags, paths
 from cstm_foundation.errors import BadFile, ConfigError, MissingFile, UserError
-from input_pipeline import workers
 
 # Names other codebases use for our keys: a misspelling is matched to these too.
 ALIASES = {'learning_rate': 'base_lr', 'lr': 'base_lr', 'wd': 'weight_decay',
@@ -31,7 +29,7 @@ ALIASES = {'learning_rate': 'base_lr', 'lr': 'base_lr', 'wd': 'weight_decay',
 
 def configs_dir() -> pathlib.Path:
   """The folder of the experiments' config files: the installed package's, else the checkout's."""
-  package = pathlib.Path(__file__).resolve().parent
+  package = pathlib.Path(__file__).resolve().parents[1]
   installed = package / 'configs'
   return installed if installed.is_dir() else package.parent / 'configs'
 
@@ -236,39 +234,3 @@ def _keys(config, blocks: bool = True) -> list[str]:
     else:
       keys.append(name)
   return keys
-
-
-def with_num_classes(config, count: int, source: str) -> ml_collections.ConfigDict:
-  """`config` with `model.num_classes` set to `count`, the class count of `source` (a dataset,
-  a run's classes.json, a checkpoint's head), when it is 0. A different non-zero count is
-  refused: it would train into NaN, or evaluate classes with no data."""
-  if config.model.num_classes == 0:
-    return _with_value(config, 'model', 'num_classes', count)
-  if config.model.num_classes != count:
-    raise ConfigError(
-        f'model.num_classes is {config.model.num_classes} but {source} has {count} classes: set '
-        f"--config.model.num_classes={count} (or 0 to take the dataset's count)")
-  return config
-
-
-def with_dataset_classes(config, class_names) -> ml_collections.ConfigDict:
-  """`with_num_classes` for the prepared dataset of `config.data` and its `class_names`."""
-  return with_num_classes(config, len(class_names),
-                          f'the dataset {config.data.name} in {config.data.data_dir}')
-
-
-def with_loader_workers(config, accelerators: int, process_count: int = 1):
-  """`config` with `data.num_workers` -1 replaced by the count `input_pipeline.workers` chooses
-  for this host and its `accelerators`."""
-  count = workers.resolved(config.data, accelerators, process_count)
-  if count == config.data.num_workers:
-    return config
-  return _with_value(config, 'data', 'num_workers', count)
-
-
-def _with_value(config, block: str, key: str, value) -> ml_collections.ConfigDict:
-  """A copy of (locked) `config` with `block.key` set to `value`."""
-  config = copy.deepcopy(config)
-  with config.unlocked():
-    config[block][key] = value
-  return config

@@ -1,7 +1,7 @@
 """Facts about the models, importable without JAX: the backbones, which temporal modules each
 takes, and the named models.
 
-Configs read this file (to set a backbone's crop and colour convention); `models/build.py`
+Configs read this file (to set a backbone's crop and test scale); `models/build.py`
 maps a `config.model` block to a Flax module using it.
 """
 import dataclasses
@@ -17,12 +17,13 @@ class BackboneInfo:
     crop: native training crop (pixels).
     test_scale: short side the frames are resized to before the centre crop at test time.
     is_3d: a 3D CNN (no 2D temporal module; `temporal` is 'none').
-    colour: 'bgr255' (Caffe Inception nets) or 'rgb_imagenet' (torchvision nets).
+    input_norm: how its input is normalised: 'bgr255' (Caffe Inception nets: BGR 0-255 minus
+      the mean) or 'rgb_imagenet' (torchvision nets: RGB ImageNet mean and std).
   """
   crop: int
   test_scale: int
   is_3d: bool
-  colour: str
+  input_norm: str
 
 
 BACKBONES = {

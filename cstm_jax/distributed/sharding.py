@@ -73,3 +73,8 @@ def to_host(x) -> np.ndarray:
     return np.asarray(x)
   from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def local_accelerators() -> int:
+  """GPUs or TPU chips this process drives (0 on a CPU host)."""
+  return sum(d.platform != 'cpu' for d in jax.local_devices())

@@ -1,6 +1,7 @@
 """PyTorch weights -> Flax variables, written as an orbax checkpoint that `init_from` loads.
 
-  python -m cstm_jax.inference.convert --config configs/ssv2_16f.py --torch bn_inception.pth --out DIR
+  python -m cstm_jax.inference.convert --config configs/ssv2_16f.py --torch bn_inception.pth \
+      --out DIR
 
 Layouts read (a `module.` / `base_model.` prefix and TSM's `.net` conv wrapper are ignored; the
 head may be `fc`, `new_fc` or `last_linear`):
@@ -11,8 +12,8 @@ head may be `fc`, `new_fc` or `last_linear`):
   the TSM release (`layer1.0.conv1.net.weight`), and STM's authors' code for its parts
   (`layer1.0.shift.weight`, `layer1.0.mb.stage_conv.weight`, ...);
 - TRN's release (`zhoubolei/TRN-pytorch`: TRN_{something,jester}_RGB_BNInception_
-  TRNmultiscale_segment8_best.pth.tar, SSv1 and Jester): BN-Inception as TSN's, `new_fc` (the frame features) and
-  `consensus.fc_fusion_scales.<i>.{1,3}` (the relations, largest scale first).
+  TRNmultiscale_segment8_best.pth.tar, SSv1 and Jester): BN-Inception as TSN's, `new_fc` (the
+  frame features) and `consensus.fc_fusion_scales.<i>.{1,3}` (the relations, largest scale first).
 A 1000-way ImageNet head is dropped when the target has another class count. A plain 2D
 network (no temporal-module keys at all) converts into a model with temporal modules: their
 parameters (and those of STM's parts and TRN's relations) are left out, and the training run

@@ -1,7 +1,8 @@
 """Ship a trained model: the inference function serialised with `jax.export`.
 
   python -m cstm_jax.inference.export --workdir runs/ssv2_16f --out cstm_ssv2.jax
-  python -m cstm_jax.inference.export --checkpoint converted/ --config configs/ssv2_16f.py --out m.jax
+  python -m cstm_jax.inference.export --checkpoint converted/ --config configs/ssv2_16f.py \
+      --out m.jax
 
 The file holds StableHLO with the weights inside; it runs in any process with jax installed
 and none of this package:
@@ -30,17 +31,18 @@ from cstm_jax.inference.predict import load_model_from_flags, parse_model_comman
 DEFAULT_PLATFORMS = ('cpu', 'cuda')
 
 
-def inference_function(model, variables, colour: str):
-  """uint8 RGB clips `[B, T, H, W, 3]` -> float32 logits `[B, classes]`, normalised inside as
-  the training and evaluation steps normalise them."""
-  return lambda clips: model.apply(variables, normalise(clips, colour), train=False)
+def inference_function(model, variables, input_norm: str):
+  """uint8 RGB clips `[B, T, H, W, 3]` -> float32 logits `[B, classes]`, normalised inside
+  (`input_norm`) as the training and evaluation steps normalise them."""
+  return lambda clips: model.apply(variables, normalise(clips, input_norm), train=False)
 
 
-def export(model, variables, config, platforms: Sequence[str] = DEFAULT_PLATFORMS):
-  """`jax.export.Exported` of the inference function, batch size symbolic."""
+def export(program, variables, platforms: Sequence[str] = DEFAULT_PLATFORMS):
+  """`jax.export.Exported` of the inference function of `program` (a `train.program.Program`)
+  with `variables`, batch size symbolic. Traced for one device, without the program's mesh."""
   batch, = jax.export.symbolic_shape('batch')
-  shape = (batch, config.data.num_frames, config.data.crop, config.data.crop, 3)
-  infer = jax.jit(inference_function(model, variables, config.data.colour))
+  shape = (batch, *program.clips_shape[1:])
+  infer = jax.jit(inference_function(program.model, variables, program.input_norm))
   return jax.export.export(infer, platforms=tuple(platforms))(
       jax.ShapeDtypeStruct(shape, jnp.uint8))
 
@@ -55,8 +57,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_model_command(argv, __doc__, define_flags)
-  config, model, variables, names = load_model_from_flags(args)
-  exported = export(model, variables, config, args.platforms)
+  config, program, variables, names = load_model_from_flags(args)
+  exported = export(program, variables, args.platforms)
   out = paths.resolve(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   serialized = exported.serialize()

@@ -1,8 +1,10 @@
 r"""Classify your own videos with a trained model.
 
-  python -m cstm_jax.inference.predict --workdir runs/ssv2_16f --video clip.webm [--views 2x3] [--topk 5]
-  python -m cstm_jax.inference.predict --checkpoint converted/ --config configs/ssv2_16f.py --video frames/
-  python -m cstm_jax.inference.predict --workdir runs/ssv2_16f --video my_videos/ --out predictions.csv
+  python -m cstm_jax.inference.predict --workdir runs/ssv2_16f --video clip.webm [--views 2x3]
+  python -m cstm_jax.inference.predict --checkpoint converted/ --config configs/ssv2_16f.py \
+      --video frames/
+  python -m cstm_jax.inference.predict --workdir runs/ssv2_16f --video my_videos/ \
+      --out predictions.csv
   python -m cstm_jax.inference.predict --workdir runs/ssv2_16f --config=runs/ssv2_16f/config.json \
       --config.model.dtype=bfloat16 --video clip.webm    # the run's config, overridden
 
@@ -24,23 +26,23 @@ import jax
 import numpy as np
 from absl import flags
 
-from cstm_jax.train import checkpoints, evaluation, steps, train_state
-from cstm_jax.distributed import compile_cache, sharding
-from cstm_jax.config import loader
 from cstm_foundation import cli_flags, paths
 from cstm_foundation.errors import ConfigError, run_main
 from cstm_foundation.progress import Progress
+from cstm_jax.config import finish, loader
+from cstm_jax.distributed import compile_cache, sharding
 from cstm_jax.inference.convert import describe_mismatch
-from cstm_jax.models.build import abstract_variables, build_model
+from cstm_jax.models.build import abstract_variables
 from cstm_jax.models.video import num_classes_of
+from cstm_jax.train import checkpoints, evaluation, program as program_lib, train_state
 from input_pipeline import builders, labels, pipeline, video_io
 
 
 # --- Model and weights ------------------------------------------------------------------------
 
 class LoadedModel(NamedTuple):
-  config: Any  # the run's config (or the one given)
-  model: Any  # the Flax module
+  config: Any  # the run's config (or the one given), finished
+  program: Any  # `train.program.Program` on one device: the model and its eval step
   variables: dict  # {'params', 'batch_stats'}
   names: list  # the class names, by label
 
@@ -48,32 +50,32 @@ class LoadedModel(NamedTuple):
 def load_model(workdir=None, checkpoint=None, config=None, *, which: str = 'best',
                config_name: str = 'the config') -> LoadedModel:
   """The model of a training run (its config.json, or `config` in its place), or of a variables
-  checkpoint (`cstm_jax.inference.convert`) plus `config`, the config it belongs to (named `config_name`
-  in messages)."""
+  checkpoint (`cstm_jax.inference.convert`) plus `config`, the config it belongs to (named
+  `config_name` in messages)."""
   if workdir and not checkpoint:
     workdir = paths.resolve(workdir)
     config = config if config is not None else loader.load(workdir / 'config.json')
     names = class_names(config, workdir)
-    config = loader.with_num_classes(config, len(names), f'the classes of run {workdir}')
-    model, variables, _ = train_state.restore_variables(config, workdir, which, one_device_mesh())
+    config = finish.finish(config, num_classes=len(names),
+                           classes_from=f'the classes of run {workdir}')
+    program = program_lib.build(config, one_device_mesh())
+    variables, _ = train_state.restore_variables(program, workdir, which)
   elif checkpoint and config is not None:
     variables = checkpoints.load_variables(checkpoint)
     # num_classes 0 (left to the data) takes the head's count; check_variables reports a set
     # count that differs from it, with the other mismatches.
-    if config.model.num_classes == 0:
-      classes = num_classes_of(variables['params'])
-      if classes is None:
-        raise ConfigError(f'{checkpoint} has no classification head and {config_name} sets no '
-                          'model.num_classes: give the config of a trained run')
-      config = loader.with_num_classes(config, classes, str(checkpoint))
-    model = build_model(config.model)
-    clip = (1, config.data.num_frames, config.data.crop, config.data.crop, 3)
-    expected = abstract_variables(model, jax.ShapeDtypeStruct(clip, np.float32))
-    check_variables(variables, expected, f'checkpoint {checkpoint}', config_name)
+    classes = config.model.num_classes or num_classes_of(variables['params'])
+    if classes is None:
+      raise ConfigError(f'{checkpoint} has no classification head and {config_name} sets no '
+                        'model.num_classes: give the config of a trained run')
+    config = finish.finish(config, num_classes=classes, classes_from=str(checkpoint))
+    program = program_lib.build(config, one_device_mesh())
+    check_variables(variables, abstract_variables(program.model, program.one_clip()),
+                    f'checkpoint {checkpoint}', config_name)
     names = class_names(config)
   else:
     raise ConfigError('give --workdir RUN, or --checkpoint DIR with --config FILE')
-  return LoadedModel(config, model, variables, names)
+  return LoadedModel(config, program, variables, names)
 
 
 def parse_model_command(argv: Optional[Sequence[str]], doc: str, define) -> flags.FlagValues:
@@ -87,8 +89,8 @@ def parse_model_command(argv: Optional[Sequence[str]], doc: str, define) -> flag
                  "replaces the run's config, and --config.KEY=VALUE overrides need --config, "
                  'e.g. --config=RUN/config.json).')
     define_model('enum', 'which', 'best', ['best', 'latest'], 'Which checkpoint of --workdir.')
-    define_model('string', 'checkpoint', None, 'A variables checkpoint (from cstm_jax.inference.convert), '
-                 'with --config.')
+    define_model('string', 'checkpoint', None, 'A variables checkpoint (from '
+                 'cstm_jax.inference.convert), with --config.')
     define(flag_values)
 
   return loader.parse_command(
@@ -148,7 +150,7 @@ def video_views(path: pathlib.Path, config, views: str) -> np.ndarray:
   """Normalised evaluation views `[V, T, crop, crop, 3]` of one video, as evaluation makes them."""
   short_side = None if path.is_dir() else builders.SomethingSomethingV2.DEFAULT_SHORT_SIDE
   jpegs = video_io.video_to_jpegs(path, short_side)
-  transform = pipeline.eval_transform(evaluation.data_config_with_views(config, views))
+  transform = pipeline.eval_transform(config.data, evaluation.parse_views(views))
   return transform({'frames': jpegs, 'label': 0, 'index': 0})['clips']
 
 
@@ -157,9 +159,10 @@ def video_views(path: pathlib.Path, config, views: str) -> np.ndarray:
 class Predictor:
   """Probabilities of every class for one video at a time (views averaged in logit space)."""
 
-  def __init__(self, config, model, variables, *, names, views: str = '1x1'):
-    self.config, self.variables, self.names, self.views = config, variables, names, views
-    self._step = steps.jit_eval_step(model, one_device_mesh(), config.data.colour)
+  def __init__(self, loaded: LoadedModel, *, views: str = '1x1'):
+    self.config, self.variables, self.names = loaded.config, loaded.variables, loaded.names
+    self.views = views
+    self._step = loaded.program.eval_step
 
   def probabilities(self, path: pathlib.Path) -> np.ndarray:
     clips = video_views(path, self.config, self.views)
@@ -216,8 +219,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     evaluation.parse_views(args.views)
   except ConfigError as e:
     cli_flags.fail(f'--views: {e}')
-  config, model, variables, names = load_model_from_flags(args)
-  predictor = Predictor(config, model, variables, names=names, views=args.views)
+  loaded = load_model_from_flags(args)
+  names = loaded.names
+  predictor = Predictor(loaded, views=args.views)
 
   if video.is_dir() and not is_frame_folder(video):
     videos = list_videos(video)

@@ -16,17 +16,13 @@ from cstm_jax.models.video import VideoClassifier
 from cstm_jax.models import temporal_modules as tm
 
 
-# Keys added to the model block after runs were written with it, and the value that builds
-# those runs' models: a run's config.json without them still loads.
-ADDED_KEYS = {'consensus': 'average', 'trn_feature_dim': 256}
-
-
 def checked(model_config: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """`model_config` (a ConfigDict or a dict) as a ConfigDict, if it has the keys of the base
-  config's model block (those of ADDED_KEYS may be missing) and its backbone, temporal module,
+  config's model block (an older run's keys are brought up to date: `defaults.upgraded`) and its
+  backbone, temporal module,
   consensus and dtype go together; else a ConfigError naming the problem."""
   values = model_config.to_dict() if hasattr(model_config, 'to_dict') else dict(model_config)
-  values = {**ADDED_KEYS, **values}
+  values = defaults.upgraded({'model': values})['model']
   keys = list(defaults.get_config().model)
   unknown, missing = sorted(set(values) - set(keys)), sorted(set(keys) - set(values))
   if unknown or missing:
@@ -63,7 +59,7 @@ def temporal_module(config, dtype) -> Optional[functools.partial]:
   cstm = functools.partial(
       tm.CSTM,
       **_settings(config, 'attention_pool', 'cstm_shift', 'shift_div', 'shift_impl',
-                  'gsm_interleave', 'conv3d', 'conv3d_group_width'), **learned)
+                  'gsm_interleave', 'conv3d_grouping', 'conv3d_group_width'), **learned)
   return {
       'tsn': None,
       'none': None,

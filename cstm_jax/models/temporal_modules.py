@@ -34,7 +34,7 @@ def conv3d_groups(channels: int, mode: str, group_width: int = 16) -> int:
   elif mode == 'full':
     groups = 1
   else:
-    raise ValueError(f"unknown conv3d mode {mode!r}; expected 'grouped', 'depthwise' or 'full'")
+    raise ValueError(f"unknown conv3d_grouping {mode!r}; expected 'grouped', 'depthwise' or 'full'")
   return groups
 
 
@@ -53,7 +53,8 @@ class TemporalShift(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     clip = temporal_ops.unfold_time(x, self.num_frames)
-    return temporal_ops.fold_time(temporal_ops.temporal_shift(clip, self.shift_div, self.shift_impl))
+    return temporal_ops.fold_time(
+        temporal_ops.temporal_shift(clip, self.shift_div, self.shift_impl))
 
 
 class GateShift(nn.Module):
@@ -87,7 +88,8 @@ class GateShift(nn.Module):
                         (3, 3, 3, channels // 2, 2), self.param_dtype)
     bias = self.param('gate_bias', nn.initializers.zeros_init(), (2,), self.param_dtype)
     gate = jnp.tanh(temporal_ops.conv3d(nn.relu(h), kernel, groups=2) + bias.astype(h.dtype))
-    out = temporal_ops.gate_shift(clip, gate.astype(clip.dtype), self.gsm_interleave, self.shift_impl)
+    out = temporal_ops.gate_shift(clip, gate.astype(clip.dtype), self.gsm_interleave,
+                                  self.shift_impl)
     if self.attention:
       # In float32 whatever the compute dtype, as CSTM's: a mean over a whole clip, a tiny MLP.
       dense = functools.partial(nn.Dense, dtype=jnp.float32, param_dtype=self.param_dtype)
@@ -139,7 +141,7 @@ class CSTM(nn.Module):
     cstm_shift: the shift branch, 'tsm' (S) or 'gsm' (a GateShift).
     shift_div, shift_impl: of the TSM shift.
     gsm_interleave: of the GSM shift.
-    conv3d, conv3d_group_width: the 3D branch's grouping (`Conv3DBranch`).
+    conv3d_grouping, conv3d_group_width: the 3D branch's grouping (`Conv3DBranch`).
     dtype: compute dtype of the branches (the attention runs in float32).
   """
   num_frames: int
@@ -149,7 +151,7 @@ class CSTM(nn.Module):
   shift_div: int = 8
   shift_impl: temporal_ops.ShiftImpl = 'roll'
   gsm_interleave: bool = True
-  conv3d: str = 'grouped'
+  conv3d_grouping: str = 'grouped'
   conv3d_group_width: int = 16
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
@@ -157,7 +159,8 @@ class CSTM(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     clip = temporal_ops.unfold_time(x, self.num_frames)
-    conv = Conv3DBranch(self.conv3d, self.conv3d_group_width, self.param_dtype, name='conv3d')(clip)
+    conv = Conv3DBranch(self.conv3d_grouping, self.conv3d_group_width, self.param_dtype,
+                        name='conv3d')(clip)
     if self.cstm_shift == 'tsm':
       shifted = temporal_ops.temporal_shift(clip, self.shift_div, self.shift_impl)
     elif self.cstm_shift == 'gsm':

@@ -67,13 +67,14 @@ def num_classes_of(params) -> int | None:
   return int(relations[0]['out']['kernel'].shape[-1]) if relations else None
 
 
-def normalise(clips: jax.Array, colour: str) -> jax.Array:
-  """uint8 RGB `[..., H, W, 3]` -> float32 `[..., H, W, 3]` in the `colour` convention."""
+def normalise(clips: jax.Array, input_norm: str) -> jax.Array:
+  """uint8 RGB `[..., H, W, 3]` -> float32 `[..., H, W, 3]` in the `input_norm` convention
+  ('bgr255' or 'rgb_imagenet', `config/zoo.py`)."""
   if clips.dtype != jnp.uint8:
     raise TypeError(f'clips are {clips.dtype}; the steps take uint8 RGB clips as the '
                     'pipelines send them')
-  mean, std = (np.asarray(v, np.float32) for v in NORMALISATION[colour])
+  mean, std = (np.asarray(v, np.float32) for v in NORMALISATION[input_norm])
   x = clips.astype(jnp.float32)
-  if colour == 'bgr255':
+  if input_norm == 'bgr255':
     x = x[..., ::-1]
   return (x - mean) * (1 / std)

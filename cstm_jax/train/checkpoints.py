@@ -8,6 +8,7 @@ A variables checkpoint (`{'params', 'batch_stats'}`, e.g. from `cstm_jax.inferen
 import contextlib
 import json
 import re
+from typing import Optional
 
 import flax
 import jax
@@ -143,6 +144,15 @@ class RunCheckpoints:
     if state is None:
       raise UserError(f'{manager.directory}: no {which} checkpoint (has this run trained?)')
     return state, step
+
+  def latest_step(self) -> Optional[int]:
+    """The step of the newest complete checkpoint (None: none yet)."""
+    return self.latest.latest_step()
+
+  def stop_requested(self, step: int) -> bool:
+    """Whether the job's processes agreed to stop at `step`: one of them received a preemption
+    notice (JAX's coordination service syncs it, so every process answers the same)."""
+    return self.latest.reached_preemption(step)
 
   def wait(self) -> None:
     with self._writing(self.latest.latest_step() or 0, self.latest):

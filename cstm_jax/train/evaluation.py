@@ -12,9 +12,9 @@ from absl import logging
 from cstm_foundation import paths
 from cstm_foundation.errors import ConfigError
 from cstm_foundation.progress import Progress
-from cstm_jax.config import loader
+from cstm_jax.config import finish
 from cstm_jax.distributed import sharding
-from cstm_jax.train import steps, train_state
+from cstm_jax.train import program as program_lib, train_state
 from input_pipeline import pipeline
 
 
@@ -29,16 +29,9 @@ def parse_views(views: str) -> tuple[int, int]:
   return clips, crops
 
 
-def data_config_with_views(config, views: str) -> ml_collections.ConfigDict:
-  """`config.data` with the evaluation clips and crops of `views` ('1x1', '2x3')."""
-  data = ml_collections.ConfigDict(config.data.to_dict())
-  data.eval_clips, data.eval_crops = parse_views(views)
-  return data
-
-
 def run(eval_step, variables, dataset, *, mesh, max_features: int = 2000, batches: int = 0,
         label: str = 'evaluation') -> dict:
-  """Runs `eval_step` (`steps.jit_eval_step`) over every batch of `dataset`; returns host
+  """Runs `eval_step` (a `program.Program`'s) over every batch of `dataset`; returns host
   arrays of the valid examples: logits, labels and the features of the first `max_features`.
   With `batches` (per process), process 0 shows the progress."""
   logits, labels, features = [], [], []
@@ -100,9 +93,9 @@ def write_results(directory, name: str, results: dict, *, class_names, features=
 def evaluate_views(config, eval_step, variables, *, mesh, views: str, class_names, workdir=None,
                    name=None, step=None) -> dict:
   """Metrics of `variables` on the evaluation split with `views`; writes results and plots
-  into `workdir/eval` when given. `eval_step` is a `steps.jit_eval_step`."""
-  data = data_config_with_views(config, views)
-  dataset, batches = pipeline.eval_dataset(data, jax.process_index(), jax.process_count())
+  into `workdir/eval` when given. `eval_step` is a `program.Program`'s."""
+  dataset, batches = pipeline.eval_dataset(config.data, jax.process_index(), jax.process_count(),
+                                           views=parse_views(views))
   outputs = run(eval_step, variables, dataset, mesh=mesh, max_features=config.eval.tsne_examples,
                 batches=batches, label=f'evaluation {views}')
   results = metrics(outputs['logits'], outputs['labels'], config.model.num_classes)
@@ -119,21 +112,18 @@ def summary_line(results: dict) -> str:
           f"mean class {results['mean_class_accuracy']:.2f}  ({results['examples']} clips)")
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir, *, mesh=None,
+                        class_names) -> dict:
   """Evaluates the `config.eval.checkpoint` ('latest' or 'best') checkpoint of `workdir` with
-  each of `config.eval.final_views`, without training."""
-  mesh = train_state.setup_mesh(config)
-  config = loader.with_loader_workers(config, train_state.local_accelerators(),
-                                             jax.process_count())
-  _, class_names = pipeline.open_split(config.data, config.data.eval_split)
-  config = loader.with_dataset_classes(config, class_names)
-  model, variables, step = train_state.restore_variables(config, workdir, config.eval.checkpoint,
-                                                         mesh)
-  eval_step = steps.jit_eval_step(model, mesh, config.data.colour, config.xla.gpu_conv_nhwc)
+  each of `config.eval.final_views`, without training. `config` is finished
+  (`config.finish.for_data`, which gives `class_names`); `mesh`: default
+  `program.make_mesh(config)`."""
+  program = program_lib.build(finish.require(config), mesh or program_lib.make_mesh(config))
+  variables, step = train_state.restore_variables(program, workdir, config.eval.checkpoint)
   results = {}
   for views in config.eval.final_views.split(','):
-    results[views] = evaluate_views(config, eval_step, variables, mesh=mesh, views=views,
-                                    class_names=class_names, workdir=workdir,
+    results[views] = evaluate_views(config, program.eval_step, variables, mesh=program.mesh,
+                                    views=views, class_names=class_names, workdir=workdir,
                                     name=f'{config.eval.checkpoint}_{views}', step=step)
     if jax.process_index() == 0:
       logging.info('%s checkpoint (step %d): %s', config.eval.checkpoint, step,

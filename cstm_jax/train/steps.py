@@ -32,13 +32,13 @@ class MeshStep:
       return self.jitted.lower(*args)
 
 
-def make_train_step(model, schedule, colour: str, grad_accum_steps: int = 1):
+def make_train_step(model, schedule, input_norm: str, grad_accum_steps: int = 1):
   """(state, batch, rng) -> (state, metrics); the batch's `clips` are uint8 RGB, normalised here
-  for the backbone (`colour`); dropout rng folded in per step."""
+  for the backbone (`input_norm`); dropout rng folded in per step."""
 
   def step(state, batch, rng):
     dropout_rng = jax.random.fold_in(rng, state.step)
-    clips = normalise(batch['clips'], colour)
+    clips = normalise(batch['clips'], input_norm)
 
     def loss_fn(params):
       logits, updates = model.apply(
@@ -60,12 +60,12 @@ def make_train_step(model, schedule, colour: str, grad_accum_steps: int = 1):
   return step
 
 
-def make_eval_step(model, colour: str):
+def make_eval_step(model, input_norm: str):
   """(variables, batch) -> (logits [B, C] averaged over views, clip features [B, D]); the
   batch's `clips` are uint8 RGB `[B, V, T, H, W, 3]` with V views of each clip."""
 
   def step(variables, batch):
-    clips = normalise(batch['clips'], colour)
+    clips = normalise(batch['clips'], input_norm)
     size, views = clips.shape[:2]
     logits, state = model.apply(variables, clips.reshape(size * views, *clips.shape[2:]),
                                 train=False, mutable=['intermediates'])
@@ -86,17 +86,17 @@ def jit_train_step(step, state_shardings, mesh, gpu_conv_nhwc: bool = False) -> 
       compiler_options=sharding.compiler_options(mesh, gpu_conv_nhwc)), mesh)
 
 
-def jit_eval_step(model, mesh, colour: str, gpu_conv_nhwc: bool = False) -> MeshStep:
-  """`make_eval_step(model, colour)` jitted for `mesh` (shardings follow the arguments)."""
-  return MeshStep(jax.jit(make_eval_step(model, colour),
+def jit_eval_step(model, mesh, input_norm: str, gpu_conv_nhwc: bool = False) -> MeshStep:
+  """`make_eval_step(model, input_norm)` jitted for `mesh` (shardings follow the arguments)."""
+  return MeshStep(jax.jit(make_eval_step(model, input_norm),
                           compiler_options=sharding.compiler_options(mesh, gpu_conv_nhwc)), mesh)
 
 
-def jit_forward(model, mesh, colour: str, gpu_conv_nhwc: bool = False) -> MeshStep:
+def jit_forward(model, mesh, input_norm: str, gpu_conv_nhwc: bool = False) -> MeshStep:
   """(variables, uint8 RGB clips `[B, T, H, W, 3]`) -> logits `[B, C]` in eval mode, variables
   replicated and the batch (and logits) split over the data axis, as a serving loop runs it."""
   return MeshStep(jax.jit(
-      lambda variables, clips: model.apply(variables, normalise(clips, colour), train=False),
+      lambda variables, clips: model.apply(variables, normalise(clips, input_norm), train=False),
       in_shardings=(NamedSharding(mesh, P()), sharding.batch_sharding(mesh)),
       out_shardings=sharding.batch_sharding(mesh),
       compiler_options=sharding.compiler_options(mesh, gpu_conv_nhwc)), mesh)

@@ -16,7 +16,7 @@ import pytest
 
 from configs import ssv2_r2plus1d_18
 from cstm_jax.distributed import liveness
-from cstm_jax.train import loop
+from cstm_jax.train import experiment
 from runs import ROOT, free_port, process_env, smoke
 
 # The README's sbatch line on a node of this machine's CPUs: two tasks, no GPUs.
@@ -123,7 +123,7 @@ def test_a_job_stopped_by_sigterm_is_requeued_resumes_and_matches_one_process(
   assert jax.device_count() == 8
   config = smoke(ssv2_r2plus1d_18, data_dir, train__eval_every_epochs=1000.0,
                  train__max_steps=12)
-  one = loop.train_and_evaluate(config, tmp_path / 'one')['1x1']
+  one = experiment.run(config, tmp_path / 'one')['1x1']
   two = json.loads((run / 'final_metrics.json').read_text())['1x1']
   assert (two['examples'], two['step']) == (one['examples'], one['step']) == (8, 12)
   # At step 12 the smoke model is still near chance (loss about ln 12), so which of its nearly
