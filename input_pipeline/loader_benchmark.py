@@ -143,6 +143,9 @@ def markdown(result: dict) -> str:
     lines.append(f"| {row['frames']} frames, {row['crop']} crop, batch {row['batch']}, uint8 | "
                  f"{row['processes']} | {row['clips_per_s']:.1f} | "
                  f"{row['clips_per_s_per_process']:.1f} | {row['bytes_per_clip']:,} |")
+  lines += ['', "Columns: the clips of a batch; the decoding processes (grain's workers; 1: in the "
+            'consuming process); clips/s over all of them and per process; the bytes a clip sends '
+            'to the device.']
   total = sum(stages['ms_per_clip'].values())
   lines += ['', f"Where a training clip's time goes, in one process ({stages['clips']} clips; "
             f"{stages['clips_per_s']:.0f} clips/s without grain's overhead, decoding alone "

@@ -4,8 +4,8 @@ A prepared record is a `tf.train.Example`, TFDS's serialisation of the builders'
 `frames` (the JPEG bytes of every frame of a video), `label` and `id`. TFDS's data source reads
 a record of ~30 frames (about 0.5 MB) through a 32 KiB file buffer and turns every feature into
 NumPy, where a training clip decodes 8 frames. Here each shard has a reader with ArrayRecord's
-own buffer, and the Example is parsed and its frames handed over as they are: 0.3-0.4 ms a
-clip instead of 0.9-1.0 (docs/benchmarks.md, "Host to device").
+own buffer, and the Example is parsed and its frames handed over as they are, a third of the
+data source's time a clip (docs/benchmarks.md, "What makes the loader fast").
 """
 import bisect
 import ctypes
@@ -50,8 +50,8 @@ def keep_freed_memory(mmap_threshold: int = 64 << 20, trim_threshold: int = 256 
 
   By default glibc maps each block above 128 KiB (an adaptive threshold) fresh from the OS and
   returns freed memory at the heap's top, so every record (~0.5 MB), decoded frame (~260 KB)
-  and clip (1.2 MB) of the loader costs page faults on first touch: 5-15% of a training clip's
-  time here (docs/benchmarks.md). Returns False where there is no glibc.
+  and clip (1.2 MB) of the loader costs page faults on first touch (docs/benchmarks.md, "What
+  makes the loader fast"). Returns False where there is no glibc.
   """
   try:
     mallopt = ctypes.CDLL(None).mallopt

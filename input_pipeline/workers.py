@@ -1,12 +1,9 @@
 """How many loader processes a host runs by default (`data.num_workers = -1`).
 
-One loader process decodes and crops about 180 training clips/s of real-sized SSv2 frames (8 x
-224 crops of ~26 KiB JPEGs at 256 px: 195-210 clips/s measured on a 2-core x86_64 machine,
-docs/benchmarks.md "Input pipeline", with the consuming process on the same cores), and one
-H100-class GPU trains CSTM BN-Inception 8F at about 1,000 clips/s (908 measured for the step
-alone, docs/benchmarks.md "H100"). So an accelerator needs 1,000 / 180 = 5.6 processes; the rule
-gives it `PER_ACCELERATOR` = 8, which leaves 40% of headroom for slower cores and longer
-videos. The rule:
+An accelerator trains clips several times faster than one loader process decodes and crops
+them (docs/benchmarks.md, "Input pipeline" and "Input wait", has the current figures of both),
+so the rule gives each local accelerator `PER_ACCELERATOR` = 8 processes, with headroom for
+slower cores and longer videos. The rule:
 
     workers = min(8 x local accelerators,        # what the accelerators consume
                   usable cores - 1,              # one core drives the devices

@@ -384,6 +384,27 @@ def test_a_misspelt_or_misplaced_config_key_gets_the_closest_keys():
   assert 'did you mean train.init_partial?' in message('train.init_parital')
 
 
+def test_a_renamed_or_removed_config_key_says_what_became_of_it():
+  config = ssv2_r2plus1d_18.get_config()
+  assert loader.unknown_key_message(config, 'model.conv3d') == (
+      'config key model.conv3d is now model.conv3d_grouping')
+  assert loader.unknown_key_message(config, 'data.colour').startswith(
+      'config key data.colour is gone: the backbone sets its input normalisation')
+
+
+def test_an_older_runs_config_json_loads_with_todays_keys(tmp_path):
+  # What runs wrote before model.conv3d was renamed, data.colour removed and the TRN keys added.
+  today = loader.load('ssv2_8f').to_dict()
+  old = json.loads(json.dumps(today))
+  old['model']['conv3d'] = old['model'].pop('conv3d_grouping')
+  old['data']['colour'] = 'bgr255'
+  del old['model']['consensus'], old['model']['trn_feature_dim']
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  loaded = loader.load(tmp_path / 'config.json')
+  assert json.loads(loaded.to_json()) == json.loads(json.dumps(today))
+  assert build_model(old['model']).backbone is not None  # the model block alone upgrades too
+
+
 # --- Damaged prepared data --------------------------------------------------------------------
 
 def damaged_copy(prepared_ssv2, tmp_path, damage):

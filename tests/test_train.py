@@ -13,7 +13,7 @@ import pytest
 
 from configs import ssv2_8f, ssv2_r2plus1d_18
 from cstm_jax.config import finish
-from cstm_jax.train import checkpoints, experiment, loop, program
+from cstm_jax.train import checkpoints, experiment, loop, program, train_state
 from cstm_jax.analysis import class_gains
 from cstm_jax import demo
 from cstm_jax.distributed import sharding
@@ -146,10 +146,10 @@ def test_one_device_and_eight_devices_give_the_same_step():
   batch = {'clips': rng.integers(0, 256, clips_shape, np.uint8),
            'labels': rng.integers(0, SMOKE_CLASSES, clips_shape[0]).astype(np.int32)}
   # On the host: each mesh gets its own copy to donate.
-  initial = jax.device_get(programs[1].init_state(jax.random.key(0)))
+  initial = jax.device_get(train_state.variables_of(programs[1].init_state(jax.random.key(0))))
   results = []
   for one in programs:
-    state = jax.device_put(initial, one.state_shardings)
+    state = one.state_with(initial)
     state, metrics = one.train_step(state, sharding.global_batch(batch, one.mesh),
                                     jax.random.key(1))
     results.append((float(metrics['loss']), jax.tree_util.tree_leaves(state.params)))

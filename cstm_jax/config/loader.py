@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from cstm_foundation import cli_flags, paths
 from cstm_foundation.errors import BadFile, ConfigError, MissingFile, UserError
+from cstm_jax.config import defaults
 
 # Names other codebases use for our keys: a misspelling is matched to these too.
 ALIASES = {'learning_rate': 'base_lr', 'lr': 'base_lr', 'wd': 'weight_decay',
@@ -66,7 +67,8 @@ def load(spec) -> ml_collections.ConfigDict:
     raise MissingFile(f'{path}: no such config file')
   if path.suffix == '.json':
     try:
-      return ml_collections.ConfigDict(json.loads(path.read_text()))
+      # A run written before a key changed name loads with today's keys.
+      return ml_collections.ConfigDict(defaults.upgraded(json.loads(path.read_text())))
     except json.JSONDecodeError as e:
       raise BadFile(f'{path}:{e.lineno}: not valid JSON ({e.msg}); a run writes its '
                     'config.json whole: pass the config file it came from instead') from e
@@ -206,7 +208,12 @@ def unknown_override(argv: list[str]) -> str:
 
 
 def unknown_key_message(config, key: str) -> str:
-  """'unknown config key optim.lerning_rate; did you mean optim.base_lr?'"""
+  """'unknown config key optim.lerning_rate; did you mean optim.base_lr?'; a key that was
+  renamed or removed says so."""
+  if key in defaults.RENAMED_KEYS:
+    return f'config key {key} is now {defaults.RENAMED_KEYS[key]}'
+  if key in defaults.REMOVED_KEYS:
+    return f'config key {key} is gone: {defaults.REMOVED_KEYS[key]}'
   keys = _keys(config, blocks=False)
   block, _, leaf = key.rpartition('.')
   leaf = ALIASES.get(leaf, leaf)

@@ -18,6 +18,7 @@ from absl import logging
 
 from cstm_foundation import paths
 from cstm_foundation.errors import BadFile, ConfigError, MissingFile, UserError, first_line
+from cstm_jax.config import defaults
 
 # Orbax splits each replicated array into per-replica slices before writing it ("replica
 # parallel"); for these models' hundreds of small arrays the slicing costs seconds a save.
@@ -229,6 +230,7 @@ def config_differences(saved: dict | None, config) -> list[str]:
     return []
   flat = lambda d: flax.traverse_util.flatten_dict(d, sep='.')
   now = flat({b: json.loads(config[b].to_json()) for b in STATE_BLOCKS if b in config})
+  saved = defaults.upgraded(saved)  # written before a key changed name: today's keys
   then = flat({b: saved[b] for b in STATE_BLOCKS if b in saved})
   return [f'{key}: {then.get(key)!r} in the checkpoint, {now.get(key)!r} now'
           for key in sorted(set(now) | set(then)) if now.get(key) != then.get(key)]
