@@ -2,6 +2,7 @@
 `program.build`'s, and the benchmark times the experiment's own optimizer."""
 import ast
 import pathlib
+import re
 
 import jax
 import pytest
@@ -70,3 +71,14 @@ def test_the_benchmark_times_the_experiments_optimizer():
   state = lambda c: jax.eval_shape(program.build(c, mesh).init_state, jax.random.key(0))
   assert (jax.tree_util.tree_structure(state(config).opt_state) !=
           jax.tree_util.tree_structure(state(benchmark.setting_config(setting)).opt_state))
+
+
+def test_nothing_below_the_commands_copies_or_changes_a_config():
+  # A run's config is finished once (config/finish.py) where its command starts; training,
+  # inference and the multi-process code read it as it is.
+  changes = r'deepcopy\(|ConfigDict\(|\.unlocked\(|(?<!jax\.)config\.update\(|config\[[^\]]*\] =(?!=)'
+  found = [f'{path.relative_to(ROOT)}: {change}'
+           for folder in ('train', 'distributed', 'inference')
+           for path in sorted((ROOT / 'cstm_jax' / folder).rglob('*.py'))
+           for change in re.findall(changes, path.read_text())]
+  assert found == []
