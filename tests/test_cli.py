@@ -43,6 +43,15 @@ def test_help_lists_every_flag(command, capsys):
     assert f'  --{name}: ' in out or f'  --[no]{name}: ' in out, (name, out)
 
 
+@pytest.mark.parametrize('module', ['cstm_jax.inference.predict', 'cstm_jax.analysis.benchmark'])
+def test_help_in_a_fresh_process_prints_nothing_else(module):
+  # Loading the checkpoint code replaces orbax's array handler, which orbax warns about.
+  result = subprocess.run([sys.executable, '-m', module, '--help'], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0 and result.stdout.startswith(f'usage: python -m {module}')
+  assert result.stderr == ''
+
+
 def test_a_command_without_flags_still_has_help_and_refuses_arguments(capsys):
   with pytest.raises(SystemExit) as exit_:
     grouped_conv_benchmark.main(['--help'])

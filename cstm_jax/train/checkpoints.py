@@ -7,6 +7,7 @@ A variables checkpoint (`{'params', 'batch_stats'}`, e.g. from `cstm_jax.inferen
 """
 import contextlib
 import json
+import logging as py_logging
 import re
 from typing import Optional
 
@@ -20,10 +21,23 @@ from cstm_foundation import paths
 from cstm_foundation.errors import BadFile, ConfigError, MissingFile, UserError, first_line
 from cstm_jax.config import defaults
 
-# Orbax splits each replicated array into per-replica slices before writing it ("replica
-# parallel"); for these models' hundreds of small arrays the slicing costs seconds a save.
-ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+def _register_array_handler() -> None:
+  """Orbax splits each replicated array into per-replica slices before writing it ("replica
+  parallel"); for these models' hundreds of small arrays the slicing costs seconds a save. The
+  handler without it replaces orbax's, without the warning orbax logs for a replaced handler at
+  every command's start."""
+  absl_logger = py_logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(py_logging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+  finally:
+    absl_logger.setLevel(level)
+
+
+_register_array_handler()
 
 
 def _drop_callbacks_to_closed_loops() -> None:
