@@ -63,6 +63,10 @@ def parse_with_positional(argv: Optional[Sequence[str]], doc: str,
   if len(positional) != len(names):
     fail(f'expected {" ".join(names)}, got {" ".join(positional)}' if names else
          f'unexpected arguments: {" ".join(positional)}')
+  if not flags.FLAGS.is_parsed():
+    # absl's own flags (its logging's) keep their defaults: without this, the first log line of
+    # the command is preceded by "WARNING: Logging before flag parsing goes to stderr."
+    flags.FLAGS.mark_as_parsed()
   return flag_values, positional
 
 

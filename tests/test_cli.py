@@ -52,6 +52,17 @@ def test_help_in_a_fresh_process_prints_nothing_else(module):
   assert result.stderr == ''
 
 
+def test_a_command_that_logs_prints_no_warning_about_absl_flags():
+  # As the demo logs: absl's handler and format outside absl.app.run.
+  code = ('from absl import logging\nfrom cstm_foundation import cli_flags, logs\n'
+          'cli_flags.parse([], "doc", lambda flag_values: None)\nlogs.quiet_library_logs()\n'
+          'logging.warning("working")')
+  result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+  assert result.returncode == 0 and result.stderr.strip().endswith('working')
+  assert 'before flag parsing' not in result.stderr
+
+
 def test_a_command_without_flags_still_has_help_and_refuses_arguments(capsys):
   with pytest.raises(SystemExit) as exit_:
     grouped_conv_benchmark.main(['--help'])
