@@ -76,7 +76,8 @@ def test_the_benchmark_times_the_experiments_optimizer():
 def test_nothing_below_the_commands_copies_or_changes_a_config():
   # A run's config is finished once (config/finish.py) where its command starts; training,
   # inference and the multi-process code read it as it is.
-  changes = r'deepcopy\(|ConfigDict\(|\.unlocked\(|(?<!jax\.)config\.update\(|config\[[^\]]*\] =(?!=)'
+  changes = (r'deepcopy\(|ConfigDict\(|\.unlocked\(|(?<!jax\.)config\.update\('
+             r'|config\[[^\]]*\] =(?!=)')
   found = [f'{path.relative_to(ROOT)}: {change}'
            for folder in ('train', 'distributed', 'inference')
            for path in sorted((ROOT / 'cstm_jax' / folder).rglob('*.py'))
