@@ -8,8 +8,7 @@ synthetic classes come in time-reversed pairs, so TSN (no temporal modelling) st
 inside each pair while CSTM separates them.
 """
 from cstm_foundation.errors import ConfigError
-from cstm_jax.config import defaults
-from cstm_jax.config import zoo
+from cstm_jax.config import defaults, zoo
 
 DATA = 'data/demo'
 
@@ -20,7 +19,7 @@ def get_config(arg: str = 'cstm'):
   if temporal not in zoo.TEMPORAL_MODULES:
     raise ConfigError(f'demo config argument {arg!r}: expected a temporal module, e.g. "cstm"')
   config = defaults.experiment('ssv2', f'{temporal}_bninception', 8, '', width=0.25,
-                                      num_classes=12, dropout=0.2, dtype='float32')  # a CPU run
+                               num_classes=12, dropout=0.2, dtype='float32')  # a CPU run
   config.data.update(data_dir=f'{DATA}/prepared', crop=32, test_scale=32, scales=(1.0, 0.875),
                      batch_size=16, eval_batch_size=32, num_workers=0)
   # From scratch rather than from ImageNet weights: AdamW converges in the few minutes a CPU has.

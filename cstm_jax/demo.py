@@ -18,8 +18,7 @@ from absl import flags, logging
 from cstm_foundation import cli_flags, logs
 from cstm_foundation.errors import run_main
 from cstm_jax.analysis import class_gains
-from cstm_jax.config import loader
-from cstm_jax.config import zoo
+from cstm_jax.config import loader, zoo
 from cstm_jax.train.writer import read_metrics
 from input_pipeline import labels, prepare, synthetic
 

@@ -9,9 +9,8 @@ import sys
 
 import pytest
 
-from cstm_jax.analysis import aot, aot_targets, hlo_stats
+from cstm_jax.analysis import aot, aot_targets, hlo_stats, summary
 from cstm_jax.config import finish, loader
-from cstm_jax.analysis import summary
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = pathlib.Path(__file__).resolve().parent / 'data'

@@ -7,8 +7,7 @@ import sys
 import matplotlib.image
 import pytest
 
-from cstm_jax.analysis import benchmark
-from cstm_jax.analysis import summary
+from cstm_jax.analysis import benchmark, summary
 
 
 TINY = ['--frames', '2', '--batch', '8', '--crop', '60', '--width', '0.125', '--warmup', '1',

@@ -9,11 +9,10 @@ import sys
 import pytest
 from absl import flags
 
-from cstm_jax.analysis import aot, benchmark, class_gains
+from cstm_jax.analysis import aot, benchmark, class_gains, summary
 from cstm_jax.config import loader
 from cstm_jax.inference import convert, export, predict
 from cstm_jax import demo
-from cstm_jax.analysis import summary
 from tools import bf16_check, conv_layout_check, device_check, grouped_conv_benchmark
 from input_pipeline import loader_benchmark as input_benchmark
 from input_pipeline import prepare, synthetic
@@ -107,7 +106,7 @@ def test_config_overrides_apply_to_config_files_and_run_configs(tmp_path, monkey
 
   def parse(*argv):
     return loader.parse_command(list(argv), 'doc', lambda flag_values: None,
-                                       config_required=False)
+                                config_required=False)
 
   # A config file, and a run's config.json written with `~` the shell left alone.
   assert parse('--config=configs/ssv2_8f.py:smoke',
@@ -141,7 +140,7 @@ def test_config_override_mistakes_name_the_fix(tmp_path, capsys):
   def error(*argv):
     with pytest.raises(SystemExit):
       loader.parse_command(list(argv), 'doc', lambda flag_values: None,
-                                  config_required=False)
+                           config_required=False)
     return capsys.readouterr().err.strip()
 
   assert error('--config=configs/ssv2_8f.py', '--config.optim.lerning_rate=0.1') == (

@@ -17,9 +17,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import ssv2_r2plus1d_18
-from cstm_jax.config import finish
+from cstm_jax.config import finish, loader
 from cstm_jax.train import checkpoints, experiment, loop, train_state
-from cstm_jax.config import loader
 from cstm_jax.inference import convert, predict
 from cstm_jax.distributed import workdir_lock
 from cstm_foundation import errors, paths

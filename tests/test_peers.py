@@ -39,7 +39,7 @@ class Clock:
 
 def watches(store, clock, n=3, timeout_s=10.0):
   return [liveness.PeerWatch(store, process_id=i, num_processes=n, timeout_s=timeout_s,
-                          workdir='/runs/x', clock=clock) for i in range(n)]
+                             workdir='/runs/x', clock=clock) for i in range(n)]
 
 
 def test_a_silent_peer_is_named_after_the_timeout_and_a_finished_one_is_not_waited_for():
@@ -141,7 +141,7 @@ def test_a_sigkilled_process_stops_the_other_in_bounded_time_naming_it(prepared_
 def test_a_failing_process_reports_its_error_once_and_tells_the_others(capsys):
   store, clock, codes = Store(), Clock(), []
   one = liveness.PeerWatch(store, process_id=1, num_processes=2, timeout_s=10.0, clock=clock,
-                        exit_fn=codes.append)
+                           exit_fn=codes.append)
   one.failed(liveness.UserError('data/x: no split validation; prepare it again'))
   assert codes == [1]
   assert capsys.readouterr().err == 'error: data/x: no split validation; prepare it again\n'

@@ -9,11 +9,9 @@ import ml_collections
 import numpy as np
 
 from cstm_foundation.errors import ConfigError
-from cstm_jax.config import defaults
-from cstm_jax.config import zoo
-from cstm_jax.models import inception, inception3d, r2plus1d, resnet, stm
+from cstm_jax.config import defaults, zoo
+from cstm_jax.models import inception, inception3d, r2plus1d, resnet, stm, temporal_modules as tm
 from cstm_jax.models.video import VideoClassifier
-from cstm_jax.models import temporal_modules as tm
 
 
 def checked(model_config: Mapping[str, Any]) -> ml_collections.ConfigDict:

@@ -13,8 +13,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cstm_jax.models import layers
-from cstm_jax.models import temporal_ops
+from cstm_jax.models import layers, temporal_ops
 
 TABLE_DIR = pathlib.Path(__file__).parent / 'architecture'
 TABLES = {'bninception': 'bn_inception.csv', 'inception_v3': 'inception_v3.csv'}

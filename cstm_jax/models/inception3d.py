@@ -11,8 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cstm_jax.models import layers
-from cstm_jax.models import temporal_ops
+from cstm_jax.models import layers, temporal_ops
 
 # Mixed blocks: (name, [b0 1x1, b1 1x1, b1 3x3, b2 1x1, b2 3x3, b3 pool-proj]).
 MIXED = {

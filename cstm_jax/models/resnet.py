@@ -9,8 +9,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from cstm_jax.models import layers
-from cstm_jax.models import temporal_ops
+from cstm_jax.models import layers, temporal_ops
 
 STAGE_DEPTHS = (3, 4, 6, 3)
 STAGE_WIDTHS = (64, 128, 256, 512)

@@ -18,8 +18,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from cstm_jax.models import layers, resnet
-from cstm_jax.models import temporal_ops
+from cstm_jax.models import layers, resnet, temporal_ops
 
 MOTION_REDUCTION = 16  # CMM's channel reduction (the code's reduce_time)
 
