@@ -10,7 +10,7 @@ import torch
 
 import torch_reference as ref
 from cstm_jax.train import checkpoints
-from cstm_jax.inference import convert
+from cstm_jax.models import torch_weights
 from cstm_jax.config.defaults import model_config
 from cstm_jax.models.build import build_model
 
@@ -44,7 +44,7 @@ def test_converted_reference_gives_the_same_logits(name, crop):
   clips = torch.randn(2, FRAMES, 3, crop, crop, generator=torch.Generator().manual_seed(1))
   expected = ref.unit_logits(torch_model, clips).numpy()
   config = model_config(name, num_frames=FRAMES, width=WIDTH, num_classes=CLASSES)
-  variables, report = convert.convert_state_dict(state_dict(torch_model), config)
+  variables, report = torch_weights.convert_state_dict(state_dict(torch_model), config)
   assert report == {'dropped_head': False, 'new_modules': []}
   logits = build_model(config).apply(variables, clips.permute(0, 1, 3, 4, 2).numpy())
   assert np.abs(expected).max() > 0.1  # the comparison is not between near-zero numbers
@@ -56,7 +56,7 @@ def test_imagenet_network_into_cstm_drops_the_head_and_leaves_new_modules():
   weights = {k.replace('base_model.', '').replace('new_fc', 'fc'): v
              for k, v in state_dict(torch_model, '').items()}
   config = model_config('cstm_bninception', num_frames=FRAMES, width=WIDTH, num_classes=174)
-  variables, report = convert.convert_state_dict(weights, config)
+  variables, report = torch_weights.convert_state_dict(weights, config)
   assert report['dropped_head'] and 'head' not in variables['params']
   assert 'inception_3a_1x1/temporal' in report['new_modules']
   layer = variables['params']['backbone']['inception_3a_1x1']
@@ -83,7 +83,7 @@ def test_imagenet_network_into_stm_or_trn_leaves_their_parts_new(name, base, cro
   weights = {k.replace('base_model.', '').replace('new_fc', 'fc'): v
              for k, v in state_dict(torch_model, '').items()}
   config = model_config(name, num_frames=FRAMES, width=WIDTH, num_classes=174)
-  variables, report = convert.convert_state_dict(weights, config)
+  variables, report = torch_weights.convert_state_dict(weights, config)
   assert report['dropped_head'] and new_module in report['new_modules']
   fresh = jax.eval_shape(build_model(config).init, jax.random.key(0),
                          np.zeros((1, FRAMES, crop, crop, 3), np.float32))
@@ -98,14 +98,14 @@ def test_mismatches_are_errors_that_name_the_keys():
   config = model_config('tsm_resnet50', num_frames=FRAMES, width=WIDTH, num_classes=CLASSES)
   missing = {k: v for k, v in weights.items() if k != 'module.base_model.layer2.1.bn2.weight'}
   with pytest.raises(ValueError, match=r'1 missing: layer2\.1\.bn2\.weight'):
-    convert.from_torch(missing, config)
+    torch_weights.from_torch(missing, config)
   with pytest.raises(ValueError, match=r'1 unexpected: .*layer5\.0\.conv1\.weight'):
-    convert.from_torch({**weights, 'layer5.0.conv1.weight': np.zeros((4, 4, 1, 1))}, config)
+    torch_weights.from_torch({**weights, 'layer5.0.conv1.weight': np.zeros((4, 4, 1, 1))}, config)
   wider = model_config('tsm_resnet50', num_frames=FRAMES, width=0.5, num_classes=CLASSES)
   with pytest.raises(ValueError, match=r'wrong shapes: .*conv1\.weight'):
-    convert.from_torch(weights, wider)
+    torch_weights.from_torch(weights, wider)
   with pytest.raises(ValueError, match='no PyTorch layout for backbone'):
-    convert.from_torch(weights, model_config('i3d'))
+    torch_weights.from_torch(weights, model_config('i3d'))
 
 
 def test_weight_files_read_alike_and_code_in_a_pickle_is_refused(tmp_path):
@@ -120,7 +120,7 @@ def test_weight_files_read_alike_and_code_in_a_pickle_is_refused(tmp_path):
                                'bn1.running_var': weights['bn1.running_var'].astype(np.float16)},
                               tmp_path / 'half.safetensors')
   for name in ('ckpt.pth.tar', 'w.npz', 'w.safetensors', 'half.safetensors'):
-    loaded = convert.load_state_dict(tmp_path / name)
+    loaded = torch_weights.load_state_dict(tmp_path / name)
     assert sorted(loaded) == sorted(weights), name
     tolerance = 2 ** -8 if name == 'half.safetensors' else 0
     for key in weights:
@@ -128,7 +128,7 @@ def test_weight_files_read_alike_and_code_in_a_pickle_is_refused(tmp_path):
       np.testing.assert_allclose(loaded[key], weights[key], rtol=tolerance)
   torch.save({'model': torch.nn.Linear(2, 2)}, tmp_path / 'pickled_module.pth')
   with pytest.raises(ValueError, match='pickled_module.pth: not a plain PyTorch state dict'):
-    convert.load_state_dict(tmp_path / 'pickled_module.pth')
+    torch_weights.load_state_dict(tmp_path / 'pickled_module.pth')
   (tmp_path / 'w.h5').write_bytes(b'')
   with pytest.raises(ValueError, match=r"w\.h5: unknown weights format '\.h5'"):
-    convert.load_state_dict(tmp_path / 'w.h5')
+    torch_weights.load_state_dict(tmp_path / 'w.h5')

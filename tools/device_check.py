@@ -193,6 +193,7 @@ def train_command(sizes: Sizes, work: pathlib.Path, devices: int, *, max_steps: 
           '--config.model.num_classes=0', f'--config.data.batch_size={batch}',
           f'--config.data.eval_batch_size={batch}', f'--config.optim.epochs={epochs}',
           f'--config.train.max_steps={max_steps}',
+          '--config.train.init_from=scratch',  # the GPU host has no internet; speed only
           f'--config.train.log_every_steps={sizes.log_every}',
           f'--config.train.checkpoint_every_steps={max_steps}',
           '--config.train.eval_every_epochs=1000000', '--config.eval.final_views=1x1',

@@ -31,7 +31,7 @@ from cstm_foundation.errors import ConfigError, run_main
 from cstm_foundation.progress import Progress
 from cstm_jax.config import finish, loader
 from cstm_jax.distributed import compile_cache, sharding
-from cstm_jax.inference.convert import describe_mismatch
+from cstm_jax.models.torch_weights import describe_mismatch
 from cstm_jax.models.build import abstract_variables
 from cstm_jax.models.video import num_classes_of
 from cstm_jax.train import checkpoints, evaluation, program as program_lib, train_state

@@ -21,7 +21,8 @@ from cstm_foundation.errors import UserError
 from cstm_foundation.progress import format_seconds
 from cstm_jax.config import finish
 from cstm_jax.distributed import compile_cache, sharding, workdir_lock
-from cstm_jax.train import checkpoints, evaluation, plots, program as program_lib, throughput
+from cstm_jax.train import (checkpoints, evaluation, plots, pretrained, program as program_lib,
+                            throughput)
 from cstm_jax.train.train_state import variables_of
 from cstm_jax.train.writer import MetricWriter, read_metrics
 from input_pipeline import pipeline
@@ -47,16 +48,24 @@ def initial_state(program, *, run_checkpoints, train_iterator) -> Start:
     logging.info('Resuming from the checkpoint of step %d', step)
     return Start(restored, step)
   state = program.init_state(jax.random.key(config.train.seed))
-  if config.train.init_from:
-    pretrained = checkpoints.load_variables(config.train.init_from)
-    merged, _ = checkpoints.merge_pretrained(variables_of(state), pretrained,
-                                             config.train.init_partial, config.train.init_from)
-    shardings = program.state_shardings
-    merged = jax.device_put(merged, {'params': shardings.params,
-                                     'batch_stats': shardings.batch_stats})
-    state = state.replace(params=merged['params'], batch_stats=merged['batch_stats'])
-    logging.info('Initialised from %s', config.train.init_from)
-  return Start(state, 0)
+  init_from = config.train.init_from
+  if pretrained.is_scratch(init_from):
+    logging.warning('train.init_from=scratch: the backbone starts from random weights (the '
+                    "papers' numbers start from ImageNet weights: --config.train.init_from="
+                    'imagenet)')
+    return Start(state, 0)
+  if init_from == pretrained.IMAGENET:
+    weights = pretrained.imagenet_variables(config.model)
+    source = f'the ImageNet weights {pretrained.IMAGENET_WEIGHTS[config.model.backbone].file}'
+  else:
+    weights, source = checkpoints.load_variables(init_from), init_from
+  merged, _ = checkpoints.merge_pretrained(variables_of(state), weights,
+                                           config.train.init_partial, source)
+  shardings = program.state_shardings
+  merged = jax.device_put(merged, {'params': shardings.params,
+                                   'batch_stats': shardings.batch_stats})
+  logging.info('Initialised from %s', source)
+  return Start(state.replace(params=merged['params'], batch_stats=merged['batch_stats']), 0)
 
 
 # --- Training loop ----------------------------------------------------------------------------
