@@ -3,9 +3,11 @@
   python main.py --config=configs/ssv2_trn.py --workdir=runs/ssv2_trn
 
 Paper (1 clip, centre crop, validation): 48.80 / 77.64 top-1 / top-5 (%).
-Recipe of `zhoubolei/TRN-pytorch` (`main.py` defaults, `--consensus_type TRNmultiscale`):
-SGD, lr 0.001 at batch 64, momentum 0.9, weight decay 5e-4, x0.1 at epochs 50 and 100 of 120,
-gradient norm clipped at 20, dropout 0.8 before the frame features.
+Recipe of `zhoubolei/TRN-pytorch` (`RECIPES['trn']`: `main.py` defaults with
+`--consensus_type TRNmultiscale`, `models.py`): SGD, lr 0.001 at batch 64, momentum 0.9,
+weight decay 5e-4, x0.1 at epochs 50 and 100 of 120, gradient norm clipped at 20, dropout 0.8
+before the frame features, partial BatchNorm, TSN's parameter groups, a horizontal flip that
+keeps the label (as the release flips), ImageNet BN-Inception weights (TSN's).
 `--config=configs/ssv2_trn.py:smoke` shrinks it to a tiny CPU run.
 """
 from cstm_jax.config import defaults

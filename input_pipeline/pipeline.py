@@ -133,8 +133,13 @@ class IndexedSource:
 
 def flip_label_map(config, class_names) -> tuple[int, ...] | None:
   """Label after a horizontal flip for each label, or None where clips are never flipped
-  (`flip=False`, as Jester's configs set: its gestures change meaning in a mirror)."""
-  return tuple(labels.flip_label_map(list(class_names))) if config.flip else None
+  (`flip=False`, as Jester's configs set: its gestures change meaning in a mirror). With
+  `flip_label_swap=False` (TRN's release) a flipped clip keeps its label."""
+  if not config.flip:
+    return None
+  if not config.get('flip_label_swap', True):
+    return tuple(range(len(class_names)))
+  return tuple(labels.flip_label_map(list(class_names)))
 
 
 def _finish(dataset: grain.MapDataset, config) -> grain.IterDataset:

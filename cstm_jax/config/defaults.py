@@ -43,6 +43,8 @@ def get_config() -> ml_collections.ConfigDict:
       'attention_pool': 'clip',     # CSTM's attention squeeze: per 'clip' or per 'frame'
       'consensus': 'average',       # 'average' (TSN) or 'trn_multiscale' (TRN's relations)
       'trn_feature_dim': 256,       # trn_multiscale: frame features' width before the relations
+      'partial_bn': False,          # TSN's partial BatchNorm (Inception nets): every BN after the
+                                    # first uses its running statistics and is not trained
   })
 
   config.data = ml_collections.ConfigDict({
@@ -54,7 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
       'crop': 224,                  # training crop; the backbone's native one (zoo.BACKBONES)
       'test_scale': 256,            # short side before the centre (or three) crops at test time
       'scales': conventions.TSN_SCALES,  # multi-scale crop: fractions of the short side
-      'flip': True,                 # horizontal flip with label swap (off for Jester)
+      'flip': True,                 # horizontal flip (off for Jester)
+      'flip_label_swap': True,      # a flip swaps left/right classes (GSM); TRN's release does not
       'eval_clips': 1,              # 1 (segment centres) or 2 (centres and starts)
       'eval_crops': 1,              # 1 (centre) or 3 (along the long side)
       'batch_size': 32,             # global training batch over all processes
@@ -76,7 +79,8 @@ def get_config() -> ml_collections.ConfigDict:
       'schedule': 'cosine',         # 'cosine', or 'steps' (x0.1 at decay_epochs)
       'decay_epochs': (20, 40),
       'clip_norm': 20.0,            # global-norm gradient clipping (0 disables)
-      'param_groups': 'uniform',    # 'uniform', or 'tsm' (bias x2 no decay, BN no decay, head)
+      'param_groups': 'uniform',    # 'uniform'; 'tsn' (bias x2 no decay, BN no decay); 'tsm'
+                                    # (tsn's and the new head's multipliers below)
       'head_lr_mult': 5.0,          # param_groups='tsm': the head's weights
       'head_bias_lr_mult': 10.0,    # param_groups='tsm': the head's bias
       'grad_accum_steps': 1,        # micro-batches per optimizer step
@@ -123,7 +127,8 @@ def get_config() -> ml_collections.ConfigDict:
 # (its config.json, a checkpoint's copy) into today's keys. Added keys take the value that built
 # those runs; renamed keys move; removed keys go, with the reason a command line that sets one
 # is told.
-ADDED_KEYS = {'model.consensus': 'average', 'model.trn_feature_dim': 256}
+ADDED_KEYS = {'model.consensus': 'average', 'model.trn_feature_dim': 256,
+              'model.partial_bn': False, 'data.flip_label_swap': True}
 RENAMED_KEYS = {'model.conv3d': 'model.conv3d_grouping'}
 REMOVED_KEYS = {'data.colour': "the backbone sets its input normalisation (config/zoo.py's "
                                'input_norm)'}
@@ -157,14 +162,29 @@ def model_config(name: str = 'cstm_bninception', **overrides) -> ml_collections.
   return ml_collections.ConfigDict({**values, **zoo.MODELS[name], **overrides})
 
 
-# Other papers' recipes, as changes to the base config's (GSM's) `model` and `optim` keys.
+# Each system's recipe, as changes to the base config (GSM's): the original code each follows,
+# and the keys it sets. `data` changes apply after the dataset's own settings.
 RECIPES = {
+    # swathikirans/GSM main.py and opts.py: the base config (CSTM and its ablations).
     'gsm': {},
-    # zhoubolei/TRN-pytorch's main.py defaults with --consensus_type TRNmultiscale.
-    'trn': {'model': {'dropout': 0.8},
+    # mit-han-lab/temporal-shift-module main.py (its Something-Something command: --lr 0.01
+    # --lr_steps 20 40 --epochs 50 --batch-size 64 --gd 20 --dropout 0.5 --npb) and
+    # ops/models.py: no flip for Something-Something and Jester (get_augmentation), TSN's
+    # parameter groups with the new head at lr x5 / x10 (get_optim_policies, fc_lr5).
+    'tsm': {'optim': {'base_lr': 0.01, 'base_batch': 64, 'epochs': 50.0, 'warmup_epochs': 0.0,
+                      'schedule': 'steps', 'decay_epochs': (20, 40), 'clip_norm': 20.0,
+                      'param_groups': 'tsm'},
+            'data': {'flip': False}},
+    # zhoubolei/TRN-pytorch main.py defaults with --consensus_type TRNmultiscale; models.py:
+    # partial BatchNorm (partialBN, on unless --no_partialbn), TSN's parameter groups
+    # (get_optim_policies), and a flip that keeps the label (GroupRandomHorizontalFlip in
+    # get_augmentation, every dataset).
+    'trn': {'model': {'dropout': 0.8, 'partial_bn': True},
             'optim': {'base_lr': 0.001, 'base_batch': 64, 'epochs': 120.0, 'warmup_epochs': 0.0,
-                      'schedule': 'steps', 'decay_epochs': (50, 100), 'clip_norm': 20.0}},
-    # The STM paper's Something-Something schedule.
+                      'schedule': 'steps', 'decay_epochs': (50, 100), 'clip_norm': 20.0,
+                      'param_groups': 'tsn'},
+            'data': {'flip': True, 'flip_label_swap': False}},
+    # The STM paper's Something-Something schedule (no code was released with it).
     'stm': {'optim': {'base_lr': 0.01, 'epochs': 50.0, 'warmup_epochs': 0.0,
                       'schedule': 'steps', 'decay_epochs': (30, 40, 45)}},
 }
@@ -181,11 +201,11 @@ def experiment(dataset: str, model: str, frames: int, arg: str = '', *, recipe: 
   config = get_config()
   config.model.update(model_config(model, **{'num_frames': frames, 'num_classes': classes,
                                              'dtype': 'bfloat16', **model_overrides}).to_dict())
-  for block, values in RECIPES[recipe].items():
-    config[block].update(values)
   backbone = zoo.BACKBONES[config.model.backbone]
   config.data.update(name=tfds_name, crop=backbone.crop, test_scale=backbone.test_scale,
                      flip=dataset != 'jester')
+  for block, values in RECIPES[recipe].items():
+    config[block].update(values)
   # The 2D backbones start from ImageNet weights, as their papers' numbers do; the 3D nets here
   # have none (their papers inflate ImageNet weights or pretrain on Kinetics).
   config.train.init_from = 'imagenet' if not backbone.is_3d else 'scratch'

@@ -38,6 +38,11 @@ def checked(model_config: Mapping[str, Any]) -> ml_collections.ConfigDict:
   if config.consensus == 'trn_multiscale' and config.temporal != 'tsn':
     raise ConfigError(f"consensus 'trn_multiscale' (TRN) takes a 2D backbone without a temporal "
                       f"module (temporal 'tsn'), not temporal {config.temporal!r}")
+  if config.partial_bn and (config.backbone not in ('bninception', 'inception_v3')
+                            or config.temporal != 'tsn'):
+    raise ConfigError(f"model.partial_bn (TSN's partial BatchNorm) is for an Inception backbone "
+                      f"without a temporal module (temporal 'tsn'), not {config.backbone!r} "
+                      f'with {config.temporal!r}')
   if config.dtype not in ('float32', 'bfloat16', 'float16'):
     raise ConfigError(f"model dtype {config.dtype!r} is not 'float32', 'bfloat16' or 'float16'")
   return config
@@ -88,8 +93,10 @@ def build_model(model_config: Mapping[str, Any]) -> VideoClassifier:
   common = {'width': config.width, 'dtype': dtype}
   temporal = temporal_module(config, dtype)
   backbone = {
-      'bninception': functools.partial(inception.InceptionBackbone, 'bninception', temporal),
-      'inception_v3': functools.partial(inception.InceptionBackbone, 'inception_v3', temporal),
+      'bninception': functools.partial(inception.InceptionBackbone, 'bninception', temporal,
+                                       partial_bn=config.partial_bn),
+      'inception_v3': functools.partial(inception.InceptionBackbone, 'inception_v3', temporal,
+                                        partial_bn=config.partial_bn),
       # STM's blocks replace the bottlenecks (its parts are in them, not a temporal module).
       'resnet50': functools.partial(resnet.ResNet50, temporal,
                                     block=stm.STMBottleneck if config.temporal == 'stm' else None),
@@ -103,6 +110,23 @@ def build_model(model_config: Mapping[str, Any]) -> VideoClassifier:
   return VideoClassifier(functools.partial(backbone, **common),
                          **_settings(config, 'num_classes', 'dropout', 'consensus',
                                      'trn_feature_dim'))
+
+
+def frozen_parameters(model_config, params) -> Any:
+  """A tree of booleans like `params`: True for the parameters training leaves as they are. With
+  `partial_bn` (TSN's partial BatchNorm), the scale and bias of every BatchNorm of the backbone
+  after the first; otherwise none."""
+  config = checked(model_config)
+  first = None
+  if config.partial_bn:
+    table, _ = inception.load_table(config.backbone)
+    first = next(layer.name for layer in table if layer.op == 'conv')
+
+  def frozen(path, _):
+    names = [getattr(key, 'key', '') for key in path]
+    return bool(first and names[0] == 'backbone' and 'bn' in names[2:-1] and names[1] != first)
+
+  return jax.tree_util.tree_map_with_path(frozen, params)
 
 
 # model -> {(clip shape, dtype): abstract variables}; dropped with the model.

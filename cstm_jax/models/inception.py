@@ -64,10 +64,13 @@ class InceptionBackbone(nn.Module):
     backbone: 'bninception' or 'inception_v3' (the layer table to follow).
     temporal: temporal module constructor (a partial missing `num_frames`), or None for TSN.
     width: channel multiplier (1.0 is the published network).
+    partial_bn: TSN's partial BatchNorm: every BatchNorm after the first normalises with its
+      running statistics in training too (`layers.ConvBN.frozen_bn`).
   """
   backbone: str = 'bninception'
   temporal: Optional[layers.ModuleDef] = None
   width: float = 1.0
+  partial_bn: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -76,6 +79,7 @@ class InceptionBackbone(nn.Module):
     num_frames = clips.shape[1]
     table, features = load_table(self.backbone)
     tensors = {'data': temporal_ops.fold_time(clips).astype(self.dtype)}
+    first_conv = next(layer.name for layer in table if layer.op == 'conv')
     for layer in table:
       inputs = [tensors[name] for name in layer.inputs]
       if layer.op == 'conv':
@@ -84,7 +88,8 @@ class InceptionBackbone(nn.Module):
           temporal = functools.partial(self.temporal, num_frames=num_frames)
         out = layers.ConvBN(
             layers.scale_channels(layer.channels, self.width), layer.kernel, layer.stride,
-            [(p, p) for p in layer.pad], temporal=temporal, dtype=self.dtype,
+            [(p, p) for p in layer.pad], temporal=temporal,
+            frozen_bn=self.partial_bn and layer.name != first_conv, dtype=self.dtype,
             param_dtype=self.param_dtype, name=layer.name)(inputs[0], train)
       elif layer.op == 'maxpool':
         out = layers.max_pool_ceil(inputs[0], layer.kernel, layer.stride, layer.pad)

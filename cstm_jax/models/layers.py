@@ -41,6 +41,8 @@ class ConvBN(nn.Module):
 
   Works for 2D (`[B, H, W, C]`) and 3D (`[N, T, H, W, C]`) inputs; the kernel rank decides.
   Submodules: `conv`, `temporal` (when given) and `bn`; the block itself carries the layer name.
+  `frozen_bn`: the BatchNorm normalises with its running statistics in training too, and leaves
+  them as they are (TSN's partial BatchNorm; the optimizer keeps its scale and bias).
   """
   features: int
   kernel_size: Sequence[int]
@@ -49,6 +51,7 @@ class ConvBN(nn.Module):
   use_bias: bool = True
   relu: bool = True
   temporal: Optional[ModuleDef] = None
+  frozen_bn: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -60,7 +63,7 @@ class ConvBN(nn.Module):
                 dtype=self.dtype, param_dtype=self.param_dtype, name='conv')(x)
     if self.temporal is not None:
       x = self.temporal(name='temporal')(x, train)
-    x = batch_norm(train, self.dtype, self.param_dtype, 'bn')(x)
+    x = batch_norm(train and not self.frozen_bn, self.dtype, self.param_dtype, 'bn')(x)
     return nn.relu(x) if self.relu else x
 
 

@@ -1,11 +1,13 @@
-"""Optimizer and learning-rate schedule of the GSM recipe (docs/design.md, "Recipe"), and TSM's
-variant. Functions take the `config.optim` block (keys and defaults: cstm_jax/config/defaults.py).
+"""Optimizer and learning-rate schedule of the GSM recipe (docs/design.md, "Recipe"), and TSN's
+and TSM's parameter groups. Functions take the `config.optim` block (keys and defaults:
+cstm_jax/config/defaults.py).
 
 GSM recipe: SGD with momentum 0.9, weight decay added to the gradient (coupled, as PyTorch's
 SGD does), global-norm clipping at 20 before the decay, lr 0.01 per 32 clips scaled linearly
 with the global batch, linear warmup from 0.1x then cosine to zero.
-TSM's parameter groups: conv / dense weights decay at lr x1; biases lr x2 without decay;
-BatchNorm without decay; the new head x5 (weights) and x10 (bias); steps at 20 and 40 epochs.
+TSN's parameter groups (`get_optim_policies` of tsn-pytorch, TRN-pytorch and TSM's
+`ops/models.py`): conv / dense weights decay at lr x1; biases lr x2 without decay; BatchNorm
+without decay. TSM's add the new head x5 (weights) and x10 (bias).
 """
 import flax
 import jax
@@ -16,7 +18,7 @@ from cstm_foundation.errors import ConfigError
 
 VALID_SCHEDULES = ('cosine', 'steps')
 VALID_OPTIMIZERS = ('sgd', 'adamw')
-VALID_GROUPS = ('uniform', 'tsm')
+VALID_GROUPS = ('uniform', 'tsn', 'tsm')
 
 
 def learning_rate_schedule(config, global_batch: int, steps_per_epoch: int) -> optax.Schedule:
@@ -62,27 +64,47 @@ def param_group(path: tuple[str, ...], leaf_ndim: int) -> str:
   return 'weight'
 
 
-def make_optimizer(config, schedule: optax.Schedule, params) -> optax.GradientTransformation:
+def make_optimizer(config, schedule: optax.Schedule, params,
+                   frozen=None) -> optax.GradientTransformation:
   """`config` is `config.optim`. Returns clip -> (grouped) SGD or AdamW, wrapped for
-  accumulation."""
+  accumulation. `frozen` (a tree of booleans like `params`, `models.build.frozen_parameters`):
+  parameters left as they are, as PyTorch leaves those without `requires_grad`: their gradients
+  count neither in the clipping norm nor in an update."""
+  if config.param_groups not in VALID_GROUPS:
+    raise ConfigError(f'optim.param_groups {config.param_groups!r} not in {VALID_GROUPS}')
+  scaled = lambda k: (lambda step: k * schedule(step))
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
   if config.param_groups == 'uniform':
-    base = _base_optimizer(schedule, config, config.weight_decay)
-  elif config.param_groups == 'tsm':
-    scaled = lambda k: (lambda step: k * schedule(step))
+    groups = {'all': _base_optimizer(schedule, config, config.weight_decay)}
+    label = {path: 'all' for path in flat}
+  else:  # TSN's groups; TSM's add the new head's multipliers
+    head = config.param_groups == 'tsm'
     groups = {
         'weight': _base_optimizer(schedule, config, config.weight_decay),
         'bias': _base_optimizer(scaled(2.0), config, 0.0),
         'bn': _base_optimizer(schedule, config, 0.0),
-        'head_weight': _base_optimizer(scaled(config.head_lr_mult), config, config.weight_decay),
-        'head_bias': _base_optimizer(scaled(config.head_bias_lr_mult), config, 0.0),
+        'head_weight': _base_optimizer(scaled(config.head_lr_mult if head else 1.0), config,
+                                       config.weight_decay),
+        'head_bias': _base_optimizer(scaled(config.head_bias_lr_mult if head else 2.0), config,
+                                     0.0),
     }
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
-    labels = flax.traverse_util.unflatten_dict(
-        {path: param_group(path, jnp.ndim(leaf)) for path, leaf in flat.items()})
-    base = optax.multi_transform(groups, labels)
-  else:
-    raise ConfigError(f'optim.param_groups {config.param_groups!r} not in {VALID_GROUPS}')
-  tx = optax.chain(clip_by_global_norm(config.clip_norm), base) if config.clip_norm else base
+    label = {path: param_group(path, jnp.ndim(leaf)) for path, leaf in flat.items()}
+  frozen_paths = set()
+  if frozen is not None:
+    frozen_paths = {path for path, is_frozen in flax.traverse_util.flatten_dict(
+        flax.core.unfreeze(frozen)).items() if is_frozen}
+  if frozen_paths:
+    groups['frozen'] = optax.set_to_zero()
+    label.update({path: 'frozen' for path in frozen_paths})
+  base = (groups['all'] if set(label.values()) == {'all'} else
+          optax.multi_transform(groups, flax.traverse_util.unflatten_dict(label)))
+  parts = []
+  if frozen_paths:
+    parts.append(optax.masked(optax.set_to_zero(), flax.traverse_util.unflatten_dict(
+        {path: path in frozen_paths for path in flat})))
+  if config.clip_norm:
+    parts.append(clip_by_global_norm(config.clip_norm))
+  tx = optax.chain(*parts, base) if parts else base
   if config.grad_accum_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)
   return tx

@@ -14,7 +14,7 @@ import ml_collections
 
 from cstm_jax.config import finish, zoo
 from cstm_jax.distributed import sharding
-from cstm_jax.models.build import abstract_variables, build_model
+from cstm_jax.models.build import abstract_variables, build_model, frozen_parameters
 from cstm_jax.train import optim, steps
 from cstm_jax.train.train_state import TrainState
 
@@ -86,7 +86,9 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
   clips_shape = (data.batch_size, data.num_frames, data.crop, data.crop, 3)
   one_clip = jax.ShapeDtypeStruct((1, *clips_shape[1:]), jnp.float32)
   schedule = optim.learning_rate_schedule(config.optim, data.batch_size, steps_per_epoch)
-  tx = optim.make_optimizer(config.optim, schedule, abstract_variables(model, one_clip)['params'])
+  params = abstract_variables(model, one_clip)['params']
+  tx = optim.make_optimizer(config.optim, schedule, params,
+                            frozen=frozen_parameters(config.model, params))
 
   abstract = jax.eval_shape(lambda v: _state_of(model, tx, v), abstract_variables(model, one_clip))
   state_shardings = sharding.state_shardings(abstract, mesh, config.mesh.shard_threshold)
