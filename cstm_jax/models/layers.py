@@ -4,6 +4,7 @@ import math
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
+from flax.linen import dtypes as flax_dtypes
 import jax
 import jax.numpy as jnp
 
@@ -14,14 +15,56 @@ BN_MOMENTUM = 0.9  # Flax keeps 0.9 of the old statistics: PyTorch's momentum 0.
 BN_EPSILON = 1e-5
 
 
-def batch_norm(train: bool, dtype: Any, param_dtype: Any, name: str) -> nn.BatchNorm:
-  """BatchNorm with PyTorch's settings (eps 1e-5, momentum 0.1); statistics over all but C.
+class BatchNorm(nn.Module):
+  """BatchNorm as PyTorch's `nn.BatchNorm{2,3}d` trains it: statistics over all axes but the
+  last, normalised with the batch's biased variance, and running statistics updated with
+  momentum 0.1 from the batch's mean and its *unbiased* variance (n / (n - 1) times the biased
+  one, n the values per channel), as PyTorch updates them. Otherwise it computes as flax's
+  `nn.BatchNorm` does (float32 statistics, `E[x^2] - E[x]^2`, the same parameter and statistic
+  names), whose running variance takes the biased one.
+
+  Attributes:
+    use_running_average: normalise with the running statistics and leave them (evaluation,
+      and partial BatchNorm in training).
+  """
+  use_running_average: bool
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPSILON
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1]
+    axes = tuple(range(x.ndim - 1))
+    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32),
+                            (features,))
+    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), (features,))
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      values = x.astype(jnp.promote_types(self.dtype or x.dtype, jnp.float32))
+      mean = values.mean(axes)
+      var = jnp.maximum(0.0, jnp.square(values).mean(axes) - jnp.square(mean))
+      if not self.is_initializing():
+        count = x.size // features
+        unbiased = var * (count / max(count - 1, 1))
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+    scale = self.param('scale', nn.initializers.ones, (features,), self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (features,), self.param_dtype)
+    y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return jnp.asarray(y, flax_dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype))
+
+
+def batch_norm(train: bool, dtype: Any, param_dtype: Any, name: str) -> BatchNorm:
+  """`BatchNorm` with PyTorch's settings (eps 1e-5, momentum 0.1).
 
   Training normalises with the batch's statistics and updates the running ones (mutable
   'batch_stats'); evaluation uses the running ones.
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                      dtype=dtype, param_dtype=param_dtype, name=name)
+  return BatchNorm(use_running_average=not train, dtype=dtype, param_dtype=param_dtype,
+                   name=name)
 
 
 # He init (fan out), as torchvision does for conv layers trained from scratch.
