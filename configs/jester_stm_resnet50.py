@@ -2,7 +2,7 @@
 
   python main.py --config=configs/jester_stm_resnet50.py --workdir=runs/jester_stm_resnet50
 
-Paper (1 clip, centre crop, validation): 96.60 / 99.90 top-1 / top-5 (%).
+Paper (views 1x1: 1 clip, centre crop; validation): 96.60 / 99.90 top-1 / top-5 (%).
 Recipe as configs/ssv2_stm_resnet50.py (the paper's Something-Something schedule).
 `--config=configs/jester_stm_resnet50.py:smoke` shrinks it to a tiny CPU run.
 """

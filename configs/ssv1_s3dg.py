@@ -2,7 +2,8 @@
 
   python main.py --config=configs/ssv1_s3dg.py --workdir=runs/ssv1_s3dg
 
-Paper (1 clip, centre crop, validation): 48.20 / 78.70 top-1 / top-5 (%); S3D 47.30 / 78.10.
+Paper (views 1x1: 1 clip, centre crop; validation): 48.20 / 78.70 top-1 / top-5 (%); S3D 47.30 /
+78.10.
 `--config=configs/ssv1_s3dg.py:smoke` shrinks it to a tiny CPU run.
 """
 from cstm_jax.config import defaults

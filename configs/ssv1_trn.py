@@ -2,7 +2,8 @@
 
   python main.py --config=configs/ssv1_trn.py --workdir=runs/ssv1_trn
 
-Paper (1 clip, centre crop, validation): 34.44 top-1 (%).
+Paper (views 1x1: 1 clip, centre crop; validation): 34.44 top-1 (%).
+The final evaluation also runs TRN's own test protocol, views 1x10 (TRN's test_models.py).
 Recipe as configs/ssv2_trn.py.
 `--config=configs/ssv1_trn.py:smoke` shrinks it to a tiny CPU run.
 """

@@ -2,7 +2,7 @@
 
   python main.py --config=configs/ssv2_ablation_gsm.py --workdir=runs/ssv2_ablation_gsm
 
-Paper (1 clip, centre crop, validation): 61.23 / 87.29 top-1 / top-5 (%).
+Paper (views 1x1: 1 clip, centre crop; validation): 61.23 / 87.29 top-1 / top-5 (%).
 `--config=configs/ssv2_ablation_gsm.py:smoke` shrinks it to a tiny CPU run.
 """
 from cstm_jax.config import defaults

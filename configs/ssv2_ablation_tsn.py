@@ -2,7 +2,8 @@
 
   python main.py --config=configs/ssv2_ablation_tsn.py --workdir=runs/ssv2_ablation_tsn
 
-Paper (1 clip, centre crop, validation): not in the ablation table (TSN / TSM ResNet-50 rows:
+Paper (views 1x1: 1 clip, centre crop; validation): not in the ablation table (TSN / TSM ResNet-50
+rows:
 27.80 / 57.60 and 58.20 / 84.80).
 `--config=configs/ssv2_ablation_tsn.py:smoke` shrinks it to a tiny CPU run.
 """

@@ -2,7 +2,8 @@
 
   python main.py --config=configs/ssv2_s3d.py --workdir=runs/ssv2_s3d
 
-Paper (1 clip, centre crop, validation): S3D / S3D-G reach 47.30 / 48.20 top-1 on SSv1 (64 frames).
+Paper (views 1x1: 1 clip, centre crop; validation): S3D / S3D-G reach 47.30 / 48.20 top-1 on SSv1
+(64 frames).
 `--config=configs/ssv2_s3d.py:smoke` shrinks it to a tiny CPU run.
 """
 from cstm_jax.config import defaults

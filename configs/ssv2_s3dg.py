@@ -2,7 +2,8 @@
 
   python main.py --config=configs/ssv2_s3dg.py --workdir=runs/ssv2_s3dg
 
-Paper (1 clip, centre crop, validation): S3D-G reaches 48.20 / 78.70 top-1 / top-5 on SSv1 at
+Paper (views 1x1: 1 clip, centre crop; validation): S3D-G reaches 48.20 / 78.70 top-1 / top-5 on
+SSv1 at
 64 frames (configs/ssv1_s3dg.py); it gives no SSv2 figure.
 `--config=configs/ssv2_s3dg.py:smoke` shrinks it to a tiny CPU run.
 """

@@ -2,7 +2,8 @@
 
   python main.py --config=configs/ssv2_trn.py --workdir=runs/ssv2_trn
 
-Paper (1 clip, centre crop, validation): 48.80 / 77.64 top-1 / top-5 (%).
+Paper (views 1x1: 1 clip, centre crop; validation): 48.80 / 77.64 top-1 / top-5 (%).
+The final evaluation also runs TRN's own test protocol, views 1x10 (TRN's test_models.py).
 Recipe of `zhoubolei/TRN-pytorch` (`RECIPES['trn']`: `main.py` defaults with
 `--consensus_type TRNmultiscale`, `models.py`): SGD, lr 0.001 at batch 64, momentum 0.9,
 weight decay 5e-4, x0.1 at epochs 50 and 100 of 120, gradient norm clipped at 20, dropout 0.8

@@ -6,8 +6,8 @@ ResNet-50 weights (torchvision's, as TSM trains from).
   python main.py --config=configs/ssv2_tsm_resnet50.py --workdir=runs/ssv2_tsm_resnet50
 
 Paper (the CSTM paper's citation; 1 clip, centre crop, validation): 58.20 / 84.80 top-1 / top-5
-(%); evaluated so by the run's final `1x1` views. (TSM's own README reports its SSv2 models at
-full resolution x 2 clips.)
+(%); evaluated so by the run's final `1x1` views. The final evaluation also runs TSM's own
+protocol for its README's SSv2 numbers, full resolution x 2 clips (views `2x3full`).
 `--config=configs/ssv2_tsm_resnet50.py:smoke` shrinks it to a tiny CPU run.
 """
 from cstm_jax.config import defaults

@@ -2,7 +2,7 @@
 
   python main.py --config=configs/ssv2_v3_16f.py --workdir=runs/ssv2_v3_16f
 
-Paper (1 clip, centre crop, validation): 64.04 / 88.54 top-1 / top-5 (%).
+Paper (views 1x1: 1 clip, centre crop; validation): 64.04 / 88.54 top-1 / top-5 (%).
 `--config=configs/ssv2_v3_16f.py:smoke` shrinks it to a tiny CPU run.
 """
 from cstm_jax.config import defaults

@@ -2,7 +2,7 @@
 
   python main.py --config=configs/ssv2_v3_8f.py --workdir=runs/ssv2_v3_8f
 
-Paper (1 clip, centre crop, validation): 63.95 / 89.11 top-1 / top-5 (%).
+Paper (views 1x1: 1 clip, centre crop; validation): 63.95 / 89.11 top-1 / top-5 (%).
 `--config=configs/ssv2_v3_8f.py:smoke` shrinks it to a tiny CPU run.
 """
 from cstm_jax.config import defaults

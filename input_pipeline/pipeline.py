@@ -106,11 +106,12 @@ class EvalTransform:
             'index': np.int32(record['index']), 'mask': np.float32(1)}
 
 
-def eval_transform(config, views: Optional[tuple[int, int]] = None) -> EvalTransform:
-  """The evaluation transform of a `config.data` block with `views` (clips, crops); None: the
-  block's eval_clips x eval_crops."""
-  clips, crops = views or (config.eval_clips, config.eval_crops)
-  return EvalTransform(config.num_frames, config.crop, config.test_scale, clips, crops)
+def eval_transform(config, views: Optional[tuple] = None) -> EvalTransform:
+  """The evaluation transform of a `config.data` block with `views` (clips, crops[, full
+  resolution: crops of the test scale]); None: the block's eval_clips x eval_crops."""
+  clips, crops, full = (*(views or (config.eval_clips, config.eval_crops)), False)[:3]
+  return EvalTransform(config.num_frames, config.test_scale if full else config.crop,
+                       config.test_scale, clips, crops)
 
 
 PADDING = {'padding': True}  # grain drops None elements, so padding is a marker record
@@ -195,7 +196,7 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1,
 
 
 def eval_dataset(config, process_index: int = 0, process_count: int = 1, *,
-                 views: Optional[tuple[int, int]] = None):
+                 views: Optional[tuple] = None):
   """One pass over the evaluation split with `views` (`eval_transform`); returns (dataset,
   batches per process)."""
   source, _ = open_split(config, config.eval_split)

@@ -45,16 +45,23 @@ def multiscale_crop_box(image_w: int, image_h: int, crop_size: int, *, rng: np.r
 
 
 def centre_box(image_w: int, image_h: int, crop: int) -> Box:
+  """The centre crop as torchvision's `CenterCrop` (TSN's `GroupCenterCrop`) places it: the free
+  space halved and rounded (half to even, Python's and torchvision's `round`)."""
   crop_w, crop_h = min(crop, image_w), min(crop, image_h)
-  return Box((image_w - crop_w) // 2, (image_h - crop_h) // 2, crop_w, crop_h)
+  return Box(int(round((image_w - crop_w) / 2)), int(round((image_h - crop_h) / 2)), crop_w,
+             crop_h)
 
 
 def three_crop_boxes(image_w: int, image_h: int, crop: int) -> list[tuple[int, int, int, int]]:
-  """Three crops along the long side (left/top, centre, right/bottom), centred on the other."""
-  x, y, w, h = centre_box(image_w, image_h, crop)
+  """Three crops along the long side: on a landscape frame TSM's `GroupFullResSample` offsets
+  (ops/transforms.py: left, centre and right at 0, 2 and 4 quarter steps of the free width, at
+  2 quarter steps of the free height); on a portrait frame, where those three coincide, top,
+  centre and bottom the same way."""
+  w, h = min(crop, image_w), min(crop, image_h)
+  w_step, h_step = (image_w - w) // 4, (image_h - h) // 4
   if image_w >= image_h:
-    return [(0, y, w, h), (x, y, w, h), (image_w - w, y, w, h)]
-  return [(x, 0, w, h), (x, y, w, h), (x, image_h - h, w, h)]
+    return [(0, 2 * h_step, w, h), (2 * w_step, 2 * h_step, w, h), (4 * w_step, 2 * h_step, w, h)]
+  return [(2 * w_step, 0, w, h), (2 * w_step, 2 * h_step, w, h), (2 * w_step, 4 * h_step, w, h)]
 
 
 def decode_frames(jpegs, indices) -> dict[int, np.ndarray]:
@@ -101,20 +108,37 @@ def train_crop(frames: dict[int, np.ndarray], indices, crop: int, *, rng: np.ran
   return clip, flipped
 
 
+CROPS = (1, 3, 5, 10)
+
+
+def eval_boxes(image_w: int, image_h: int, crop: int, num_crops: int) -> list[tuple[Box, bool]]:
+  """The crops of a test protocol, each with whether it is mirrored: 1 the centre, 3 along the
+  long side, 5 the four corners and the centre (TSN's `GroupOverSample` without flips: the first
+  five of its fixed offsets), 10 those five and their mirrors (`GroupOverSample`)."""
+  if num_crops not in CROPS:
+    raise ValueError(f'num_crops must be one of {CROPS}, got {num_crops}')
+  if num_crops == 1:
+    return [(centre_box(image_w, image_h, crop), False)]
+  if num_crops == 3:
+    return [(Box(*box), False) for box in three_crop_boxes(image_w, image_h, crop)]
+  w, h = min(crop, image_w), min(crop, image_h)
+  corners = [Box(x, y, w, h) for x, y in fixed_offsets(image_w, image_h, w, h)[:5]]
+  return [(box, flip) for box in corners for flip in ((False, True) if num_crops == 10 else
+                                                      (False,))]
+
+
 def eval_clips(jpegs, num_frames: int, crop: int, *, test_scale: int, num_clips: int = 1,
                num_crops: int = 1) -> np.ndarray:
   """Evaluation views `[num_clips * num_crops, T, crop, crop, 3]` uint8 RGB: short side resized
-  to `test_scale`, centre crop (or three crops), segment centres (and starts)."""
-  if num_crops not in (1, 3):
-    raise ValueError(f'num_crops must be 1 or 3, got {num_crops}')
+  to `test_scale`, the crops of `eval_boxes`, segment centres (and starts). A full-resolution
+  protocol passes `crop` = `test_scale`."""
   indices = sampling.eval_indices(len(jpegs), num_frames, num_clips)
   frames = {i: video_io.resize_short_side(f, test_scale)
             for i, f in decode_frames(jpegs, indices.ravel()).items()}
   height, width = next(iter(frames.values())).shape[:2]
-  boxes = three_crop_boxes(width, height, crop) if num_crops == 3 else [
-      centre_box(width, height, crop)]
+  boxes = eval_boxes(width, height, crop, num_crops)
   views = np.empty((len(indices) * len(boxes), num_frames, crop, crop, 3), np.uint8)
-  for v, (clip, box) in enumerate((clip, box) for clip in indices for box in boxes):
+  for v, (clip, (box, flip)) in enumerate((clip, box) for clip in indices for box in boxes):
     for t, i in enumerate(clip):
-      crop_resize(frames[int(i)], box, crop, out=views[v, t])
+      crop_resize(frames[int(i)], box, crop, out=views[v, t], flip=flip)
   return views

@@ -135,6 +135,23 @@ def test_evaluation_visits_every_example_once(config, clips, crops):
   assert counts == {i: 1 for i in range(8)}
 
 
+@pytest.mark.parametrize('views, shape', [('1x10', (10, 32)), ('2x5', (10, 32)),
+                                          ('2x3full', (6, 48))])
+def test_a_test_protocol_gives_its_views(config, views, shape):
+  from cstm_jax.train import evaluation
+  dataset, _ = pipeline.eval_dataset(config, 0, 1, views=evaluation.parse_views(views))
+  batch = next(iter(dataset))
+  count, side = shape  # full resolution: crops of the test scale (48 here), not the crop
+  assert batch['clips'].shape == (6, count, 4, side, side, 3)
+
+
+def test_a_test_protocol_that_no_original_has_is_refused():
+  from cstm_jax.train import evaluation
+  for views in ('1x2', '3x1', '2x3half', '1x'):
+    with pytest.raises(ValueError, match=f'views {views!r}'):
+      evaluation.parse_views(views)
+
+
 def test_configuration_errors(config, tmp_path):
   with pytest.raises(ValueError, match='does not split over 3 processes'):
     pipeline.train_dataset(config, 0, 3)

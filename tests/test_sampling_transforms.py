@@ -101,8 +101,30 @@ def test_eval_views():
                                                         (88, 8, 112, 112)]
 
 
-def test_eval_clips_take_one_or_three_crops():
+def test_eval_clips_take_the_crops_of_a_test_protocol():
   pixel = np.array([[[10, 20, 30]]], np.uint8)
   with pytest.raises(ValueError, match='num_crops'):
     transforms.eval_clips(jpegs_of([pixel.repeat(8, 0).repeat(8, 1)]), 2, 8, test_scale=8,
                           num_crops=2)
+
+
+def test_the_test_protocols_crop_as_the_originals():
+  # A frame already at the test scale (short side 128), so the crops alone differ.
+  frame = np.random.default_rng(0).integers(0, 256, (128, 171, 3), np.uint8)
+  jpegs = jpegs_of([frame])
+  decoded = transforms.decode_frames(jpegs, [0])[0]
+  crops = lambda n, size: transforms.eval_clips(jpegs, 1, size, test_scale=128, num_crops=n)[:, 0]
+  cut = lambda x, y, size: decoded[y:y + size, x:x + size]
+  # TSN's GroupOverSample (GSM's and TSM's transforms.py): the offsets of
+  # fill_fix_offset(False, ...), quarter steps of the free width (59 // 4) and height (16 // 4),
+  # each crop followed by its mirror; five crops without mirrors (GSM's GroupFiveCrops).
+  corners = [(0, 0), (4 * 14, 0), (0, 4 * 4), (4 * 14, 4 * 4), (2 * 14, 2 * 4)]
+  expected = [c for x, y in corners for c in (cut(x, y, 112), cut(x, y, 112)[:, ::-1])]
+  np.testing.assert_array_equal(crops(10, 112), np.stack(expected))
+  np.testing.assert_array_equal(crops(5, 112), np.stack(expected[::2]))
+  # TSM's GroupFullResSample at full resolution (crops of the test scale): left, centre and
+  # right at 0, 2 and 4 quarter steps of the free width (43 // 4), no mirrors.
+  np.testing.assert_array_equal(crops(3, 128), np.stack([cut(x, 0, 128) for x in (0, 20, 40)]))
+  # The centre crop (GroupCenterCrop, torchvision's CenterCrop): the free space halved and
+  # rounded, 59 / 2 -> 30.
+  np.testing.assert_array_equal(crops(1, 112)[0], cut(30, 8, 112))

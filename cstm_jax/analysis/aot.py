@@ -76,11 +76,13 @@ def step_builder(config, mesh, step: str) -> Callable[[int], object]:
       return program.train_step.lower(program.abstract_state,
                                       {'clips': clips, 'labels': labels(batch)}, rng)
   else:
-    clips, crops = evaluation.parse_views(config.eval.views)
+    clips, crops, full = evaluation.parse_views(config.eval.views)
     variables = train_state.variables_of(program.abstract_state)
+    side = config.data.test_scale if full else config.data.crop
+    view = (frames[0], side, side, 3)
 
     def lower(batch: int):
-      clips_abstract = jax.ShapeDtypeStruct((batch, clips * crops, *frames), jnp.uint8,
+      clips_abstract = jax.ShapeDtypeStruct((batch, clips * crops, *view), jnp.uint8,
                                             sharding=batch_sharding)
       return program.eval_step.lower(variables, {'clips': clips_abstract,
                                                  'labels': labels(batch)})

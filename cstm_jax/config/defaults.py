@@ -59,7 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
       'flip': True,                 # horizontal flip (off for Jester)
       'flip_label_swap': True,      # a flip swaps left/right classes (GSM); TRN's release does not
       'eval_clips': 1,              # 1 (segment centres) or 2 (centres and starts)
-      'eval_crops': 1,              # 1 (centre) or 3 (along the long side)
+      'eval_crops': 1,              # 1 (centre), 3 (along the long side), 5, 10 (eval.views)
       'batch_size': 32,             # global training batch over all processes
       'eval_batch_size': 32,
       'num_workers': -1,            # grain processes; 0: in-process; -1: by the host (workers.py)
@@ -100,7 +100,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.eval = ml_collections.ConfigDict({
       'views': '1x1',               # during training: 1 clip x centre crop
-      'final_views': '1x1,2x3',     # after training, and in mode=eval
+      'final_views': '1x1,2x3',     # after training, and in mode=eval: CLIPSxCROPS, clips 1
+                                    # or 2, crops 1, 3, 5, 10 (mirrors); suffix 'full': crops
+                                    # of the test scale (TSM's full resolution)
       'checkpoint': 'best',         # mode=eval: 'best' or 'latest'
       'tsne_examples': 2000,        # clips in the t-SNE plot of features
   })
@@ -174,7 +176,9 @@ RECIPES = {
     'tsm': {'optim': {'base_lr': 0.01, 'base_batch': 64, 'epochs': 50.0, 'warmup_epochs': 0.0,
                       'schedule': 'steps', 'decay_epochs': (20, 40), 'clip_norm': 20.0,
                       'param_groups': 'tsm'},
-            'data': {'flip': False}},
+            'data': {'flip': False},
+            # Its README's SSv2 numbers: full resolution (3 crops of 256) x 2 clips.
+            'eval': {'final_views': '1x1,2x3full'}},
     # zhoubolei/TRN-pytorch main.py defaults with --consensus_type TRNmultiscale; models.py:
     # partial BatchNorm (partialBN, on unless --no_partialbn), TSN's parameter groups
     # (get_optim_policies), and a flip that keeps the label (GroupRandomHorizontalFlip in
@@ -183,7 +187,9 @@ RECIPES = {
             'optim': {'base_lr': 0.001, 'base_batch': 64, 'epochs': 120.0, 'warmup_epochs': 0.0,
                       'schedule': 'steps', 'decay_epochs': (50, 100), 'clip_norm': 20.0,
                       'param_groups': 'tsn'},
-            'data': {'flip': True, 'flip_label_swap': False}},
+            'data': {'flip': True, 'flip_label_swap': False},
+            # Its test_models.py defaults to 10 crops (5 and their mirrors) of 1 clip.
+            'eval': {'final_views': '1x1,1x10'}},
     # The STM paper's Something-Something schedule (no code was released with it).
     'stm': {'optim': {'base_lr': 0.01, 'epochs': 50.0, 'warmup_epochs': 0.0,
                       'schedule': 'steps', 'decay_epochs': (30, 40, 45)}},

@@ -202,7 +202,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   define = cli_flags.definer(flag_values)
   define('string', 'video', None, 'A video file, a JPEG frame folder, or a folder of either.',
          required=True)
-  define('string', 'views', '1x1', "Clips x crops: '1x1' or '2x3'.")
+  define('string', 'views', '1x1', "The test protocol, clips x crops: '1x1', '2x3', '1x10', "
+         "'2x3full' (crops of the test scale) ... (docs/training.md).")
   define('integer', 'topk', 5, 'Classes to list.', lower_bound=1)
   define('bool', 'json', False, 'Print JSON instead of a table.')
   define('string', 'out', 'predictions.csv', 'The CSV for a folder of videos (local or gs://).')

@@ -18,15 +18,20 @@ from cstm_jax.train import program as program_lib, train_state
 from input_pipeline import pipeline
 
 
-def parse_views(views: str) -> tuple[int, int]:
-  """'1x1' -> (1 clip, 1 crop); '2x3' -> (2 clips, 3 crops)."""
+def parse_views(views: str) -> tuple[int, int, bool]:
+  """The test protocol `views` names: 'CLIPSxCROPS', with 1 or 2 clips (segment centres, and
+  starts) and 1 (centre), 3 (along the long side), 5 (corners and centre) or 10 (those and their
+  mirrors) crops of the training crop, or of the test scale with the suffix 'full' (TSM's full
+  resolution). '1x1' -> (1, 1, False); '2x3full' -> (2, 3, True)."""
+  spec = views[:-len('full')] if views.endswith('full') else views
   try:
-    clips, crops = (int(v) for v in views.split('x'))
+    clips, crops = (int(v) for v in spec.split('x'))
   except ValueError:
-    raise ConfigError(f"views {views!r} is not 'CLIPSxCROPS' such as '1x1' or '2x3'") from None
-  if clips not in (1, 2) or crops not in (1, 3):
-    raise ConfigError(f"views {views!r}: clips must be 1 or 2 and crops 1 or 3")
-  return clips, crops
+    raise ConfigError(f"views {views!r} is not 'CLIPSxCROPS' such as '1x1', '2x3' or "
+                      "'2x3full'") from None
+  if clips not in (1, 2) or crops not in (1, 3, 5, 10):
+    raise ConfigError(f'views {views!r}: clips must be 1 or 2 and crops 1, 3, 5 or 10')
+  return clips, crops, views.endswith('full')
 
 
 def run(eval_step, variables, dataset, *, mesh, max_features: int = 2000, batches: int = 0,
