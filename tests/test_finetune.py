@@ -168,3 +168,21 @@ def test_export_runs_in_a_fresh_process_and_matches(finetuned, tmp_path):
                                                                            normalised))
   np.testing.assert_allclose(exported_logits[:3], expected, atol=1e-5)
   np.testing.assert_allclose(exported_logits[3:], expected[:1], atol=1e-5)
+
+
+def test_export_takes_a_test_protocol_as_evaluation_runs_it(finetuned, tmp_path):
+  out = tmp_path / 'full.jax'
+  assert export.main(['--workdir', str(finetuned['workdir']), '--out', str(out),
+                      '--platforms', 'cpu', '--views', '2x3full']) == 0
+  meta = json.loads(pathlib.Path(f'{out}.json').read_text())
+  config = finetuned['config']
+  side = config.data.test_scale  # full resolution: crops of the test scale
+  assert meta['views'] == '2x3full'
+  assert meta['input']['shape'] == ['batch', 6, config.data.num_frames, side, side, 3]
+  clips = np.random.default_rng(1).integers(0, 256, (2, *meta['input']['shape'][1:]), np.uint8)
+  exported = jax.export.deserialize(out.read_bytes())
+  loaded = predict.load_model(str(finetuned['workdir']))
+  expected, _ = loaded.program.eval_step(loaded.variables, {'clips': clips})
+  np.testing.assert_allclose(exported.call(clips), expected, atol=1e-5)
+  with pytest.raises(SystemExit):
+    export.main(['--workdir', str(finetuned['workdir']), '--out', str(out), '--views', '2x4'])
