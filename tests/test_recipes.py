@@ -3,6 +3,8 @@ BN-Inception TSN in PyTorch, trained the way GSM's, TSM's and TRN's `main.py` tr
 optimizer policies, partial BatchNorm, gradient clipping, the learning rate of the step), and
 in this project through `program.build`. From identical weights on an identical batch, two
 optimizer steps must leave every parameter and BatchNorm statistic equal to 1e-5."""
+import flax
+import jax
 import numpy as np
 import pytest
 import torch
@@ -15,9 +17,6 @@ from cstm_jax.models.torch_weights import convert_state_dict
 from cstm_jax.train import program as program_lib
 from input_pipeline import pipeline
 from torch_reference import reference_normalise
-
-import flax
-import jax
 
 WIDTH, FRAMES, CROP, BATCH, CLASSES = 0.125, 2, 64, 4, 5
 
