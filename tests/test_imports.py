@@ -119,3 +119,12 @@ def test_the_metric_writer_starts_without_importing_torch(tmp_path):
                        cwd=ROOT, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   assert out.stdout.strip() == 'False'
   assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+
+
+def test_training_starts_without_the_weight_readers():
+  # A GPU image may lack safetensors and torch; only reading such weights needs them.
+  code = ('import sys\nimport cstm_jax.train.experiment\n'
+          'print(sorted(m for m in ("safetensors", "torch") if m in sys.modules))')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                       cwd=ROOT, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert out.stdout.strip() == '[]'

@@ -26,8 +26,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors
-import safetensors.numpy
 from absl import logging
 
 from cstm_foundation import paths
@@ -95,6 +93,9 @@ def _read_npz(path) -> dict[str, np.ndarray]:
 def _read_safetensors(path) -> dict[str, np.ndarray]:
   """Tensor by tensor from a memory map (a gs:// file is read whole); floats become float32,
   the parameters' dtype."""
+  # Imported here: training loads this module, and a GPU image may lack safetensors.
+  import safetensors
+  import safetensors.numpy
   if paths.is_remote(path):
     tensors = safetensors.numpy.load(path.read_bytes())
   else:
