@@ -74,7 +74,8 @@ def loader_config(*, name: str, data_dir: str, frames: int, crop: int, batch: in
   """The `config.data` keys the training loader reads, for timing it on a prepared dataset."""
   return ml_collections.ConfigDict({
       'name': name, 'data_dir': data_dir, 'train_split': 'train', 'num_frames': frames,
-      'crop': crop, 'scales': conventions.TSN_SCALES, 'flip': True, 'batch_size': batch,
+      'crop': crop, 'scales': conventions.TSN_SCALES, 'flip': True,
+      'flip_label_swap': True, 'batch_size': batch,
       'num_workers': workers, 'prefetch': 2, 'seed': 0})
 
 

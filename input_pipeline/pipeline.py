@@ -106,10 +106,10 @@ class EvalTransform:
             'index': np.int32(record['index']), 'mask': np.float32(1)}
 
 
-def eval_transform(config, views: Optional[tuple] = None) -> EvalTransform:
-  """The evaluation transform of a `config.data` block with `views` (clips, crops[, full
-  resolution: crops of the test scale]); None: the block's eval_clips x eval_crops."""
-  clips, crops, full = (*(views or (config.eval_clips, config.eval_crops)), False)[:3]
+def eval_transform(config, views: Optional[tuple[int, int, bool]] = None) -> EvalTransform:
+  """The evaluation transform of a `config.data` block with `views` (clips, crops, full
+  resolution: crops of the test scale); None: the block's eval_clips x eval_crops."""
+  clips, crops, full = views or (config.eval_clips, config.eval_crops, False)
   return EvalTransform(config.num_frames, config.test_scale if full else config.crop,
                        config.test_scale, clips, crops)
 
@@ -138,7 +138,7 @@ def flip_label_map(config, class_names) -> tuple[int, ...] | None:
   `flip_label_swap=False` (TRN's release) a flipped clip keeps its label."""
   if not config.flip:
     return None
-  if not config.get('flip_label_swap', True):
+  if not config.flip_label_swap:
     return tuple(range(len(class_names)))
   return tuple(labels.flip_label_map(list(class_names)))
 
@@ -196,7 +196,7 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1,
 
 
 def eval_dataset(config, process_index: int = 0, process_count: int = 1, *,
-                 views: Optional[tuple] = None):
+                 views: Optional[tuple[int, int, bool]] = None):
   """One pass over the evaluation split with `views` (`eval_transform`); returns (dataset,
   batches per process)."""
   source, _ = open_split(config, config.eval_split)

@@ -4,8 +4,8 @@ A prepared record is a `tf.train.Example`, TFDS's serialisation of the builders'
 `frames` (the JPEG bytes of every frame of a video), `label` and `id`. TFDS's data source reads
 a record of ~30 frames (about 0.5 MB) through a 32 KiB file buffer and turns every feature into
 NumPy, where a training clip decodes 8 frames. Here each shard has a reader with ArrayRecord's
-own buffer, and the Example is parsed and its frames handed over as they are, a third of the
-data source's time a clip (docs/benchmarks.md, "What makes the loader fast").
+own buffer, and the Example is parsed and its frames handed over as they are
+(docs/benchmarks.md, "What makes the loader fast").
 """
 import bisect
 import ctypes

@@ -52,16 +52,15 @@ def centre_box(image_w: int, image_h: int, crop: int) -> Box:
              crop_h)
 
 
-def three_crop_boxes(image_w: int, image_h: int, crop: int) -> list[tuple[int, int, int, int]]:
+def three_crop_boxes(image_w: int, image_h: int, crop: int) -> list[Box]:
   """Three crops along the long side: on a landscape frame TSM's `GroupFullResSample` offsets
   (ops/transforms.py: left, centre and right at 0, 2 and 4 quarter steps of the free width, at
   2 quarter steps of the free height); on a portrait frame, where those three coincide, top,
   centre and bottom the same way."""
   w, h = min(crop, image_w), min(crop, image_h)
   w_step, h_step = (image_w - w) // 4, (image_h - h) // 4
-  if image_w >= image_h:
-    return [(0, 2 * h_step, w, h), (2 * w_step, 2 * h_step, w, h), (4 * w_step, 2 * h_step, w, h)]
-  return [(2 * w_step, 0, w, h), (2 * w_step, 2 * h_step, w, h), (2 * w_step, 4 * h_step, w, h)]
+  steps = [(0, 2), (2, 2), (4, 2)] if image_w >= image_h else [(2, 0), (2, 2), (2, 4)]
+  return [Box(i * w_step, j * h_step, w, h) for i, j in steps]
 
 
 def decode_frames(jpegs, indices) -> dict[int, np.ndarray]:
@@ -120,7 +119,7 @@ def eval_boxes(image_w: int, image_h: int, crop: int, num_crops: int) -> list[tu
   if num_crops == 1:
     return [(centre_box(image_w, image_h, crop), False)]
   if num_crops == 3:
-    return [(Box(*box), False) for box in three_crop_boxes(image_w, image_h, crop)]
+    return [(box, False) for box in three_crop_boxes(image_w, image_h, crop)]
   w, h = min(crop, image_w), min(crop, image_h)
   corners = [Box(x, y, w, h) for x, y in fixed_offsets(image_w, image_h, w, h)[:5]]
   return [(box, flip) for box in corners for flip in ((False, True) if num_crops == 10 else

@@ -153,11 +153,8 @@ def _write_atomically(target: pathlib.Path, write) -> None:
 
 
 def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
   with path.open('rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
+    return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
 def _flat(variables) -> dict:

@@ -41,8 +41,7 @@ class Program:
   forward: steps.MeshStep  # (variables, clips) -> logits, as a serving loop runs it
 
   def one_clip(self) -> jax.ShapeDtypeStruct:
-    """One float32 clip: enough to initialise, since no variable's shape depends on the batch."""
-    return jax.ShapeDtypeStruct((1, *self.clips_shape[1:]), jnp.float32)
+    return _one_clip(self.clips_shape)
 
   def init_state(self, rng) -> TrainState:
     """The initial train state, created directly with its shardings."""
@@ -56,6 +55,11 @@ class Program:
     `models.build.random_variables` or ImageNet weights), laid out by the state's shardings."""
     return jax.jit(lambda v: _state_of(self.model, self.tx, v),
                    out_shardings=self.state_shardings)(variables)
+
+
+def _one_clip(clips_shape) -> jax.ShapeDtypeStruct:
+  """One float32 clip: enough to initialise, since no variable's shape depends on the batch."""
+  return jax.ShapeDtypeStruct((1, *clips_shape[1:]), jnp.float32)
 
 
 def _state_of(model, tx, variables) -> TrainState:
@@ -84,13 +88,13 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
   input_norm = zoo.BACKBONES[config.model.backbone].input_norm
   data = config.data
   clips_shape = (data.batch_size, data.num_frames, data.crop, data.crop, 3)
-  one_clip = jax.ShapeDtypeStruct((1, *clips_shape[1:]), jnp.float32)
   schedule = optim.learning_rate_schedule(config.optim, data.batch_size, steps_per_epoch)
-  params = abstract_variables(model, one_clip)['params']
+  variables = abstract_variables(model, _one_clip(clips_shape))
+  params = variables['params']
   tx = optim.make_optimizer(config.optim, schedule, params,
                             frozen=frozen_parameters(config.model, params))
 
-  abstract = jax.eval_shape(lambda v: _state_of(model, tx, v), abstract_variables(model, one_clip))
+  abstract = jax.eval_shape(lambda v: _state_of(model, tx, v), variables)
   state_shardings = sharding.state_shardings(abstract, mesh, config.mesh.shard_threshold)
   abstract_state = jax.tree_util.tree_map(
       lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
