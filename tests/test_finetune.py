@@ -98,7 +98,8 @@ def test_predict_a_video_a_frame_folder_and_a_folder_of_videos(finetuned, synthe
                        '--topk', '1', '--views', '2x3']) == 0
   got = json.loads(capsys.readouterr().out)['top'][0]
   loaded = predict.load_model(workdir)
-  batch = pipeline.eval_transform(config.data, (2, 3, False))({**record, 'index': 0})  # as evaluation
+  # What evaluation runs on the record.
+  batch = pipeline.eval_transform(config.data, (2, 3, False))({**record, 'index': 0})
   logits, _ = jax.jit(make_eval_step(loaded.program.model, 'bgr255'))(
       loaded.variables, {'clips': batch['clips'][None]})
   expected = np.asarray(jax.nn.softmax(logits[0]))
