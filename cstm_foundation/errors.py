@@ -21,15 +21,24 @@ class UserError(Exception):
   """A fault in the user's input, files or settings; the message says what and what to do."""
 
 
-def run_main(main, *args) -> int:
-  """`main(*args)`, or 1 after printing a `UserError` as one line on stderr."""
-  try:
-    return main(*args)
-  except UserError as error:
-    if debugging():
-      raise
-    report(error)
-    return 1
+def run_main(main, *args, at_safe_points: bool = False) -> int:
+  """`main(*args)` with SIGTERM and SIGINT as stop requests (`stopping`: honoured at the safe
+  points of a command that has them, else at once); 1 after printing a `UserError` as one line
+  on stderr; a `stopping.Stopped`'s line and its status after a stop."""
+  from cstm_foundation import stopping
+  with stopping.handled(at_safe_points=at_safe_points):
+    try:
+      return main(*args)
+    except stopping.Stopped as stop:
+      print(stop, file=sys.stderr, flush=True)
+      if stop.abandons_threads:
+        stopping.exit_now(stop.exit_status)
+      return stop.exit_status
+    except UserError as error:
+      if debugging():
+        raise
+      report(error)
+      return 1
 
 
 def report(error: BaseException) -> None:

@@ -127,7 +127,7 @@ def main(argv=None) -> int:
 
 def cli() -> int:
   """The `cstm-demo` command (`python -m cstm_jax.demo`)."""
-  return run_main(main)
+  return run_main(main, at_safe_points=True)
 
 
 if __name__ == '__main__':

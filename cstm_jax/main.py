@@ -17,6 +17,7 @@ import sys
 
 from absl import app, flags, logging
 
+from cstm_foundation import stopping
 from cstm_foundation.errors import debugging, run_main
 from cstm_jax.config import loader
 from cstm_jax.distributed import liveness
@@ -67,10 +68,12 @@ def main(argv):
 
 def cli() -> None:
   """The `cstm-train` command (`python main.py` in a checkout)."""
+  stopping.install(at_safe_points=True)  # before JAX and the loader start threads (`stopping`)
   # absl's --help lists the flags of the script that runs: make these the script's.
   for flag in [FLAGS['config']] + FLAGS.get_flags_for_module(__name__):
     FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  app.run(lambda argv: run_main(main, argv), flags_parser=loader.parse_flags)
+  app.run(lambda argv: run_main(main, argv, at_safe_points=True),
+          flags_parser=loader.parse_flags)
 
 
 if __name__ == '__main__':

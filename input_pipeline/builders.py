@@ -18,7 +18,7 @@ from array_record.python import array_record_module
 from tensorflow_datasets.core import file_adapters
 
 from cstm_foundation.progress import Progress
-from input_pipeline import labels, video_io
+from input_pipeline import labels, video_io, worker_pools
 
 SPLITS = ('train', 'validation')
 
@@ -113,22 +113,18 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       else:
         readable.append(entry)
     jobs = [(e.path, self._short_side) for e in readable]
-    pool = multiprocessing.get_context('spawn').Pool(self._workers) if self._workers > 1 else None
-    results = pool.imap(_encode_video, jobs, chunksize=2) if pool else map(_encode_video, jobs)
-    try:
-      with Progress(len(jobs), 'videos', f'{self.name} {split}') as bar:
-        for entry, result in zip(readable, results):
-          bar.update()
-          if isinstance(result, str):
-            self._skip(split, entry, result)
-            continue
-          self.stats['videos'] += 1
-          self.stats['frames'] += len(result)
-          self.stats['bytes'] += sum(map(len, result))
-          yield entry.video_id, {'frames': result, 'label': entry.label, 'id': entry.video_id}
-    finally:
-      if pool:
-        pool.terminate()
+    results = worker_pools.imap(_encode_video, jobs, workers=self._workers,
+                                what=f'preparing {self.name} {split} (videos)')
+    with Progress(len(jobs), 'videos', f'{self.name} {split}') as bar:
+      for entry, result in zip(readable, results):
+        bar.update()
+        if isinstance(result, str):
+          self._skip(split, entry, result)
+          continue
+        self.stats['videos'] += 1
+        self.stats['frames'] += len(result)
+        self.stats['bytes'] += sum(map(len, result))
+        yield entry.video_id, {'frames': result, 'label': entry.label, 'id': entry.video_id}
 
 
 class SomethingSomethingV2(VideoBuilder):

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from input_pipeline import builders, labels, records, transforms  # noqa: F401 (builders)
+from input_pipeline import worker_pools
 from cstm_foundation import paths
 from cstm_foundation.errors import ConfigError, MissingFile
 
@@ -148,8 +149,11 @@ def _finish(dataset: grain.MapDataset, config) -> grain.IterDataset:
   if config.num_workers > 0:
     if not flags.FLAGS.is_parsed():  # grain reads absl flags; scripts without absl.app lack them
       flags.FLAGS.mark_as_parsed()
+    worker_pools.refuse_in_bootstrapping_child()
+    worker_pools.check_spawnable('the loader', in_process='data.num_workers=0')
     iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=config.num_workers, per_worker_buffer_size=config.prefetch))
+        num_workers=config.num_workers, per_worker_buffer_size=config.prefetch),
+        worker_init_fn=worker_pools.ignore_interrupts_in_loader)
   return iterable
 
 

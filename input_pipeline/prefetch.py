@@ -7,7 +7,8 @@ that call waited, which is the input wait of a step when the caller calls it onc
 step has finished. Its state (`get_state`, what orbax saves through grain's checkpoint handler)
 is the wrapped iterator's state after the last batch *returned*, not after the batches held
 ready, so a run resumed from a checkpoint sees every batch once. Errors of the wrapped iterator
-are raised by `next()`; `close()` stops the thread.
+are raised by `next()`, a loader worker's death as what it means (`worker_pools.loader_error`:
+the stop it died of, or one line naming it); `close()` stops the thread.
 """
 import queue
 import threading
@@ -15,6 +16,8 @@ import time
 from typing import Any, Callable, Optional
 
 import grain
+
+from input_pipeline import worker_pools
 
 _END = object()
 
@@ -24,6 +27,7 @@ class Prefetched(grain.DatasetIterator):
   def __init__(self, iterator, place: Optional[Callable[[Any], Any]] = None, depth: int = 2):
     super().__init__()
     self._iterator, self._place = iterator, place or (lambda batch: batch)
+    self._batches = worker_pools.loaded(iterator)
     self._state = iterator.get_state()
     self._ready = queue.Queue(maxsize=max(1, depth))
     self._stop = threading.Event()
@@ -34,7 +38,7 @@ class Prefetched(grain.DatasetIterator):
   def _fill(self) -> None:
     try:
       while not self._stop.is_set():
-        batch = next(self._iterator)
+        batch = next(self._batches)
         item = (self._place(batch), self._iterator.get_state(), None)
         if not self._put(item):
           return

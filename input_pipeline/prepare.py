@@ -21,7 +21,7 @@ from tensorflow_datasets.core.constants import INCOMPLETE_PREFIX
 
 from cstm_foundation import cli_flags, paths
 from cstm_foundation.errors import ConfigError, MissingFile, first_line, run_main
-from input_pipeline import builders
+from input_pipeline import builders, worker_pools
 
 REPORT = 'prepare_report.json'
 
@@ -36,6 +36,9 @@ def prepare(dataset: str, manual_dir, data_dir, *, workers=None, short_side=None
   """
   if dataset not in builders.BUILDERS:
     raise ConfigError(f'unknown dataset {dataset!r}; choose one of {sorted(builders.BUILDERS)}')
+  if workers != 1:  # before anything is written: workers that cannot start fail now
+    worker_pools.refuse_in_bootstrapping_child()
+    worker_pools.check_spawnable('prepare', in_process='workers=1 (--workers 1)')
   tfds.disable_progress_bar()  # one progress line, ours, per split (TFDS's own bars redraw)
   manual_dir = pathlib.Path(paths.expand(manual_dir))
   data_dir = paths.expand(data_dir)
@@ -182,7 +185,7 @@ def _print_verified(result: dict) -> int:
 
 def cli() -> int:
   """The `cstm-prepare` command (`python -m input_pipeline.prepare`)."""
-  return run_main(main)
+  return run_main(main, at_safe_points=True)
 
 
 if __name__ == '__main__':

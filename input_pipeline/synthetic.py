@@ -33,7 +33,7 @@ from absl import flags
 from cstm_foundation import cli_flags, paths
 from cstm_foundation.errors import run_main
 from cstm_foundation.progress import Progress
-from input_pipeline import labels, video_io
+from input_pipeline import labels, video_io, worker_pools
 
 TEMPLATES = (
     'Moving [something] from left to right',
@@ -227,17 +227,10 @@ def generate(out, train=240, val=60, *, test=12, size=64, seed=0, fmt='webm', la
   things = {}
   workers = workers or multiprocessing.cpu_count()
   with Progress(len(jobs), 'videos', 'synthetic') as bar:
-    if workers == 1:
-      results = map(_write_one, jobs)
-    else:
-      pool = multiprocessing.get_context('spawn').Pool(workers)
-      results = pool.imap_unordered(_write_one, jobs, chunksize=4)
-    for video_id, thing in results:
+    for video_id, thing in worker_pools.imap(_write_one, jobs, workers=workers, ordered=False,
+                                             what=f'writing synthetic videos to {out}'):
       things[video_id] = thing
       bar.update()
-    if workers != 1:
-      pool.close()
-      pool.join()
   _write_annotations(out, fmt, layout, names=names, assignment=assignment, things=things)
   return {s: [(v, names[c]) for v, c in items] for s, items in assignment.items()}
 
@@ -295,7 +288,7 @@ def main(argv=None) -> int:
 
 def cli() -> int:
   """The `cstm-synthetic` command (`python -m input_pipeline.synthetic`)."""
-  return run_main(main)
+  return run_main(main, at_safe_points=True)
 
 
 if __name__ == '__main__':

@@ -3,13 +3,10 @@ subprocesses."""
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import time
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
+from tools.chaos import final_params, free_port  # noqa: F401 (the tests' too)
 
 
 def smoke(module, data_dir, **overrides):
@@ -28,26 +25,6 @@ def built(config, steps_per_epoch: int = 1, mesh=None):
   from cstm_jax.train import program
   config = finish.without_data(config)
   return program.build(config, mesh or program.make_mesh(config), steps_per_epoch=steps_per_epoch)
-
-
-def final_params(workdir):
-  """(step, parameters as NumPy arrays) of a run's latest checkpoint, whatever devices and
-  processes saved it."""
-  folder = pathlib.Path(workdir).absolute() / 'checkpoints'
-  step = max(int(p.name) for p in folder.iterdir() if p.name.isdigit())
-  checkpointer = ocp.StandardCheckpointer()
-  metadata = checkpointer.metadata(folder / str(step) / 'state').item_metadata
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
-  state = checkpointer.restore(folder / str(step) / 'state', abstract)
-  return step, [np.asarray(x) for x in jax.tree_util.tree_leaves(state['params'])]
-
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -13,7 +13,8 @@ ends this process with `error: process I of N (host H, pid P) stopped answering 
 exit status `EXIT_PEER_LOST` (75, EX_TEMPFAIL: start the job again; it resumes from its last
 checkpoint). JAX's own heartbeat timeout is set above ours (`jax_heartbeat_timeout_s`), so this
 line comes first. A process that fails with an error tells the others (`failed`), which stop at
-once with its reason; one that ends normally says so (`done`) and is not waited for.
+once with its reason; one that ends normally, or stops on request at the point every process
+agreed on (`stops.agreed`), says so (`done`) and is not waited for.
 
 Process 0 holds the service. When it dies, JAX stops every other process at once, before any
 watch can: exit 134 and JAX's line `Terminating process because the JAX distributed service
@@ -30,7 +31,7 @@ from typing import Callable, Optional
 
 from absl import logging
 
-from cstm_foundation import errors
+from cstm_foundation import errors, stopping
 from cstm_foundation.errors import UserError, first_line
 
 EXIT_PEER_LOST = 75
@@ -156,7 +157,7 @@ class PeerWatch:
       why = self.check()
       if why and not self._stop.is_set():
         self._lost.set()
-        _flush_logs()
+        stopping.flush_logs()
         print(self.report(why), file=sys.stderr, flush=True)
         self._settle(STOPPING, why)
         self._exit(1 if 'stopped with an error' in why else EXIT_PEER_LOST)
@@ -189,24 +190,11 @@ class PeerWatch:
     if self._lost.is_set():  # the watch thread is reporting it and ends the process
       threading.Event().wait()
     self._halt()
-    _flush_logs()
+    stopping.flush_logs()
     errors.report(error)
     self._settle(FAILED, first_line(error, 200))
     sys.stderr.flush()
     self._exit(1)
-
-
-def _flush_logs() -> None:
-  for stream in (sys.stdout, sys.stderr):
-    try:
-      stream.flush()
-    except (OSError, ValueError):
-      pass
-  for handler in logging.get_absl_logger().handlers + logging.logging.getLogger().handlers:
-    try:
-      handler.flush()
-    except (OSError, ValueError):
-      pass
 
 
 @contextlib.contextmanager
@@ -224,6 +212,9 @@ def watched(*, timeout_s: float, workdir: Optional[str] = None):
                     timeout_s=timeout_s, workdir=workdir).start()
   try:
     yield watch
+  except stopping.Stopped:  # at a point every process agreed on (`stops.agreed`): not a failure
+    watch.done()
+    raise
   except BaseException as error:  # KeyboardInterrupt and SystemExit too: the others must know
     watch.failed(error)
     raise

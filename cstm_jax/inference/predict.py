@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from cstm_foundation import cli_flags, paths
+from cstm_foundation import cli_flags, paths, stopping
 from cstm_foundation.errors import ConfigError, run_main
 from cstm_foundation.progress import Progress
 from cstm_jax.config import finish, loader
@@ -176,14 +176,20 @@ class Predictor:
 
 def predict_folder(predictor: Predictor, videos, topk: int, out) -> dict:
   """Writes one CSV row per video (top-k names and probabilities, or the error) to `out`
-  (local or gs://)."""
+  (local or gs://); a stop request writes the rows so far and stops."""
   failed = 0
   table = io.StringIO()
   with Progress(len(videos), 'videos') as progress:
     writer = csv.writer(table)
     writer.writerow(['video'] + [c for i in range(1, topk + 1) for c in
                                  (f'class_{i}', f'probability_{i}')] + ['error'])
-    for video in videos:
+    for done, video in enumerate(videos):
+      if stopping.requested():  # the rows so far are written; the rest is not predicted
+        paths.write_text(paths.resolve(out), table.getvalue())
+        raise stopping.Stopped(stopping.message(
+            f'predicting after {done} of {len(videos)} videos ({paths.resolve(out)} holds their '
+            'rows)',
+            lost=True, resumes='the same command predicts every video again'), lost=True)
       try:
         ranked = predictor.top(predictor.probabilities(video), topk)
         writer.writerow([video.name] + [v for pair in ranked for v in
@@ -250,7 +256,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def cli() -> int:
   """The `cstm-predict` command (`python -m cstm_jax.inference.predict`)."""
-  return run_main(main)
+  return run_main(main, at_safe_points=True)
 
 
 if __name__ == '__main__':

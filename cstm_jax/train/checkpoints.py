@@ -164,11 +164,6 @@ class RunCheckpoints:
     """The step of the newest complete checkpoint (None: none yet)."""
     return self.latest.latest_step()
 
-  def stop_requested(self, step: int) -> bool:
-    """Whether the job's processes agreed to stop at `step`: one of them received a preemption
-    notice (JAX's coordination service syncs it, so every process answers the same)."""
-    return self.latest.reached_preemption(step)
-
   def wait(self) -> None:
     with self._writing(self.latest.latest_step() or 0, self.latest):
       self.latest.wait_until_finished()

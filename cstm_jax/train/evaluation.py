@@ -9,13 +9,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cstm_foundation import paths
+from cstm_foundation import paths, stopping
 from cstm_foundation.errors import ConfigError
 from cstm_foundation.progress import Progress
 from cstm_jax.config import finish
-from cstm_jax.distributed import sharding
+from cstm_jax.distributed import sharding, stops
 from cstm_jax.train import program as program_lib, train_state
-from input_pipeline import pipeline
+from input_pipeline import pipeline, worker_pools
 
 
 def parse_views(views: str) -> tuple[int, int, bool]:
@@ -43,7 +43,13 @@ def run(eval_step, variables, dataset, *, mesh, max_features: int = 2000, batche
   kept = 0
   iterator = iter(dataset)
   with Progress(batches, 'batches', label, enabled=batches > 0 and jax.process_index() == 0) as bar:
-    for local in iterator:
+    for local in worker_pools.loaded(iterator):
+      if stops.agreed():
+        if hasattr(iterator, 'close'):
+          iterator.close()
+        raise stopping.Stopped(stopping.message(f'during the {label} (abandoned)', lost=True,
+                                                resumes='the same command runs it again'),
+                               lost=True)
       batch = sharding.global_batch({k: local[k] for k in ('clips', 'labels', 'mask')}, mesh)
       batch_logits, batch_features = eval_step(variables, batch)
       mask = sharding.to_host(batch['mask']) > 0

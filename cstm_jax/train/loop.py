@@ -7,7 +7,7 @@ logs, saves and evaluates. The pieces live beside it: `program`, `train_state`, 
 `checkpoints`, `throughput`.
 """
 import json
-import signal
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -16,16 +16,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from cstm_foundation import paths
+from cstm_foundation import paths, stopping
 from cstm_foundation.errors import UserError
 from cstm_foundation.progress import format_seconds
 from cstm_jax.config import finish
-from cstm_jax.distributed import compile_cache, sharding, workdir_lock
+from cstm_jax.distributed import compile_cache, sharding, stops, workdir_lock
 from cstm_jax.train import (checkpoints, evaluation, plots, pretrained, program as program_lib,
                             throughput)
 from cstm_jax.train.train_state import variables_of
 from cstm_jax.train.writer import MetricWriter, read_metrics
-from input_pipeline import pipeline
+from input_pipeline import pipeline, worker_pools
 from input_pipeline.prefetch import Prefetched
 
 
@@ -69,21 +69,6 @@ def initial_state(program, *, run_checkpoints, train_iterator) -> Start:
 
 
 # --- Training loop ----------------------------------------------------------------------------
-
-class Preemption:
-  """Turns SIGTERM into a flag the loop checks, so it can save and exit cleanly."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    logging.warning('SIGTERM: saving a checkpoint and stopping')
-    self.requested = True
-
-  def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
-
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, mesh=None,
                        class_names) -> dict:
@@ -150,27 +135,36 @@ def _train_and_evaluate(config, workdir, mesh, class_names, main_process) -> dic
     # that batch is time the devices had nothing to do (the input wait).
     batches = Prefetched(train_iterator, lambda local: sharding.global_batch(
         {k: local[k] for k in ('clips', 'labels')}, mesh))
-    preemption = Preemption()
     unchecked = []  # (step, metrics on the device) whose finiteness is not yet checked
     window = throughput.Window(config.data.batch_size)
     metrics = None
-    step = start
+    step = saved = start
+    evaluating = False
+    # A stop request (SIGTERM, Ctrl-C: `stopping`) is honoured at the next step or evaluation
+    # batch, at the same point in every process (`stops.agreed`): the state of the last completed
+    # step is saved, an evaluation under way is abandoned (the rerun evaluates again).
     try:
+      if _eval_pending(writer, start, eval_every, total_steps):
+        logging.info('Evaluating step %d first: a stop came before its evaluation ended', start)
+        evaluating = True
+        _record_eval(writer, run_checkpoints, step, state=state, config=config,
+                     results=evaluate(config.eval.views), main_process=main_process)
+        evaluating = False
       while step < total_steps:
         if metrics is not None:
           jax.block_until_ready(metrics)
         batch = next(batches)
         if step == start:  # compiled here: timed apart, and left out of the ETA
           logging.info('Compiling the train step (global batch %d)...', config.data.batch_size)
-          train_step, (state, metrics) = _compile_and_run_once(train_step, state, batch, rng)
+          train_step, (state, metrics) = _compile_and_run_once(train_step, state, batch, rng,
+                                                               before_step=step + 1)
           window.restart()
         else:
           state, metrics = train_step(state, batch, rng)
           window.add_step(batches.last_wait_s)
         step += 1
         unchecked.append((step, metrics))
-        stop = preemption.requested or (jax.process_count() > 1 and
-                                        run_checkpoints.stop_requested(step))
+        stop = stops.agreed()
         logging_step = step % config.train.log_every_steps == 0 or step == total_steps or stop
         saving = stop or step % config.train.checkpoint_every_steps == 0 or step == total_steps
         if logging_step or saving or step % eval_every == 0:
@@ -192,33 +186,55 @@ def _train_and_evaluate(config, workdir, mesh, class_names, main_process) -> dic
             window.warn_if_input_bound(figures, config.data.num_workers)
         if saving:
           run_checkpoints.save(step, state, batches, config=config, force=True)
+          saved = step
         if stop:
-          run_checkpoints.wait()
-          logging.warning('Stopped at step %d on request; the same command resumes.', step)
-          return {}
+          stopping.check(f'at step {step}')
         if step % eval_every == 0 and step != total_steps:
+          evaluating = True
           _record_eval(writer, run_checkpoints, step, state=state, config=config,
                        results=evaluate(config.eval.views), main_process=main_process)
+          evaluating = False
           window.restart()
+    except (stopping.Stopped, worker_pools.WorkerDied) as error:
+      if getattr(error, 'abandons_threads', False):  # nothing to save: stop at once
+        raise
+      if step > saved:  # the last completed step, unless it went non-finite
+        _check_finite(unchecked, run_checkpoints)
+        run_checkpoints.save(step, state, batches, config=config, force=True)
+      run_checkpoints.wait()
+      if isinstance(error, worker_pools.WorkerDied):
+        raise
+      where = (f'at step {step} during its evaluation (abandoned; the rerun evaluates it again)'
+               if evaluating else f'at step {step}' if step > start else f'before step {step + 1}')
+      raise stopping.Stopped(stopping.message(where)) from None
     finally:
-      preemption.restore()
       batches.close()
 
-    # Final evaluation, with every requested set of views.
+    # Final evaluation, with every requested set of views; a stop abandons it (the checkpoint
+    # of the last step is saved: the rerun evaluates again).
     final = {}
-    for views in config.eval.final_views.split(','):
-      results = final[views] = evaluate(views, workdir=workdir, name=f'final_{views}')
-      if views == config.eval.views:
-        _record_eval(writer, run_checkpoints, step, state=state, config=config, results=results,
-                     main_process=main_process)
+    try:
+      for views in config.eval.final_views.split(','):
+        results = final[views] = evaluate(views, workdir=workdir, name=f'final_{views}')
+        if views == config.eval.views:
+          _record_eval(writer, run_checkpoints, step, state=state, config=config,
+                       results=results, main_process=main_process)
+        if main_process:
+          logging.info('final %s', evaluation.summary_line(results))
+        if stops.agreed():  # a stop while process 0 wrote the results and plots
+          stopping.check('')
+      run_checkpoints.wait()
+      run_checkpoints.close()
       if main_process:
-        logging.info('final %s', evaluation.summary_line(results))
-    run_checkpoints.wait()
-    run_checkpoints.close()
-    if main_process:
-      plots.training_curves(read_metrics(workdir), workdir / 'training_curves.png')
-      (workdir / 'final_metrics.json').write_text(json.dumps(
-          {v: _scalars(r) for v, r in final.items()}, indent=1))
+        plots.training_curves(read_metrics(workdir), workdir / 'training_curves.png')
+        stopping.check('')
+        (workdir / 'final_metrics.json').write_text(json.dumps(
+            {v: _scalars(r) for v, r in final.items()}, indent=1))
+    except stopping.Stopped:
+      run_checkpoints.wait()
+      raise stopping.Stopped(stopping.message(
+          f'at step {step} during the final evaluation (abandoned; the rerun evaluates again)')
+      ) from None
     return final
   finally:
     writer.close()
@@ -236,22 +252,56 @@ def _check_writable(workdir) -> None:
                     'give a --workdir you can create and write to') from error
 
 
-def _compile_and_run_once(step, state, batch, rng):
+def _compile_and_run_once(step, state, batch, rng, *, before_step: int):
   """(the executable of `step`, a `steps.MeshStep`, for these arguments; its first run's
   (state, metrics)), after logging how long tracing, compiling (or loading from the compilation
-  cache) and that run took."""
-  start = time.monotonic()
-  with compile_cache.CompileCounter() as counted:
-    lowered = step.lower(state, batch, rng)
-    traced = time.monotonic()
-    executable = lowered.compile()
-  compiled = time.monotonic()
+  cache) and that run took.
+
+  It compiles in a thread, so that a stop request ends a single-process run at once (the thread
+  is abandoned: `Stopped.abandons_threads`); the processes of a job all compile, then agree
+  whether to stop before their first step."""
+  times, result = {'start': time.monotonic()}, {}
+
+  def work():
+    try:
+      with compile_cache.CompileCounter() as counted:
+        lowered = step.lower(state, batch, rng)
+        times['traced'] = time.monotonic()
+        result['executable'] = lowered.compile()
+      result['counted'] = counted.describe()
+    except BaseException as error:  # raised again in the main thread
+      result['error'] = error
+
+  thread = threading.Thread(target=work, name='compile-train-step', daemon=True)
+  thread.start()
+  if jax.process_count() > 1:
+    thread.join()
+  elif not stopping.wait_while(thread.is_alive):
+    raise stopping.Stopped(stopping.message(f'while compiling the train step (before step '
+                                            f'{before_step})'), abandons_threads=True)
+  if 'error' in result:
+    raise result['error']
+  if stops.agreed():
+    stopping.check(f'after compiling the train step (before step {before_step})')
+  executable, compiled = result['executable'], time.monotonic()
   first_result = jax.block_until_ready(executable(state, batch, rng))
   done = time.monotonic()
   logging.info('Compiled the train step and ran it once in %.1f s (%s; tracing %.1f s, '
-               'compiling %.1f s, first step %.1f s)', done - start, counted.describe(),
-               traced - start, compiled - traced, done - compiled)
+               'compiling %.1f s, first step %.1f s)', done - times['start'], result['counted'],
+               times['traced'] - times['start'], compiled - times['traced'], done - compiled)
   return executable, first_result
+
+
+def _eval_pending(writer, start: int, eval_every: int, total_steps: int) -> bool:
+  """Whether a run resumed at `start` owes the evaluation of that step: a stop abandoned it, or
+  came just before it. Read from process 0's metrics.jsonl; the same answer in every process."""
+  due = 0 < start < total_steps and start % eval_every == 0
+  if due and jax.process_index() == 0:
+    due = not writer.has(start, 'val_top1')
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    due = bool(multihost_utils.broadcast_one_to_all(np.array(due, np.int32)))
+  return due
 
 
 def _scalars(results: dict) -> dict:

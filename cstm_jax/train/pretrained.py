@@ -15,7 +15,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -24,7 +23,7 @@ import flax
 import numpy as np
 from absl import logging
 
-from cstm_foundation import paths
+from cstm_foundation import paths, stopping
 from cstm_foundation.errors import BadFile, ConfigError, MissingFile
 from cstm_jax.models import torch_weights
 
@@ -134,8 +133,11 @@ def fetch(weights: Weights) -> pathlib.Path:
 
 
 def _copy(reader, path: pathlib.Path) -> None:
+  """Copies in MiB chunks; a stop request ends it (the partial file is removed)."""
   with path.open('wb') as out:
-    shutil.copyfileobj(reader, out, 1 << 20)
+    while chunk := reader.read(1 << 20):
+      stopping.check('while fetching the ImageNet weights (before the run started)')
+      out.write(chunk)
 
 
 def _write_atomically(target: pathlib.Path, write) -> None:

@@ -28,7 +28,8 @@ def _summary_writer_class():
 
 class MetricWriter:
   """Writes scalars of a run that starts (or resumes) at `start_step`: what an earlier, killed
-  start logged after that step is dropped from `metrics.jsonl` and hidden in TensorBoard."""
+  start logged after that step is dropped from `metrics.jsonl` and hidden in TensorBoard, and a
+  scalar it logged at that step is not logged again (an evaluation repeated after a stop)."""
 
   def __init__(self, workdir, start_step: int = 0):
     self.active = jax.process_index() == 0
@@ -40,10 +41,19 @@ class MetricWriter:
     self.tensorboard = SummaryWriter(str(workdir / 'tensorboard'),
                                      purge_step=start_step + 1 if start_step else None)
     _drop_after(workdir / 'metrics.jsonl', start_step)
+    self._at_start = {k for r in read_metrics(workdir) if r['step'] == start_step for k in r}
+    self._start_step = start_step
     self.jsonl = paths.GrowingFile(workdir / 'metrics.jsonl')
+
+  def has(self, step: int, name: str) -> bool:
+    """Whether the run logged `name` at `step` (the step it resumed at) before this start."""
+    return self.active and step == self._start_step and name in self._at_start
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.active:
+      return
+    scalars = {k: v for k, v in scalars.items() if not self.has(step, k)}
+    if not scalars:
       return
     for name, value in scalars.items():
       self.tensorboard.add_scalar(name, value, step)

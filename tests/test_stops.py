@@ -1,0 +1,156 @@
+"""Stop requests and worker processes: a signal anywhere ends a command in one line; a worker that
+dies alone is named; pools that cannot start fail at once. (Training stopped anywhere and resumed:
+tests/test_train.py, `tools/chaos.py`.)"""
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cstm_foundation import stopping
+from input_pipeline import pipeline, worker_pools
+from test_pipeline import data_config
+from runs import ROOT
+
+SYNTHETIC = [sys.executable, '-m', 'input_pipeline.synthetic', '--train', '400', '--val', '0',
+             '--test', '0', '--workers', '2']
+
+
+def run_and_signal(command, signals, *, after_s, between_s=0.3):
+  """Runs `command` in its own process group, sends each of `signals` to the whole group (the
+  first `after_s` seconds in); returns (exit status, stderr, worker processes left)."""
+  process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, process_group=0)
+  time.sleep(after_s)
+  for sig in signals:
+    os.killpg(process.pid, sig)
+    time.sleep(between_s)
+  _, err = process.communicate(timeout=120)
+  deadline = time.monotonic() + 10  # multiprocessing's resource tracker ends once it sees EOF
+  while (left := _group(process.pid)) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  return process.returncode, err, left
+
+
+def _group(pgid: int) -> list[str]:
+  """The command lines of the processes in group `pgid`."""
+  found = subprocess.run(['pgrep', '-a', '-g', str(pgid)], capture_output=True, text=True)
+  return found.stdout.splitlines()
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_of_the_whole_group_ends_a_pool_in_one_line(tmp_path, sig):
+  # As a preempted VM (SIGTERM to every process) or Ctrl-C (SIGINT to the foreground group)
+  # reach the synthetic generator and its two workers.
+  code, err, left = run_and_signal(SYNTHETIC + ['--out', str(tmp_path)], [sig], after_s=4)
+  last = err.strip().splitlines()[-1]
+  assert code == 128 + sig and 'Traceback' not in err, err[-3000:]
+  assert last.startswith(f'Stopped writing synthetic videos to {tmp_path} after ') and \
+      f'on request ({sig.name}); its unfinished work is lost: the same command starts it again' \
+      in last, last
+  assert left == []  # no worker outlives it
+
+
+def test_a_second_ctrl_c_stops_at_once():
+  # A command busy between its safe points (a long compile, a slow checkpoint write) and two
+  # Ctrl-C a moment apart.
+  code, err, left = run_and_signal([sys.executable, '-c', (
+      'from cstm_foundation.errors import run_main\nimport time\n'
+      'run_main(lambda: time.sleep(60), at_safe_points=True)')],
+      [signal.SIGINT, signal.SIGINT], after_s=2)
+  lines = err.strip().splitlines()
+  assert code == 130 and 'Traceback' not in err and len(lines) == 2, err
+  assert lines[0].endswith('SIGINT: stopping at the next safe point (Ctrl-C again stops at once)')
+  assert lines[1] == ('Stopped at once on a second stop signal (SIGINT); nothing more was saved: '
+                      'the same command resumes from the last checkpoint.')
+  assert left == []
+
+
+def test_a_command_without_safe_points_stops_at_the_first_signal():
+  # A benchmark or an export has no state to save: the first Ctrl-C ends it, in one line.
+  code, err, _ = run_and_signal([sys.executable, '-c', (
+      'from cstm_foundation.errors import run_main\nimport time\n'
+      'run_main(lambda: time.sleep(60))')], [signal.SIGINT], after_s=2)
+  assert code == 130 and 'Traceback' not in err, err
+  assert err.strip() == 'Stopped on request (SIGINT); the command did not finish: run it again.'
+
+
+UNGUARDED = """import sys
+sys.path.insert(0, {root!r})
+from input_pipeline import prepare
+prepare.prepare('ssv2', {src!r}, {out!r}, workers=2)
+"""
+
+
+def test_workers_that_cannot_start_fail_at_once_in_one_line(synthetic_ssv2, tmp_path):
+  # A script without `if __name__ == '__main__':`: each spawned worker would run it again.
+  script = tmp_path / 'unguarded.py'
+  script.write_text(UNGUARDED.format(root=str(ROOT), src=str(synthetic_ssv2[0]),
+                                     out=str(tmp_path / 'data')))
+  start = time.monotonic()
+  result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+  last = result.stderr.strip().splitlines()[-1]
+  assert result.returncode == 1 and time.monotonic() - start < 60, result.stderr[-3000:]
+  assert last.startswith('input_pipeline.worker_pools.WorkersCannotStart: the worker processes '
+                         'of preparing something_something_v2 train (videos) died before doing '
+                         "any work: a script that calls it must put its top level under `if "
+                         "__name__ == '__main__':`") and 'workers=1' in last, last
+  assert result.stderr.count('Traceback') == 1  # the caller's, not one per worker
+  # The same script read from standard input: refused before anything starts.
+  from_stdin = UNGUARDED.format(root=str(ROOT), src=str(synthetic_ssv2[0]),
+                                out=str(tmp_path / 'data_stdin'))
+  result = subprocess.run([sys.executable, '-'], input=from_stdin, capture_output=True,
+                          text=True, timeout=120)
+  last = result.stderr.strip().splitlines()[-1]
+  assert result.returncode == 1 and result.stderr.count('Traceback') == 1, result.stderr[-3000:]
+  assert last == ('input_pipeline.worker_pools.WorkersCannotStart: prepare: worker processes '
+                  'cannot start from a script read from standard input (<stdin>): save it to a '
+                  "file with an `if __name__ == '__main__':` guard, or set workers=1 "
+                  '(--workers 1)')
+  assert not (tmp_path / 'data_stdin').exists()
+
+
+@pytest.fixture
+def loader(prepared_ssv2):
+  """A training loader with two worker processes, one batch taken."""
+  config = data_config(data_dir=str(prepared_ssv2[0]), num_frames=4, crop=32, test_scale=48,
+                       batch_size=4, num_workers=2, prefetch=1)
+  iterator = iter(pipeline.train_dataset(config))
+  batches = worker_pools.loaded(iterator)
+  next(batches)
+  workers = [p for p in multiprocessing.active_children() if p.name.startswith('grain-')]
+  assert len(workers) == 2
+  yield batches, workers
+  iterator.close()
+  stopping.reset()
+
+
+def _next_until_error(batches, limit=200):
+  for _ in range(limit):
+    next(batches)
+  raise AssertionError('the loader kept going with a dead worker')
+
+
+def test_a_loader_worker_that_dies_alone_is_named_with_its_likely_cause(loader):
+  batches, workers = loader
+  os.kill(workers[1].pid, signal.SIGKILL)  # as the out-of-memory killer does
+  with pytest.raises(worker_pools.WorkerDied) as error:
+    _next_until_error(batches)
+  assert str(error.value) == (
+      f'loader worker process {workers[1].pid} died with exit code -9 (killed by SIGKILL: most '
+      'often the out-of-memory killer (`dmesg` names it); give the host more memory or lower '
+      'data.num_workers or data.prefetch); the same command resumes from the last checkpoint')
+
+
+def test_a_loader_worker_killed_with_the_command_is_its_stop_not_a_crash(loader):
+  batches, workers = loader
+  stopping.request(signal.SIGTERM)  # the command's share of a SIGTERM to the group
+  os.kill(workers[0].pid, signal.SIGTERM)
+  with pytest.raises(stopping.Stopped) as stop:
+    _next_until_error(batches)
+  assert str(stop.value) == ('Stopped while loading data on request (SIGTERM); the same command '
+                             'resumes.') and not stop.value.lost
