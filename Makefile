@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-floor device-check-image test-cluster demo summary benchmark benchmark-gpu \
+.PHONY: test test-floor device-check-image test-cluster chaos demo summary benchmark benchmark-gpu \
   accelerators accelerators-tpu accelerators-gpu device-check device-wheels clean
 
 # libtpu goes into its own folder, on the path of the tests only (the ahead-of-time TPU compiles):
@@ -66,6 +66,12 @@ test-cluster: $(INSTALLED)
 	$(PYTHON) -m pytest -p no:xdist tests/cluster
 
 # Synthetic SSv2-format data -> TFDS dataset -> train and evaluate TSN and CSTM -> table, plots.
+# The soak of stops anywhere (docs/reliability.md): a two-process smoke job stopped ten times at
+# random moments (SIGKILL, SIGTERM or Ctrl-C to the group), restarted each time; about 25 minutes
+# on 2 cores. Its report: runs/chaos/report.json.
+chaos: $(INSTALLED)
+	$(PYTHON) -m tools.chaos --processes 2 --kills 10 --out runs/chaos
+
 demo: $(INSTALLED)
 	$(PYTHON) -m cstm_jax.demo
 
@@ -177,4 +183,4 @@ device-wheels: $(INSTALLED)
 	du -sh .whl
 
 clean:
-	rm -rf $(VENV) $(FLOOR) $(IMAGE) .pytest_cache .jax_cache runs/demo data/demo
+	rm -rf $(VENV) $(FLOOR) $(IMAGE) .pytest_cache .jax_cache runs/demo runs/chaos data/demo

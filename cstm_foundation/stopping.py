@@ -62,14 +62,6 @@ def requested() -> bool:
   return _state.signum is not None or _state.agreed
 
 
-def signal_name() -> str:
-  """The request's signal ('SIGTERM', 'SIGINT'), or 'a peer' for one agreed with other
-  processes; '' when no stop was requested."""
-  if _state.signum is not None:
-    return signal.Signals(_state.signum).name
-  return 'a peer' if _state.agreed else ''
-
-
 def request_from_peer() -> None:
   """Marks this process as stopping because another process of the job was asked to."""
   _state.agreed = True
@@ -84,7 +76,9 @@ def check(where: str, *, lost: bool = False) -> None:
 def message(where: str, *, lost: bool = False, resumes: str = 'the same command resumes') -> str:
   """The stop's last line: where it stopped, and what the user does next."""
   tail = ('; its unfinished work is lost: ' if lost else '; ') + resumes
-  return f'Stopped {where} on request ({signal_name()}){tail}.'
+  how = (f'on request ({signal.Signals(_state.signum).name})' if _state.signum is not None else
+         'as another process of the job was asked to')
+  return f'Stopped {where} {how}{tail}.'
 
 
 def worker_died_of_stop(exitcode: Optional[int], *, grace_s: float = 2.0) -> bool:

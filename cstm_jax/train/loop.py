@@ -140,9 +140,10 @@ def _train_and_evaluate(config, workdir, mesh, class_names, main_process) -> dic
     metrics = None
     step = saved = start
     evaluating = False
+    vote = stops.StepVote(mesh)
     # A stop request (SIGTERM, Ctrl-C: `stopping`) is honoured at the next step or evaluation
-    # batch, at the same point in every process (`stops.agreed`): the state of the last completed
-    # step is saved, an evaluation under way is abandoned (the rerun evaluates again).
+    # batch, at the same point in every process (`stops`): the state of the last completed step
+    # is saved, an evaluation under way is abandoned (the rerun evaluates again).
     try:
       if _eval_pending(writer, start, eval_every, total_steps):
         logging.info('Evaluating step %d first: a stop came before its evaluation ended', start)
@@ -164,7 +165,7 @@ def _train_and_evaluate(config, workdir, mesh, class_names, main_process) -> dic
           window.add_step(batches.last_wait_s)
         step += 1
         unchecked.append((step, metrics))
-        stop = stops.agreed()
+        stop = vote.after_step()
         logging_step = step % config.train.log_every_steps == 0 or step == total_steps or stop
         saving = stop or step % config.train.checkpoint_every_steps == 0 or step == total_steps
         if logging_step or saving or step % eval_every == 0:
