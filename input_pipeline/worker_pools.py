@@ -112,12 +112,8 @@ def imap(function: Callable, jobs: Iterable, *, workers: int, what: str,
       if len(pending) >= 4 * workers:
         break
     while pending:
-      if ordered:
-        future = pending.popleft()
-        _wait(future, what=what, done=done, total=len(jobs))
-      else:
-        future = _wait_any(pending, what=what, done=done, total=len(jobs))
-        pending.remove(future)
+      future = _next_done(pending, ordered=ordered, what=what, done=done, total=len(jobs))
+      pending.remove(future)
       try:
         result = future.result()
       except BrokenProcessPool:
@@ -136,21 +132,17 @@ def imap(function: Callable, jobs: Iterable, *, workers: int, what: str,
         child.kill()
 
 
-def _wait(future, *, what, done, total) -> None:
-  while not future.done():
-    if stopping.requested():
-      raise _stopped(what, done, total)
-    concurrent.futures.wait([future], timeout=0.2)
-
-
-def _wait_any(pending, *, what, done, total):
+def _next_done(pending, *, ordered: bool, what: str, done: int, total: int):
+  """The next future to take (the first of `pending`, or whichever finishes first), waited for
+  in polls that a stop request ends."""
+  candidates = [pending[0]] if ordered else pending
   while True:
     if stopping.requested():
       raise _stopped(what, done, total)
-    finished, _ = concurrent.futures.wait(pending, timeout=0.2,
+    finished, _ = concurrent.futures.wait(candidates, timeout=0.2,
                                           return_when=concurrent.futures.FIRST_COMPLETED)
     if finished:
-      return next(f for f in pending if f in finished)
+      return next(f for f in candidates if f in finished)
 
 
 def _stopped(what: str, done: int, total: int) -> stopping.Stopped:

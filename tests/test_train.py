@@ -57,14 +57,14 @@ def test_smoke_run_writes_everything_and_eval_mode_reproduces_it(prepared_ssv2, 
 
 def test_an_input_bound_run_says_so_and_names_the_loader_setting(prepared_ssv2, tmp_path,
                                                                    monkeypatch, caplog):
-  # A loader far slower than the step (0.2 s a clip, 1.6 s a batch): once the batches made
+  # A loader far slower than the step (0.3 s a clip, 2.4 s a batch): once the batches made
   # during the compile are used up, the devices wait for most of every window, and the log says
   # which setting to raise.
   from input_pipeline import pipeline
   transform = pipeline.TrainTransform.__call__
 
   def slow(self, record, rng):
-    time.sleep(0.2)
+    time.sleep(0.3)
     return transform(self, record, rng)
 
   monkeypatch.setattr(pipeline.TrainTransform, '__call__', slow)

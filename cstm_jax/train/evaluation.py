@@ -42,25 +42,26 @@ def run(eval_step, variables, dataset, *, mesh, max_features: int = 2000, batche
   logits, labels, features = [], [], []
   kept = 0
   iterator = iter(dataset)
-  with Progress(batches, 'batches', label, enabled=batches > 0 and jax.process_index() == 0) as bar:
-    for local in worker_pools.loaded(iterator):
-      if stops.agreed():
-        if hasattr(iterator, 'close'):
-          iterator.close()
-        raise stopping.Stopped(stopping.message(f'during the {label} (abandoned)', lost=True,
-                                                resumes='the same command runs it again'),
-                               lost=True)
-      batch = sharding.global_batch({k: local[k] for k in ('clips', 'labels', 'mask')}, mesh)
-      batch_logits, batch_features = eval_step(variables, batch)
-      mask = sharding.to_host(batch['mask']) > 0
-      logits.append(sharding.to_host(batch_logits)[mask])
-      labels.append(sharding.to_host(batch['labels'])[mask])
-      if kept < max_features:
-        features.append(sharding.to_host(batch_features)[mask])
-        kept += int(mask.sum())
-      bar.update()
-  if hasattr(iterator, 'close'):  # its worker processes free their shared memory now
-    iterator.close()
+  try:
+    with Progress(batches, 'batches', label,
+                  enabled=batches > 0 and jax.process_index() == 0) as bar:
+      for local in worker_pools.loaded(iterator):
+        if stops.agreed():  # the evaluation is abandoned
+          raise stopping.Stopped(stopping.message(f'during the {label} (abandoned)', lost=True,
+                                                  resumes='the same command runs it again'),
+                                 lost=True)
+        batch = sharding.global_batch({k: local[k] for k in ('clips', 'labels', 'mask')}, mesh)
+        batch_logits, batch_features = eval_step(variables, batch)
+        mask = sharding.to_host(batch['mask']) > 0
+        logits.append(sharding.to_host(batch_logits)[mask])
+        labels.append(sharding.to_host(batch['labels'])[mask])
+        if kept < max_features:
+          features.append(sharding.to_host(batch_features)[mask])
+          kept += int(mask.sum())
+        bar.update()
+  finally:
+    if hasattr(iterator, 'close'):  # its worker processes free their shared memory now
+      iterator.close()
   return {'logits': np.concatenate(logits), 'labels': np.concatenate(labels),
           'features': np.concatenate(features)[:max_features] if features else None}
 
