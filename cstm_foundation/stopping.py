@@ -46,7 +46,6 @@ class Stopped(Exception):
 class _State:
   def __init__(self):
     self.signum: Optional[int] = None  # the first stop signal received
-    self.at = 0.0  # when (time.monotonic)
     self.agreed = False  # set by a peer's request (a multi-process job), not by a signal here
     self.listener: Optional[threading.Thread] = None  # takes the signals (`install`)
     self.listening: Optional[threading.Event] = None
@@ -103,7 +102,7 @@ def ignore_interrupts(*_) -> None:
 
 def request(signum: int) -> None:
   """Records a stop request, as the first SIGTERM or SIGINT (`signum`) does."""
-  _state.signum, _state.at = signum, time.monotonic()
+  _state.signum = signum
 
 
 def _on_signal(signum: int) -> None:
@@ -124,6 +123,11 @@ def _on_signal(signum: int) -> None:
   logging.warning('%s: stopping at the next safe point (%s stops at once)',
                   signal.Signals(signum).name,
                   'Ctrl-C again' if signum == signal.SIGINT else 'a second signal')
+
+
+def _handler(signum, frame) -> None:
+  del frame
+  _on_signal(signum)
 
 
 def _listen(done: threading.Event) -> None:
@@ -154,14 +158,22 @@ def install(*, at_safe_points: bool = False) -> bool:
   logs.quiet_exit_warnings()  # the tracker takes its warning filters from the environment
   resource_tracker.ensure_running()
   # A thread started before (a library's) may still take them: then this handler records it.
-  _state.previous = {s: signal.signal(s, lambda signum, frame: _on_signal(signum))
-                     for s in SIGNALS}
+  _state.previous = {s: signal.signal(s, _handler) for s in SIGNALS}
   signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
   _state.listening = threading.Event()
   _state.listener = threading.Thread(target=_listen, args=(_state.listening,),
                                      name='stop-signals', daemon=True)
   _state.listener.start()
   return True
+
+
+def reclaim() -> None:
+  """Takes SIGTERM and SIGINT back from a library that installed its own handler (JAX's
+  distributed runtime does, for its preemption notice): a library thread that does not block
+  them may receive them, and must hand them to `_on_signal`. (Main thread, after `install`.)"""
+  if _state.listener is not None and threading.current_thread() is threading.main_thread():
+    for s in SIGNALS:
+      signal.signal(s, _handler)
 
 
 def uninstall() -> None:

@@ -56,6 +56,7 @@ def main(argv):
   launch.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                     device_ids=FLAGS.local_device_ids and [int(i) for i in FLAGS.local_device_ids],
                     peer_timeout_s=FLAGS.peer_timeout_s)
+  stopping.reclaim()  # from JAX's distributed runtime, whose threads may receive them
   import jax
   from cstm_jax.distributed import compile_cache
   from cstm_jax.train import experiment

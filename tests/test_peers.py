@@ -74,6 +74,23 @@ def test_a_peer_that_failed_or_stops_ends_the_others_at_once_with_its_reason():
   assert zero.check().endswith('stopped because process 2 of 3 stopped answering 61 s ago')
 
 
+def test_a_peer_that_stopped_on_request_is_followed_after_a_grace():
+  # The others stop at the same step a moment later; one left waiting in a collective (its
+  # peer stopped where they did not agree) stops too, naming it, instead of waiting for ever.
+  store, clock = Store(), Clock()
+  zero, one, _ = watches(store, clock, timeout_s=5.0)
+  zero._seen = {1: ({}, clock.now), 2: ({}, clock.now)}
+  one._publish(liveness.STOPPED)
+  clock.now += 1
+  two = zero._seen[2][0]
+  assert zero.check() is None
+  clock.now += liveness.STOPPED_GRACE_S + 1
+  zero._seen[2] = (two, clock.now)  # process 2 still beats
+  why = zero.check()
+  assert why.startswith('process 1 of 3 (host ') and why.endswith(
+      f'stopped on request {liveness.STOPPED_GRACE_S + 1:.0f} s ago and this one did not')
+
+
 def test_a_coordinator_that_stops_answering_is_reported_after_the_timeout():
   store, clock = Store(), Clock()
   _, one, _ = watches(store, clock)

@@ -13,8 +13,9 @@ ends this process with `error: process I of N (host H, pid P) stopped answering 
 exit status `EXIT_PEER_LOST` (75, EX_TEMPFAIL: start the job again; it resumes from its last
 checkpoint). JAX's own heartbeat timeout is set above ours (`jax_heartbeat_timeout_s`), so this
 line comes first. A process that fails with an error tells the others (`failed`), which stop at
-once with its reason; one that ends normally, or stops on request at the point every process
-agreed on (`stops.agreed`), says so (`done`) and is not waited for.
+once with its reason; one that ends normally says so (`done`) and is not waited for; one that
+stops on request says so (`stopped`): the others stop at the same step, and one that does not
+(left waiting in a collective) stops after `STOPPED_GRACE_S` with a line naming it.
 
 Process 0 holds the service. When it dies, JAX stops every other process at once, before any
 watch can: exit 134 and JAX's line `Terminating process because the JAX distributed service
@@ -37,7 +38,10 @@ from cstm_foundation.errors import UserError, first_line
 EXIT_PEER_LOST = 75
 DEFAULT_TIMEOUT_S = 60.0
 PREFIX = 'cstm_peers/'
-RUNNING, DONE, FAILED, STOPPING = 'running', 'done', 'failed', 'stopping'
+RUNNING, DONE, FAILED, STOPPING, STOPPED = 'running', 'done', 'failed', 'stopping', 'stopped'
+# How long a process outlives a peer that stopped on request before it stops too: the others
+# stop at the same step (`stops`) a moment later; one left in a collective would wait for ever.
+STOPPED_GRACE_S = 30.0
 
 
 def jax_heartbeat_timeout_s(timeout_s: float) -> int:
@@ -123,7 +127,10 @@ class PeerWatch:
         return f'{self._name(process, record)} stopped with an error ({record.get("why")})'
       if state == STOPPING:
         return f'{self._name(process, record)} stopped because {record.get("why")}'
-      if state != DONE and now - since > self.timeout_s:
+      if state == STOPPED and now - since > max(self.timeout_s, STOPPED_GRACE_S):
+        return (f'{self._name(process, record)} stopped on request '
+                f'{now - since:.0f} s ago and this one did not')
+      if state not in (DONE, STOPPED) and now - since > self.timeout_s:
         return (f'{self._name(process, record)} stopped answering {now - since:.0f} s ago: '
                 'killed, out of memory, preempted or its host lost')
     return None
@@ -179,6 +186,17 @@ class PeerWatch:
     except Exception as error:  # the job is ending anyway
       logging.info('Could not tell the other processes this one is done: %s', error)
 
+  def stopped(self) -> None:
+    """This process stopped on request: stop watching, and tell the others, which stop at the
+    same step or, left waiting, after a grace (`STOPPED_GRACE_S`)."""
+    if self._thread is None:
+      return
+    self._halt()
+    try:
+      self._publish(STOPPED)
+    except Exception as error:  # the job is ending anyway
+      logging.info('Could not tell the other processes this one stopped: %s', error)
+
   def failed(self, error: BaseException) -> None:
     """This process failed with `error`. A failed collective (a peer died under it) waits for
     the watch to name the peer, which ends the process. Otherwise `error` is reported as by
@@ -212,8 +230,8 @@ def watched(*, timeout_s: float, workdir: Optional[str] = None):
                     timeout_s=timeout_s, workdir=workdir).start()
   try:
     yield watch
-  except stopping.Stopped:  # at a point every process agreed on (`stops.agreed`): not a failure
-    watch.done()
+  except stopping.Stopped:  # on request, where every process agreed to (`stops`): no failure
+    watch.stopped()
     raise
   except BaseException as error:  # KeyboardInterrupt and SystemExit too: the others must know
     watch.failed(error)

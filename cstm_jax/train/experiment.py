@@ -9,7 +9,7 @@ import ml_collections
 
 from cstm_foundation import stopping
 from cstm_jax.config import finish
-from cstm_jax.distributed import sharding
+from cstm_jax.distributed import sharding, stops
 from cstm_jax.train import evaluation, loop, program
 
 
@@ -18,7 +18,8 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
   missing one stops the run before it starts), then training and the final evaluation
   (`config.mode` 'train') or the evaluation of a checkpoint ('eval'). Returns the final results
   of each of `config.eval.final_views` ({} when a training run was asked to stop)."""
-  stopping.check('before the run started')
+  if stops.agreed():  # every process, at the same point
+    stopping.check('before the run started')
   splits = ((config.data.train_split, config.data.eval_split) if config.mode == 'train' else
             (config.data.eval_split,))
   config, class_names = finish.for_data(config, splits,

@@ -203,10 +203,10 @@ def _train_and_evaluate(config, workdir, mesh, class_names, main_process) -> dic
         _check_finite(unchecked, run_checkpoints)
         run_checkpoints.save(step, state, batches, config=config, force=True)
       run_checkpoints.wait()
-      if isinstance(error, worker_pools.WorkerDied):
-        raise
+      if isinstance(error, worker_pools.WorkerDied) or (step == start and not evaluating):
+        raise  # no step done here: its own line says where (the compile, the loader)
       where = (f'at step {step} during its evaluation (abandoned; the rerun evaluates it again)'
-               if evaluating else f'at step {step}' if step > start else f'before step {step + 1}')
+               if evaluating else f'at step {step}')
       raise stopping.Stopped(stopping.message(where)) from None
     finally:
       batches.close()
