@@ -33,12 +33,18 @@ def run_main(main, *args, at_safe_points: bool = False) -> int:
       print(stop, file=sys.stderr, flush=True)
       if stop.abandons_threads:
         stopping.exit_now(stop.exit_status)
-      return stop.exit_status
+      status = stop.exit_status
     except UserError as error:
       if debugging():
         raise
       report(error)
       return 1
+  # What the stop left half-used (a loader's worker processes and queues, held by the frames of
+  # its traceback) is closed now, while multiprocessing's queues are open: at the interpreter's
+  # exit their finalizers would run after the queues' and print tracebacks.
+  import gc
+  gc.collect()
+  return status
 
 
 def report(error: BaseException) -> None:

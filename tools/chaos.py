@@ -6,8 +6,8 @@ exactly where an uninterrupted run ends.
 
 It trains `configs/ssv2_r2plus1d_18.py:smoke` (two loader workers, a checkpoint every
 `--checkpoint_every_steps`, evaluations during training) once without interruption, then again
-with `--kills` stops, each at a random moment of a start (uniform over the uninterrupted run's
-duration, or `--window_s`) and of a random kind:
+with `--kills` stops, each at a random moment of a start (uniform over `--window_s`, or over the
+part of the uninterrupted run's duration still to run) and of a random kind:
 SIGKILL to one process, SIGTERM to the job's whole process group (a preempted VM, `scancel`), or
 SIGINT to it (Ctrl-C). After each stop the same command starts again, until the run ends. It
 then checks, and prints in a JSON report:
@@ -127,7 +127,10 @@ def run_through(args, workdir: pathlib.Path, rng: random.Random, kills: int,
       if codes != [0] * args.processes:
         failures.append(f'the last start ended with {codes}')
       return {'stops': stops, 'starts': attempt, 'failures': failures}
-    moment = rng.uniform(0.5, duration_s)
+    # Over what is left of the run when the window is the uninterrupted run's duration, so that
+    # late starts are stopped too (at least a third of it: a start's own start-up).
+    left = 1.0 if args.window_s else max(1 / 3, 1 - _done_steps(workdir) / args.steps)
+    moment = rng.uniform(0.5, duration_s * left)
     kind = rng.choice(KINDS)
     while job.running() and time.monotonic() - job.started < moment:
       time.sleep(0.02)
@@ -149,6 +152,12 @@ def run_through(args, workdir: pathlib.Path, rng: random.Random, kills: int,
     stops.append(record)
     failures += _check_stop(job, record, args)
     job.kill_group()  # leftovers of a SIGKILLed main process (its loader workers)
+
+
+def _done_steps(workdir: pathlib.Path) -> int:
+  """The step of the run's newest checkpoint (0: none yet)."""
+  folder = workdir / 'checkpoints'
+  return max([int(p.name) for p in folder.glob('*') if p.name.isdigit()], default=0)
 
 
 def _check_logs(job) -> list[str]:

@@ -42,10 +42,11 @@ def run(eval_step, variables, dataset, *, mesh, max_features: int = 2000, batche
   logits, labels, features = [], [], []
   kept = 0
   iterator = iter(dataset)
+  loaded = worker_pools.loaded(iterator)
   try:
     with Progress(batches, 'batches', label,
                   enabled=batches > 0 and jax.process_index() == 0) as bar:
-      for local in worker_pools.loaded(iterator):
+      for local in loaded:
         if stops.agreed():  # the evaluation is abandoned
           raise stopping.Stopped(stopping.message(f'during the {label} (abandoned)', lost=True,
                                                   resumes='the same command runs it again'),
@@ -60,6 +61,7 @@ def run(eval_step, variables, dataset, *, mesh, max_features: int = 2000, batche
           kept += int(mask.sum())
         bar.update()
   finally:
+    loaded.close()
     if hasattr(iterator, 'close'):  # its worker processes free their shared memory now
       iterator.close()
   return {'logits': np.concatenate(logits), 'labels': np.concatenate(labels),
