@@ -67,7 +67,7 @@ test-cluster: $(INSTALLED)
 
 # Synthetic SSv2-format data -> TFDS dataset -> train and evaluate TSN and CSTM -> table, plots.
 # The soak of stops anywhere (docs/reliability.md): a two-process smoke job stopped ten times at
-# random moments (SIGKILL, SIGTERM or Ctrl-C to the group), restarted each time; about 25 minutes
+# random moments (SIGKILL, SIGTERM or Ctrl-C to the group), restarted each time; 4 to 15 minutes
 # on 2 cores. Its report: runs/chaos/report.json.
 chaos: $(INSTALLED)
 	$(PYTHON) -m tools.chaos --processes 2 --kills 10 --out runs/chaos
