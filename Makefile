@@ -65,13 +65,13 @@ device-check-image: $(IMAGE)/.installed device-wheels
 test-cluster: $(INSTALLED)
 	$(PYTHON) -m pytest -p no:xdist tests/cluster
 
-# Synthetic SSv2-format data -> TFDS dataset -> train and evaluate TSN and CSTM -> table, plots.
 # The soak of stops anywhere (docs/reliability.md): a two-process smoke job stopped ten times at
-# random moments (SIGKILL, SIGTERM or Ctrl-C to the group), restarted each time; 4 to 15 minutes
-# on 2 cores. Its report: runs/chaos/report.json.
+# random moments (SIGKILL, SIGTERM or Ctrl-C to the group), restarted each time; 3.5 to 4
+# minutes on 2 cores when it passes (runs of 2026-12-06). Its report: runs/chaos/report.json.
 chaos: $(INSTALLED)
 	$(PYTHON) -m tools.chaos --processes 2 --kills 10 --out runs/chaos
 
+# Synthetic SSv2-format data -> TFDS dataset -> train and evaluate TSN and CSTM -> table, plots.
 demo: $(INSTALLED)
 	$(PYTHON) -m cstm_jax.demo
 

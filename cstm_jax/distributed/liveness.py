@@ -178,24 +178,21 @@ class PeerWatch:
 
   def done(self) -> None:
     """This process ended normally: stop watching, and tell the others not to wait for it."""
-    if self._thread is None:
-      return
-    self._halt()
-    try:
-      self._publish(DONE)
-    except Exception as error:  # the job is ending anyway
-      logging.info('Could not tell the other processes this one is done: %s', error)
+    self._end(DONE)
 
   def stopped(self) -> None:
     """This process stopped on request: stop watching, and tell the others, which stop at the
     same step or, left waiting, after a grace (`STOPPED_GRACE_S`)."""
+    self._end(STOPPED)
+
+  def _end(self, state: str) -> None:
     if self._thread is None:
       return
     self._halt()
     try:
-      self._publish(STOPPED)
+      self._publish(state)
     except Exception as error:  # the job is ending anyway
-      logging.info('Could not tell the other processes this one stopped: %s', error)
+      logging.info('Could not tell the other processes this one has %s: %s', state, error)
 
   def failed(self, error: BaseException) -> None:
     """This process failed with `error`. A failed collective (a peer died under it) waits for

@@ -139,18 +139,23 @@ def _train_and_evaluate(config, workdir, mesh, class_names, main_process) -> dic
     window = throughput.Window(config.data.batch_size)
     metrics = None
     step = saved = start
-    evaluating = False
+    evaluating = False  # a stop then abandons the evaluation of `step`
     vote = stops.StepVote(mesh)
+
+    def evaluate_during_training():
+      nonlocal evaluating
+      evaluating = True
+      _record_eval(writer, run_checkpoints, step, state=state, config=config,
+                   results=evaluate(config.eval.views), main_process=main_process)
+      evaluating = False
+
     # A stop request (SIGTERM, Ctrl-C: `stopping`) is honoured at the next step or evaluation
     # batch, at the same point in every process (`stops`): the state of the last completed step
     # is saved, an evaluation under way is abandoned (the rerun evaluates again).
     try:
       if _eval_pending(writer, start, eval_every, total_steps):
         logging.info('Evaluating step %d first: a stop came before its evaluation ended', start)
-        evaluating = True
-        _record_eval(writer, run_checkpoints, step, state=state, config=config,
-                     results=evaluate(config.eval.views), main_process=main_process)
-        evaluating = False
+        evaluate_during_training()
       while step < total_steps:
         if metrics is not None:
           jax.block_until_ready(metrics)
@@ -191,10 +196,7 @@ def _train_and_evaluate(config, workdir, mesh, class_names, main_process) -> dic
         if stop:
           stopping.check(f'at step {step}')
         if step % eval_every == 0 and step != total_steps:
-          evaluating = True
-          _record_eval(writer, run_checkpoints, step, state=state, config=config,
-                       results=evaluate(config.eval.views), main_process=main_process)
-          evaluating = False
+          evaluate_during_training()
           window.restart()
     except (stopping.Stopped, worker_pools.WorkerDied) as error:
       if getattr(error, 'abandons_threads', False):  # nothing to save: stop at once
