@@ -20,7 +20,7 @@ from absl import app, flags, logging
 from cstm_foundation import stopping
 from cstm_foundation.errors import debugging, run_main
 from cstm_jax.config import loader
-from cstm_jax.distributed import liveness
+from cstm_jax.distributed import launch, liveness
 
 FLAGS = flags.FLAGS
 loader.define_config_flag()
@@ -35,14 +35,16 @@ flags.DEFINE_float('peer_timeout_s', liveness.DEFAULT_TIMEOUT_S,
                    'Multi-process: stop every process this many seconds after one of them stops '
                    'answering (killed, lost host), with a line naming it and exit status 75; 0 '
                    "leaves it to JAX's heartbeat (which aborts).")
+flags.DEFINE_float('initialization_timeout_s', launch.DEFAULT_INITIALIZATION_TIMEOUT_S,
+                   'Multi-process: how long a process waits for every process to join the job '
+                   '(they may start minutes apart) before it stops with a line saying which it '
+                   'waited for and exit status 75; 0 leaves it to JAX (which aborts).')
 flags.mark_flag_as_required('workdir')
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  # Imported here, in this order: launch picks this process's GPUs before JAX loads.
-  from cstm_jax.distributed import launch
   from cstm_foundation import logs
   logs.quiet_library_logs()
   logs.quiet_exit_warnings()
@@ -55,7 +57,8 @@ def main(argv):
     raise app.UsageError(f"config.mode {config.mode!r} is not 'train' or 'eval'")
   launch.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                     device_ids=FLAGS.local_device_ids and [int(i) for i in FLAGS.local_device_ids],
-                    peer_timeout_s=FLAGS.peer_timeout_s)
+                    peer_timeout_s=FLAGS.peer_timeout_s,
+                    initialization_timeout_s=FLAGS.initialization_timeout_s)
   stopping.reclaim()  # from JAX's distributed runtime, whose threads may receive them
   import jax
   from cstm_jax.distributed import compile_cache

@@ -1,5 +1,6 @@
 """A dead or failed peer stops a multi-process job in bounded time, with one line naming it:
-the watch on a stand-in key-value store, and two real main.py processes, one SIGKILLed."""
+the watch on a stand-in key-value store, and two real main.py processes, one SIGKILLed; and
+while the job forms, the join watch on a stand-in coordinator and real main.py processes."""
 import json
 import signal
 import subprocess
@@ -8,7 +9,8 @@ import time
 
 import pytest
 
-from cstm_jax.distributed import liveness
+from cstm_foundation import stopping
+from cstm_jax.distributed import launch, liveness
 from runs import ROOT, free_port, process_env
 
 
@@ -165,3 +167,114 @@ def test_a_failing_process_reports_its_error_once_and_tells_the_others(capsys):
   record = json.loads(store.values['cstm_peers/1'])
   assert (record['state'], record['why']) == (liveness.FAILED, 'data/x: no split validation; '
                                                             'prepare it again')
+
+
+class Coordinator:
+  """Whether process 0's service accepts connections, as `launch.accepts_connections` sees it."""
+
+  def __init__(self, up=False):
+    self.up = up
+
+  def __call__(self, address):
+    assert address == '10.0.0.1:1234'
+    return self.up
+
+
+def join_watch(clock, coordinator, process_id=1, **kwargs):
+  return launch.JoinWatch(process_id=process_id, num_processes=3,
+                          coordinator_address='10.0.0.1:1234', timeout_s=300.0,
+                          peer_timeout_s=10.0, accepts=coordinator, clock=clock, **kwargs)
+
+
+def test_a_job_that_does_not_form_is_named_after_the_initialization_timeout():
+  clock, coordinator = Clock(), Coordinator()
+  one, zero = join_watch(clock, coordinator), join_watch(clock, coordinator, process_id=0)
+  clock.now += 299
+  assert one.check() is None and zero.check() is None
+  clock.now += 1
+  status, line = one.check()
+  assert status == liveness.EXIT_PEER_LOST
+  assert line == ("error: process 1 of 3 waited 300 s for the job's coordinator (process 0) at "
+                  '10.0.0.1:1234, which never accepted a connection: not started, killed, or the '
+                  'address is wrong or blocked (--initialization_timeout_s=300); start every '
+                  'process again with the same command')
+  status, line = zero.check()  # process 0 holds the coordinator: a peer is missing
+  assert status == liveness.EXIT_PEER_LOST and line.startswith(
+      'error: process 0 of 3 waited 300 s for the other processes to join the job at '
+      '10.0.0.1:1234: one of them did not start')
+
+
+def test_a_coordinator_killed_while_the_job_forms_is_named_after_the_peer_timeout():
+  clock, coordinator = Clock(), Coordinator(up=True)
+  one = join_watch(clock, coordinator)
+  assert one.check() is None
+  coordinator.up = False  # it had accepted connections: now it is gone, not late
+  clock.now += 1
+  assert one.check() is None
+  clock.now += 9
+  assert one.check() is None
+  clock.now += 1
+  status, line = one.check()
+  assert status == liveness.EXIT_PEER_LOST and line.startswith(
+      "error: the job's coordinator (process 0) at 10.0.0.1:1234 stopped accepting connections "
+      '10 s ago, before the job formed') and '--peer_timeout_s=10' in line
+  coordinator.up = True  # back (restarted): the wait goes on
+  assert one.check() is None
+
+
+def test_a_stop_request_while_the_job_forms_ends_the_wait_after_a_grace():
+  clock = Clock()
+  one = join_watch(clock, Coordinator(up=True))
+  try:
+    stopping.request(signal.SIGTERM)
+    assert one.check() is None  # the job may still form, then it stops as one
+    clock.now += launch.STOP_GRACE_S
+    status, line = one.check()
+  finally:
+    stopping.reset()
+  assert status == 0 and line == (
+      'Stopped before the job formed (process 1 of 3 waited 10 s for the others; nothing had '
+      'run) on request (SIGTERM); the same command resumes.')
+
+
+def test_a_job_that_formed_is_not_ended_by_its_join_watch():
+  exits = []
+  watch = join_watch(time.monotonic, Coordinator(), exit_fn=exits.append, poll_s=0.01)
+  watch.timeout_s = 0.05
+  watch.formed()
+  watch.start()
+  time.sleep(0.2)
+  assert exits == []
+  late = join_watch(time.monotonic, Coordinator(), exit_fn=exits.append, poll_s=0.01)
+  late.timeout_s = 0.05
+  late.start()
+  time.sleep(0.5)
+  assert exits == [liveness.EXIT_PEER_LOST]
+
+
+def test_a_coordinator_sigkilled_before_the_job_formed_stops_its_peer_in_bounded_time(tmp_path):
+  # Three processes, the third never started: processes 0 and 1 wait for it in
+  # jax.distributed.initialize, where JAX alone would wait 300 s and then abort.
+  port, timeout_s = free_port(), 3
+  job = [sys.executable, 'main.py', '--config=configs/ssv2_r2plus1d_18.py:smoke',
+         f'--workdir={tmp_path / "run"}', f'--coordinator_address=127.0.0.1:{port}',
+         '--num_processes=3', f'--peer_timeout_s={timeout_s}', '--initialization_timeout_s=120']
+  procs = [subprocess.Popen(job + [f'--process_id={i}'], cwd=ROOT, env=process_env(1),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  deadline = time.monotonic() + 120
+  while not launch.accepts_connections(f'127.0.0.1:{port}') and time.monotonic() < deadline:
+    time.sleep(0.1)
+  time.sleep(1)  # process 1's watch sees it up
+  procs[0].send_signal(signal.SIGKILL)
+  killed_at = time.monotonic()
+  _, err = procs[1].communicate(timeout=60)
+  stopped_after = time.monotonic() - killed_at
+  procs[0].wait()
+  assert procs[1].returncode == liveness.EXIT_PEER_LOST, err[-3000:]
+  assert stopped_after < timeout_s + 3, stopped_after
+  assert err.splitlines() == [
+      f"error: the job's coordinator (process 0) at 127.0.0.1:{port} stopped accepting "
+      f'connections {timeout_s} s ago, before the job formed: killed, preempted or its host '
+      f'lost; stopping process 1 of 3 too (--peer_timeout_s={timeout_s}). Find the cause in that '
+      "process's log, then start every process again with the same command"], err[-3000:]

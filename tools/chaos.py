@@ -76,7 +76,8 @@ class Job:
     if args.processes > 1:
       port = free_port()
       command += [f'--coordinator_address=127.0.0.1:{port}',
-                  f'--num_processes={args.processes}', f'--peer_timeout_s={args.peer_timeout_s}']
+                  f'--num_processes={args.processes}', f'--peer_timeout_s={args.peer_timeout_s}',
+                  f'--initialization_timeout_s={args.initialization_timeout_s}']
     flags = [f for f in os.environ.get('XLA_FLAGS', '').split()
              if not f.startswith('--xla_force_host_platform_device_count')]
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'XLA_FLAGS': ' '.join(
@@ -247,6 +248,8 @@ def main(argv=None) -> int:
   parser.add_argument('--out', default='runs/chaos')
   parser.add_argument('--data_dir', default=None)
   parser.add_argument('--peer_timeout_s', type=float, default=5.0)
+  parser.add_argument('--initialization_timeout_s', type=float, default=30.0,
+                      help='with 2 processes: how long each waits for the other to join')
   parser.add_argument('--bound_s', type=float, default=60.0,
                       help='with 2 processes: the longest a stop may take to end the job')
   parser.add_argument('--timeout_s', type=float, default=300.0)
