@@ -154,3 +154,66 @@ def test_a_loader_worker_killed_with_the_command_is_its_stop_not_a_crash(loader)
     _next_until_error(batches)
   assert str(stop.value) == ('Stopped while loading data on request (SIGTERM); the same command '
                              'resumes.') and not stop.value.lost
+
+
+class Classifier:
+  """A stand-in `predict.Predictor`: the class of a video is its name's length; it asks the
+  command to stop (as a SIGTERM would) while it predicts its `stop_after`-th video."""
+
+  def __init__(self, stop_after=None):
+    self.seen, self.stop_after = [], stop_after
+
+  def probabilities(self, video):
+    from input_pipeline import video_io
+    if len(self.seen) + 1 == self.stop_after:
+      stopping.request(signal.SIGTERM)
+    self.seen.append(video.name)
+    if video.name.startswith('broken'):
+      raise video_io.VideoError('not a video')
+    return len(video.name)
+
+  def top(self, probabilities, k):
+    return [(f'class_{probabilities}', 1.0)][:k]
+
+
+def test_predict_over_a_folder_stopped_resumes_from_its_rows(tmp_path, capsys):
+  from cstm_jax.inference import predict
+  videos = [tmp_path / name for name in ('a.webm', 'bb.webm', 'broken.webm', 'ccc.webm')]
+  out = tmp_path / 'predictions.csv'
+  settings = {'folder': str(tmp_path), 'views': '1x1', 'weights': '0123'}
+  straight = predict.predict_folder(Classifier(), videos, 1, out, settings=settings)
+  expected = out.read_text()
+
+  out.unlink()
+  stopped = Classifier(stop_after=3)
+  try:
+    with pytest.raises(stopping.Stopped) as stop:
+      predict.predict_folder(stopped, videos, 1, out, settings=settings)
+  finally:
+    stopping.reset()
+  unfinished = tmp_path / 'predictions.csv.unfinished'
+  assert str(stop.value) == (f'Stopped predicting after 3 of 4 videos ({unfinished} holds their '
+                             'rows) on request (SIGTERM); the same command resumes.')
+  assert stop.value.exit_status == 0 and not out.exists()
+
+  # Other weights: every video again. The same: only the rest, and the same CSV as straight.
+  other = Classifier()
+  with pytest.raises(stopping.Stopped):
+    stopping.request(signal.SIGTERM)
+    try:
+      predict.predict_folder(other, videos, 1, out, settings={**settings, 'weights': '4567'})
+    finally:
+      stopping.reset()
+  assert 'left by a stopped prediction with other weights; predicting every video again' in \
+      capsys.readouterr().err
+  stopped = Classifier(stop_after=3)
+  try:
+    with pytest.raises(stopping.Stopped):
+      predict.predict_folder(stopped, videos, 1, out, settings=settings)
+  finally:
+    stopping.reset()
+  resumed = Classifier()
+  assert predict.predict_folder(resumed, videos, 1, out, settings=settings) == straight
+  assert resumed.seen == ['ccc.webm']
+  assert f'resuming {unfinished}: 3 of 4 videos were predicted' in capsys.readouterr().err
+  assert out.read_text() == expected and not unfinished.exists()

@@ -9,12 +9,14 @@ r"""Classify your own videos with a trained model.
       --config.model.dtype=bfloat16 --video clip.webm    # the run's config, overridden
 
 `--video` is a video file (webm, mp4, ...), a folder of JPEG frames, or a folder of those, which
-gives a CSV with one row per video. Frames go through exactly the evaluation path: stored as
-the prepared datasets store them, sampled at the segment centres (and starts, with 2 clips),
-resized to the test scale, centre (or three) crops, the backbone's normalisation; the logits of
-the views are averaged.
+gives a CSV with one row per video. Stopped (Ctrl-C, SIGTERM), a folder's prediction keeps its
+rows so far in `<out>.unfinished`, and the same command resumes from them. Frames go through
+exactly the evaluation path: stored as the prepared datasets store them, sampled at the segment
+centres (and starts, with 2 clips), resized to the test scale, centre (or three) crops, the
+backbone's normalisation; the logits of the views are averaged.
 """
 import csv
+import hashlib
 import io
 import json
 import pathlib
@@ -174,22 +176,74 @@ class Predictor:
     return [(self.names[i], float(probabilities[i])) for i in order]
 
 
-def predict_folder(predictor: Predictor, videos, topk: int, out) -> dict:
+def weights_fingerprint(variables) -> str:
+  """16 hex digits of SHA-256 over the variables' names, shapes, dtypes and values."""
+  digest = hashlib.sha256()
+  for name, value in sorted(flax.traverse_util.flatten_dict(flax.core.unfreeze(variables),
+                                                            sep='/').items()):
+    array = np.asarray(value)
+    digest.update(f'{name} {array.shape} {array.dtype}'.encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()[:16]
+
+
+UNFINISHED_MARK = '# cstm-predict unfinished: '
+
+
+def _unfinished_rows(unfinished, settings: dict, header: list[str],
+                     names: list[str]) -> list[list[str]]:
+  """The rows a stopped prediction with the same `settings` left in `unfinished`; [] (and a line
+  saying why) when there is none to resume."""
+  if not unfinished.exists():
+    return []
+  try:
+    mark, table = unfinished.read_text().split('\n', 1)
+    left = json.loads(mark.removeprefix(UNFINISHED_MARK)) if mark.startswith(UNFINISHED_MARK) \
+        else None
+    rows = list(csv.reader(io.StringIO(table)))
+  except (OSError, ValueError) as e:
+    left, rows = None, []
+    print(f'{unfinished}: unreadable ({e})', file=sys.stderr)
+  if left != settings or not rows or rows[0] != header or len(rows) - 1 > len(names) or \
+      [row[0] for row in rows[1:]] != names[:len(rows) - 1]:
+    differ = (', '.join(k for k in settings if (left or {}).get(k) != settings[k])
+              if isinstance(left, dict) else 'an unknown format')
+    print(f'{unfinished}: left by a stopped prediction with other {differ or "columns"}; '
+          'predicting every video again', file=sys.stderr)
+    return []
+  return rows[1:]
+
+
+def predict_folder(predictor: Predictor, videos, topk: int, out, *,
+                   settings: Optional[dict] = None) -> dict:
   """Writes one CSV row per video (top-k names and probabilities, or the error) to `out`
-  (local or gs://); a stop request writes the rows so far and stops."""
-  failed = 0
+  (local or gs://), whole at the end. A stop request writes the rows so far, with `settings`
+  (what makes them valid: the weights, views, videos), to `<out>.unfinished` and stops; the same
+  call with the same settings resumes from them."""
+  out = paths.resolve(out)
+  unfinished = out.with_name(out.name + '.unfinished')
+  names = [v.name for v in videos]
+  settings = {**(settings or {}), 'topk': topk, 'videos': f'{len(names)} named '
+              + hashlib.sha256('\n'.join(names).encode()).hexdigest()[:16]}
+  header = ['video'] + [c for i in range(1, topk + 1)
+                        for c in (f'class_{i}', f'probability_{i}')] + ['error']
+  rows = _unfinished_rows(unfinished, settings, header, names)
+  if rows:
+    print(f'resuming {unfinished}: {len(rows)} of {len(videos)} videos were predicted before '
+          'its stop', file=sys.stderr)
+  failed = sum(1 for row in rows if row[-1])
   table = io.StringIO()
-  with Progress(len(videos), 'videos') as progress:
-    writer = csv.writer(table)
-    writer.writerow(['video'] + [c for i in range(1, topk + 1) for c in
-                                 (f'class_{i}', f'probability_{i}')] + ['error'])
-    for done, video in enumerate(videos):
-      if stopping.requested():  # the rows so far are written; the rest is not predicted
-        paths.write_text(paths.resolve(out), table.getvalue())
+  writer = csv.writer(table)
+  writer.writerows([header] + rows)
+  todo = videos[len(rows):]
+  with Progress(len(todo), 'videos') as progress:
+    for video in todo:
+      if stopping.requested():  # the rows so far are kept; the rest is predicted on resume
+        paths.write_text(unfinished, UNFINISHED_MARK + json.dumps(settings) + '\n' +
+                         table.getvalue())
         raise stopping.Stopped(stopping.message(
-            f'predicting after {done} of {len(videos)} videos ({paths.resolve(out)} holds their '
-            'rows)',
-            lost=True, resumes='the same command predicts every video again'), lost=True)
+            f'predicting after {len(videos) - len(todo) + progress.count} of {len(videos)} '
+            f'videos ({unfinished} holds their rows)'))
       try:
         ranked = predictor.top(predictor.probabilities(video), topk)
         writer.writerow([video.name] + [v for pair in ranked for v in
@@ -199,8 +253,9 @@ def predict_folder(predictor: Predictor, videos, topk: int, out) -> dict:
         print(f'{video}: {e} (skipped)', file=sys.stderr)
         writer.writerow([video.name] + [''] * (2 * topk) + [str(e)])
       progress.update()
-  out = paths.resolve(out)
   paths.write_text(out, table.getvalue())
+  if unfinished.exists():
+    unfinished.unlink()
   return {'videos': len(videos), 'failed': failed, 'csv': str(out)}
 
 
@@ -212,7 +267,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
          "'2x3full' (crops of the test scale) ... (docs/training.md).")
   define('integer', 'topk', 5, 'Classes to list.', lower_bound=1)
   define('bool', 'json', False, 'Print JSON instead of a table.')
-  define('string', 'out', 'predictions.csv', 'The CSV for a folder of videos (local or gs://).')
+  define('string', 'out', 'predictions.csv', 'The CSV for a folder of videos (local or gs://); written whole at the end.')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -234,7 +289,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     videos = list_videos(video)
     if not videos:
       cli_flags.fail(f'{video}: no video files or frame folders in it')
-    summary = predict_folder(predictor, videos, args.topk, args.out)
+    summary = predict_folder(predictor, videos, args.topk, args.out, settings={
+        'folder': str(video.absolute()), 'views': args.views,
+        'weights': weights_fingerprint(loaded.variables)})
     print(json.dumps(summary) if args.json else
           f"wrote {summary['csv']}: {summary['videos']} videos, {summary['failed']} unreadable")
     return 0
