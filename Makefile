@@ -66,7 +66,7 @@ test-cluster: $(INSTALLED)
 	$(PYTHON) -m pytest -p no:xdist tests/cluster
 
 # The soak of stops anywhere (docs/reliability.md): a two-process smoke job stopped ten times at
-# random moments (SIGKILL, SIGTERM or Ctrl-C to the group), restarted each time; 3.5 to 4
+# random moments (SIGKILL, SIGTERM or Ctrl-C to the group), restarted each time; 2 to 3.5
 # minutes on 2 cores when it passes (runs of 2026-12-06). Its report: runs/chaos/report.json.
 chaos: $(INSTALLED)
 	$(PYTHON) -m tools.chaos --processes 2 --kills 10 --out runs/chaos
@@ -119,7 +119,9 @@ endif
 # or more). CUDA targets need the jax CUDA plugin:
 # make accelerators CUDA_PYTHON=path/to/python-with-requirements-cuda.txt
 CUDA_PYTHON ?= .venv-cuda/bin/python
-AOT_ARGS := --config.model.dtype=bfloat16
+# A train step of 32 clips: the GSM recipe's optimizer step (16 clips twice) in one step.
+AOT_ARGS := --config.model.dtype=bfloat16 --config.data.batch_size=32 \
+  --config.optim.grad_accum_steps=1
 TPU_AOT := PYTHONPATH=$(LIBTPU) $(PYTHON) -m cstm_jax.analysis.aot
 GPU_AOT := $(CUDA_PYTHON) -m cstm_jax.analysis.aot
 AOT_OUT := docs/aot

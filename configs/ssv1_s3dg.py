@@ -4,6 +4,8 @@
 
 Paper (views 1x1: 1 clip, centre crop; validation): 48.20 / 78.70 top-1 / top-5 (%); S3D 47.30 /
 78.10.
+Trains on GSM's recipe from scratch, not on the setting of the paper's number
+(docs/design.md, "Recipe").
 `--config=configs/ssv1_s3dg.py:smoke` shrinks it to a tiny CPU run.
 """
 from cstm_jax.config import defaults

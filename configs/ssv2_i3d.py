@@ -3,6 +3,7 @@
   python main.py --config=configs/ssv2_i3d.py --workdir=runs/ssv2_i3d
 
 Paper (views 1x1: 1 clip, centre crop; validation): not reported on SSv2 in the paper.
+Trains on GSM's recipe from scratch (docs/design.md, "Recipe").
 `--config=configs/ssv2_i3d.py:smoke` shrinks it to a tiny CPU run.
 """
 from cstm_jax.config import defaults

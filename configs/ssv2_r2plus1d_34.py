@@ -3,6 +3,7 @@
   python main.py --config=configs/ssv2_r2plus1d_34.py --workdir=runs/ssv2_r2plus1d_34
 
 Paper (views 1x1: 1 clip, centre crop; validation): not reported in the paper.
+Trains on GSM's recipe from scratch (docs/design.md, "Recipe").
 `--config=configs/ssv2_r2plus1d_34.py:smoke` shrinks it to a tiny CPU run.
 """
 from cstm_jax.config import defaults

@@ -4,6 +4,7 @@
 
 Paper (views 1x1: 1 clip, centre crop; validation): S3D / S3D-G reach 47.30 / 48.20 top-1 on SSv1
 (64 frames).
+Trains on GSM's recipe from scratch (docs/design.md, "Recipe").
 `--config=configs/ssv2_s3d.py:smoke` shrinks it to a tiny CPU run.
 """
 from cstm_jax.config import defaults

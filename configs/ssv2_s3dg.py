@@ -5,6 +5,8 @@
 Paper (views 1x1: 1 clip, centre crop; validation): S3D-G reaches 48.20 / 78.70 top-1 / top-5 on
 SSv1 at
 64 frames (configs/ssv1_s3dg.py); it gives no SSv2 figure.
+Trains on GSM's recipe from scratch, not on the setting of the paper's number
+(docs/design.md, "Recipe").
 `--config=configs/ssv2_s3dg.py:smoke` shrinks it to a tiny CPU run.
 """
 from cstm_jax.config import defaults

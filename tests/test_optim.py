@@ -13,15 +13,16 @@ from cstm_jax.distributed import sharding
 
 
 def optim_config(**overrides):
+  """The experiment's optimizer settings, one batch a step unless `overrides` say otherwise."""
   config = ml_collections.ConfigDict(ssv2_8f.get_config().optim.to_dict())
-  config.update(overrides)
+  config.update({'grad_accum_steps': 1, **overrides})
   return config
 
 
 def test_schedule_warms_up_from_a_tenth_then_decays_to_zero():
   config = optim_config(epochs=10.0, warmup_epochs=2.0)
-  schedule = optim.learning_rate_schedule(config, global_batch=64, steps_per_epoch=100)
-  peak = 0.01 * 64 / 32  # scaled with the global batch
+  schedule = optim.learning_rate_schedule(config, step_batch=64, steps_per_epoch=100)
+  peak = 0.01 * 64 / 32  # scaled with the clips of an optimizer step
   assert schedule(0) == pytest.approx(0.1 * peak)
   assert schedule(200) == pytest.approx(peak)
   assert schedule(600) == pytest.approx(peak / 2, rel=1e-3)  # cosine midpoint
@@ -65,6 +66,34 @@ def test_gradient_clipping_and_accumulation():
   assert clipped['head']['bias'] == pytest.approx(-0.1 / norm, rel=1e-5)
   accumulated = one_update(optim_config(weight_decay=0.0, clip_norm=0.0, grad_accum_steps=2))
   assert accumulated['head']['bias'] == 0.0  # the first micro-step only accumulates
+
+
+def test_accumulated_gradients_are_clipped_as_gsm_clips_them():
+  # GSM's loop (--iter_size 2): loss / 2, backward, clip the summed gradient, and step after
+  # the second. The first gradient alone exceeds the norm: clipped before the second is added.
+  config = optim_config(weight_decay=0.0, momentum=0.0, clip_norm=20.0, grad_accum_steps=2)
+  params = {'w': jnp.zeros(3)}
+  tx = optim.make_optimizer(config, optax.constant_schedule(1.0), params)
+  state = tx.init(params)
+  first, state = tx.update({'w': jnp.array([60.0, 0.0, 0.0])}, state, params)
+  second, state = tx.update({'w': jnp.array([0.0, 40.0, 0.0])}, state, params)
+  assert np.all(np.asarray(first['w']) == 0)  # the first batch only accumulates
+  total = np.array([20.0, 20.0, 0.0])  # clip([30, 0, 0]) + [0, 20, 0]
+  np.testing.assert_allclose(second['w'], -total * 20 / np.linalg.norm(total), rtol=1e-6)
+  third, state = tx.update({'w': jnp.array([2.0, 0.0, 0.0])}, state, params)
+  fourth, _ = tx.update({'w': jnp.array([0.0, 2.0, 0.0])}, state, params)
+  assert np.all(np.asarray(third['w']) == 0)  # the total starts again from zero
+  np.testing.assert_allclose(fourth['w'], [-1.0, -1.0, 0.0], rtol=1e-6)
+
+
+def test_an_epoch_counts_optimizer_steps_of_the_accumulated_batches():
+  from cstm_jax.train import program
+  config = ssv2_8f.get_config()
+  assert (config.data.batch_size, config.optim.grad_accum_steps) == (16, 2)  # GSM's command
+  assert program.optimizer_steps_per_epoch(config, 1000) == 31  # 62 batches of 16
+  config.optim.grad_accum_steps = 1
+  assert program.optimizer_steps_per_epoch(config, 1000) == 62
+  assert program.optimizer_steps_per_epoch(config, 10) == 1
 
 
 def test_large_parameters_shard_over_the_model_axis():

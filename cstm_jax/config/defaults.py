@@ -60,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
       'flip_label_swap': True,      # a flip swaps left/right classes (GSM); TRN's release does not
       'eval_clips': 1,              # 1 (segment centres) or 2 (centres and starts)
       'eval_crops': 1,              # 1 (centre), 3 (along the long side), 5, 10 (eval.views)
-      'batch_size': 32,             # global training batch over all processes
+      'batch_size': 32,             # clips of a train step, over all processes
       'eval_batch_size': 32,
       'num_workers': -1,            # grain processes; 0: in-process; -1: by the host (workers.py)
       'prefetch': 2,                # batches buffered per worker
@@ -69,7 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.optim = ml_collections.ConfigDict({
       'optimizer': 'sgd',           # 'sgd' (the recipe) or 'adamw' (momentum is its beta1)
-      'base_lr': 0.01,              # per base_batch clips; scaled with the global batch
+      'base_lr': 0.01,              # per base_batch clips; scaled with the clips of an
+                                    # optimizer step (batch_size x grad_accum_steps)
       'base_batch': 32,
       'momentum': 0.9,
       'weight_decay': 5e-4,         # SGD: coupled, added to the gradient as PyTorch's SGD does
@@ -83,7 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
                                     # (tsn's and the new head's multipliers below)
       'head_lr_mult': 5.0,          # param_groups='tsm': the head's weights
       'head_bias_lr_mult': 10.0,    # param_groups='tsm': the head's bias
-      'grad_accum_steps': 1,        # micro-batches per optimizer step
+      'grad_accum_steps': 1,        # train steps (batches) per optimizer step
   })
 
   config.train = ml_collections.ConfigDict({
@@ -167,8 +168,10 @@ def model_config(name: str = 'cstm_bninception', **overrides) -> ml_collections.
 # Each system's recipe, as changes to the base config (GSM's): the original code each follows,
 # and the keys it sets. `data` changes apply after the dataset's own settings.
 RECIPES = {
-    # swathikirans/GSM main.py and opts.py: the base config (CSTM and its ablations).
-    'gsm': {},
+    # swathikirans/GSM main.py and opts.py: the base config (CSTM and its ablations), and its
+    # command's `--batch-size 16 --iter_size 2`: BatchNorm sees 16 clips, the optimizer steps
+    # on the gradients of 32 (accumulated and clipped as its train() does: optim.accumulate).
+    'gsm': {'data': {'batch_size': 16}, 'optim': {'grad_accum_steps': 2}},
     # mit-han-lab/temporal-shift-module main.py (its Something-Something command: --lr 0.01
     # --lr_steps 20 40 --epochs 50 --batch-size 64 --gd 20 --dropout 0.5 --npb) and
     # ops/models.py: no flip for Something-Something and Jester (get_augmentation), TSN's
@@ -230,7 +233,7 @@ def shrink(config: ml_collections.ConfigDict, arg: str) -> ml_collections.Config
   config.data.update(crop=75 if is_v3 else 32, test_scale=80 if is_v3 else 36, batch_size=8,
                      eval_batch_size=8, num_workers=0)
   # max_steps ends the run; the schedule still warms up and decays.
-  config.optim.update(epochs=100.0, warmup_epochs=1.0)
+  config.optim.update(epochs=100.0, warmup_epochs=1.0, grad_accum_steps=1)
   config.train.update(max_steps=6, log_every_steps=2, checkpoint_every_steps=2,
                       eval_every_epochs=1.0, init_from='scratch')  # no download in a smoke run
   config.eval.update(final_views='1x1', tsne_examples=64)

@@ -95,13 +95,13 @@ def _train_and_evaluate(config, workdir, mesh, class_names, main_process) -> dic
   # Data.
   train_data = pipeline.train_dataset(config.data, jax.process_index(), jax.process_count())
   train_size = len(pipeline.open_split(config.data, config.data.train_split)[0])
-  steps_per_epoch = max(1, train_size // config.data.batch_size)
-  optimizer_steps = int(config.optim.epochs * steps_per_epoch)
-  total_steps = optimizer_steps * config.optim.grad_accum_steps
+  # A step trains on one batch; with gradient accumulation an optimizer step takes several.
+  steps_per_epoch = program_lib.optimizer_steps_per_epoch(config, train_size)
+  accumulated = config.optim.grad_accum_steps
+  total_steps = int(config.optim.epochs * steps_per_epoch) * accumulated
   if config.train.max_steps > 0:
     total_steps = min(total_steps, config.train.max_steps)
-  eval_every = max(1, int(config.train.eval_every_epochs * steps_per_epoch
-                          * config.optim.grad_accum_steps))
+  eval_every = max(1, int(config.train.eval_every_epochs * steps_per_epoch * accumulated))
 
   # The program: model, optimizer, state layout and steps.
   program = program_lib.build(config, mesh, steps_per_epoch=steps_per_epoch)
@@ -121,10 +121,12 @@ def _train_and_evaluate(config, workdir, mesh, class_names, main_process) -> dic
       (workdir / 'config.json').write_text(config.to_json(indent=1))
       (workdir / 'classes.json').write_text(json.dumps(list(class_names), indent=0))  # predict
       logging.info('Training %s/%s on %d devices (%d processes): %d videos, %d steps of %d clips '
-                   '(%d per epoch), starting at step %d; %d loader processes',
+                   '(%d per epoch%s), starting at step %d; %d loader processes',
                    config.model.temporal, config.model.backbone, jax.device_count(),
                    jax.process_count(), train_size, total_steps, config.data.batch_size,
-                   steps_per_epoch, start, config.data.num_workers)
+                   steps_per_epoch * accumulated,
+                   f'; the optimizer updates after every {accumulated}' if accumulated > 1 else '',
+                   start, config.data.num_workers)
 
     def evaluate(views, **where):
       return evaluation.evaluate_views(config, program.eval_step, variables_of(state), mesh=mesh,

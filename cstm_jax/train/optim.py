@@ -4,11 +4,15 @@ cstm_jax/config/defaults.py).
 
 GSM recipe: SGD with momentum 0.9, weight decay added to the gradient (coupled, as PyTorch's
 SGD does), global-norm clipping at 20 before the decay, lr 0.01 per 32 clips scaled linearly
-with the global batch, linear warmup from 0.1x then cosine to zero.
+with the clips of an optimizer step (`data.batch_size` x `optim.grad_accum_steps`), linear warmup
+from 0.1x then cosine to zero; accumulated gradients clipped as GSM's loop clips them
+(`accumulate`).
 TSN's parameter groups (`get_optim_policies` of tsn-pytorch, TRN-pytorch and TSM's
 `ops/models.py`): conv / dense weights decay at lr x1; biases lr x2 without decay; BatchNorm
 without decay. TSM's add the new head x5 (weights) and x10 (bias).
 """
+from typing import Any, NamedTuple
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -21,9 +25,10 @@ VALID_OPTIMIZERS = ('sgd', 'adamw')
 VALID_GROUPS = ('uniform', 'tsn', 'tsm')
 
 
-def learning_rate_schedule(config, global_batch: int, steps_per_epoch: int) -> optax.Schedule:
-  """`config` is `config.optim`; the schedule counts optimizer steps."""
-  peak = config.base_lr * global_batch / config.base_batch
+def learning_rate_schedule(config, step_batch: int, steps_per_epoch: int) -> optax.Schedule:
+  """`config` is `config.optim`; the schedule counts optimizer steps, `steps_per_epoch` of
+  them an epoch, each of `step_batch` clips (`data.batch_size` x `grad_accum_steps`)."""
+  peak = config.base_lr * step_batch / config.base_batch
   total = max(1, int(config.epochs * steps_per_epoch))
   warmup = int(config.warmup_epochs * steps_per_epoch)
   if config.schedule == 'cosine':
@@ -102,12 +107,50 @@ def make_optimizer(config, schedule: optax.Schedule, params,
   if frozen_paths:
     parts.append(optax.masked(optax.set_to_zero(), flax.traverse_util.unflatten_dict(
         {path: path in frozen_paths for path in flat})))
-  if config.clip_norm:
-    parts.append(clip_by_global_norm(config.clip_norm))
-  tx = optax.chain(*parts, base) if parts else base
   if config.grad_accum_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)
-  return tx
+    parts.append(accumulate(base, config.grad_accum_steps, config.clip_norm))
+  else:
+    parts += [clip_by_global_norm(config.clip_norm)] if config.clip_norm else []
+    parts.append(base)
+  return optax.chain(*parts) if len(parts) > 1 else parts[0]
+
+
+class AccumulateState(NamedTuple):
+  micro_step: jax.Array  # micro-batches summed since the last update
+  total: Any             # their gradients / every, clipped after each addition
+  inner: Any             # the inner optimizer's state
+
+
+def accumulate(inner: optax.GradientTransformation, every: int,
+               clip_norm: float) -> optax.GradientTransformation:
+  """Gradient accumulation as GSM's `main.py` does it (`--iter_size`): each micro-batch's
+  gradient / `every` is added to a running total, which is clipped to `clip_norm` after every
+  addition (GSM clips inside its loop, after each backward); every `every`-th micro-batch
+  `inner` updates with the total, and the updates are zero in between."""
+  clip = clip_by_global_norm(clip_norm) if clip_norm else None
+
+  def init(params):
+    return AccumulateState(jnp.zeros([], jnp.int32), jax.tree_util.tree_map(jnp.zeros_like, params),
+                           inner.init(params))
+
+  def update(grads, state, params=None):
+    total = jax.tree_util.tree_map(lambda t, g: t + g.astype(t.dtype) / every, state.total, grads)
+    if clip is not None:
+      total, _ = clip.update(total, optax.EmptyState())
+
+    def apply(_):
+      updates, inner_state = inner.update(total, state.inner, params)
+      updates = jax.tree_util.tree_map(lambda u, t: u.astype(t.dtype), updates, total)
+      return updates, AccumulateState(jnp.zeros([], jnp.int32),
+                                      jax.tree_util.tree_map(jnp.zeros_like, total), inner_state)
+
+    def wait(_):
+      return (jax.tree_util.tree_map(jnp.zeros_like, total),
+              AccumulateState(state.micro_step + 1, total, state.inner))
+
+    return jax.lax.cond(state.micro_step == every - 1, apply, wait, None)
+
+  return optax.GradientTransformation(init, update)
 
 
 def global_norm(tree) -> jax.Array:

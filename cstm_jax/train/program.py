@@ -79,16 +79,25 @@ def make_mesh(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.M
   return mesh
 
 
+def optimizer_steps_per_epoch(config: ml_collections.ConfigDict, train_size: int) -> int:
+  """Optimizer steps in one pass over `train_size` clips: each takes `optim.grad_accum_steps`
+  train steps of `data.batch_size` clips (at least 1)."""
+  batches = train_size // config.data.batch_size
+  return max(1, batches // config.optim.grad_accum_steps)
+
+
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
           steps_per_epoch: int = NO_DATASET_STEPS_PER_EPOCH) -> Program:
   """The program of `config` (finished: `config.finish`) on `mesh`; `steps_per_epoch` (the
-  training split's batches) sets the schedule's length."""
+  optimizer steps in an epoch of the training split, `optimizer_steps_per_epoch`) sets the
+  schedule's length."""
   finish.require(config)
   model = build_model(config.model)
   input_norm = zoo.BACKBONES[config.model.backbone].input_norm
   data = config.data
   clips_shape = (data.batch_size, data.num_frames, data.crop, data.crop, 3)
-  schedule = optim.learning_rate_schedule(config.optim, data.batch_size, steps_per_epoch)
+  schedule = optim.learning_rate_schedule(
+      config.optim, data.batch_size * config.optim.grad_accum_steps, steps_per_epoch)
   variables = abstract_variables(model, _one_clip(clips_shape))
   params = variables['params']
   tx = optim.make_optimizer(config.optim, schedule, params,
