@@ -98,6 +98,23 @@ def test_a_run_stopped_anywhere_resumes_to_the_uninterrupted_result(prepared_ssv
   assert report['stops'], report  # at least one landed before the run ended
 
 
+def test_a_run_resumed_between_accumulated_batches_ends_as_the_uninterrupted_one(prepared_ssv2,
+                                                                                 tmp_path):
+  # GSM's recipe sums two batches' gradients per optimizer step: a run that stops after the
+  # first of them (step 3) saves the running sum with the state, and resumes to the same result.
+  overrides = dict(optim__grad_accum_steps=2, train__checkpoint_every_steps=3,
+                   train__eval_every_epochs=1000.0)
+  experiment.run(smoke(ssv2_r2plus1d_18, prepared_ssv2[0], train__max_steps=6, **overrides),
+                 tmp_path / 'straight')
+  for steps in (3, 6):
+    experiment.run(smoke(ssv2_r2plus1d_18, prepared_ssv2[0], train__max_steps=steps,
+                         **overrides), tmp_path / 'resumed')
+  (step, straight), (resumed_step, resumed) = (chaos.final_params(tmp_path / 'straight'),
+                                               chaos.final_params(tmp_path / 'resumed'))
+  assert step == resumed_step == 6
+  assert all(np.array_equal(a, b) for a, b in zip(straight, resumed)) and len(straight) > 10
+
+
 # The smoke run's model and schedule (the classes and steps per epoch of its dataset): the tests
 # below reuse its compiled initial state and eight-device train step from the compile cache.
 SMOKE_CLASSES = len(synthetic.class_names())
