@@ -57,14 +57,18 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
           for k, v in local_batch.items()}
 
 
-def check_batch(global_size: int, mesh: Mesh, what: str = 'batch') -> None:
+def check_batch(global_size: int, mesh: Mesh, what: str = 'batch', *,
+                key: str = 'data.batch_size') -> None:
+  """Refuses a global batch (config key `key`) that the data axis or the processes cannot split."""
   data_axis = mesh.shape['data']
   if global_size % data_axis:
     raise ConfigError(f'global {what} size {global_size} is not divisible by the {data_axis} '
-                     f'devices of the data axis ({jax.device_count()} devices in all)')
+                      f'devices of the data axis ({jax.device_count()} devices in all): set '
+                      f'--config.{key} to a multiple of {data_axis}')
   if global_size % jax.process_count():
     raise ConfigError(f'global {what} size {global_size} does not split over '
-                     f'{jax.process_count()} processes')
+                      f'{jax.process_count()} processes: set --config.{key} to a multiple of '
+                      f'{jax.process_count()}')
 
 
 def to_host(x) -> np.ndarray:

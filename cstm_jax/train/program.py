@@ -75,7 +75,8 @@ def make_mesh(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.M
   axis, after checking that both batch sizes split over its data axis."""
   mesh = sharding.make_mesh(config.mesh.model, devices)
   sharding.check_batch(config.data.batch_size, mesh)
-  sharding.check_batch(config.data.eval_batch_size, mesh, 'evaluation batch')
+  sharding.check_batch(config.data.eval_batch_size, mesh, 'evaluation batch',
+                       key='data.eval_batch_size')
   return mesh
 
 
