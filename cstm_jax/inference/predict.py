@@ -267,7 +267,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
          "'2x3full' (crops of the test scale) ... (docs/training.md).")
   define('integer', 'topk', 5, 'Classes to list.', lower_bound=1)
   define('bool', 'json', False, 'Print JSON instead of a table.')
-  define('string', 'out', 'predictions.csv', 'The CSV for a folder of videos (local or gs://); written whole at the end.')
+  define('string', 'out', 'predictions.csv',
+         'The CSV for a folder of videos (local or gs://); written whole at the end.')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
