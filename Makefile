@@ -185,4 +185,4 @@ device-wheels: $(INSTALLED)
 	du -sh .whl
 
 clean:
-	rm -rf $(VENV) $(FLOOR) $(IMAGE) .pytest_cache .jax_cache runs/demo runs/chaos data/demo
+	rm -rf $(VENV) $(FLOOR) $(IMAGE) .pytest_cache .jax_cache runs/demo runs/chaos runs/chaos_early data/demo
