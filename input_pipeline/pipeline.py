@@ -149,7 +149,6 @@ def _finish(dataset: grain.MapDataset, config) -> grain.IterDataset:
   if config.num_workers > 0:
     if not flags.FLAGS.is_parsed():  # grain reads absl flags; scripts without absl.app lack them
       flags.FLAGS.mark_as_parsed()
-    worker_pools.refuse_in_bootstrapping_child()
     worker_pools.check_spawnable('the loader', in_process='data.num_workers=0')
     iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.num_workers, per_worker_buffer_size=config.prefetch),

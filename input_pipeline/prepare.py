@@ -37,7 +37,6 @@ def prepare(dataset: str, manual_dir, data_dir, *, workers=None, short_side=None
   if dataset not in builders.BUILDERS:
     raise ConfigError(f'unknown dataset {dataset!r}; choose one of {sorted(builders.BUILDERS)}')
   if workers != 1:  # before anything is written: workers that cannot start fail now
-    worker_pools.refuse_in_bootstrapping_child()
     worker_pools.check_spawnable('prepare', in_process='workers=1 (--workers 1)')
   tfds.disable_progress_bar()  # one progress line, ours, per split (TFDS's own bars redraw)
   manual_dir = pathlib.Path(paths.expand(manual_dir))

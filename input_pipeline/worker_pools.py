@@ -44,7 +44,7 @@ class WorkerDied(UserError):
   """A worker process died on its own (not of a stop request)."""
 
 
-def refuse_in_bootstrapping_child() -> None:
+def _refuse_in_bootstrapping_child() -> None:
   """Ends this process quietly when it is a spawned worker still importing the parent's main
   module, i.e. re-running an unguarded script's top level, which is about to start workers of its
   own (Python would refuse with a traceback in every worker). The parent reports it once."""
@@ -54,8 +54,10 @@ def refuse_in_bootstrapping_child() -> None:
 
 def check_spawnable(what: str, *, in_process: str) -> None:
   """Refuses, in one line, to start workers that cannot import the caller's main module: a script
-  read from standard input (`python - <<EOF`), which spawned workers look for as a file.
-  `in_process`: the setting that does the work without workers."""
+  read from standard input (`python - <<EOF`), which spawned workers look for as a file. In a
+  spawned worker re-running an unguarded script, ends that worker quietly instead. `in_process`:
+  the setting that does the work without workers. Callers check before they write anything."""
+  _refuse_in_bootstrapping_child()
   main = sys.modules.get('__main__')
   path = getattr(main, '__file__', None)
   if getattr(main, '__spec__', None) is None and path and not os.path.exists(path):
@@ -98,7 +100,6 @@ def imap(function: Callable, jobs: Iterable, *, workers: int, what: str,
         raise _stopped(what, done, len(jobs))
       yield function(job)
     return
-  refuse_in_bootstrapping_child()
   check_spawnable(what, in_process='workers=1 (--workers 1)')
   executor = concurrent.futures.ProcessPoolExecutor(
       workers, mp_context=multiprocessing.get_context('spawn'),

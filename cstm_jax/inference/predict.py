@@ -190,28 +190,25 @@ def weights_fingerprint(variables) -> str:
 UNFINISHED_MARK = '# cstm-predict unfinished: '
 
 
-def _unfinished_rows(unfinished, settings: dict, header: list[str],
-                     names: list[str]) -> list[list[str]]:
-  """The rows a stopped prediction with the same `settings` left in `unfinished`; [] (and a line
-  saying why) when there is none to resume."""
+def _unfinished_rows(unfinished, settings: dict, header: list[str]) -> list[list[str]]:
+  """The rows a stopped prediction with the same `settings` left in `unfinished` (written in the
+  order of the videos their settings name); [] and a line saying why when there are none."""
   if not unfinished.exists():
     return []
+  mark, _, table = unfinished.read_text().partition('\n')
   try:
-    mark, table = unfinished.read_text().split('\n', 1)
-    left = json.loads(mark.removeprefix(UNFINISHED_MARK)) if mark.startswith(UNFINISHED_MARK) \
-        else None
-    rows = list(csv.reader(io.StringIO(table)))
-  except (OSError, ValueError) as e:
-    left, rows = None, []
-    print(f'{unfinished}: unreadable ({e})', file=sys.stderr)
-  if left != settings or not rows or rows[0] != header or len(rows) - 1 > len(names) or \
-      [row[0] for row in rows[1:]] != names[:len(rows) - 1]:
-    differ = (', '.join(k for k in settings if (left or {}).get(k) != settings[k])
-              if isinstance(left, dict) else 'an unknown format')
-    print(f'{unfinished}: left by a stopped prediction with other {differ or "columns"}; '
-          'predicting every video again', file=sys.stderr)
-    return []
-  return rows[1:]
+    left = json.loads(mark.removeprefix(UNFINISHED_MARK))
+  except ValueError:
+    left = None
+  rows = list(csv.reader(io.StringIO(table)))
+  if left == settings and rows[:1] == [header]:
+    return rows[1:]
+  differ = (', '.join(k for k in settings if left.get(k) != settings[k])
+            if isinstance(left, dict) else '')
+  print(f'{unfinished}: ' + (f'left by a stopped prediction with other {differ}' if differ else
+                             'not the rows of a stopped prediction') +
+        '; predicting every video again', file=sys.stderr)
+  return []
 
 
 def predict_folder(predictor: Predictor, videos, topk: int, out, *,
@@ -227,7 +224,7 @@ def predict_folder(predictor: Predictor, videos, topk: int, out, *,
               + hashlib.sha256('\n'.join(names).encode()).hexdigest()[:16]}
   header = ['video'] + [c for i in range(1, topk + 1)
                         for c in (f'class_{i}', f'probability_{i}')] + ['error']
-  rows = _unfinished_rows(unfinished, settings, header, names)
+  rows = _unfinished_rows(unfinished, settings, header)
   if rows:
     print(f'resuming {unfinished}: {len(rows)} of {len(videos)} videos were predicted before '
           'its stop', file=sys.stderr)

@@ -227,12 +227,12 @@ def _train_and_evaluate(config, workdir, mesh, class_names, main_process) -> dic
         if main_process:
           logging.info('final %s', evaluation.summary_line(results))
         if stops.agreed():  # a stop while process 0 wrote the results and plots
-          stopping.check('')
+          stopping.check('during the final evaluation')
       run_checkpoints.wait()
       run_checkpoints.close()
       if main_process:
         plots.training_curves(read_metrics(workdir), workdir / 'training_curves.png')
-        stopping.check('')
+        stopping.check('during the final evaluation')
         (workdir / 'final_metrics.json').write_text(json.dumps(
             {v: _scalars(r) for v, r in final.items()}, indent=1))
     except stopping.Stopped:

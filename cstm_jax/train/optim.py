@@ -127,16 +127,14 @@ def accumulate(inner: optax.GradientTransformation, every: int,
   gradient / `every` is added to a running total, which is clipped to `clip_norm` after every
   addition (GSM clips inside its loop, after each backward); every `every`-th micro-batch
   `inner` updates with the total, and the updates are zero in between."""
-  clip = clip_by_global_norm(clip_norm) if clip_norm else None
-
   def init(params):
     return AccumulateState(jnp.zeros([], jnp.int32), jax.tree_util.tree_map(jnp.zeros_like, params),
                            inner.init(params))
 
   def update(grads, state, params=None):
     total = jax.tree_util.tree_map(lambda t, g: t + g.astype(t.dtype) / every, state.total, grads)
-    if clip is not None:
-      total, _ = clip.update(total, optax.EmptyState())
+    if clip_norm:
+      total = clipped(total, clip_norm)
 
     def apply(_):
       updates, inner_state = inner.update(total, state.inner, params)
@@ -160,17 +158,16 @@ def global_norm(tree) -> jax.Array:
   return jnp.sqrt(jnp.sum(jnp.square(jnp.concatenate(leaves))))
 
 
+def clipped(tree, max_norm: float):
+  """`tree` scaled by max_norm / its `global_norm` when that norm exceeds max_norm."""
+  norm = global_norm(tree)
+  clip = lambda u: jnp.where(norm < max_norm, u, (u / norm.astype(u.dtype)) * max_norm)
+  return jax.tree_util.tree_map(clip, tree)
+
+
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
-  """optax.clip_by_global_norm with `global_norm`: updates scaled by max_norm / norm when the
-  norm exceeds max_norm."""
-
-  def update(updates, state, params=None):
-    del params
-    norm = global_norm(updates)
-    clip = lambda u: jnp.where(norm < max_norm, u, (u / norm.astype(u.dtype)) * max_norm)
-    return jax.tree_util.tree_map(clip, updates), state
-
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+  """optax.clip_by_global_norm with `global_norm` (`clipped`)."""
+  return optax.stateless(lambda updates, params=None: clipped(updates, max_norm))
 
 
 def current_learning_rate(schedule, step, grad_accum_steps: int = 1) -> jax.Array:
