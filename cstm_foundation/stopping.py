@@ -3,7 +3,7 @@
 How a stop arrives: Ctrl-C sends SIGINT to the terminal's whole foreground process group; a
 preempted VM's shutdown, `scancel --signal=TERM` and a SLURM requeue send SIGTERM to every
 process, loader workers included; a scheduler may also signal the main process alone. Every
-command runs under `handled()` (`errors.run_main`; `main.py` installs it first of all), which
+command runs under `handled()` (`commands.run_main`; `main.py` installs it first of all), which
 turns the first SIGTERM or SIGINT into a request: a flag the command checks at its safe points
 (`requested`, `check`), where it saves what it can and raises `Stopped`. `run_main` prints the
 `Stopped` message as the command's last line and exits with status 0 when nothing was lost (the

@@ -16,7 +16,7 @@ import numpy as np
 from absl import flags, logging
 
 from cstm_foundation import cli_flags, logs
-from cstm_foundation.errors import run_main
+from cstm_foundation.commands import run_main
 from cstm_jax.analysis import class_gains
 from cstm_jax.config import loader, zoo
 from cstm_jax.train.writer import read_metrics

@@ -18,7 +18,8 @@ import sys
 from absl import app, flags, logging
 
 from cstm_foundation import stopping
-from cstm_foundation.errors import debugging, run_main
+from cstm_foundation.errors import debugging
+from cstm_foundation.commands import run_main
 from cstm_jax.config import loader
 from cstm_jax.distributed import launch, liveness
 

@@ -30,7 +30,7 @@ import numpy as np
 from absl import flags
 
 from cstm_foundation import cli_flags, paths
-from cstm_foundation.errors import run_main
+from cstm_foundation.commands import run_main
 from input_pipeline import conventions, pipeline, prepare, sampling, synthetic, transforms
 
 # Synthetic video height per background: texture clips at SSv2's own 240 px (prepare resizes the

@@ -20,7 +20,8 @@ from absl import flags, logging
 from tensorflow_datasets.core.constants import INCOMPLETE_PREFIX
 
 from cstm_foundation import cli_flags, paths
-from cstm_foundation.errors import ConfigError, MissingFile, first_line, run_main
+from cstm_foundation.errors import ConfigError, MissingFile, first_line
+from cstm_foundation.commands import run_main
 from input_pipeline import builders, worker_pools
 
 REPORT = 'prepare_report.json'

@@ -31,7 +31,7 @@ import numpy as np
 from absl import flags
 
 from cstm_foundation import cli_flags, paths
-from cstm_foundation.errors import run_main
+from cstm_foundation.commands import run_main
 from cstm_foundation.progress import Progress
 from input_pipeline import labels, video_io, worker_pools
 

@@ -2,6 +2,7 @@
 parsing and the HLO reading behind the report."""
 import gzip
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -138,6 +139,22 @@ def test_cli_reports_a_step_that_does_not_fit(tmp_path):
   assert row['fits'] is False and row['per_device_batch'] == 4096
   assert row['memory_gib'] == float(needed) > 16
   assert '| tpu:v5e:2x2 | 4 (1) | eval |' in result.stdout
+
+
+def test_a_second_deviceless_compile_is_quiet_and_leaves_the_cache_alone(tmp_path):
+  """A deviceless program cannot be read back from JAX's persistent cache (no device client):
+  the second of two identical runs printed JAX's 'Error reading persistent compilation cache
+  entry' warning. The compiles stay out of the cache; the cache folder stays empty."""
+  cache = tmp_path / 'cache'
+  env = {**os.environ, 'CSTM_COMPILE_CACHE': str(cache)}
+  for run in range(2):
+    result = subprocess.run([
+        sys.executable, '-m', 'cstm_jax.analysis.aot', '--config=configs/ssv2_8f.py:smoke',
+        '--config.model.num_classes=174', '--target=tpu:v5e:2x2', '--steps=eval'
+    ], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert 'Warning' not in result.stderr and 'cache' not in result.stderr, (run, result.stderr)
+  assert not cache.exists() or not any(cache.iterdir())
 
 
 def test_cli_refuses_a_batch_that_does_not_split_a_bad_target_and_no_class_count():

@@ -186,7 +186,7 @@ def test_predict_applies_overrides_to_the_run_config(tmp_path, capsys):
   (run / 'classes.json').write_text(json.dumps(['a', 'b', 'c']))
   video = tmp_path / 'clip.webm'
   video.write_bytes(b'')
-  from cstm_foundation.errors import run_main
+  from cstm_foundation.commands import run_main
   assert run_main(predict.main, ['--workdir', str(run), '--video', str(video),
                                  f'--config={run}/config.json',
                                  '--config.model.num_classes=5']) == 1

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from cstm_foundation import errors
+from cstm_foundation import commands
 from input_pipeline import builders, labels, prepare, synthetic, video_io  # noqa: F401
 
 
@@ -211,11 +211,11 @@ def test_malformed_annotations_stop_with_the_file_named(synthetic_ssv2, tmp_path
   shutil.copytree(synthetic_ssv2[0], src, ignore=shutil.ignore_patterns('*.webm'))
   bad = src / 'something-something-v2-validation.json'
   bad.write_text('{"id": "1"}')
-  code = errors.run_main(prepare.main, ['--dataset', 'ssv2', '--manual_dir', str(src),
+  code = commands.run_main(prepare.main, ['--dataset', 'ssv2', '--manual_dir', str(src),
                                          '--data_dir', str(tmp_path / 'data'), '--workers', '1'])
   assert code == 1
   assert f'{bad}: expected a list' in capsys.readouterr().err
   (src / 'something-something-v2-labels.json').write_text('not json')
-  assert errors.run_main(prepare.main, ['--dataset', 'ssv2', '--manual_dir', str(src),
+  assert commands.run_main(prepare.main, ['--dataset', 'ssv2', '--manual_dir', str(src),
                                         '--data_dir', str(tmp_path / 'data')]) == 1
   assert 'something-something-v2-labels.json: not valid JSON' in capsys.readouterr().err

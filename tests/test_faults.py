@@ -21,7 +21,7 @@ from cstm_jax.config import finish, loader
 from cstm_jax.train import checkpoints, experiment, loop, train_state
 from cstm_jax.inference import convert, predict
 from cstm_jax.distributed import workdir_lock
-from cstm_foundation import errors, paths
+from cstm_foundation import commands, errors, paths
 from cstm_foundation.errors import ConfigError, UserError
 from cstm_jax.models.build import build_model
 from input_pipeline import labels, pipeline, prepare, records, video_io
@@ -250,7 +250,7 @@ def test_preparing_again_keeps_the_data_and_its_report(small_download, tmp_path,
   assert not leftover.exists()
 
   # Other options: refused with the difference named, or rebuilt when asked.
-  assert errors.run_main(prepare.main, args[:-1] + ['40']) == 1
+  assert commands.run_main(prepare.main, args[:-1] + ['40']) == 1
   assert f'{folder} was prepared with other options (short_side 32 then, 40 now): pass ' \
          '--rebuild' in capsys.readouterr().err
   assert prepare.main(args[:-1] + ['40', '--rebuild']) == 0
@@ -265,7 +265,7 @@ def test_a_video_id_listed_twice_stops_before_any_decoding(small_download, tmp_p
     video.write_bytes(b'')  # were anything decoded, it would be reported as empty instead
   args = ['--dataset', 'ssv2', '--manual_dir', str(small_download), '--data_dir',
           str(tmp_path / 'data'), '--workers', '1']
-  assert errors.run_main(prepare.main, args) == 1
+  assert commands.run_main(prepare.main, args) == 1
   assert (f"error: {path}: 1 video ids occur more than once: {train[2]['id']} "
           in capsys.readouterr().err)
 
@@ -368,7 +368,7 @@ def test_predict_checks_its_arguments_before_loading_anything(tmp_path, capsys):
   weights = tmp_path / 'weights'
   checkpoints.save_variables(weights, {'params': {'head': {'kernel': np.ones((4, 3))}}})
   truncate(weights / '_METADATA', 20)
-  assert errors.run_main(predict.main, ['--checkpoint', str(weights), '--config',
+  assert commands.run_main(predict.main, ['--checkpoint', str(weights), '--config',
                                         'configs/ssv2_8f.py:smoke', '--video', str(video)]) == 1
   assert f'error: {weights}: not a readable variables checkpoint' in capsys.readouterr().err
 

@@ -17,7 +17,7 @@ from torch_reference import reference_normalise
 from cstm_jax.train import checkpoints, experiment, loop
 from cstm_jax.config import loader
 from cstm_jax.inference import convert, export, predict
-from cstm_foundation import errors
+from cstm_foundation import commands
 from cstm_jax.train.steps import make_eval_step
 from input_pipeline import pipeline
 from runs import built
@@ -129,13 +129,13 @@ def test_predict_errors_are_clear(finetuned, tmp_path, capsys):
   assert predict.main(['--workdir', workdir, '--video', str(tmp_path / 'noise.webm')]) == 1
   assert 'noise.webm: cannot decode video' in capsys.readouterr().err
   # A converted checkpoint given with the config of another model.
-  assert errors.run_main(predict.main, [
+  assert commands.run_main(predict.main, [
       '--checkpoint', str(finetuned['root'] / 'pretrained'), '--config',
       str(ROOT / 'configs' / 'ssv2_tsm_resnet50.py'), '--video', str(tmp_path / 'noise.webm')]) == 1
   err = capsys.readouterr().err
   assert 'does not match the model of config' in err and 'missing' in err
   # A run's checkpoint read with another model's config.
-  assert errors.run_main(predict.main, [
+  assert commands.run_main(predict.main, [
       '--workdir', workdir, '--config', str(ROOT / 'configs' / 'ssv2_r2plus1d_18.py') + ':smoke',
       '--video', str(tmp_path / 'noise.webm')]) == 1
   err = capsys.readouterr().err

@@ -63,6 +63,41 @@ def test_the_foundation_imports_nothing_heavy():
   assert wrong_way('cstm_foundation', HEAVY) == {}
 
 
+# The foundation's modules in the one order their imports may run: each imports only modules
+# before it (a circle, as errors -> stopping -> logs -> errors was, cannot be drawn).
+FOUNDATION_ORDER = ('errors', 'paths', 'progress', 'cli_flags', 'logs', 'stopping', 'commands')
+
+
+def foundation_imports_against_the_order(root: pathlib.Path) -> dict[str, list[str]]:
+  """Modules of `root`/cstm_foundation that import one of the foundation at or after their own
+  place in FOUNDATION_ORDER (or that the order does not name)."""
+  found = {}
+  for path in sorted((root / 'cstm_foundation').glob('*.py')):
+    if path.stem == '__init__':
+      continue
+    if path.stem not in FOUNDATION_ORDER:
+      found[path.stem] = ['(not in FOUNDATION_ORDER)']
+      continue
+    below = FOUNDATION_ORDER[:FOUNDATION_ORDER.index(path.stem)]
+    used = {n.split('.')[1] for n in imported_packages(path) if n.startswith('cstm_foundation.')}
+    bad = sorted(n for n in used if n not in below)
+    if bad:
+      found[path.stem] = bad
+  return found
+
+
+def test_the_foundation_imports_one_way():
+  assert foundation_imports_against_the_order(ROOT) == {}
+
+
+def test_the_foundation_check_sees_a_circle(tmp_path):
+  folder = tmp_path / 'cstm_foundation'
+  folder.mkdir()
+  (folder / 'errors.py').write_text('def f():\n  from cstm_foundation import stopping\n')
+  (folder / 'stopping.py').write_text('from cstm_foundation.errors import UserError\n')
+  assert foundation_imports_against_the_order(tmp_path) == {'errors': ['stopping']}
+
+
 def test_every_folder_imports_only_what_its_rule_allows():
   for folder, allowed in RULES.items():
     own = folder.replace('/', '.')

@@ -16,7 +16,7 @@ from cstm_jax.analysis import class_gains
 from cstm_jax import demo
 from cstm_jax.distributed import sharding
 from conftest import SYNTHETIC
-from cstm_foundation import errors
+from cstm_foundation import commands
 from input_pipeline import synthetic
 from runs import smoke
 from tools import chaos
@@ -194,7 +194,7 @@ def test_compare_plots_the_classes_that_improve_most(tmp_path, capsys):
                                   'Holding something still')]
   assert order == sorted(order) and '+60.0' in out
   assert (tmp_path / 'cstm' / 'eval' / 'gains_over_tsn.png').stat().st_size > 1000
-  assert errors.run_main(class_gains.main, [str(tmp_path / 'tsn'), str(tmp_path / 'missing')]) == 1
+  assert commands.run_main(class_gains.main, [str(tmp_path / 'tsn'), str(tmp_path / 'missing')]) == 1
 
 
 def test_pair_accuracy_reads_the_time_reversed_pairs():

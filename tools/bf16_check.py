@@ -20,7 +20,7 @@ import optax
 from absl import flags
 
 from cstm_foundation import cli_flags, paths
-from cstm_foundation.errors import run_main
+from cstm_foundation.commands import run_main
 from cstm_jax.config import finish, loader
 from cstm_jax.distributed import sharding
 from cstm_jax.train import program as program_lib, train_state

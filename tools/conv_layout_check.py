@@ -24,7 +24,7 @@ import optax
 from absl import flags
 
 from cstm_foundation import cli_flags, paths
-from cstm_foundation.errors import run_main
+from cstm_foundation.commands import run_main
 from cstm_jax.analysis import benchmark
 from cstm_jax.config.zoo import MODELS
 from cstm_jax.distributed import sharding

@@ -48,7 +48,8 @@ from typing import Optional
 from absl import flags
 
 from cstm_foundation import cli_flags, paths
-from cstm_foundation.errors import first_line, run_main
+from cstm_foundation.errors import first_line
+from cstm_foundation.commands import run_main
 from input_pipeline import workers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

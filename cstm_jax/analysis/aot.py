@@ -8,8 +8,9 @@ here, and report whether they fit, what they cost and what they communicate.
 The steps are main.py's: the same model, optimizer, state shardings and mesh (`config.mesh`)
 with the config's global batch (`config.data.batch_size`, `config.data.eval_batch_size`). Per
 target and step it reports devices and hosts, global and per-device batch, compile seconds
-(with the persistent compilation cache on, as for every command, a repeated run loads its
-programs; `compile_cache` says which, and `--config.xla.cache_dir=off` times cold compiles),
+(always cold: a program compiled for devices that are not here cannot be loaded back from JAX's
+persistent compilation cache, as jax 0.11 and 0.12 load an entry through a device client, so
+these compiles are kept out of it instead of writing entries that a second run fails to read),
 per-device memory (arguments, outputs, temporaries) against the device's memory (a TPU chip's
 HBM; on a GPU the 75% JAX's allocator takes by default), whether it fits, the largest per-device
 batch that fits (bisection up to `--max_batch`; 0 skips it), FLOPs per clip (XLA's cost analysis;
@@ -37,7 +38,8 @@ from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cstm_foundation import cli_flags, paths
-from cstm_foundation.errors import ConfigError, run_main
+from cstm_foundation.errors import ConfigError
+from cstm_foundation.commands import run_main
 from cstm_jax.analysis import aot_targets as target_specs, hlo_stats
 from cstm_jax.config import finish, loader
 from cstm_jax.config.zoo import name_of
@@ -152,10 +154,15 @@ def analyse(config, target: target_specs.Target, steps=STEPS, *, max_batch: int 
   mesh = sharding.make_mesh(config.mesh.model, devices)
   hosts = len({d.process_index for d in devices})
   limit = target_specs.memory_limit_bytes(target, devices[0])
-  return [
-      _analyse_step(config, target, step, mesh=mesh, devices=devices, hosts=hosts, limit=limit,
-                    max_batch=max_batch, hlo_dir=hlo_dir, log=log) for step in steps
-  ]
+  # Deviceless: the cache would keep entries that no later run can read (JAX warns "Error
+  # reading persistent compilation cache entry ... PjRtCompiler must be constructed with a
+  # Client to call DeserializeLoadedExecutable" and compiles again).
+  with compile_cache.using(compile_cache.OFF):
+    return [
+        _analyse_step(config, target, step, mesh=mesh, devices=devices, hosts=hosts,
+                      limit=limit, max_batch=max_batch, hlo_dir=hlo_dir, log=log)
+        for step in steps
+    ]
 
 
 def _analyse_step(config, target, step, *, mesh, devices, hosts, limit, max_batch, hlo_dir,
@@ -170,8 +177,7 @@ def _analyse_step(config, target, step, *, mesh, devices, hosts, limit, max_batc
   lower = step_builder(config, mesh, step)
   log(f'{target.spec}: compiling the {step} step for {len(devices)} x {devices[0].device_kind} '
       f'({hosts} host{"s" * (hosts > 1)}), global batch {global_batch} ...')
-  with compile_cache.CompileCounter() as compiled:
-    result = compile_at(lower, global_batch)
+  result = compile_at(lower, global_batch)
   row = {
       'target': target.spec, 'platform': target.platform, 'device_kind': devices[0].device_kind,
       'devices': len(devices), 'hosts': hosts, 'step': step,
@@ -179,7 +185,6 @@ def _analyse_step(config, target, step, *, mesh, devices, hosts, limit, max_batc
       'frames': config.model.num_frames,
       'crop': config.data.crop, 'dtype': config.model.dtype, 'global_batch': global_batch,
       'per_device_batch': global_batch // data_devices, 'compile_s': round(result.seconds, 1),
-      'compile_cache': compiled.describe(),
       'limit_gib': round(limit / GiB, 2),
   }
   row.update(_memory_columns(result, limit))
@@ -332,7 +337,6 @@ def main(argv=None) -> int:
     cli_flags.fail(f'--steps {",".join(args.steps)}: choose from {", ".join(STEPS)}')
   log = lambda message: print(message, file=sys.stderr, flush=True)
   config = finish.without_data(args.config)
-  compile_cache.enable(compile_cache.config_setting(config))
   rows = []
   for target in parsed:
     try:

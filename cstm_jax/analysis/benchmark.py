@@ -39,7 +39,7 @@ import ml_collections
 from absl import flags
 
 from cstm_foundation import cli_flags, paths
-from cstm_foundation.errors import run_main
+from cstm_foundation.commands import run_main
 from cstm_foundation.progress import format_seconds
 from cstm_jax.analysis import hlo_stats
 from cstm_jax.analysis.summary import count_params

@@ -12,7 +12,8 @@ import numpy as np
 from absl import flags
 
 from cstm_foundation import cli_flags, paths
-from cstm_foundation.errors import ConfigError, MissingFile, run_main
+from cstm_foundation.errors import ConfigError, MissingFile
+from cstm_foundation.commands import run_main
 
 RESULT_PREFIXES = ('final', 'best', 'latest')
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from absl import flags
 
 from cstm_foundation import cli_flags
-from cstm_foundation.errors import run_main
+from cstm_foundation.commands import run_main
 from cstm_jax.config.defaults import model_config
 from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.analysis.flops import count_macs

@@ -32,7 +32,7 @@ from typing import Callable, Optional
 
 from absl import logging
 
-from cstm_foundation import errors, stopping
+from cstm_foundation import commands, stopping
 from cstm_foundation.errors import UserError, first_line
 
 EXIT_PEER_LOST = 75
@@ -206,7 +206,7 @@ class PeerWatch:
       threading.Event().wait()
     self._halt()
     stopping.flush_logs()
-    errors.report(error)
+    commands.report(error)
     self._settle(FAILED, first_line(error, 200))
     sys.stderr.flush()
     self._exit(1)

@@ -15,7 +15,8 @@ import numpy as np
 from absl import flags
 
 from cstm_foundation import cli_flags, paths
-from cstm_foundation.errors import BadFile, run_main
+from cstm_foundation.errors import BadFile
+from cstm_foundation.commands import run_main
 from cstm_jax.config import loader
 from cstm_jax.config.zoo import name_of
 from cstm_jax.models.torch_weights import convert_state_dict, load_state_dict

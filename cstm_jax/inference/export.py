@@ -26,7 +26,8 @@ import jax.numpy as jnp
 from absl import flags
 
 from cstm_foundation import cli_flags, paths
-from cstm_foundation.errors import ConfigError, run_main
+from cstm_foundation.errors import ConfigError
+from cstm_foundation.commands import run_main
 from cstm_jax.models.video import normalise
 from cstm_jax.config.zoo import name_of
 from cstm_jax.inference.predict import load_model_from_flags, parse_model_command

@@ -29,7 +29,8 @@ import numpy as np
 from absl import flags
 
 from cstm_foundation import cli_flags, paths, stopping
-from cstm_foundation.errors import ConfigError, run_main
+from cstm_foundation.errors import ConfigError
+from cstm_foundation.commands import run_main
 from cstm_foundation.progress import Progress
 from cstm_jax.config import finish, loader
 from cstm_jax.distributed import compile_cache, sharding
