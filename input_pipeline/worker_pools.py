@@ -1,8 +1,8 @@
 """The worker processes this project starts, and what their deaths mean.
 
-Two kinds: the pools of `prepare` and of the synthetic generator (`imap`: a spawn-context
-`ProcessPoolExecutor`, which fails once when a worker dies instead of starting new ones for ever
-as `multiprocessing.Pool` does), and grain's loader workers (`data.num_workers`), whose death
+Two kinds: the pools of `prepare` and of the synthetic generator (`imap`: spawned processes this
+module owns, which fail once when a worker dies instead of starting new ones for ever as
+`multiprocessing.Pool` does, and are joined however the pool ends), and grain's loader workers (`data.num_workers`), whose death
 grain reports as `RuntimeError('Worker process was terminated unexpectedly with exit code N')`
 (`loader_error` turns that into one line, or into a stop).
 
@@ -16,13 +16,13 @@ A death is one of three things, each reported in one line:
   the worker, its exit code and the likely cause.
 """
 import collections
-import concurrent.futures
 import multiprocessing
+import multiprocessing.connection
 import os
 import re
 import signal
 import sys
-from concurrent.futures.process import BrokenProcessPool
+import time
 from typing import Callable, Iterable, Iterator, Optional
 
 from cstm_foundation import stopping
@@ -67,13 +67,15 @@ def check_spawnable(what: str, *, in_process: str) -> None:
         f'{in_process}')
 
 
-def likely_cause(exitcode: Optional[int]) -> str:
-  """Why a worker process ends with `exitcode`, in the words a user can act on."""
+def likely_cause(exitcode: Optional[int], *,
+                 lower: str = 'data.num_workers or data.prefetch') -> str:
+  """Why a worker process ends with `exitcode`, in the words a user can act on; `lower`: the
+  settings that use less memory."""
   if exitcode is None:
     return 'it ended without an exit status'
   if exitcode == -signal.SIGKILL:
     return ('killed by SIGKILL: most often the out-of-memory killer (`dmesg` names it); give the '
-            'host more memory or lower data.num_workers or data.prefetch')
+            f'host more memory or lower {lower}')
   if exitcode == -signal.SIGSEGV:
     return 'a crash in native code (SIGSEGV), most often a video decoder on a damaged file'
   if exitcode in (-signal.SIGTERM, -signal.SIGINT):
@@ -86,83 +88,189 @@ def likely_cause(exitcode: Optional[int]) -> str:
 
 
 # --- Pools: prepare, the synthetic generator --------------------------------------------------
+#
+# The pool owns its worker processes: each is a spawned `multiprocessing.Process` with one pipe
+# to this process, and this process waits on the pipes and the processes' sentinels itself, in
+# the calling thread. No thread, queue or wakeup pipe is left behind, and every exit (done, an
+# error, a stop) ends and joins the workers before returning, so nothing is left to the
+# interpreter's exit hooks. (`concurrent.futures.ProcessPoolExecutor`, used before, leaves its
+# manager thread and wakeup pipe to `concurrent.futures.process._python_exit` when it is shut
+# down without waiting, as a stop must: CPython's race on that pipe, gh-125451, fixed in 3.12.8
+# and 3.13.1, then printed `OSError: [Errno 9] Bad file descriptor` after the stop's line on a
+# loaded machine.)
 
-def imap(function: Callable, jobs: Iterable, *, workers: int, what: str,
-         ordered: bool = True) -> Iterator:
+IN_FLIGHT = 2  # jobs sent to a worker ahead of its results: it never waits for the next one
+_POLL_S = 0.2  # how often a wait looks for a stop request
+
+
+def _serve(connection, function: Callable) -> None:
+  """A worker process: runs `function` on each (index, job) it receives, answering (index, True,
+  result) or (index, False, exception), until told to end (None) or its pipe closes."""
+  stopping.ignore_interrupts()
+  while True:
+    try:
+      message = connection.recv()
+    except (EOFError, OSError):
+      return
+    if message is None:
+      return
+    index, job = message
+    try:
+      reply = (index, True, function(job))
+    except Exception as error:  # raised again in the command, as the job's own error
+      reply = (index, False, error)
+    try:
+      connection.send(reply)
+    except (EOFError, OSError):
+      return
+    except Exception as error:  # an unpicklable result or exception
+      connection.send((index, False, RuntimeError(f'{type(error).__name__}: {error}')))
+
+
+class _Worker:
+
+  def __init__(self, context, function: Callable, number: int):
+    self.connection, theirs = context.Pipe()
+    self.process = context.Process(target=_serve, args=(theirs, function), daemon=True,
+                                   name=f'pool-worker-{number}')
+    self.process.start()
+    theirs.close()
+    self.jobs: collections.deque = collections.deque()  # indices sent, not yet answered
+    self.closed = False  # its end of the pipe closed (it exited or died)
+
+
+class _Pool:
+  """`workers` spawned processes running `function`; `close()` ends and joins them."""
+
+  def __init__(self, function: Callable, workers: int, *, what: str, total: int,
+               resumes: Optional[str]):
+    self.what, self.total, self.done, self.resumes = what, total, 0, resumes
+    context = multiprocessing.get_context('spawn')
+    self.workers: list[_Worker] = []
+    try:
+      for number in range(workers):
+        self.workers.append(_Worker(context, function, number))
+    except BaseException:
+      self.close(kill=True)
+      raise
+
+  def send(self, index: int, job) -> bool:
+    """Sends job `index` to the least busy worker; False when every worker has enough."""
+    worker = min(self.workers, key=lambda w: (w.closed, len(w.jobs)))
+    if worker.closed or len(worker.jobs) >= IN_FLIGHT:
+      return False
+    try:
+      worker.connection.send((index, job))
+    except OSError:  # it died: `receive` says how
+      worker.closed = True
+      return False
+    worker.jobs.append(index)
+    return True
+
+  def receive(self) -> list[tuple[int, object]]:
+    """The (index, result) pairs that arrive within one poll (often none); raises a job's
+    exception, a stop request, or a worker's death as what it means."""
+    if stopping.requested():
+      raise _stopped(self.what, self.done, self.total, self.resumes)
+    by_connection = {w.connection: w for w in self.workers}
+    by_sentinel = {w.process.sentinel: w for w in self.workers}
+    ready = multiprocessing.connection.wait([*by_connection, *by_sentinel], timeout=_POLL_S)
+    results = []
+    for connection in (r for r in ready if r in by_connection):
+      worker = by_connection[connection]
+      try:
+        index, ok, value = connection.recv()
+      except (EOFError, OSError):
+        worker.closed = True  # it died: its sentinel says how
+        continue
+      worker.jobs.remove(index)
+      if not ok:
+        raise value
+      results.append((index, value))
+    for sentinel in (r for r in ready if r in by_sentinel):
+      worker = by_sentinel[sentinel]
+      if not worker.closed and worker.connection.poll():
+        continue  # its last answers first, at the next call
+      worker.process.join()
+      raise _death(self.what, self.done, self.total, worker.process, self.resumes)
+    return results
+
+  def close(self, *, kill: bool = False, grace_s: float = 5.0) -> None:
+    """Ends every worker (asks them, or kills them when `kill`) and joins it."""
+    for worker in self.workers:
+      try:
+        if not kill and worker.process.is_alive():
+          worker.connection.send(None)
+      except OSError:
+        pass
+    deadline = time.monotonic() + (0 if kill else grace_s)
+    for worker in self.workers:
+      worker.process.join(max(0.0, deadline - time.monotonic()))
+      if worker.process.is_alive():
+        worker.process.kill()
+        worker.process.join()
+      worker.connection.close()
+      worker.process.close()
+    self.workers = []
+
+
+def imap(function: Callable, jobs: Iterable, *, workers: int, what: str, ordered: bool = True,
+         resumes: Optional[str] = None) -> Iterator:
   """`function(job)` for each of `jobs` in `workers` spawned processes (in this process when
   `workers` is 1), in the order of `jobs` (`ordered`) or as they finish. A stop request raises
-  `stopping.Stopped` naming `what` and how far it got (the caller may catch it to say more);
-  workers that cannot start, or one that dies, raise one line."""
+  `stopping.Stopped` naming `what` and how far it got; workers that cannot start, or one that
+  dies, raise one line. `resumes`: what the same command does after a stop, when the caller
+  keeps the results so far (the stop then loses nothing); without it, the work is lost.
+  However it ends, the workers are ended and joined before it returns."""
   jobs = list(jobs)
+  if not jobs:
+    return
   if workers <= 1:
     for done, job in enumerate(jobs):
       if stopping.requested():
-        raise _stopped(what, done, len(jobs))
+        raise _stopped(what, done, len(jobs), resumes)
       yield function(job)
     return
   check_spawnable(what, in_process='workers=1 (--workers 1)')
-  executor = concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=multiprocessing.get_context('spawn'),
-      initializer=stopping.ignore_interrupts)
-  pending = collections.deque()
-  queued = iter(jobs)
-  done = 0
+  pool = _Pool(function, min(workers, len(jobs)), what=what, total=len(jobs), resumes=resumes)
+  window = 4 * len(pool.workers)  # results held for the ordered output, at most
+  finished = False
   try:
-    for job in queued:  # a few jobs a worker in flight: bounded memory, busy workers
-      pending.append(executor.submit(function, job))
-      if len(pending) >= 4 * workers:
-        break
-    while pending:
-      future = _next_done(pending, ordered=ordered, what=what, done=done, total=len(jobs))
-      pending.remove(future)
-      try:
-        result = future.result()
-      except BrokenProcessPool:
-        raise _broken(what, done, len(jobs)) from None
-      done += 1
-      yield result
-      for job in queued:
-        pending.append(executor.submit(function, job))
-        break
+    sent, ready = 0, {}
+    while pool.done < len(jobs):
+      while sent < min(len(jobs), pool.done + window) and pool.send(sent, jobs[sent]):
+        sent += 1
+      ready.update(pool.receive())
+      while ready:
+        index = pool.done if ordered else next(iter(ready))
+        if index not in ready:
+          break
+        result = ready.pop(index)
+        pool.done += 1
+        yield result
+    finished = True
   finally:
-    for future in pending:
-      future.cancel()
-    executor.shutdown(wait=not stopping.requested(), cancel_futures=True)
-    if stopping.requested():  # workers killed by the group's signal are gone; any other goes
-      for child in multiprocessing.active_children():
-        child.kill()
+    pool.close(kill=not finished)
 
 
-def _next_done(pending, *, ordered: bool, what: str, done: int, total: int):
-  """The next future to take (the first of `pending`, or whichever finishes first), waited for
-  in polls that a stop request ends."""
-  candidates = [pending[0]] if ordered else pending
-  while True:
-    if stopping.requested():
-      raise _stopped(what, done, total)
-    finished, _ = concurrent.futures.wait(candidates, timeout=0.2,
-                                          return_when=concurrent.futures.FIRST_COMPLETED)
-    if finished:
-      return next(f for f in candidates if f in finished)
+def _stopped(what: str, done: int, total: int, resumes: Optional[str]) -> stopping.Stopped:
+  lost = resumes is None
+  return stopping.Stopped(stopping.message(f'{what} after {done} of {total}', lost=lost,
+                                           resumes=resumes or AGAIN), lost=lost)
 
 
-def _stopped(what: str, done: int, total: int) -> stopping.Stopped:
-  return stopping.Stopped(stopping.message(f'{what} after {done} of {total}', lost=True,
-                                           resumes=AGAIN), lost=True)
-
-
-def _broken(what: str, done: int, total: int) -> BaseException:
-  """The error for a pool whose worker died after `done` of `total` jobs."""
-  if stopping.worker_died_of_stop(-signal.SIGTERM):
-    return _stopped(what, done, total)
-  if done == 0:
+def _death(what: str, done: int, total: int, process, resumes: Optional[str]) -> BaseException:
+  """The error for a pool whose worker `process` died after `done` of `total` jobs."""
+  exitcode = process.exitcode
+  if stopping.worker_died_of_stop(exitcode):
+    return _stopped(what, done, total, resumes)
+  if done == 0 and (exitcode is None or exitcode > 0):
     return WorkersCannotStart(
         f'the worker processes of {what} died before doing any work: {GUARD_ADVICE}; or pass '
         'workers=1 (--workers 1) to work in this process')
   return WorkerDied(
-      f'a worker process of {what} died after {done} of {total} (killed, most often by the '
-      'out-of-memory killer: `dmesg` names it, or crashed in native code); run again with fewer '
-      'workers (--workers)')
+      f'worker process {process.pid} of {what} died after {done} of {total} with exit code '
+      f'{exitcode} ({likely_cause(exitcode, lower="--workers")}); {resumes or AGAIN}')
 
 
 # --- grain's loader workers -------------------------------------------------------------------

@@ -15,8 +15,32 @@ from input_pipeline import pipeline, worker_pools
 from test_pipeline import data_config
 from runs import ROOT
 
-SYNTHETIC = [sys.executable, '-m', 'input_pipeline.synthetic', '--train', '400', '--val', '0',
-             '--test', '0', '--workers', '2']
+SYNTHETIC_ARGS = ['--train', '400', '--val', '0', '--test', '0', '--workers', '2']
+SYNTHETIC = [sys.executable, '-m', 'input_pipeline.synthetic', *SYNTHETIC_ARGS]
+
+# The synthetic generator with CPython's race on a process pool's wakeup pipe (gh-125451, fixed
+# in 3.12.8 and 3.13.1) widened as a loaded machine widens it: the pipe's close waits 0.3 s, and
+# the exit hook's wakeup 0.6 s between its check and its write. A pool left to the exit hook
+# (`ProcessPoolExecutor.shutdown(wait=False)` at a stop) then prints `OSError: [Errno 9] Bad
+# file descriptor` after the stop's line, every time; a pool ended and joined cannot meet it.
+WIDENED_RACE = """import sys, time
+sys.path.insert(0, {root!r})
+import concurrent.futures.process as executor_module
+_close = executor_module._ThreadWakeup.close
+def close(self):
+  time.sleep(0.3)
+  _close(self)
+def wakeup(self):
+  if not self._closed:
+    if executor_module._global_shutdown:
+      time.sleep(0.6)
+    self._writer.send_bytes(b'')
+executor_module._ThreadWakeup.close = close
+executor_module._ThreadWakeup.wakeup = wakeup
+from input_pipeline import synthetic
+if __name__ == '__main__':
+  sys.exit(synthetic.cli())
+"""
 
 
 def run_and_signal(command, signals, *, after_s, between_s=0.3):
@@ -45,10 +69,14 @@ def _group(pgid: int) -> list[str]:
 def test_a_stop_of_the_whole_group_ends_a_pool_in_one_line(tmp_path, sig):
   # As a preempted VM (SIGTERM to every process) or Ctrl-C (SIGINT to the foreground group)
   # reach the synthetic generator and its two workers.
-  code, err, left = run_and_signal(SYNTHETIC + ['--out', str(tmp_path)], [sig], after_s=4)
+  script = tmp_path / 'synthetic_widened.py'
+  script.write_text(WIDENED_RACE.format(root=str(ROOT)))
+  out = tmp_path / 'videos'
+  code, err, left = run_and_signal([sys.executable, str(script), *SYNTHETIC_ARGS, '--out',
+                                    str(out)], [sig], after_s=4)
   last = err.strip().splitlines()[-1]
   assert code == 128 + sig and 'Traceback' not in err, err[-3000:]
-  assert last.startswith(f'Stopped writing synthetic videos to {tmp_path} after ') and \
+  assert last.startswith(f'Stopped writing synthetic videos to {out} after ') and \
       f'on request ({sig.name}); its unfinished work is lost: the same command starts it again' \
       in last, last
   assert left == []  # no worker outlives it
@@ -58,7 +86,7 @@ def test_a_second_ctrl_c_stops_at_once():
   # A command busy between its safe points (a long compile, a slow checkpoint write) and two
   # Ctrl-C a moment apart.
   code, err, left = run_and_signal([sys.executable, '-c', (
-      'from cstm_foundation.errors import run_main\nimport time\n'
+      'from cstm_foundation.commands import run_main\nimport time\n'
       'run_main(lambda: time.sleep(60), at_safe_points=True)')],
       [signal.SIGINT, signal.SIGINT], after_s=2)
   lines = err.strip().splitlines()
@@ -72,7 +100,7 @@ def test_a_second_ctrl_c_stops_at_once():
 def test_a_command_without_safe_points_stops_at_the_first_signal():
   # A benchmark or an export has no state to save: the first Ctrl-C ends it, in one line.
   code, err, _ = run_and_signal([sys.executable, '-c', (
-      'from cstm_foundation.errors import run_main\nimport time\n'
+      'from cstm_foundation.commands import run_main\nimport time\n'
       'run_main(lambda: time.sleep(60))')], [signal.SIGINT], after_s=2)
   assert code == 130 and 'Traceback' not in err, err
   assert err.strip() == 'Stopped on request (SIGINT); the command did not finish: run it again.'
