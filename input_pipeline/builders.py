@@ -1,12 +1,11 @@
 """TFDS builders (ArrayRecord, no TensorFlow) for SSv2, SSv1, Jester and generic video folders.
 
 One record per video: `frames` (JPEG bytes of every frame, short side resized), `label` and
-`id`; class names live in the dataset info. Videos are decoded in parallel worker processes;
-a video that cannot be read is skipped, counted and reported (`builder.skipped`), and the
-build carries on. The ArrayRecord shards are written uncompressed. Read back with
+`id`; class names live in the dataset info. Videos are decoded in parallel worker processes
+into resumable work shards (`encode`, `input_pipeline/prepare_work.py`), which TFDS then writes
+out; a video that cannot be read is skipped, counted and reported, and the build carries on. The ArrayRecord shards are written uncompressed. Read back with
 `tfds.data_source(name, data_dir=..., split=...)` or `input_pipeline.records`.
 """
-import collections
 import multiprocessing
 import os
 import pathlib
@@ -17,6 +16,7 @@ from absl import logging
 from array_record.python import array_record_module
 from tensorflow_datasets.core import file_adapters
 
+from cstm_foundation import stopping
 from cstm_foundation.progress import Progress
 from input_pipeline import labels, video_io, worker_pools
 
@@ -55,9 +55,9 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self._class_names = class_names
     self._short_side = self.DEFAULT_SHORT_SIDE if short_side is None else short_side
     self._workers = workers or multiprocessing.cpu_count()
-    self.skipped = []   # dicts: split, id, path, reason
     self.in_both_splits = []  # ids in the training and the validation split
-    self.stats = collections.Counter()
+    self.planned = {}  # `plan`'s, for the splits TFDS writes
+    self.work = None  # the decoded videos TFDS writes from (`prepare_work.Work`)
     kwargs.setdefault('file_format', 'array_record')
     super().__init__(**kwargs)
 
@@ -88,43 +88,52 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             'id': tfds.features.Text(),
         }))
 
-  def _split_generators(self, dl_manager):
-    manual_dir = dl_manager.manual_dir
+  def plan(self, manual_dir) -> dict[str, tuple[list, list]]:
+    """Per split with videos: (the entries to decode, the skipped ones as report rows: unknown
+    classes). Also notes the ids in both splits (`in_both_splits`)."""
     entries = {split: self.entries(manual_dir, split) for split in SPLITS}
     self.in_both_splits = labels.shared_ids(entries['train'], entries['validation'])
     if self.in_both_splits:
       logging.warning('%d videos are in both the training and the validation split (e.g. %s): '
                       'validation accuracy will be optimistic', len(self.in_both_splits),
                       ', '.join(self.in_both_splits[:5]))
-    return {split: self._generate_examples(split, items) for split, items in entries.items()
-            if items}
+    known = set(self._class_names)
+    planned = {}
+    for split, items in entries.items():
+      if items:
+        planned[split] = ([e for e in items if e.label in known],
+                          [skip_row(split, e, f'unknown class {e.label!r}') for e in items
+                           if e.label not in known])
+    return planned
 
-  def _skip(self, split, entry, reason):
-    self.skipped.append({'split': split, 'id': entry.video_id, 'path': str(entry.path),
-                         'reason': reason})
-    self.stats['skipped'] += 1
-
-  def _generate_examples(self, split, entries):
-    known = set(self.info.features['label'].names)
-    readable = []
-    for entry in entries:
-      if entry.label not in known:
-        self._skip(split, entry, f'unknown class {entry.label!r}')
-      else:
-        readable.append(entry)
-    jobs = [(e.path, self._short_side) for e in readable]
-    results = worker_pools.imap(_encode_video, jobs, workers=self._workers,
-                                what=f'preparing {self.name} {split} (videos)')
+  def encode(self, split: str, work, readable: list, *, resumes: str,
+             save_every_s: float) -> None:
+    """Decodes the videos `readable` of `split` in worker processes into `work`
+    (`prepare_work.Work`, a shard every `save_every_s`), taking up what it already holds."""
+    jobs = [(str(e.path), self._short_side) for e in readable]
+    what = f'preparing {self.name} {split}'
+    run = lambda todo: worker_pools.imap(_encode_video, todo, workers=self._workers,
+                                         what=f'{what} (videos)', resumes=resumes)
     with Progress(len(jobs), 'videos', f'{self.name} {split}') as bar:
-      for entry, result in zip(readable, results):
-        bar.update()
-        if isinstance(result, str):
-          self._skip(split, entry, result)
-          continue
-        self.stats['videos'] += 1
-        self.stats['frames'] += len(result)
-        self.stats['bytes'] += sum(map(len, result))
+      work.encode(split, jobs, run, label=what, progress=bar, save_every_s=save_every_s)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # the videos were decoded into `self.work` (`encode`)
+    return {split: self._generate_examples(split, readable)
+            for split, (readable, _) in self.planned.items()}
+
+  def _generate_examples(self, split, readable):
+    for entry, result in zip(readable, self.work.results(split)):
+      if stopping.requested():
+        raise stopping.Stopped(stopping.message(
+            f'writing the {self.name} dataset from {self.work.folder}',
+            resumes='the same command resumes'))
+      if not isinstance(result, str):
         yield entry.video_id, {'frames': result, 'label': entry.label, 'id': entry.video_id}
+
+
+def skip_row(split: str, entry, reason: str) -> dict:
+  return {'split': split, 'id': entry.video_id, 'path': str(entry.path), 'reason': reason}
 
 
 class SomethingSomethingV2(VideoBuilder):

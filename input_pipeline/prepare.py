@@ -1,13 +1,15 @@
 """Turns a downloaded dataset into a prepared TFDS dataset (ArrayRecord).
 
   python -m input_pipeline.prepare --dataset {ssv2,ssv1,jester,folder} --manual_dir SRC
-      --data_dir OUT [--workers N] [--short_side PX] [--rebuild]
+      --data_dir OUT [--workers N] [--short_side PX] [--rebuild] [--save_every_s S]
 
 Writes OUT/<name>/1.0.0/ (name: something_something_v2, something_something_v1, jester,
 video_folder) and, beside it, `prepare_report.json`: the summary and every skipped video with
 its reason. An annotation file in the wrong format, or a video id listed twice, stops the run
-with an error naming it. Run again, it keeps the prepared dataset and its report (and removes
-what a killed run left); with other options it refuses unless --rebuild.
+with an error naming it. Stopped anywhere (Ctrl-C, SIGTERM, SIGKILL, a lost VM), the same
+command continues from the videos it had decoded (`input_pipeline/prepare_work.py`) and ends
+with the dataset an uninterrupted run makes. Run again once done, it keeps the prepared dataset
+and its report; with other options it refuses unless --rebuild.
 """
 import json
 import pathlib
@@ -22,18 +24,19 @@ from tensorflow_datasets.core.constants import INCOMPLETE_PREFIX
 from cstm_foundation import cli_flags, paths
 from cstm_foundation.errors import ConfigError, MissingFile, first_line
 from cstm_foundation.commands import run_main
-from input_pipeline import builders, worker_pools
+from input_pipeline import builders, prepare_work, worker_pools
 
 REPORT = 'prepare_report.json'
 
 
 def prepare(dataset: str, manual_dir, data_dir, *, workers=None, short_side=None,
-            rebuild: bool = False) -> dict:
+            rebuild: bool = False, save_every_s: float = prepare_work.SAVE_EVERY_S) -> dict:
   """Builds the dataset; returns the report (also written beside the dataset).
 
   A dataset already prepared in `data_dir` is kept with its report when it was made with the
-  same options, refused when the options differ (`rebuild` replaces it), and leftovers of a
-  killed preparation are removed first.
+  same options, refused when the options differ (`rebuild` replaces it). A preparation that was
+  stopped (or killed) continues from the videos it had decoded (`prepare_work`); what TFDS was
+  writing when it stopped is removed first.
   """
   if dataset not in builders.BUILDERS:
     raise ConfigError(f'unknown dataset {dataset!r}; choose one of {sorted(builders.BUILDERS)}')
@@ -53,13 +56,17 @@ def prepare(dataset: str, manual_dir, data_dir, *, workers=None, short_side=None
                 short_side=short_side, workers=workers)
   options = {'short_side': builder._short_side}  # what the stored frames depend on
   folder = pathlib.Path(builder.data_dir)
+  work = prepare_work.Work(folder)
   remove_incomplete(folder)
   if (folder / 'dataset_info.json').exists():
     report_file = folder / REPORT
+    if not report_file.exists() and work.exists():  # stopped after TFDS, before the report
+      return _finish(builder, work, manual_dir, options, start)
     earlier = json.loads(report_file.read_text()) if report_file.exists() else {}
     made_with = earlier.get('options', options)  # unknown for data of older versions: kept
     changed = {k: (made_with.get(k), v) for k, v in options.items() if made_with.get(k) != v}
     if not changed:
+      work.remove()  # a stop after the report left it
       logging.info('%s is already prepared with these options; kept as it is', folder)
       return {**earlier, 'reused': True}
     if not rebuild:
@@ -68,10 +75,30 @@ def prepare(dataset: str, manual_dir, data_dir, *, workers=None, short_side=None
                         'to replace it, or another --data_dir')
     logging.warning('Rebuilding %s (--rebuild)', folder)
     shutil.rmtree(folder)
+  planned = builder.plan(manual_dir)
+  identity = {split: prepare_work.digest([[e.video_id, str(e.path), e.label] for e in readable])
+              for split, (readable, _) in planned.items()}
+  work.begin(options, identity, rebuild=rebuild)
+  for split, (readable, _) in planned.items():
+    builder.encode(split, work, readable, resumes=prepare_work.RESUMES,
+                   save_every_s=save_every_s)
+  builder.planned, builder.work = planned, work
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
-  seconds = time.monotonic() - start
-  stats = builder.stats
+  return _finish(builder, work, manual_dir, options, start, planned=planned)
+
+
+def _finish(builder, work, manual_dir, options, start, *, planned=None) -> dict:
+  """Writes the report of the dataset TFDS wrote from `work` beside it, then removes `work`."""
+  if planned is None:
+    planned = builder.plan(manual_dir)
+  skipped, totals = [], {'videos': 0, 'frames': 0, 'bytes': 0}
+  for split, (readable, unknown) in planned.items():
+    summary = work.summary(split)
+    skipped += unknown + [builders.skip_row(split, readable[index], reason)
+                          for index, reason in summary['skipped']]
+    for key in totals:
+      totals[key] += summary[key]
   report = {
       'dataset': builder.name,
       'path': str(builder.data_dir),
@@ -79,16 +106,17 @@ def prepare(dataset: str, manual_dir, data_dir, *, workers=None, short_side=None
       'manual_dir': str(manual_dir),
       'classes': len(builder.info.features['label'].names),
       'splits': {name: split.num_examples for name, split in builder.info.splits.items()},
-      'videos_written': stats['videos'],
-      'videos_skipped': stats['skipped'],
-      'frames': stats['frames'],
-      'bytes': stats['bytes'],
-      'seconds': round(seconds, 2),
+      'videos_written': totals['videos'],
+      'videos_skipped': len(skipped),
+      'frames': totals['frames'],
+      'bytes': totals['bytes'],
+      'seconds': round(time.monotonic() - start, 2),
       'workers': builder._workers,
-      'skipped': builder.skipped,
+      'skipped': skipped,
       'in_train_and_validation': builder.in_both_splits,
   }
-  (folder / REPORT).write_text(json.dumps(report, indent=1))
+  (pathlib.Path(builder.data_dir) / REPORT).write_text(json.dumps(report, indent=1))
+  work.remove()
   return report
 
 
@@ -137,6 +165,8 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   define('integer', 'short_side', None, 'Resize frames to this short side (default 256 for '
          'videos, native frames for SSv1 / Jester; 0 keeps native).', lower_bound=0)
   define('bool', 'rebuild', False, 'Replace a dataset prepared before with other options.')
+  define('float', 'save_every_s', prepare_work.SAVE_EVERY_S, 'Keep the decoded videos on disk '
+         'this often: a stop, even a SIGKILL, loses at most this much work.', lower_bound=0.0)
   define('bool', 'verify', False, 'Read every record of the dataset prepared in --data_dir and '
          'list the damaged ones (exit 1 if any) instead of preparing.')
 
@@ -148,7 +178,8 @@ def main(argv=None) -> int:
   if not args.manual_dir:
     cli_flags.fail('--manual_dir is required (the downloaded dataset), except with --verify')
   report = prepare(args.dataset, args.manual_dir, args.data_dir, workers=args.workers,
-                   short_side=args.short_side, rebuild=args.rebuild)
+                   short_side=args.short_side, rebuild=args.rebuild,
+                   save_every_s=args.save_every_s)
   if report.get('reused'):
     print(f"{report.get('path', args.data_dir)}: already prepared with these options; kept "
           f"({report.get('videos_written', '?')} videos written, "
