@@ -11,6 +11,10 @@ command continues from the videos it had decoded (`input_pipeline/prepare_work.p
 with the dataset an uninterrupted run makes. Run again once done, it keeps the prepared dataset
 and its report; with other options it refuses unless --rebuild.
 """
+if __name__ == '__main__':  # stop requests from the first moment, before the imports below
+  from cstm_foundation import stopping as _stopping
+  _stopping.install(at_safe_points=True)
+
 import json
 import pathlib
 import shutil
@@ -76,7 +80,8 @@ def prepare(dataset: str, manual_dir, data_dir, *, workers=None, short_side=None
     logging.warning('Rebuilding %s (--rebuild)', folder)
     shutil.rmtree(folder)
   planned = builder.plan(manual_dir)
-  identity = {split: prepare_work.digest([[e.video_id, str(e.path), e.label] for e in readable])
+  identity = {split: {'videos': len(readable), 'digest': prepare_work.digest(
+      [[e.video_id, str(e.path), e.label] for e in readable])}
               for split, (readable, _) in planned.items()}
   work.begin(options, identity, rebuild=rebuild)
   for split, (readable, _) in planned.items():

@@ -6,9 +6,9 @@ beside the dataset, each finished one renamed into place, and the same command c
 them after any stop (SIGTERM, SIGINT, SIGKILL, a lost VM):
 
   DATA_DIR/<name>/<version>.unfinished/
-    work.json                         what the work is for: the options, and per split a digest
-                                      of its videos (ids, paths, labels), so other annotations
-                                      or options are never mixed in
+    work.json                         what the work is for: the options, and per split its count
+                                      and a digest of its videos (ids, paths, labels), so other
+                                      annotations or options are never mixed in
     <split>/<first>-<last>.json       videos first..last (their places in the split's list):
                                       videos, frames and bytes written, and the skipped ones
     <split>/<first>-<last>.array_record  one record per video: its frames, or why it was skipped
@@ -83,8 +83,9 @@ class Work:
   def remove(self) -> None:
     shutil.rmtree(self.folder, ignore_errors=True)
 
-  def begin(self, options: dict, splits: dict[str, str], *, rebuild: bool) -> bool:
-    """Takes up the work left for `options` and `splits` ({split: digest}), or starts it.
+  def begin(self, options: dict, splits: dict[str, dict], *, rebuild: bool) -> bool:
+    """Takes up the work left for `options` and `splits` ({split: {'videos': count, 'digest':
+    `digest` of its rows}}), or starts it.
     Returns whether earlier work is taken up. Work for other options is refused unless
     `rebuild`; work for other annotations is started again."""
     wanted = {'options': options, 'splits': splits}
@@ -133,7 +134,7 @@ class Work:
     done = {i for first, last in self.shards(split) for i in range(first, last + 1)}
     progress.update(len(done))
     todo = [i for i in range(len(jobs)) if i not in done]
-    if done and todo:
+    if done:
       print(f'{label}: resuming from {self.folder}: {len(done)} of {len(jobs)} videos are '
             f'prepared, {len(todo)} to go', file=progress.stream, flush=True)
     if not todo:

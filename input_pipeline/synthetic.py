@@ -19,18 +19,24 @@ with a moving distractor and pixel noise. The same seed gives the same dataset.
 (the two scikit-learn ships): at `--size 240` (SSv2's height) the prepared frames are natural
 images about as large as real SSv2's JPEGs, for measuring the loader on realistic input.
 """
+if __name__ == '__main__':  # stop requests from the first moment, before the imports below
+  from cstm_foundation import stopping as _stopping
+  _stopping.install(at_safe_points=True)
+
 import functools
 import json
 import math
 import multiprocessing
+import os
 import pathlib
+import shutil
 import sys
 
 import cv2
 import numpy as np
 from absl import flags
 
-from cstm_foundation import cli_flags, paths
+from cstm_foundation import cli_flags, paths, stopping
 from cstm_foundation.commands import run_main
 from cstm_foundation.progress import Progress
 from input_pipeline import labels, video_io, worker_pools
@@ -59,6 +65,8 @@ COLOURS = {'red': (220, 40, 40), 'green': (40, 190, 60), 'blue': (40, 80, 220),
 FPS = 12
 BACKGROUNDS = ('flat', 'texture')
 TEXTURE_CRF = 20  # VP9 quality of texture clips: prepared frames of about real SSv2's size
+SETTINGS = '.synthetic.json'  # beside the clips: the settings they were made with
+RESUMES = 'the same command resumes'
 
 
 def class_names() -> list[str]:
@@ -138,17 +146,22 @@ def _texture_scene(rng: np.random.Generator, height: int, width: int, num_frames
   return frame
 
 
-def render_clip(class_index: int, rng: np.random.Generator, height: int, *, num_frames: int,
-                background: str = 'flat'):
-  """Frames `[T][H, W, 3]` uint8 of one clip of `class_index`, and the object's description.
-  `background`: 'flat' (a plain colour with clutter) or 'texture' (a moving photograph)."""
+def _setup(rng: np.random.Generator, height: int, num_frames: int, background: str):
+  """A clip's first draws: (width, its scene, the object's shape and colour)."""
   width = (height * 4 // 3) // 2 * 2
-  kind, direction = MOTIONS[class_index]
   if background not in BACKGROUNDS:
     raise ValueError(f'background {background!r}: expected one of {BACKGROUNDS}')
   scene = (_texture_scene(rng, height, width, num_frames) if background == 'texture' else
            _flat_scene(rng, height, width))
-  shape, colour = rng.choice(list(SHAPES)), rng.choice(list(COLOURS))
+  return width, scene, rng.choice(list(SHAPES)), rng.choice(list(COLOURS))
+
+
+def render_clip(class_index: int, rng: np.random.Generator, height: int, *, num_frames: int,
+                background: str = 'flat'):
+  """Frames `[T][H, W, 3]` uint8 of one clip of `class_index`, and the object's description.
+  `background`: 'flat' (a plain colour with clutter) or 'texture' (a moving photograph)."""
+  width, scene, shape, colour = _setup(rng, height, num_frames, background)
+  kind, direction = MOTIONS[class_index]
   sides, rgb = SHAPES[shape], COLOURS[colour]
   radius = height * rng.uniform(0.12, 0.19)
   start, stop = rng.uniform(0.0, 0.3), rng.uniform(0.7, 1.0)  # symmetric under reversal
@@ -185,31 +198,52 @@ def render_clip(class_index: int, rng: np.random.Generator, height: int, *, num_
   return frames, f'{colour} {shape}'
 
 
+def _describe(job) -> str:
+  """The object of the clip `job` describes ('red square'), without rendering it: the clip's
+  first draws from its own seed."""
+  _, _, _, _, _, seed, height, background = job
+  rng = np.random.default_rng(seed)
+  num_frames = int(rng.integers(16, 33))
+  _, _, shape, colour = _setup(rng, height, num_frames, background)
+  return f'{colour} {shape}'
+
+
+def _output(job) -> pathlib.Path:
+  """Where clip `job` is written: a webm file, or a folder of JPEG frames."""
+  out, fmt, layout, video_id = job[:4]
+  if fmt == 'webm':
+    return pathlib.Path(out) / labels.SSV2_VIDEOS / f'{video_id}.webm'
+  return pathlib.Path(out) / labels.FRAME_LAYOUTS[layout][1] / video_id
+
+
 def _write_one(job):
-  """Renders and writes one clip; runs in a worker process."""
+  """Renders and writes one clip; runs in a worker process. The clip appears under its name
+  once whole (written under a temporary name, then renamed), so a stop never leaves a part."""
   out, fmt, layout, video_id, class_index, seed, height, background = job
   rng = np.random.default_rng(seed)
   frames, thing = render_clip(class_index, rng, height, num_frames=int(rng.integers(16, 33)),
                               background=background)
+  final = _output(job)
+  temporary = final.with_name(f'.{final.stem}.partial{final.suffix}')  # av reads the suffix
   if fmt == 'webm':
-    video_io.write_webm(pathlib.Path(out) / labels.SSV2_VIDEOS / f'{video_id}.webm', frames, FPS,
+    video_io.write_webm(temporary, frames, FPS,
                         crf=TEXTURE_CRF if background == 'texture' else 30)
   else:
-    folder = pathlib.Path(out) / labels.FRAME_LAYOUTS[layout][1] / video_id
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
     for i, frame in enumerate(frames, 1):
-      (folder / f'{i:05d}.jpg').write_bytes(video_io.encode_jpeg(frame))
+      (temporary / f'{i:05d}.jpg').write_bytes(video_io.encode_jpeg(frame))
+  os.replace(temporary, final)
   return video_id, thing
 
 
 def generate(out, train=240, val=60, *, test=12, size=64, seed=0, fmt='webm', layout='ssv1',
              workers=None, background='flat'):
-  """Writes the dataset under `out`; returns {split: [(id, class name)]}."""
+  """Writes the dataset under `out`; returns {split: [(id, class name)]}. Clips already there
+  (a stopped run's) are kept: the same command continues where it stopped."""
   out = pathlib.Path(paths.expand(out))
   names = class_names()
-  if fmt == 'webm':
-    (out / labels.SSV2_VIDEOS).mkdir(parents=True, exist_ok=True)
-  elif fmt != 'frames':
+  if fmt not in ('webm', 'frames'):
     raise ValueError(f"unknown format {fmt!r}; expected 'webm' or 'frames'")
   splits = {'train': train, 'validation': val, 'test': test}
   jobs, assignment = [], {}
@@ -224,13 +258,36 @@ def generate(out, train=240, val=60, *, test=12, size=64, seed=0, fmt='webm', la
       assignment[split].append((video_id, int(c)))
       jobs.append((str(out), fmt, layout, video_id, int(c), [seed, split_number, i], size,
                    background))
-  things = {}
+  folder = _output(jobs[0]).parent if jobs else out
+  folder.mkdir(parents=True, exist_ok=True)
+  for leftover in folder.glob('.*.partial*'):  # a killed run's clip in the making
+    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+  # Clips are kept only when made with these settings (a run with another seed or size
+  # writes every clip again).
+  settings = json.dumps({'splits': splits, 'size': size, 'seed': seed, 'format': fmt,
+                         'layout': layout, 'background': background})
+  marker = out / SETTINGS
+  same = marker.exists() and marker.read_text() == settings
+  if not same:
+    marker.write_text(settings)
+  written = [job for job in jobs if same and _output(job).exists()]
+  things = {job[3]: _describe(job) for job in written}
+  todo = [job for job in jobs if job[3] not in things]
+  if written:
+    print(f'synthetic: resuming in {out}: {len(written)} of {len(jobs)} videos are written, '
+          f'{len(todo)} to go', file=sys.stderr, flush=True)
   workers = workers or multiprocessing.cpu_count()
+  what = f'writing synthetic videos to {out}'
   with Progress(len(jobs), 'videos', 'synthetic') as bar:
-    for video_id, thing in worker_pools.imap(_write_one, jobs, workers=workers, ordered=False,
-                                             what=f'writing synthetic videos to {out}'):
-      things[video_id] = thing
-      bar.update()
+    bar.update(len(written))
+    try:
+      for video_id, thing in worker_pools.imap(_write_one, todo, workers=workers, ordered=False,
+                                               what=what, resumes=RESUMES):
+        things[video_id] = thing
+        bar.update()
+    except stopping.Stopped:
+      raise stopping.Stopped(stopping.message(f'{what} after {len(things)} of {len(jobs)}',
+                                              resumes=RESUMES)) from None
   _write_annotations(out, fmt, layout, names=names, assignment=assignment, things=things)
   return {s: [(v, names[c]) for v, c in items] for s, items in assignment.items()}
 

@@ -219,3 +219,71 @@ def test_malformed_annotations_stop_with_the_file_named(synthetic_ssv2, tmp_path
   assert commands.run_main(prepare.main, ['--dataset', 'ssv2', '--manual_dir', str(src),
                                         '--data_dir', str(tmp_path / 'data')]) == 1
   assert 'something-something-v2-labels.json: not valid JSON' in capsys.readouterr().err
+
+
+def test_a_stopped_preparation_resumes_to_the_uninterrupted_dataset(tmp_path, monkeypatch,
+                                                                      capsys):
+  """Stopped while decoding, killed mid-shard (its leftovers), stopped while TFDS writes: the
+  same command each time, and the end is the uninterrupted preparation's examples in the same
+  order, the same report, and a clean --verify. (Real signals at random moments:
+  tests/test_stops.py runs tools/chaos_prepare.py.)"""
+  from cstm_foundation import stopping
+  from input_pipeline import prepare_work
+  from tools import chaos_prepare
+  src = chaos_prepare.damaged_download(tmp_path, 14, seed=0)
+  args = ['--dataset', 'ssv2', '--manual_dir', str(src), '--workers', '1', '--short_side',
+          '32', '--save_every_s', '0']
+  assert prepare.main(args + ['--data_dir', str(tmp_path / 'straight')]) == 0
+
+  encode, calls = builders._encode_video, []
+
+  def stop_at_the_sixth(job):  # as a SIGTERM landing during the sixth video
+    calls.append(job)
+    if len(calls) == 6:
+      stopping.request(15)
+    return encode(job)
+
+  monkeypatch.setattr(builders, '_encode_video', stop_at_the_sixth)
+  data = tmp_path / 'resumed'
+  try:
+    assert commands.run_main(prepare.main, args + ['--data_dir', str(data)],
+                             at_safe_points=True) == 0
+  finally:
+    stopping.reset()
+  work = data / 'something_something_v2' / '1.0.0.unfinished'
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      f'Stopped preparing something_something_v2 train after 6 of 14 videos ({work} keeps '
+      'them) on request (SIGTERM); the same command resumes.')
+  monkeypatch.setattr(builders, '_encode_video', encode)
+  # A SIGKILL while a shard was written, and between a shard's two files.
+  (work / 'train' / '00000006.tmp').write_bytes(b'half a shard')
+  (work / 'train' / '00000006-00000007.json').write_text('{}')
+
+  results = prepare_work.Work.results
+
+  def stop_while_tfds_writes(self, split):
+    for number, result in enumerate(results(self, split)):
+      if number == 3:
+        stopping.request(2)
+      yield result
+
+  monkeypatch.setattr(prepare_work.Work, 'results', stop_while_tfds_writes)
+  try:
+    assert commands.run_main(prepare.main, args + ['--data_dir', str(data)],
+                             at_safe_points=True) == 0
+  finally:
+    stopping.reset()
+  err = capsys.readouterr().err
+  assert f'preparing something_something_v2 train: resuming from {work}: 6 of 14 videos are ' \
+      'prepared, 8 to go' in err
+  assert err.strip().splitlines()[-1] == (
+      f'Stopped writing the something_something_v2 dataset from {work} on request (SIGINT); the '
+      'same command resumes.')
+  monkeypatch.setattr(prepare_work.Work, 'results', results)
+  assert prepare.main(args + ['--data_dir', str(data)]) == 0
+  assert 'resuming from' in capsys.readouterr().err and not work.exists()
+  assert chaos_prepare.examples(data) == chaos_prepare.examples(tmp_path / 'straight')
+  report = chaos_prepare.report_of(data)
+  assert report == chaos_prepare.report_of(tmp_path / 'straight')
+  assert report['videos_skipped'] == 4 and report['skipped'][0]['id'] == '999999'
+  assert prepare.main(['--verify', '--dataset', 'ssv2', '--data_dir', str(data)]) == 0
