@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-floor device-check-image test-cluster chaos demo summary benchmark benchmark-gpu \
+.PHONY: test test-floor device-check-image test-cluster chaos stress demo summary benchmark benchmark-gpu \
   accelerators accelerators-tpu accelerators-gpu device-check device-wheels clean
 
 # libtpu goes into its own folder, on the path of the tests only (the ahead-of-time TPU compiles):
@@ -70,6 +70,13 @@ test-cluster: $(INSTALLED)
 # minutes on 2 cores when it passes (runs of 2026-12-06). Its report: runs/chaos/report.json.
 chaos: $(INSTALLED)
 	$(PYTHON) -m tools.chaos --processes 2 --kills 10 --out runs/chaos
+
+# The timing-sensitive tests (stops, peers, faults, the chaos soaks of training and prepare, and
+# tests/cluster where SLURM is installed) STRESS_ROUNDS times, with a busy process per core
+# beside them (docs/reliability.md, "Under load"). Its report: runs/stress/report.json.
+STRESS_ROUNDS ?= 5
+stress: $(INSTALLED)
+	$(PYTHON) -m tools.stress --rounds $(STRESS_ROUNDS) --out runs/stress
 
 # Synthetic SSv2-format data -> TFDS dataset -> train and evaluate TSN and CSTM -> table, plots.
 demo: $(INSTALLED)
@@ -185,4 +192,5 @@ device-wheels: $(INSTALLED)
 	du -sh .whl
 
 clean:
-	rm -rf $(VENV) $(FLOOR) $(IMAGE) .pytest_cache .jax_cache runs/demo runs/chaos runs/chaos_early data/demo
+	rm -rf $(VENV) $(FLOOR) $(IMAGE) .pytest_cache .jax_cache runs/demo runs/chaos runs/chaos_early \
+	  runs/chaos_prepare runs/stress data/demo

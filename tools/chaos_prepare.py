@@ -110,7 +110,7 @@ def run_through(argv, out: pathlib.Path, rng: random.Random, args, duration_s: f
     attempt += 1
     kind = rng.choice(KINDS) if len(stops) < args.kills else None
     left = max(1 / 3, 1 - _prepared_fraction(out / 'chaos'))
-    moment = rng.uniform(1.0, max(1.0, duration_s * left))
+    moment = rng.uniform(1.0, max(1.0, 0.7 * duration_s * left))  # a start is often faster
     begun = time.monotonic()
     while kind and process.poll() is None and time.monotonic() - begun < moment:
       time.sleep(0.02)
