@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-floor device-check-image test-cluster chaos stress demo summary benchmark benchmark-gpu \
+.PHONY: test test-floor test-py313 device-check-image test-cluster chaos stress demo summary benchmark benchmark-gpu \
   accelerators accelerators-tpu accelerators-gpu device-check device-wheels clean
 
 # libtpu goes into its own folder, on the path of the tests only (the ahead-of-time TPU compiles):
@@ -43,6 +43,21 @@ test-floor: $(FLOOR)/.installed
 	$(FLOOR)/bin/python -c 'import jax, sys; print("jax", jax.__version__, "on", sys.version[:6])'
 	$(FLOOR)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(FLOOR_TESTS)
 	$(MAKE) device-check-image
+
+# The newest Python these machines have (3.13): the same core tests in .venv-py313, built by
+# scripts/install.sh as a TPU VM or GPU node builds its environment (uv, the pinned runtime
+# packages; pytest, not torch: the core tests do not cross-check against PyTorch).
+PY313 ?= $(HOME)/.pyenv/versions/3.13.0/bin/python3
+NEWEST := .venv-py313
+$(NEWEST)/.installed: requirements.txt requirements-dev.txt scripts/install.sh
+	grep '^pytest' requirements-dev.txt > $(NEWEST).test-requirements.txt
+	PY=$(PY313) VENV=$(NEWEST) bash scripts/install.sh requirements.txt $(NEWEST).test-requirements.txt
+	rm -f $(NEWEST).test-requirements.txt
+	touch $@
+
+test-py313: $(NEWEST)/.installed
+	$(NEWEST)/bin/python -c 'import jax, sys; print("jax", jax.__version__, "on", sys.version[:6])'
+	$(NEWEST)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(FLOOR_TESTS)
 
 # The device check as a GPU host runs it, on the CPU: a stand-in for the GPU machines' image
 # (scripts/gpu_image.txt: jax 0.11.2 without the data stack) takes the wheels of
@@ -192,5 +207,5 @@ device-wheels: $(INSTALLED)
 	du -sh .whl
 
 clean:
-	rm -rf $(VENV) $(FLOOR) $(IMAGE) .pytest_cache .jax_cache runs/demo runs/chaos runs/chaos_early \
+	rm -rf $(VENV) $(FLOOR) $(NEWEST) $(IMAGE) .pytest_cache .jax_cache runs/demo runs/chaos runs/chaos_early \
 	  runs/chaos_prepare runs/stress data/demo

@@ -60,6 +60,13 @@ def prepare(dataset: str, manual_dir, data_dir, *, workers=None, short_side=None
                 short_side=short_side, workers=workers)
   options = {'short_side': builder._short_side}  # what the stored frames depend on
   folder = pathlib.Path(builder.data_dir)
+  with prepare_work.Lock(folder.parent):
+    return _prepare(builder, folder, manual_dir, options, start, rebuild=rebuild,
+                    save_every_s=save_every_s)
+
+
+def _prepare(builder, folder: pathlib.Path, manual_dir, options, start, *, rebuild: bool,
+             save_every_s: float) -> dict:
   work = prepare_work.Work(folder)
   remove_incomplete(folder)
   if (folder / 'dataset_info.json').exists():

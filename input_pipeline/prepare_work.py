@@ -184,6 +184,39 @@ class Work:
     return total
 
 
+class Lock:
+  """`with Lock(folder):` this process alone prepares the dataset in `folder` (DATA_DIR/<name>):
+  an exclusive `flock` on `folder/.prepare.lock`, which the kernel drops when the process ends,
+  however it ends (no stale lock after a SIGKILL). A second `prepare` into the same folder is
+  refused in one line naming the first."""
+
+  def __init__(self, folder: pathlib.Path):
+    self.path = folder / '.prepare.lock'
+
+  def __enter__(self):
+    import fcntl
+    import socket
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.file = open(self.path, 'a+')
+    try:
+      fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      self.file.seek(0)
+      holder = self.file.read().strip() or 'another process'
+      self.file.close()
+      raise ConfigError(f'{self.path.parent}: {holder} is preparing this dataset now; wait for '
+                        'it to end (or stop it: the same command resumes its work)') from None
+    self.file.seek(0)
+    self.file.truncate()
+    self.file.write(f'prepare (pid {os.getpid()} on {socket.gethostname()})')
+    self.file.flush()
+    return self
+
+  def __exit__(self, *exc):
+    self.file.close()  # the lock goes with it
+    return False
+
+
 class _Shard:
   """A work shard being written: records in a `.tmp` file, renamed once finished."""
 

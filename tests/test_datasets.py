@@ -287,3 +287,19 @@ def test_a_stopped_preparation_resumes_to_the_uninterrupted_dataset(tmp_path, mo
   assert report == chaos_prepare.report_of(tmp_path / 'straight')
   assert report['videos_skipped'] == 4 and report['skipped'][0]['id'] == '999999'
   assert prepare.main(['--verify', '--dataset', 'ssv2', '--data_dir', str(data)]) == 0
+
+
+def test_a_second_prepare_into_the_same_folder_is_refused_naming_the_first(tmp_path, capsys):
+  from input_pipeline import prepare_work
+  src = tmp_path / 'src'
+  synthetic.generate(src, 4, 2, test=0, size=32, workers=1)
+  folder = tmp_path / 'data' / 'something_something_v2'
+  args = ['--dataset', 'ssv2', '--manual_dir', str(src), '--data_dir', str(tmp_path / 'data'),
+          '--workers', '1']
+  with prepare_work.Lock(folder):  # as a prepare running in another process
+    assert commands.run_main(prepare.main, args) == 1
+  line = capsys.readouterr().err.strip().splitlines()[-1]
+  assert line.startswith(f'error: {folder}: prepare (pid ') and line.endswith(
+      ' is preparing this dataset now; wait for it to end (or stop it: the same command '
+      'resumes its work)'), line
+  assert commands.run_main(prepare.main, args) == 0  # the lock went with its holder

@@ -51,8 +51,8 @@ def examples(data_dir, dataset: str = DATASET) -> dict[str, list[tuple]]:
 def report_of(data_dir, dataset: str = DATASET) -> dict:
   """The preparation's report without what differs between two preparations."""
   from input_pipeline import builders, prepare
-  name = builders.BUILDERS[dataset].name
-  folder = next((pathlib.Path(data_dir) / name).glob('*.*.*'))
+  cls = builders.BUILDERS[dataset]
+  folder = pathlib.Path(data_dir) / cls.name / str(cls.VERSION)
   report = json.loads((folder / prepare.REPORT).read_text())
   return {k: v for k, v in report.items() if k not in VARYING}
 
