@@ -3,7 +3,9 @@
 The foundation's imports run one way: `errors` <- `logs` <- `stopping` <- `commands`.
 """
 import gc
+import multiprocessing
 import sys
+import time
 import traceback
 
 from cstm_foundation import stopping
@@ -13,10 +15,11 @@ from cstm_foundation.errors import UserError, debugging
 def run_main(main, *args, at_safe_points: bool = False) -> int:
   """`main(*args)` with SIGTERM and SIGINT as stop requests (`stopping`: honoured at the safe
   points of a command that has them, else at once); 1 after printing a `UserError` as one line
-  on stderr; a `stopping.Stopped`'s line and its status after a stop."""
+  on stderr; a `stopping.Stopped`'s line and its status after a stop. However it ends, its
+  worker processes are ended before it returns (`end_children`)."""
   with stopping.handled(at_safe_points=at_safe_points):
     try:
-      return main(*args)
+      status = main(*args)
     except stopping.Stopped as stop:
       print(stop, file=sys.stderr, flush=True)
       if stop.abandons_threads:
@@ -26,12 +29,30 @@ def run_main(main, *args, at_safe_points: bool = False) -> int:
       if debugging():
         raise
       report(error)
-      return 1
-  # What the stop left half-used (a loader's worker processes and queues, held by the frames of
-  # its traceback) is closed now, while multiprocessing's queues are open: at the interpreter's
-  # exit their finalizers would run after the queues' and print tracebacks.
+      status = 1
+  # What a stop or an error left half-used (a loader's worker processes and queues, held by the
+  # frames of its traceback) is closed now, while multiprocessing's queues are open: at the
+  # interpreter's exit their finalizers would run after the queues' and print tracebacks.
   gc.collect()
+  end_children()
   return status
+
+
+def end_children(grace_s: float = 10.0) -> list[int]:
+  """Joins the worker processes this command started and left running (each pool and loader
+  ends its own; this is the net under them), killing those still alive after `grace_s`: none
+  is left to multiprocessing's exit hook. Returns the pids it had to end."""
+  children = multiprocessing.active_children()
+  deadline = time.monotonic() + grace_s
+  for child in children:
+    child.join(max(0.0, deadline - time.monotonic()))
+  ended = []
+  for child in children:
+    if child.is_alive():
+      child.kill()
+      child.join()
+      ended.append(child.pid)
+  return ended
 
 
 def report(error: BaseException) -> None:

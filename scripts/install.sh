@@ -12,8 +12,8 @@
 # Python and package manager, from PyPI) for this user, takes a Python >= 3.12 already on the
 # machine (scripts/find_python.sh: python3.12, python3.13, python3, pyenv's) or has uv download
 # one (a python-build-standalone build, under ~/.local/share/uv), makes $VENV (default .venv)
-# from it and installs the requirements there (PY=/path/to/python names the Python). Then:
-# source .venv/bin/activate.
+# from it and installs the requirements there (PY=/path/to/python names the Python to take,
+# PY_VERSION=3.13 the one to download instead of 3.12). Then: source .venv/bin/activate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-.venv}
@@ -50,8 +50,8 @@ fi
 if python=$(scripts/find_python.sh ${PY:+"$PY"} 2>/dev/null); then
   echo "Python: $python (found on this machine)"
 else
-  python=3.12
-  echo "Python: no Python >= 3.12 here; uv downloads CPython $python"
+  python=${PY_VERSION:-3.12}
+  echo "Python: ${PY:-no Python >= 3.12} not found here; uv downloads CPython $python"
 fi
 "$uv" venv -q --allow-existing --python "$python" "$venv"
 "$uv" pip install -q --python "$venv/bin/python" $(printf -- ' -r %s' "${files[@]}")

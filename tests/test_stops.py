@@ -265,3 +265,29 @@ def test_prepare_stopped_at_random_moments_ends_with_the_uninterrupted_dataset(t
   report = json.loads((tmp_path / 'report.json').read_text())
   assert code == 0 and report['failures'] == [], (seed, report)
   assert report['stops'], report  # at least one stop landed before the preparation ended
+
+
+def _sleep_long():
+  time.sleep(60)
+
+
+def test_a_command_ends_the_workers_it_left_before_it_returns():
+  # The net under every pool and loader: a worker process a command left running is ended
+  # (joined, then killed after the grace) before the command returns, not left to
+  # multiprocessing's exit hook.
+  from cstm_foundation import commands
+
+  def leaves_a_worker():
+    process = multiprocessing.get_context('spawn').Process(target=_sleep_long, daemon=True)
+    process.start()
+    leaves_a_worker.pid = process.pid
+    return 0
+
+  start = time.monotonic()
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(commands, 'end_children',
+                  lambda grace_s=10.0, end=commands.end_children: end(grace_s=1.0))
+    assert commands.run_main(leaves_a_worker) == 0
+  assert multiprocessing.active_children() == [] and time.monotonic() - start < 30
+  with pytest.raises(ProcessLookupError):
+    os.kill(leaves_a_worker.pid, 0)

@@ -237,6 +237,16 @@ def _prepared_data(out: pathlib.Path) -> pathlib.Path:
   return data
 
 
+def begin(args) -> pathlib.Path:
+  """Draws `args.seed` unless given; returns `args.out`, emptied of an earlier soak's runs."""
+  args.seed = random.randrange(2**31) if args.seed is None else args.seed
+  out = pathlib.Path(args.out).expanduser().absolute()
+  out.mkdir(parents=True, exist_ok=True)
+  for old in [*out.glob('straight*'), *out.glob('chaos*')]:
+    shutil.rmtree(old) if old.is_dir() else old.unlink()
+  return out
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--kills', type=int, default=3)
@@ -261,11 +271,7 @@ def main(argv=None) -> int:
                       help='stops land uniformly in [0.5, window_s] s after a start (default: '
                       "the uninterrupted run's duration)")
   args = parser.parse_args(argv)
-  args.seed = random.randrange(2**31) if args.seed is None else args.seed
-  out = pathlib.Path(args.out).expanduser().absolute()
-  out.mkdir(parents=True, exist_ok=True)
-  for old in [*out.glob('straight*'), *out.glob('chaos*')]:
-    shutil.rmtree(old) if old.is_dir() else old.unlink()
+  out = begin(args)
   args.data_dir = str(pathlib.Path(args.data_dir).expanduser().absolute() if args.data_dir
                       else _prepared_data(out))
   rng = random.Random(args.seed)

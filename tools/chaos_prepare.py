@@ -24,11 +24,12 @@ import json
 import os
 import pathlib
 import random
-import shutil
 import signal
 import subprocess
 import sys
 import time
+
+from tools import chaos
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DATASET = 'ssv2'
@@ -176,19 +177,15 @@ def main(argv=None) -> int:
   parser.add_argument('--bound_s', type=float, default=15.0,
                       help='how long workers may take to end after their command')
   args = parser.parse_args(argv)
-  args.seed = random.randrange(2**31) if args.seed is None else args.seed
-  out = pathlib.Path(args.out).expanduser().absolute()
-  out.mkdir(parents=True, exist_ok=True)
-  for old in [*out.glob('straight*'), *out.glob('chaos*')]:
-    shutil.rmtree(old) if old.is_dir() else old.unlink()
+  out = chaos.begin(args)
   src = damaged_download(out, args.videos, seed=1)
   rng = random.Random(args.seed)
   begun = time.monotonic()
   process = start(command(src, out / 'straight', args), out / 'straight.log')
   failures = [] if process.wait(timeout=args.timeout_s) == 0 else ['the uninterrupted run failed']
   duration_s = time.monotonic() - begun
-  chaos = run_through(command(src, out / 'chaos', args), out, rng, args, duration_s)
-  failures += chaos['failures']
+  stopped = run_through(command(src, out / 'chaos', args), out, rng, args, duration_s)
+  failures += stopped['failures']
   if not failures:
     if examples(out / 'chaos') != examples(out / 'straight'):
       failures.append('the examples differ from the uninterrupted preparation\'s')
@@ -200,8 +197,8 @@ def main(argv=None) -> int:
     if verify.returncode != 0:
       failures.append(f'prepare --verify: {verify.stdout.strip()[-300:]}')
   report = {'seed': args.seed, 'videos': args.videos, 'window_s': round(duration_s, 1),
-            'starts': chaos['starts'], 'resumed_starts': chaos['resumed_starts'],
-            'stops': chaos['stops'], 'wall_s': round(time.monotonic() - begun, 1),
+            'starts': stopped['starts'], 'resumed_starts': stopped['resumed_starts'],
+            'stops': stopped['stops'], 'wall_s': round(time.monotonic() - begun, 1),
             'failures': failures,
             'command': 'python -m tools.chaos_prepare ' + ' '.join(
                 sys.argv[1:] if argv is None else argv)}
