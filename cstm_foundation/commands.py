@@ -17,6 +17,7 @@ def run_main(main, *args, at_safe_points: bool = False) -> int:
   points of a command that has them, else at once); 1 after printing a `UserError` as one line
   on stderr; a `stopping.Stopped`'s line and its status after a stop. However it ends, its
   worker processes are ended before it returns (`end_children`)."""
+  before = set(multiprocessing.active_children())
   with stopping.handled(at_safe_points=at_safe_points):
     try:
       status = main(*args)
@@ -34,15 +35,16 @@ def run_main(main, *args, at_safe_points: bool = False) -> int:
   # frames of its traceback) is closed now, while multiprocessing's queues are open: at the
   # interpreter's exit their finalizers would run after the queues' and print tracebacks.
   gc.collect()
-  end_children()
+  end_children(keep=before)
   return status
 
 
-def end_children(grace_s: float = 10.0) -> list[int]:
+def end_children(grace_s: float = 10.0, *, keep=frozenset()) -> list[int]:
   """Joins the worker processes this command started and left running (each pool and loader
   ends its own; this is the net under them), killing those still alive after `grace_s`: none
-  is left to multiprocessing's exit hook. Returns the pids it had to end."""
-  children = multiprocessing.active_children()
+  is left to multiprocessing's exit hook. `keep`: processes that were there before the command
+  (a program that runs commands). Returns the pids it had to end."""
+  children = [c for c in multiprocessing.active_children() if c not in keep]
   deadline = time.monotonic() + grace_s
   for child in children:
     child.join(max(0.0, deadline - time.monotonic()))

@@ -286,7 +286,7 @@ def test_a_command_ends_the_workers_it_left_before_it_returns():
   start = time.monotonic()
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(commands, 'end_children',
-                  lambda grace_s=10.0, end=commands.end_children: end(grace_s=1.0))
+                  lambda keep, end=commands.end_children: end(grace_s=1.0, keep=keep))
     assert commands.run_main(leaves_a_worker) == 0
   assert multiprocessing.active_children() == [] and time.monotonic() - start < 30
   with pytest.raises(ProcessLookupError):
