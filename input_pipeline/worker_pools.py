@@ -23,6 +23,7 @@ import re
 import signal
 import sys
 import time
+import traceback
 from typing import Callable, Iterable, Iterator, Optional
 
 from cstm_foundation import stopping
@@ -117,14 +118,22 @@ def _serve(connection, function: Callable) -> None:
     index, job = message
     try:
       reply = (index, True, function(job))
-    except Exception as error:  # raised again in the command, as the job's own error
-      reply = (index, False, error)
+    except Exception as error:  # raised again in the command, with the worker's traceback
+      reply = (index, False, (error, traceback.format_exc()))
     try:
       connection.send(reply)
     except (EOFError, OSError):
       return
     except Exception as error:  # an unpicklable result or exception
-      connection.send((index, False, RuntimeError(f'{type(error).__name__}: {error}')))
+      connection.send((index, False, (RuntimeError(f'{type(error).__name__}: {error}'),
+                                      traceback.format_exc())))
+
+
+class RemoteTraceback(Exception):
+  """The traceback of a job's error in its worker process (the error's cause)."""
+
+  def __str__(self):
+    return f'\n"""\n{self.args[0]}"""'
 
 
 class _Worker:
@@ -185,7 +194,8 @@ class _Pool:
         continue
       worker.jobs.remove(index)
       if not ok:
-        raise value
+        error, text = value
+        raise error from RemoteTraceback(text)
       results.append((index, value))
     for sentinel in (r for r in ready if r in by_sentinel):
       worker = by_sentinel[sentinel]

@@ -4,6 +4,7 @@ tests/test_train.py, `tools/chaos.py`.)"""
 import json
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -291,3 +292,32 @@ def test_a_command_ends_the_workers_it_left_before_it_returns():
   assert multiprocessing.active_children() == [] and time.monotonic() - start < 30
   with pytest.raises(ProcessLookupError):
     os.kill(leaves_a_worker.pid, 0)
+
+
+def _square_or_fail(job):
+  if job == 'die':
+    os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer does
+  if job == 'bug':
+    raise KeyError('a bug in a worker')
+  time.sleep(0.002 * (job % 5))  # out of order
+  return job * job
+
+
+def test_a_pool_gives_results_in_order_and_names_a_dead_worker_and_a_job_s_error():
+  jobs = list(range(40))
+  assert list(worker_pools.imap(_square_or_fail, jobs, workers=3, what='squares')) == \
+      [j * j for j in jobs]
+  assert sorted(worker_pools.imap(_square_or_fail, jobs, workers=3, what='squares',
+                                  ordered=False)) == [j * j for j in jobs]
+  with pytest.raises(worker_pools.WorkerDied) as died:
+    list(worker_pools.imap(_square_or_fail, jobs[:10] + ['die'] + jobs, workers=2,
+                           what='squares', resumes='the same command resumes'))
+  assert re.fullmatch(
+      r'worker process \d+ of squares died after 1?\d of 51 with exit code -9 \(killed by '
+      r'SIGKILL: most often the out-of-memory killer \(`dmesg` names it\); give the host more '
+      r'memory or lower --workers\); the same command resumes', str(died.value)), died.value
+  with pytest.raises(KeyError) as bug:
+    list(worker_pools.imap(_square_or_fail, jobs[:5] + ['bug'], workers=2, what='squares'))
+  assert isinstance(bug.value.__cause__, worker_pools.RemoteTraceback)
+  assert 'in _square_or_fail' in str(bug.value.__cause__)
+  assert multiprocessing.active_children() == []  # every way out ended its workers
