@@ -12,12 +12,13 @@ PYENV = pathlib.Path.home() / '.pyenv' / 'versions'
 
 
 def install(tmp_path, venv, *, python=None):
-  """Runs the step with a fresh HOME (no uv installed yet) and a tiny requirements file."""
+  """Runs the step with a fresh user site (no uv installed yet) and a tiny requirements
+  file."""
   requirements = tmp_path / 'requirements-tiny.txt'
   requirements.write_text('six==1.16.0\n')
   path = os.pathsep.join(p for p in os.environ['PATH'].split(os.pathsep)
                          if not (pathlib.Path(p) / 'uv').exists())
-  env = {**os.environ, 'HOME': str(tmp_path / 'home'), 'PATH': path,
+  env = {**os.environ, 'PYTHONUSERBASE': str(tmp_path / 'user'), 'PATH': path,
          'VENV': str(tmp_path / venv), 'UV_PYTHON_DOWNLOADS': 'never'}
   env.pop('VIRTUAL_ENV', None)
   if python:
