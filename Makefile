@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-floor test-py313 device-check-image test-cluster chaos stress demo summary benchmark benchmark-gpu \
+.PHONY: test test-floor test-py313 device-check-image test-cluster chaos chaos-prepare stress demo summary benchmark benchmark-gpu \
   accelerators accelerators-tpu accelerators-gpu device-check device-wheels clean
 
 # libtpu goes into its own folder, on the path of the tests only (the ahead-of-time TPU compiles):
@@ -92,6 +92,13 @@ test-cluster: $(INSTALLED)
 # minutes on 2 cores when it passes (runs of 2026-12-06). Its report: runs/chaos/report.json.
 chaos: $(INSTALLED)
 	$(PYTHON) -m tools.chaos --processes 2 --kills 10 --out runs/chaos
+
+# The same for prepare (docs/reliability.md): a synthetic download with damaged videos prepared
+# once, then again with ten stops at random moments (SIGKILL to the command or its group,
+# SIGTERM, Ctrl-C), restarted each time; the examples, their order, the report and --verify
+# must equal the uninterrupted preparation's. Its report: runs/chaos_prepare/report.json.
+chaos-prepare: $(INSTALLED)
+	$(PYTHON) -m tools.chaos_prepare --kills 10 --out runs/chaos_prepare
 
 # The timing-sensitive tests (stops, peers, faults, the chaos soaks of training and prepare, and
 # tests/cluster where SLURM is installed) STRESS_ROUNDS times, with a busy process per core
