@@ -85,9 +85,8 @@ class Work:
 
   def begin(self, options: dict, splits: dict[str, dict], *, rebuild: bool) -> bool:
     """Takes up the work left for `options` and `splits` ({split: {'videos': count, 'digest':
-    `digest` of its rows}}), or starts it.
-    Returns whether earlier work is taken up. Work for other options is refused unless
-    `rebuild`; work for other annotations is started again."""
+    `digest` of its rows}}), or starts it; returns whether earlier work is taken up. Work for
+    other options is refused unless `rebuild`; work for other annotations is started again."""
     wanted = {'options': options, 'splits': splits}
     if self.exists():
       earlier = json.loads((self.folder / 'work.json').read_text())
@@ -145,8 +144,8 @@ class Work:
       for position, result in enumerate(run([jobs[i] for i in todo])):
         index = todo[position]
         if shard is not None and (index != shard.last + 1 or shard.full()):
-          shard.finish()
-          shard = None
+          finished, shard = shard, None
+          finished.finish()
         if shard is None:
           shard = _Shard(self.folder / split, index, save_every_s)
         shard.add(index, result)
