@@ -99,7 +99,7 @@ def main(argv=None) -> int:
         extra = run_round(number * 100, [CLUSTER], out, workers=1)
         result['tests'] += extra['tests']
         result['failed'] += extra['failed']
-        result['seconds'] += extra['seconds']
+        result['seconds'] = round(result['seconds'] + extra['seconds'], 1)
       rounds.append(result)
       print(f"round {number}: {result['tests']} tests, {len(result['failed'])} failed, "
             f"{result['seconds']:.0f} s", flush=True)
