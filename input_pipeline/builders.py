@@ -3,7 +3,8 @@
 One record per video: `frames` (JPEG bytes of every frame, short side resized), `label` and
 `id`; class names live in the dataset info. Videos are decoded in parallel worker processes
 into resumable work shards (`encode`, `input_pipeline/prepare_work.py`), which TFDS then writes
-out; a video that cannot be read is skipped, counted and reported, and the build carries on. The ArrayRecord shards are written uncompressed. Read back with
+out; a video that cannot be read is skipped, counted and reported, and the build carries on.
+The ArrayRecord shards are written uncompressed. Read back with
 `tfds.data_source(name, data_dir=..., split=...)` or `input_pipeline.records`.
 """
 import multiprocessing

@@ -303,3 +303,26 @@ def test_a_second_prepare_into_the_same_folder_is_refused_naming_the_first(tmp_p
       ' is preparing this dataset now; wait for it to end (or stop it: the same command '
       'resumes its work)'), line
   assert commands.run_main(prepare.main, args) == 0  # the lock went with its holder
+
+
+def test_a_preparation_killed_between_the_dataset_and_its_report_writes_the_report(
+    tmp_path, monkeypatch):
+  from tools import chaos_prepare
+  src = chaos_prepare.damaged_download(tmp_path, 6, seed=0)
+  args = ['--dataset', 'ssv2', '--manual_dir', str(src), '--workers', '1', '--short_side', '32']
+  assert prepare.main(args + ['--data_dir', str(tmp_path / 'straight')]) == 0
+  finish = prepare._finish
+
+  def killed(*args, **kwargs):  # as a SIGKILL right after TFDS renamed the dataset into place
+    raise SystemExit(137)
+
+  monkeypatch.setattr(prepare, '_finish', killed)
+  data = tmp_path / 'killed'
+  with pytest.raises(SystemExit):
+    prepare.main(args + ['--data_dir', str(data)])
+  folder = data / 'something_something_v2' / '1.0.0'
+  assert (folder / 'dataset_info.json').exists() and not (folder / prepare.REPORT).exists()
+  monkeypatch.setattr(prepare, '_finish', finish)
+  assert prepare.main(args + ['--data_dir', str(data)]) == 0
+  assert chaos_prepare.report_of(data) == chaos_prepare.report_of(tmp_path / 'straight')
+  assert not (data / 'something_something_v2' / '1.0.0.unfinished').exists()
