@@ -233,6 +233,7 @@ def _write_one(job):
     temporary.mkdir(parents=True)
     for i, frame in enumerate(frames, 1):
       (temporary / f'{i:05d}.jpg').write_bytes(video_io.encode_jpeg(frame))
+    shutil.rmtree(final, ignore_errors=True)  # a clip of other settings (a rename keeps none)
   os.replace(temporary, final)
   return video_id, thing
 

@@ -326,3 +326,21 @@ def test_a_preparation_killed_between_the_dataset_and_its_report_writes_the_repo
   assert prepare.main(args + ['--data_dir', str(data)]) == 0
   assert chaos_prepare.report_of(data) == chaos_prepare.report_of(tmp_path / 'straight')
   assert not (data / 'something_something_v2' / '1.0.0.unfinished').exists()
+
+
+def test_the_synthetic_generator_keeps_whole_clips_of_its_settings_only(tmp_path, capsys):
+  out = tmp_path / 'frames'
+  synthetic.generate(out, 6, 2, test=0, size=32, fmt='frames', workers=1)
+  annotations = (out / 'something-something-v1-train.csv').read_text()
+  folder = out / '20bn-something-something-v1'
+  shutil.rmtree(folder / '3')  # as a stop before clip 3 was renamed into place
+  (folder / '.4.partial').mkdir()
+  (folder / '.4.partial' / '00001.jpg').write_bytes(b'half a clip')
+  synthetic.generate(out, 6, 2, test=0, size=32, fmt='frames', workers=1)
+  assert 'synthetic: resuming in ' in capsys.readouterr().err
+  assert (folder / '3').is_dir() and not (folder / '.4.partial').exists()
+  assert (out / 'something-something-v1-train.csv').read_text() == annotations
+  # Other settings: every clip written again.
+  synthetic.generate(out, 6, 2, test=0, size=48, fmt='frames', workers=1)
+  assert 'resuming' not in capsys.readouterr().err
+  assert video_io.decode_jpeg((folder / '1' / '00001.jpg').read_bytes()).shape[0] == 48
