@@ -8,7 +8,6 @@ that data preparation and training raise the same kind, and `logs`, `stopping` a
 build on it in that order.
 """
 import os
-import sys
 
 DEBUG_VARIABLE = 'CSTM_DEBUG'
 

@@ -2,7 +2,6 @@
 an image whose python3 is older than 3.12 and has no uv: against this machine's Pythons."""
 import os
 import pathlib
-import shutil
 import subprocess
 
 import pytest
