@@ -83,15 +83,15 @@ class Work:
   def remove(self) -> None:
     shutil.rmtree(self.folder, ignore_errors=True)
 
-  def begin(self, options: dict, splits: dict[str, dict], *, rebuild: bool) -> bool:
+  def begin(self, options: dict, splits: dict[str, dict], *, rebuild: bool) -> None:
     """Takes up the work left for `options` and `splits` ({split: {'videos': count, 'digest':
-    `digest` of its rows}}), or starts it; returns whether earlier work is taken up. Work for
-    other options is refused unless `rebuild`; work for other annotations is started again."""
+    `digest` of its rows}}), or starts it. Work for other options is refused unless
+    `rebuild`; work for other annotations is started again."""
     wanted = {'options': options, 'splits': splits}
     if self.exists():
       earlier = json.loads((self.folder / 'work.json').read_text())
       if earlier == wanted:
-        return True
+        return
       if earlier.get('options') != options and not rebuild:
         listed = ', '.join(f'{k} {earlier.get("options", {}).get(k)!r} then, {v!r} now'
                            for k, v in options.items()
@@ -105,7 +105,6 @@ class Work:
     self.remove()
     self.folder.mkdir(parents=True)
     _write_atomically(self.folder / 'work.json', json.dumps(wanted, indent=1))
-    return False
 
   def shards(self, split: str) -> list[tuple[int, int]]:
     """The finished shards of `split`, as (first, last) ranges in order; leftovers of a killed

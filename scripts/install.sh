@@ -47,6 +47,9 @@ if [ -z "$uv" ]; then
   fi
 fi
 
+# The machine's own certificate store, as pip uses it: uv's built-in roots do not know a
+# site's TLS-inspecting proxy, and every download then fails.
+export UV_SYSTEM_CERTS=${UV_SYSTEM_CERTS:-1}
 if python=$(scripts/find_python.sh ${PY:+"$PY"} 2>/dev/null); then
   echo "Python: $python (found on this machine)"
 else
