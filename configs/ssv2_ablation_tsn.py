@@ -5,6 +5,8 @@
 Paper (views 1x1: 1 clip, centre crop; validation): not in the ablation table (TSN / TSM ResNet-50
 rows:
 27.80 / 57.60 and 58.20 / 84.80).
+Starts from ImageNet (`train.init_from=imagenet`): bn_inception-9f5701afb96c8044.pth, the network
+TSN and GSM train from.
 `--config=configs/ssv2_ablation_tsn.py:smoke` shrinks it to a tiny CPU run.
 """
 from cstm_jax.config import defaults

@@ -9,6 +9,8 @@ Recipe of `zhoubolei/TRN-pytorch` (`RECIPES['trn']`: `main.py` defaults with
 weight decay 5e-4, x0.1 at epochs 50 and 100 of 120, gradient norm clipped at 20, dropout 0.8
 before the frame features, partial BatchNorm, TSN's parameter groups, a horizontal flip that
 keeps the label (as the release flips), ImageNet BN-Inception weights (TSN's).
+Starts from ImageNet (`train.init_from=imagenet`): bn_inception-9f5701afb96c8044.pth, TSN's
+BN-Inception, as TRN trains from.
 `--config=configs/ssv2_trn.py:smoke` shrinks it to a tiny CPU run.
 """
 from cstm_jax.config import defaults

@@ -11,4 +11,7 @@ NORMALISATION = {
     'bgr255': (np.array([104.0, 117.0, 128.0], np.float32), np.ones(3, np.float32)),
     'rgb_imagenet': (np.array([0.485, 0.456, 0.406], np.float32) * 255,
                      np.array([0.229, 0.224, 0.225], np.float32) * 255),
+    # RGB scaled to [-1, 1]: TensorFlow's Inception nets (I3D, S3D) and torchvision's GoogLeNet,
+    # whose `transform_input` maps ImageNet-normalised input back to (x - 0.5) / 0.5.
+    'rgb_pm1': (np.full(3, 127.5, np.float32), np.full(3, 127.5, np.float32)),
 }

@@ -290,7 +290,7 @@ class Unit3D(nn.Module):
   def __init__(self, cin, cout, kernel, stride):
     super().__init__()
     self.conv = nn.Conv3d(cin, cout, kernel, stride, bias=False)
-    self.bn = nn.BatchNorm3d(cout)
+    self.bn = nn.BatchNorm3d(cout, eps=1e-3)  # TF-Slim's
     self.kernel, self.stride = kernel, stride
 
   def forward(self, x):
@@ -411,3 +411,71 @@ def unit_logits(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
       layer.weight /= scale
       layer.bias /= scale
     return model(clips)
+
+
+class BasicConv2d(nn.Module):
+  """torchvision GoogLeNet's unit: conv (no bias) -> BN (eps 1e-3) -> ReLU."""
+
+  def __init__(self, cin, cout, kernel, padding=0, stride=1):
+    super().__init__()
+    self.conv = nn.Conv2d(cin, cout, kernel, stride, padding, bias=False)
+    self.bn = nn.BatchNorm2d(cout, eps=1e-3)
+
+  def forward(self, x):
+    return torch.relu(self.bn(self.conv(x)))
+
+
+class GoogLeNetBlock(nn.Module):
+  """A mixed block of torchvision's GoogLeNet: branch1 (1x1), branch2 and branch3 (1x1 then
+  3x3), branch4 (3x3 max pool, 1x1); the four concatenated."""
+
+  def __init__(self, cin, c1, c2a, c2b, c3a, c3b, c4):
+    super().__init__()
+    self.branch1 = BasicConv2d(cin, c1, 1)
+    self.branch2 = nn.Sequential(BasicConv2d(cin, c2a, 1), BasicConv2d(c2a, c2b, 3, 1))
+    self.branch3 = nn.Sequential(BasicConv2d(cin, c3a, 1), BasicConv2d(c3a, c3b, 3, 1))
+    self.branch4 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), BasicConv2d(cin, c4, 1))
+
+  def forward(self, x):
+    return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+
+
+class GoogLeNetAux(nn.Module):
+  def __init__(self, cin, classes=1000):
+    super().__init__()
+    self.conv = BasicConv2d(cin, 128, 1)
+    self.fc1 = nn.Linear(2048, 1024)
+    self.fc2 = nn.Linear(1024, classes)
+
+
+class GoogLeNet(nn.Module):
+  """The 2D Inception-v1 with torchvision's module names (`googlenet-1378be20.pth`, with its
+  auxiliary classifiers); `forward` gives the spatial mean of inception5b's output."""
+
+  def __init__(self):
+    super().__init__()
+    self.conv1 = BasicConv2d(3, 64, 7, 3, 2)
+    self.maxpool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+    self.conv2 = BasicConv2d(64, 64, 1)
+    self.conv3 = BasicConv2d(64, 192, 3, 1)
+    self.maxpool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+    cin = 192
+    for name, widths in zip(('3a', '3b', '4a', '4b', '4c', '4d', '4e', '5a', '5b'),
+                            ((64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64),
+                             (192, 96, 208, 16, 48, 64), (160, 112, 224, 24, 64, 64),
+                             (128, 128, 256, 24, 64, 64), (112, 144, 288, 32, 64, 64),
+                             (256, 160, 320, 32, 128, 128), (256, 160, 320, 32, 128, 128),
+                             (384, 192, 384, 48, 128, 128))):
+      setattr(self, f'inception{name}', GoogLeNetBlock(cin, *widths))
+      cin = widths[0] + widths[2] + widths[4] + widths[5]
+    self.maxpool3 = nn.MaxPool2d(3, 2, ceil_mode=True)
+    self.maxpool4 = nn.MaxPool2d(2, 2, ceil_mode=True)
+    self.aux1, self.aux2 = GoogLeNetAux(512), GoogLeNetAux(528)
+    self.fc = nn.Linear(1024, 1000)
+
+  def forward(self, x):
+    x = self.maxpool2(self.conv3(self.conv2(self.maxpool1(self.conv1(x)))))
+    for name in ('3a', '3b', 'pool3', '4a', '4b', '4c', '4d', '4e', 'pool4', '5a', '5b'):
+      x = (getattr(self, f'max{name}') if name.startswith('pool') else
+           getattr(self, f'inception{name}'))(x)
+    return x.mean(dim=(2, 3))

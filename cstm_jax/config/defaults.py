@@ -94,8 +94,9 @@ def get_config() -> ml_collections.ConfigDict:
       'checkpoint_every_steps': 1000,
       'keep_checkpoints': 2,        # latest checkpoints kept (the best one is kept apart)
       'eval_every_epochs': 5.0,
-      'init_from': 'imagenet',      # fresh runs: 'imagenet' (the backbone's ImageNet weights,
-                                    # train/pretrained.py), 'scratch', or a converted checkpoint
+      'init_from': 'imagenet',      # fresh runs: 'imagenet' or 'kinetics' (the file the
+                                    # original trains from, train/pretrained.py), 'scratch',
+                                    # or a converted checkpoint
       'init_partial': False,        # True: init_from may leave backbone weights that do not fit
   })
 
@@ -215,10 +216,20 @@ def experiment(dataset: str, model: str, frames: int, arg: str = '', *, recipe: 
                      flip=dataset != 'jester')
   for block, values in RECIPES[recipe].items():
     config[block].update(values)
-  # The 2D backbones start from ImageNet weights, as their papers' numbers do; the 3D nets here
-  # have none (their papers inflate ImageNet weights or pretrain on Kinetics).
-  config.train.init_from = 'imagenet' if not backbone.is_3d else 'scratch'
+  config.train.init_from = start_of(config.model)
   return shrink(config, arg)
+
+
+def start_of(model) -> str:
+  """The weights the paper's table starts `model` (a `config.model` block) from: TSM's
+  Kinetics release for TSN and TSM on ResNet-50 (their rows quote TSM's Kinetics-pretrained
+  numbers), nothing for R(2+1)D (trained from scratch in its paper), ImageNet for the rest
+  (the 3D Inception nets and I3D-ResNet-50 inflate it)."""
+  if model.backbone.startswith('r2plus1d'):
+    return 'scratch'
+  if model.backbone == 'resnet50' and model.temporal in ('tsn', 'tsm'):
+    return 'kinetics'
+  return 'imagenet'
 
 
 def shrink(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:

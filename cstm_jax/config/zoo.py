@@ -18,7 +18,9 @@ class BackboneInfo:
     test_scale: short side the frames are resized to before the centre crop at test time.
     is_3d: a 3D CNN (no 2D temporal module; `temporal` is 'none').
     input_norm: how its input is normalised: 'bgr255' (Caffe Inception nets: BGR 0-255 minus
-      the mean) or 'rgb_imagenet' (torchvision nets: RGB ImageNet mean and std).
+      the mean), 'rgb_imagenet' (torchvision nets: RGB ImageNet mean and std) or 'rgb_pm1'
+      (RGB in [-1, 1]: the Inception-v1 3D nets, as TF's I3D / S3D and the GoogLeNet weights
+      they inflate take it).
   """
   crop: int
   test_scale: int
@@ -30,10 +32,10 @@ BACKBONES = {
     'bninception': BackboneInfo(224, 256, False, 'bgr255'),
     'inception_v3': BackboneInfo(229, 261, False, 'bgr255'),
     'resnet50': BackboneInfo(224, 256, False, 'rgb_imagenet'),
-    'i3d': BackboneInfo(224, 256, True, 'rgb_imagenet'),
+    'i3d': BackboneInfo(224, 256, True, 'rgb_pm1'),
     'i3d_resnet50': BackboneInfo(224, 256, True, 'rgb_imagenet'),
-    's3d': BackboneInfo(224, 256, True, 'rgb_imagenet'),
-    's3dg': BackboneInfo(224, 256, True, 'rgb_imagenet'),
+    's3d': BackboneInfo(224, 256, True, 'rgb_pm1'),
+    's3dg': BackboneInfo(224, 256, True, 'rgb_pm1'),
     'r2plus1d_18': BackboneInfo(112, 128, True, 'rgb_imagenet'),
     'r2plus1d_34': BackboneInfo(112, 128, True, 'rgb_imagenet'),
 }

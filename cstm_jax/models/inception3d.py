@@ -3,7 +3,10 @@ and separable with self-gating; Xie et al. 2018). Same stem, pools and mixed blo
 every k x k x k conv into 1 x k x k followed by k x 1 x 1. S3D-G multiplies the output of
 Conv3d_2c_3x3 and of each branch of every mixed block by a sigmoid gate computed from that
 output's mean over (T, H, W), as TF-Slim's `s3dg.py` does (`self_gating`). TensorFlow 'SAME'
-padding as in the original releases.
+padding and BatchNorm epsilon (1e-3) as in the original releases; the same epsilon as
+torchvision's GoogLeNet (`BasicConv2d`), whose ImageNet weights these nets inflate
+(`models/torch_weights.py`). At 224 px the first conv's 'SAME' padding is (2, 3) where
+torchvision pads (3, 3); at sizes 2m + 1 with m + 1 a multiple of 8 the two agree throughout.
 """
 from typing import Any
 
@@ -12,6 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from cstm_jax.models import layers, temporal_ops
+
+BN_EPSILON_TF = 1e-3  # TF-Slim's batch_norm default, and torchvision's GoogLeNet's
 
 # Mixed blocks: (name, [b0 1x1, b1 1x1, b1 3x3, b2 1x1, b2 3x3, b3 pool-proj]).
 MIXED = {
@@ -46,8 +51,8 @@ class Unit3D(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     unit = lambda kernel, strides, name: layers.ConvBN(
-        self.features, kernel, strides, 'SAME', use_bias=False, dtype=self.dtype,
-        param_dtype=self.param_dtype, name=name)
+        self.features, kernel, strides, 'SAME', use_bias=False, bn_epsilon=BN_EPSILON_TF,
+        dtype=self.dtype, param_dtype=self.param_dtype, name=name)
     k, s = self.kernel, self.stride
     if not self.separable or k == 1:
       return unit((k, k, k), (s, s, s), 'conv')(x, train)

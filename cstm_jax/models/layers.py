@@ -57,14 +57,15 @@ class BatchNorm(nn.Module):
     return jnp.asarray(y, flax_dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype))
 
 
-def batch_norm(train: bool, dtype: Any, param_dtype: Any, name: str) -> BatchNorm:
-  """`BatchNorm` with PyTorch's settings (eps 1e-5, momentum 0.1).
+def batch_norm(train: bool, dtype: Any, param_dtype: Any, name: str,
+               epsilon: float = BN_EPSILON) -> BatchNorm:
+  """`BatchNorm` with PyTorch's settings (eps 1e-5 unless given, momentum 0.1).
 
   Training normalises with the batch's statistics and updates the running ones (mutable
   'batch_stats'); evaluation uses the running ones.
   """
-  return BatchNorm(use_running_average=not train, dtype=dtype, param_dtype=param_dtype,
-                   name=name)
+  return BatchNorm(use_running_average=not train, epsilon=epsilon, dtype=dtype,
+                   param_dtype=param_dtype, name=name)
 
 
 # He init (fan out), as torchvision does for conv layers trained from scratch.
@@ -95,6 +96,7 @@ class ConvBN(nn.Module):
   relu: bool = True
   temporal: Optional[ModuleDef] = None
   frozen_bn: bool = False
+  bn_epsilon: float = BN_EPSILON
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -106,7 +108,8 @@ class ConvBN(nn.Module):
                 dtype=self.dtype, param_dtype=self.param_dtype, name='conv')(x)
     if self.temporal is not None:
       x = self.temporal(name='temporal')(x, train)
-    x = batch_norm(train and not self.frozen_bn, self.dtype, self.param_dtype, 'bn')(x)
+    x = batch_norm(train and not self.frozen_bn, self.dtype, self.param_dtype, 'bn',
+                   self.bn_epsilon)(x)
     return nn.relu(x) if self.relu else x
 
 

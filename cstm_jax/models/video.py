@@ -69,7 +69,7 @@ def num_classes_of(params) -> int | None:
 
 def normalise(clips: jax.Array, input_norm: str) -> jax.Array:
   """uint8 RGB `[..., H, W, 3]` -> float32 `[..., H, W, 3]` in the `input_norm` convention
-  ('bgr255' or 'rgb_imagenet', `config/zoo.py`)."""
+  ('bgr255', 'rgb_imagenet' or 'rgb_pm1', `config/zoo.py`)."""
   if clips.dtype != jnp.uint8:
     raise TypeError(f'clips are {clips.dtype}; the steps take uint8 RGB clips as the '
                     'pipelines send them')

@@ -289,10 +289,10 @@ def short_reason(error: Exception) -> str:
 
 
 # Modules that may start fresh in init_from: the classifiers (`head`, TRN's relations `trn`),
-# which another class count replaces, and the temporal modules a 2D network lacks (this
-# project's `temporal` modules, STM's `channel_temporal` and `motion`).
+# which another class count replaces, and the modules a 2D network lacks (this project's
+# `temporal` modules, STM's `channel_temporal` and `motion`, S3D-G's self-gating `gate`).
 HEADS = ('head', 'trn')
-NEW_MODULES = ('temporal', 'channel_temporal', 'motion')
+NEW_MODULES = ('temporal', 'channel_temporal', 'motion', 'gate')
 
 
 def merge_pretrained(variables, pretrained, partial: bool = False,

@@ -47,18 +47,24 @@ def initial_state(program, *, run_checkpoints, train_iterator) -> Start:
   if restored is not None:
     logging.info('Resuming from the checkpoint of step %d', step)
     return Start(restored, step)
-  state = program.init_state(jax.random.key(config.train.seed))
   init_from = config.train.init_from
   if pretrained.is_scratch(init_from):
-    logging.warning('train.init_from=scratch: the backbone starts from random weights (the '
-                    "papers' numbers start from ImageNet weights: --config.train.init_from="
-                    'imagenet)')
-    return Start(state, 0)
-  if init_from == pretrained.IMAGENET:
-    weights = pretrained.imagenet_variables(config.model)
-    source = f'the ImageNet weights {pretrained.IMAGENET_WEIGHTS[config.model.backbone].file}'
+    backbone = config.model.backbone
+    if backbone in pretrained.FROM_SCRATCH:
+      logging.info('train.init_from=scratch: %s', pretrained.FROM_SCRATCH[backbone])
+    else:
+      logging.warning('train.init_from=scratch: the backbone starts from random weights (the '
+                      "papers' numbers start from ImageNet weights: --config.train.init_from="
+                      'imagenet)')
+    return Start(program.init_state(jax.random.key(config.train.seed)), 0)
+  # The weights first: a run that cannot get them stops before its first compile.
+  if init_from in pretrained.STARTS:
+    weights = pretrained.starting_variables(init_from, config.model)
+    source = (f'the {pretrained.STARTS[init_from]} weights '
+              f'{pretrained.weights_for(init_from, config.model).file}')
   else:
     weights, source = checkpoints.load_variables(init_from), init_from
+  state = program.init_state(jax.random.key(config.train.seed))
   merged, _ = checkpoints.merge_pretrained(variables_of(state), weights,
                                            config.train.init_partial, source)
   shardings = program.state_shardings
