@@ -24,6 +24,10 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
 
 # --- Shared data fixtures: small real datasets made once per test session -------------------
 
+import functools  # noqa: E402
+import http.server  # noqa: E402
+import threading  # noqa: E402
+
 import pytest  # noqa: E402
 
 SYNTHETIC = {'train': 12, 'val': 8, 'test': 2, 'size': 32, 'seed': 0}
@@ -46,3 +50,29 @@ def prepared_ssv2(synthetic_ssv2, tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('prepared')
   report = prepare.prepare('ssv2', synthetic_ssv2[0], data_dir, workers=2, short_side=48)
   return data_dir, report
+
+
+# --- A web server on loopback, for the weights a run fetches by name --------------------------
+
+@pytest.fixture
+def server(tmp_path):
+  """(folder served, base URL, paths requested) of an HTTP server on 127.0.0.1."""
+  folder = tmp_path / 'served'
+  folder.mkdir()
+  requested = []
+
+  class Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+      requested.append(self.path)
+      super().do_GET()
+
+    def log_message(self, *args):
+      pass
+
+  httpd = http.server.ThreadingHTTPServer(
+      ('127.0.0.1', 0), functools.partial(Handler, directory=str(folder)))
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  yield folder, f'http://127.0.0.1:{httpd.server_address[1]}', requested
+  httpd.shutdown()
+  httpd.server_close()

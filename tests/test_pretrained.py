@@ -3,17 +3,14 @@ server on loopback: downloaded once, checked (by the hash in the name, or the si
 recorded at the first download), converted once, reused; a failed fetch or a wrong file is one
 line naming the file, the URL, the cache and the mirror variable; a run that cannot get them
 stops before its first compile."""
-import functools
 import glob
 import hashlib
-import http.server
 import importlib
 import json
 import logging
 import pathlib
 import shutil
 import socket
-import threading
 
 import jax
 import numpy as np
@@ -25,30 +22,6 @@ from configs import ssv2_8f, ssv2_s3d, ssv2_tsm_resnet50
 from cstm_foundation.errors import BadFile, ConfigError, MissingFile
 from cstm_jax.train import checkpoints, experiment, loop, pretrained
 from runs import built, smoke
-
-
-@pytest.fixture
-def server(tmp_path):
-  """(folder served, base URL, paths requested) of an HTTP server on 127.0.0.1."""
-  folder = tmp_path / 'served'
-  folder.mkdir()
-  requested = []
-
-  class Handler(http.server.SimpleHTTPRequestHandler):
-    def do_GET(self):
-      requested.append(self.path)
-      super().do_GET()
-
-    def log_message(self, *args):
-      pass
-
-  httpd = http.server.ThreadingHTTPServer(
-      ('127.0.0.1', 0), functools.partial(Handler, directory=str(folder)))
-  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-  thread.start()
-  yield folder, f'http://127.0.0.1:{httpd.server_address[1]}', requested
-  httpd.shutdown()
-  httpd.server_close()
 
 
 @pytest.fixture

@@ -12,6 +12,9 @@ The tests here then hold this project's reading against those facts:
   the way the original loads it (strictly, with the original's own key handling);
 - an inflated 3D net gives its 2D source's features on a clip of one frame repeated.
 """
+import glob
+import hashlib
+import importlib
 import json
 import pathlib
 
@@ -245,3 +248,46 @@ def test_an_inflated_3d_net_gives_its_2d_source_features_on_a_static_clip(name, 
     np.testing.assert_allclose(ours[step], expected, rtol=0, atol=tolerance, err_msg=f'step {step}')
   # Padding does reach the first step: the bound above is the receptive field, not slack.
   assert np.abs(ours[0] - expected).max() > 100 * tolerance
+
+
+# --- Each configured start, fetched by name -----------------------------------------------------
+
+def test_each_configured_start_is_fetched_from_a_server_and_loads_into_its_model(
+    server, tmp_path, monkeypatch):
+  """Every experiment config's `init_from`, run as `loop.initial_state` runs it: its file (here
+  written to its manifest, full size) fetched from a web server on loopback, checked, converted
+  and merged into the config's model, only heads and new modules left to initialise."""
+  folder, url, requested = server
+  monkeypatch.setenv('CSTM_CACHE', str(tmp_path / 'cache'))
+  monkeypatch.delenv('CSTM_WEIGHTS_MIRROR', raising=False)
+  configs = {}
+  for path in sorted(glob.glob('configs/[!_]*.py')):
+    config = importlib.import_module(f'configs.{pathlib.Path(path).stem}').get_config()
+    if config.train.init_from in pretrained.STARTS:
+      configs[path] = config
+  served = {}
+  for table in (pretrained.IMAGENET_WEIGHTS, pretrained.KINETICS_WEIGHTS):
+    for key, weights in list(table.items()):
+      if weights.file not in served:
+        path = write_file(weights.file, folder)
+        if weights.sha256_prefix:  # a name carrying the file's own hash, as the real one does
+          digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+          path = path.rename(folder / weights.file.replace(weights.sha256_prefix, digest))
+        served[weights.file] = path.name
+      monkeypatch.setitem(table, key, pretrained.Weights(f'{url}/{served[weights.file]}',
+                                                         weights.source))
+  # The rows issue 45's configs will add start here too: TSN-ResNet-50, TSM-ResNet-50 at 16.
+  starts = [(path, config.train.init_from, config.model) for path, config in configs.items()]
+  starts += [(f'{name} at {frames} frames', 'kinetics', model_config(
+      name, num_frames=frames, num_classes=174)) for name, frames in (('tsn_resnet50', 8),
+                                                                       ('tsm_resnet50', 16))]
+  for where, init_from, model in starts:
+    variables = pretrained.starting_variables(init_from, model)
+    model = {**model.to_dict(), 'dtype': 'float32', 'num_classes': model.num_classes or 10}
+    crop = zoo.BACKBONES[model['backbone']].crop
+    fresh = abstract_variables(build_model(model), jax.ShapeDtypeStruct(
+        (1, model['num_frames'], crop, crop, 3), np.float32))
+    _, merge = checkpoints.merge_pretrained(fresh, variables, source=where)
+    assert merge['loaded'] and not merge['mismatched'], where
+  assert sorted(requested) == sorted(f'/{name}' for name in served.values())  # once each
+  assert len(configs) >= 25
