@@ -57,11 +57,11 @@ def served_weights(server, smoke_config, tmp_path, monkeypatch):
 def test_downloaded_once_checked_converted_once_and_reused(served_weights, smoke_config,
                                                            tmp_path):
   folder, file, requested = served_weights
-  first = pretrained.imagenet_variables(smoke_config.model)
+  first = pretrained.starting_variables('imagenet', smoke_config.model)
   assert requested == [f'/{file}']
   assert (tmp_path / 'cache' / 'weights' / file).read_bytes() == (folder / file).read_bytes()
   (converted,) = (tmp_path / 'cache' / 'converted').glob('*.npz')
-  again = pretrained.imagenet_variables(smoke_config.model)
+  again = pretrained.starting_variables('imagenet', smoke_config.model)
   assert requested == [f'/{file}']  # the second run used the conversion
   state_dict = torch.load(folder / file, weights_only=True)
   kernel = first['params']['backbone']['conv1_7x7_s2']['conv']['kernel']
@@ -72,7 +72,7 @@ def test_downloaded_once_checked_converted_once_and_reused(served_weights, smoke
   assert 'head' not in first['params']  # the ImageNet head is dropped
   # Without the conversion, the cached download is converted again without a request.
   converted.unlink()
-  pretrained.imagenet_variables(smoke_config.model)
+  pretrained.starting_variables('imagenet', smoke_config.model)
   assert requested == [f'/{file}']
 
 
@@ -84,7 +84,7 @@ def test_a_missing_file_a_truncated_file_and_a_wrong_hash_are_one_line_each(
   data = (folder / file).read_bytes()
   (folder / file).unlink()  # the server answers 404
   with pytest.raises(MissingFile) as error:
-    pretrained.imagenet_variables(smoke_config.model)
+    pretrained.starting_variables('imagenet', smoke_config.model)
   message = str(error.value)
   assert message.startswith(f'{weights.url}: the ImageNet weights {file} could not be fetched (')
   assert f'download {weights.url} by hand into {target}' in message and '\n' not in message
@@ -92,12 +92,12 @@ def test_a_missing_file_a_truncated_file_and_a_wrong_hash_are_one_line_each(
   (folder / file).write_bytes(data[:len(data) // 2])  # cut short
   with pytest.raises(BadFile, match=f'{weights.url}: the file fetched has SHA-256 [0-9a-f]{{16}}'
                      f'\\.\\.\\., not {weights.sha256_prefix}\\.\\.\\. as its name says'):
-    pretrained.imagenet_variables(smoke_config.model)
+    pretrained.starting_variables('imagenet', smoke_config.model)
   assert not target.exists() and not list(target.parent.glob('.*'))  # nothing partial is left
   # A cached file that does not match is fetched again, whole this time.
   target.write_bytes(b'not the weights')
   (folder / file).write_bytes(data)
-  pretrained.imagenet_variables(smoke_config.model)
+  pretrained.starting_variables('imagenet', smoke_config.model)
   assert target.read_bytes() == data
 
 
@@ -107,7 +107,7 @@ def test_a_mirror_folder_replaces_the_url(served_weights, smoke_config, tmp_path
   mirror.mkdir()
   shutil.copy(folder / file, mirror / file)
   monkeypatch.setenv('CSTM_WEIGHTS_MIRROR', str(mirror))
-  pretrained.imagenet_variables(smoke_config.model)
+  pretrained.starting_variables('imagenet', smoke_config.model)
   assert requested == []
 
 

@@ -40,9 +40,9 @@ from cstm_foundation import paths
 from cstm_foundation.errors import BadFile, MissingFile
 from cstm_jax.config.zoo import BACKBONES
 from cstm_jax.models import trn
-from cstm_jax.models.inception3d import BN_EPSILON_TF
 from cstm_jax.models.build import abstract_variables, build_model
 from cstm_jax.models.inception import TABLES, load_table
+from cstm_jax.models.inception3d import BN_EPSILON_TF
 
 BN_NAMES = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
 INCEPTION_V1_3D = ('i3d', 's3d', 's3dg')
@@ -267,6 +267,8 @@ DROP_RULES = {
     'the head of the weights (fc, new_fc, last_linear or top_cls_fc): the run trains its own':
         lambda key, head: head and key.startswith('fc.'),
 }
+
+
 def from_torch(state_dict: Mapping[str, np.ndarray], model_config) -> dict:
   """Flax `{'params', 'batch_stats'}` for `model_config` (a `config.model` block) from a
   PyTorch state dict; raises ValueError listing every missing, extra or misshapen key."""

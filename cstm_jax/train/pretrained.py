@@ -116,7 +116,7 @@ def weights_for(init_from: str, model_config) -> Weights:
   """The file `init_from` ('imagenet' or 'kinetics') names for `model_config` (a `config.model`
   block), or a ConfigError saying which models have one."""
   backbone, temporal = model_config['backbone'], model_config['temporal']
-  instead = ("set --config.train.init_from=scratch or a converted checkpoint's path")
+  instead = "set --config.train.init_from=scratch or a converted checkpoint's path"
   if init_from == IMAGENET:
     if backbone not in IMAGENET_WEIGHTS:
       why = f' ({FROM_SCRATCH[backbone]})' if backbone in FROM_SCRATCH else ''
@@ -136,16 +136,6 @@ def weights_for(init_from: str, model_config) -> Weights:
     return found
   raise ConfigError(f'train.init_from={init_from!r} is not a start by name '
                     f'({", ".join(STARTS)})')
-
-
-def check_available(backbone: str) -> Weights:
-  """The ImageNet weights of `backbone`, or a ConfigError naming the backbones that have them."""
-  return weights_for(IMAGENET, {'backbone': backbone, 'temporal': 'tsn', 'num_frames': 0})
-
-
-def imagenet_variables(model_config) -> dict:
-  """`starting_variables('imagenet', model_config)`."""
-  return starting_variables(IMAGENET, model_config)
 
 
 def starting_variables(init_from: str, model_config) -> dict:
