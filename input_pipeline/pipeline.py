@@ -21,7 +21,6 @@ this package does not import it).
 import dataclasses
 import math
 import pathlib
-from typing import Optional
 
 import grain
 from absl import flags
@@ -107,10 +106,13 @@ class EvalTransform:
             'index': np.int32(record['index']), 'mask': np.float32(1)}
 
 
-def eval_transform(config, views: Optional[tuple[int, int, bool]] = None) -> EvalTransform:
+ONE_VIEW = (1, 1, False)  # one clip (segment centres), the centre crop
+
+
+def eval_transform(config, views: tuple[int, int, bool] = ONE_VIEW) -> EvalTransform:
   """The evaluation transform of a `config.data` block with `views` (clips, crops, full
-  resolution: crops of the test scale); None: the block's eval_clips x eval_crops."""
-  clips, crops, full = views or (config.eval_clips, config.eval_crops, False)
+  resolution: crops of the test scale), as `evaluation.parse_views` reads `eval.views`."""
+  clips, crops, full = views
   return EvalTransform(config.num_frames, config.test_scale if full else config.crop,
                        config.test_scale, clips, crops)
 
@@ -199,7 +201,7 @@ def train_dataset(config, process_index: int = 0, process_count: int = 1,
 
 
 def eval_dataset(config, process_index: int = 0, process_count: int = 1, *,
-                 views: Optional[tuple[int, int, bool]] = None):
+                 views: tuple[int, int, bool] = ONE_VIEW):
   """One pass over the evaluation split with `views` (`eval_transform`); returns (dataset,
   batches per process)."""
   source, _ = open_split(config, config.eval_split)

@@ -19,14 +19,18 @@ def optim_config(**overrides):
   return config
 
 
-def test_schedule_warms_up_from_a_tenth_then_decays_to_zero():
+def test_schedule_warms_up_from_a_tenth_then_decays_to_its_floor_changing_once_an_epoch():
   config = optim_config(epochs=10.0, warmup_epochs=2.0)
   schedule = optim.learning_rate_schedule(config, step_batch=64, steps_per_epoch=100)
   peak = 0.01 * 64 / 32  # scaled with the clips of an optimizer step
-  assert schedule(0) == pytest.approx(0.1 * peak)
+  assert schedule(0) == schedule(99) == pytest.approx(0.1 * peak)
+  assert schedule(100) == pytest.approx(0.55 * peak)
   assert schedule(200) == pytest.approx(peak)
-  assert schedule(600) == pytest.approx(peak / 2, rel=1e-3)  # cosine midpoint
-  assert schedule(1000) == pytest.approx(0, abs=1e-9)
+  assert schedule(600) == schedule(699) == pytest.approx(peak / 2, rel=1e-3)  # cosine midpoint
+  assert schedule(1000) == pytest.approx(1e-7 * peak, abs=1e-12)  # GSM's min_ratio
+  per_step = optim.learning_rate_schedule(optim_config(epochs=10.0, warmup_epochs=2.0,
+                                                       lr_every='step'), 64, 100)
+  assert per_step(50) == pytest.approx(0.1 * peak + 0.9 * peak * 50 / 200)
   steps = optim.learning_rate_schedule(optim_config(schedule='steps', warmup_epochs=0.0,
                                                     decay_epochs=(2, 4)), 32, 100)
   assert [float(steps(s)) for s in (0, 199, 201, 401)] == pytest.approx([0.01, 0.01, 1e-3, 1e-4])

@@ -118,10 +118,9 @@ def test_flip_swaps_left_right_labels(config):
 
 @pytest.mark.parametrize('clips, crops', [(1, 1), (2, 3)])
 def test_evaluation_visits_every_example_once(config, clips, crops):
-  config.eval_clips, config.eval_crops = clips, crops
   counts, batches_per_process = {}, []
   for process in range(2):
-    dataset, num_batches = pipeline.eval_dataset(config, process, 2)
+    dataset, num_batches = pipeline.eval_dataset(config, process, 2, views=(clips, crops, False))
     batches = list(dataset)
     assert len(batches) == num_batches == 2  # 8 videos, 4 per process, local batch 3
     batches_per_process.append(len(batches))

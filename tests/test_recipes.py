@@ -5,6 +5,10 @@ clipping, the learning rate of the step), and in this project through `program.b
 identical weights on identical batches, two optimizer steps must leave every parameter and
 BatchNorm statistic equal to 1e-5 (2e-5 after GSM's accumulated steps: twice the forward
 passes)."""
+import bisect
+import logging
+import math
+
 import flax
 import jax
 import numpy as np
@@ -16,7 +20,7 @@ import torch_reference as ref
 from cstm_jax.config import defaults, finish
 from cstm_jax.distributed import sharding
 from cstm_jax.models.torch_weights import convert_state_dict
-from cstm_jax.train import program as program_lib
+from cstm_jax.train import optim, program as program_lib
 from input_pipeline import pipeline
 from torch_reference import reference_normalise
 
@@ -107,6 +111,67 @@ def torch_steps(model, config, schedule, batches, steps: int):
   return model
 
 
+# Each original's learning rate at an epoch, from its own code, with its README command's values
+# (`--lr`, `--warmup`, `--epochs`, `--lr_steps`); the rate holds for the epoch.
+def gsm_lr(epoch: int) -> float:
+  """swathikirans/GSM main.py: `WarmupCosineLR(optimizer, milestones=[args.warmup,
+  args.epochs], warmup_iters=args.warmup, min_ratio=1e-7)` (CosineAnnealingLR.py, warmup_factor
+  1/10, cycle_decay 1), stepped once after each epoch: its `get_lr()` at last_epoch = epoch.
+  README: --lr 0.01 --warmup 10 --epochs 60."""
+  lr, warmup, epochs, min_ratio = 0.01, 10, 60, 1e-7
+  milestones = [warmup, warmup, epochs]
+  if epoch < warmup:
+    alpha = epoch / warmup
+    return lr * (0.1 * (1 - alpha) + alpha)
+  cycle = min(bisect.bisect_right(milestones, epoch), len(milestones) - 1)
+  fraction = min((epoch - milestones[cycle - 1]) / (milestones[cycle] - milestones[cycle - 1]),
+                 1.0)
+  return lr * min_ratio + (lr - lr * min_ratio) * (1 + math.cos(math.pi * fraction)) / 2
+
+
+def step_lr(lr: float, lr_steps: tuple[int, ...]):
+  """TSM's and TRN's main.py `adjust_learning_rate(optimizer, epoch, lr_steps)` at each epoch's
+  start: `args.lr * 0.1 ** sum(epoch >= np.array(lr_steps))`."""
+  return lambda epoch: lr * 0.1 ** sum(epoch >= np.array(lr_steps))
+
+
+# (the rule, the original's epochs, the clips of its optimizer step: GSM's --batch-size 16
+# --iter_size 2, TSM's README --batch-size 64 (--lr 0.01 --lr_steps 20 40 --epochs 50), TRN's
+# README --batch-size 64 (opts.py: --lr 0.001 --lr_steps 50 100 --epochs 120)).
+ORIGINAL_LR = {'gsm': (gsm_lr, 60, 32), 'tsm': (step_lr(0.01, (20, 40)), 50, 64),
+               'trn': (step_lr(0.001, (50, 100)), 120, 64)}
+
+
+@pytest.mark.parametrize('recipe', ['gsm', 'tsm', 'trn'])
+def test_each_recipe_schedule_is_the_originals_over_every_epoch(recipe):
+  """The whole schedule at a small epoch length (3 optimizer steps), each step's lr against the
+  original's rule for its epoch; the recipe's batch is the original's."""
+  rule, epochs, clips = ORIGINAL_LR[recipe]
+  config = defaults.experiment('ssv2', MODELS[recipe], 8, recipe=recipe)
+  assert config.data.batch_size * config.optim.grad_accum_steps == clips
+  assert config.optim.epochs == epochs
+  steps_per_epoch = 3
+  schedule = optim.learning_rate_schedule(config.optim, clips, steps_per_epoch)
+  ours = [float(schedule(step)) for step in range(epochs * steps_per_epoch)]
+  theirs = [rule(step // steps_per_epoch) for step in range(epochs * steps_per_epoch)]
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=0)
+
+
+def test_a_batch_the_devices_cannot_hold_is_accumulated_to_the_recipes_step(caplog):
+  """TSM's 64 clips on 8 devices that hold 4 each: two accumulated batches of 32, said once."""
+  config = defaults.experiment('ssv2', 'tsm_resnet50', 8, recipe='tsm')
+  config.data.device_batch_max = 4
+  with caplog.at_level(logging.WARNING):
+    finished = finish.finish(config, num_classes=174, classes_from='the config', devices=8)
+  assert (finished.data.batch_size, finished.optim.grad_accum_steps) == (32, 2)
+  assert caplog.messages == [
+      'data.batch_size 64 is more than 8 devices hold (data.device_batch_max 4 each): 2 '
+      'accumulated batches of 32 make each optimizer step of 64 clips (optim.grad_accum_steps 2)']
+  config.data.device_batch_max = 0  # no limit: as configured
+  unsplit = finish.finish(config, num_classes=174, classes_from='the config', devices=8)
+  assert (unsplit.data.batch_size, unsplit.optim.grad_accum_steps) == (64, 1)
+
+
 def flat(variables) -> dict:
   return {f'{c}/{k}': np.asarray(v) for c in ('params', 'batch_stats')
           for k, v in flax.traverse_util.flatten_dict(variables[c], sep='/').items()}
@@ -129,7 +194,9 @@ def test_two_steps_of_the_recipe_equal_the_originals(recipe):
   for clips, labels in batches:
     state, metrics = program.train_step(state, {'clips': clips, 'labels': labels},
                                         jax.random.key(0))
-  torch_steps(model, config, program.schedule, batches, steps=2)
+  rule = ORIGINAL_LR[recipe][0]
+  scale = config.data.batch_size * config.optim.grad_accum_steps / ORIGINAL_LR[recipe][2]
+  torch_steps(model, config, lambda step: rule(step // 10) * scale, batches, steps=2)
   expected, _ = convert_state_dict(state_dict(model), config.model)
   ours = flat({'params': jax.device_get(state.params),
                'batch_stats': jax.device_get(state.batch_stats)})

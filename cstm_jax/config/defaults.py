@@ -58,9 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
       'scales': conventions.TSN_SCALES,  # multi-scale crop: fractions of the short side
       'flip': True,                 # horizontal flip (off for Jester)
       'flip_label_swap': True,      # a flip swaps left/right classes (GSM); TRN's release does not
-      'eval_clips': 1,              # 1 (segment centres) or 2 (centres and starts)
-      'eval_crops': 1,              # 1 (centre), 3 (along the long side), 5, 10 (eval.views)
       'batch_size': 32,             # clips of a train step, over all processes
+      'device_batch_max': 0,        # > 0: the most clips a device holds; a larger batch is
+                                    # split into accumulated ones (config/finish.py)
       'eval_batch_size': 32,
       'num_workers': -1,            # grain processes; 0: in-process; -1: by the host (workers.py)
       'prefetch': 2,                # batches buffered per worker
@@ -78,6 +78,10 @@ def get_config() -> ml_collections.ConfigDict:
       'warmup_epochs': 10.0,
       'warmup_start': 0.1,          # warmup from 0.1 x the peak learning rate
       'schedule': 'cosine',         # 'cosine', or 'steps' (x0.1 at decay_epochs)
+      'lr_every': 'epoch',          # 'epoch': the lr holds for an epoch, as every original's
+                                    # scheduler steps; 'step': it moves every optimizer step
+      'cosine_min_ratio': 1e-7,     # the cosine's floor, x the peak (GSM's WarmupCosineLR
+                                    # min_ratio)
       'decay_epochs': (20, 40),
       'clip_norm': 20.0,            # global-norm gradient clipping (0 disables)
       'param_groups': 'uniform',    # 'uniform'; 'tsn' (bias x2 no decay, BN no decay); 'tsm'
@@ -132,10 +136,15 @@ def get_config() -> ml_collections.ConfigDict:
 # those runs; renamed keys move; removed keys go, with the reason a command line that sets one
 # is told.
 ADDED_KEYS = {'model.consensus': 'average', 'model.trn_feature_dim': 256,
-              'model.partial_bn': False, 'data.flip_label_swap': True}
+              'model.partial_bn': False, 'data.flip_label_swap': True,
+              # Runs before these keys moved the lr every step, to a floor of zero.
+              'optim.lr_every': 'step', 'optim.cosine_min_ratio': 0.0,
+              'data.device_batch_max': 0}
 RENAMED_KEYS = {'model.conv3d': 'model.conv3d_grouping'}
 REMOVED_KEYS = {'data.colour': "the backbone sets its input normalisation (config/zoo.py's "
-                               'input_norm)'}
+                               'input_norm)',
+                'data.eval_clips': 'eval.views and eval.final_views decide the views',
+                'data.eval_crops': 'eval.views and eval.final_views decide the views'}
 
 
 def upgraded(values: dict) -> dict:
@@ -180,10 +189,11 @@ RECIPES = {
     'tsm': {'optim': {'base_lr': 0.01, 'base_batch': 64, 'epochs': 50.0, 'warmup_epochs': 0.0,
                       'schedule': 'steps', 'decay_epochs': (20, 40), 'clip_norm': 20.0,
                       'param_groups': 'tsm'},
-            'data': {'flip': False},
+            'data': {'flip': False, 'batch_size': 64},
             # Its README's SSv2 numbers: full resolution (3 crops of 256) x 2 clips.
             'eval': {'final_views': '1x1,2x3full'}},
-    # zhoubolei/TRN-pytorch main.py defaults with --consensus_type TRNmultiscale; models.py:
+    # zhoubolei/TRN-pytorch main.py defaults with its README's --consensus_type TRNmultiscale
+    # --batch-size 64; models.py:
     # partial BatchNorm (partialBN, on unless --no_partialbn), TSN's parameter groups
     # (get_optim_policies), and a flip that keeps the label (GroupRandomHorizontalFlip in
     # get_augmentation, every dataset).
@@ -191,7 +201,7 @@ RECIPES = {
             'optim': {'base_lr': 0.001, 'base_batch': 64, 'epochs': 120.0, 'warmup_epochs': 0.0,
                       'schedule': 'steps', 'decay_epochs': (50, 100), 'clip_norm': 20.0,
                       'param_groups': 'tsn'},
-            'data': {'flip': True, 'flip_label_swap': False},
+            'data': {'flip': True, 'flip_label_swap': False, 'batch_size': 64},
             # Its test_models.py defaults to 10 crops (5 and their mirrors) of 1 clip.
             'eval': {'final_views': '1x1,1x10'}},
     # The STM paper's Something-Something schedule (no code was released with it).

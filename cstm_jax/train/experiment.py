@@ -24,7 +24,8 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
             (config.data.eval_split,))
   config, class_names = finish.for_data(config, splits,
                                         accelerators=sharding.local_accelerators(),
-                                        process_count=jax.process_count())
+                                        process_count=jax.process_count(),
+                                        devices=jax.device_count())
   mesh = program.make_mesh(config)
   if config.mode == 'train':
     return loop.train_and_evaluate(config, workdir, mesh=mesh, class_names=class_names)

@@ -5,7 +5,7 @@ cstm_jax/config/defaults.py).
 GSM recipe: SGD with momentum 0.9, weight decay added to the gradient (coupled, as PyTorch's
 SGD does), global-norm clipping at 20 before the decay, lr 0.01 per 32 clips scaled linearly
 with the clips of an optimizer step (`data.batch_size` x `optim.grad_accum_steps`), linear warmup
-from 0.1x then cosine to zero; accumulated gradients clipped as GSM's loop clips them
+from 0.1x then cosine to 1e-7 x, changing once an epoch (`optim.lr_every`); accumulated gradients clipped as GSM's loop clips them
 (`accumulate`).
 TSN's parameter groups (`get_optim_policies` of tsn-pytorch, TRN-pytorch and TSM's
 `ops/models.py`): conv / dense weights decay at lr x1; biases lr x2 without decay; BatchNorm
@@ -27,21 +27,33 @@ VALID_GROUPS = ('uniform', 'tsn', 'tsm')
 
 def learning_rate_schedule(config, step_batch: int, steps_per_epoch: int) -> optax.Schedule:
   """`config` is `config.optim`; the schedule counts optimizer steps, `steps_per_epoch` of
-  them an epoch, each of `step_batch` clips (`data.batch_size` x `grad_accum_steps`)."""
+  them an epoch, each of `step_batch` clips (`data.batch_size` x `grad_accum_steps`).
+
+  With `lr_every='epoch'` the lr of epoch e is the curve's value at the epoch's first step and
+  holds for the epoch, as the originals' schedulers step once per epoch: GSM's
+  `WarmupCosineLR` (CosineAnnealingLR.py, `lr_scheduler_clr.step()` after each epoch in
+  main.py), TSM's and TRN's `adjust_learning_rate(optimizer, epoch, ...)` at each epoch's start.
+  """
   peak = config.base_lr * step_batch / config.base_batch
   total = max(1, int(config.epochs * steps_per_epoch))
   warmup = int(config.warmup_epochs * steps_per_epoch)
   if config.schedule == 'cosine':
-    main = optax.cosine_decay_schedule(peak, max(1, total - warmup))
+    main = optax.cosine_decay_schedule(peak, max(1, total - warmup),
+                                       alpha=config.cosine_min_ratio)
   elif config.schedule == 'steps':
     boundaries = {int(e * steps_per_epoch) - warmup: 0.1 for e in config.decay_epochs}
     main = optax.piecewise_constant_schedule(peak, boundaries)
   else:
     raise ConfigError(f'optim.schedule {config.schedule!r} not in {VALID_SCHEDULES}')
-  if not warmup:
-    return main
-  ramp = optax.linear_schedule(peak * config.warmup_start, peak, warmup)
-  return optax.join_schedules([ramp, main], [warmup])
+  curve = main
+  if warmup:
+    ramp = optax.linear_schedule(peak * config.warmup_start, peak, warmup)
+    curve = optax.join_schedules([ramp, main], [warmup])
+  if config.lr_every == 'step':
+    return curve
+  if config.lr_every != 'epoch':
+    raise ConfigError(f"optim.lr_every {config.lr_every!r} not in ('epoch', 'step')")
+  return lambda step: curve(step // steps_per_epoch * steps_per_epoch)
 
 
 def _base_optimizer(learning_rate, config, weight_decay: float) -> optax.GradientTransformation:
