@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-floor test-py313 device-check-image test-cluster chaos chaos-prepare stress demo summary benchmark benchmark-gpu \
+.PHONY: test test-floor test-py313 device-check-image test-cluster chaos chaos-prepare stress demo table3 summary benchmark benchmark-gpu \
   accelerators accelerators-tpu accelerators-gpu device-check device-wheels clean
 
 # libtpu goes into its own folder, on the path of the tests only (the ahead-of-time TPU compiles):
@@ -110,6 +110,10 @@ stress: $(INSTALLED)
 # Synthetic SSv2-format data -> TFDS dataset -> train and evaluate TSN and CSTM -> table, plots.
 demo: $(INSTALLED)
 	$(PYTHON) -m cstm_jax.demo
+
+# The paper's Table 3: each cell's number, config and command, and the runs' numbers in runs/.
+table3: $(INSTALLED)
+	$(PYTHON) -m cstm_jax.analysis.table3 --runs runs
 
 # Parameters and multiply-adds of every model.
 summary: $(INSTALLED)
