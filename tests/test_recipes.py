@@ -36,6 +36,8 @@ def recipe_config(recipe: str):
   config = defaults.experiment('ssv2', MODELS[recipe], FRAMES, recipe=recipe)
   config.model.update(width=WIDTH, num_classes=CLASSES, dropout=0.0, dtype='float32')
   config.data.update(crop=CROP, batch_size=BATCH, eval_batch_size=BATCH)
+  # The reference trains on one device (groups of clips: tests/test_batchnorm_groups.py).
+  config.train.bn_group = 'batch'
   return finish.without_data(config)
 
 

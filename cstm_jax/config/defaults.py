@@ -102,6 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
                                     # original trains from, train/pretrained.py), 'scratch',
                                     # or a converted checkpoint
       'init_partial': False,        # True: init_from may leave backbone weights that do not fit
+      'bn_group': 'batch',          # the clips a training BatchNorm statistic covers: 'batch'
+                                    # (all, SyncBN), 'device' (each device's share, as
+                                    # nn.DataParallel), or a number N (N clips, any devices)
   })
 
   config.eval = ml_collections.ConfigDict({
@@ -139,7 +142,7 @@ ADDED_KEYS = {'model.consensus': 'average', 'model.trn_feature_dim': 256,
               'model.partial_bn': False, 'data.flip_label_swap': True,
               # Runs before these keys moved the lr every step, to a floor of zero.
               'optim.lr_every': 'step', 'optim.cosine_min_ratio': 0.0,
-              'data.device_batch_max': 0}
+              'data.device_batch_max': 0, 'train.bn_group': 'batch'}
 RENAMED_KEYS = {'model.conv3d': 'model.conv3d_grouping'}
 REMOVED_KEYS = {'data.colour': "the backbone sets its input normalisation (config/zoo.py's "
                                'input_norm)',
@@ -190,6 +193,9 @@ RECIPES = {
                       'schedule': 'steps', 'decay_epochs': (20, 40), 'clip_norm': 20.0,
                       'param_groups': 'tsm'},
             'data': {'flip': False, 'batch_size': 64},
+            # nn.DataParallel: each GPU normalises its share. TSM's README states no GPU count;
+            # 8 GPUs (8 clips each) is this project's choice (docs/design.md, "Recipe").
+            'train': {'bn_group': '8'},
             # Its README's SSv2 numbers: full resolution (3 crops of 256) x 2 clips.
             'eval': {'final_views': '1x1,2x3full'}},
     # zhoubolei/TRN-pytorch main.py defaults with its README's --consensus_type TRNmultiscale
@@ -202,6 +208,9 @@ RECIPES = {
                       'schedule': 'steps', 'decay_epochs': (50, 100), 'clip_norm': 20.0,
                       'param_groups': 'tsn'},
             'data': {'flip': True, 'flip_label_swap': False, 'batch_size': 64},
+            # Its README trains on CUDA_VISIBLE_DEVICES=0,1: nn.DataParallel over 2 GPUs, each
+            # normalising 32 clips.
+            'train': {'bn_group': '32'},
             # Its test_models.py defaults to 10 crops (5 and their mirrors) of 1 clip.
             'eval': {'final_views': '1x1,1x10'}},
     # The STM paper's Something-Something schedule (no code was released with it).
@@ -256,6 +265,7 @@ def shrink(config: ml_collections.ConfigDict, arg: str) -> ml_collections.Config
   # max_steps ends the run; the schedule still warms up and decays.
   config.optim.update(epochs=100.0, warmup_epochs=1.0, grad_accum_steps=1)
   config.train.update(max_steps=6, log_every_steps=2, checkpoint_every_steps=2,
-                      eval_every_epochs=1.0, init_from='scratch')  # no download in a smoke run
+                      eval_every_epochs=1.0, init_from='scratch',  # no download in a smoke run
+                      bn_group='batch')  # its batch of 8 holds no recipe's group
   config.eval.update(final_views='1x1', tsne_examples=64)
   return config

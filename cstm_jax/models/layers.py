@@ -1,5 +1,7 @@
 """Building blocks shared by the backbones and temporal modules: BatchNorm as the PyTorch
 references train it, conv -> [temporal module] -> BN -> ReLU, Caffe pools."""
+import contextlib
+import contextvars
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -15,6 +17,23 @@ BN_MOMENTUM = 0.9  # Flax keeps 0.9 of the old statistics: PyTorch's momentum 0.
 BN_EPSILON = 1e-5
 
 
+# How many groups of clips a training BatchNorm normalises apart (docs/design.md, "Recipe"):
+# 1, the whole batch (SyncBN); more, each group its own statistics, as each GPU of PyTorch's
+# nn.DataParallel normalises its share. Set for a traced train step by `statistic_groups`.
+_GROUPS = contextvars.ContextVar('batch_norm_groups', default=1)
+
+
+@contextlib.contextmanager
+def statistic_groups(groups: int):
+  """Every training `BatchNorm` traced inside normalises the batch in `groups` groups of
+  consecutive clips (the batch is clip-major, so each group holds whole clips)."""
+  token = _GROUPS.set(groups)
+  try:
+    yield
+  finally:
+    _GROUPS.reset(token)
+
+
 class BatchNorm(nn.Module):
   """BatchNorm as PyTorch's `nn.BatchNorm{2,3}d` trains it: statistics over all axes but the
   last, normalised with the batch's biased variance, and running statistics updated with
@@ -22,6 +41,9 @@ class BatchNorm(nn.Module):
   one, n the values per channel), as PyTorch updates them. Otherwise it computes as flax's
   `nn.BatchNorm` does (float32 statistics, `E[x^2] - E[x]^2`, the same parameter and statistic
   names), whose running variance takes the biased one.
+
+  In training, the batch may be normalised in groups of clips (`statistic_groups`): each
+  group with its own statistics, the running ones updated with their mean over the groups.
 
   Attributes:
     use_running_average: normalise with the running statistics and leave them (evaluation,
@@ -40,20 +62,35 @@ class BatchNorm(nn.Module):
     ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32),
                             (features,))
     ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), (features,))
+    groups = 1 if self.use_running_average or self.is_initializing() else _GROUPS.get()
+    if groups > 1:
+      if x.shape[0] % groups:
+        raise ValueError(f'BatchNorm {self.name}: a batch of {x.shape[0]} rows does not split '
+                         f'into {groups} groups of whole clips')
+      x = x.reshape((groups, x.shape[0] // groups) + x.shape[1:])
+      axes = tuple(range(1, x.ndim - 1))
     if self.use_running_average:
       mean, var = ra_mean.value, ra_var.value
     else:
       values = x.astype(jnp.promote_types(self.dtype or x.dtype, jnp.float32))
-      mean = values.mean(axes)
-      var = jnp.maximum(0.0, jnp.square(values).mean(axes) - jnp.square(mean))
+      mean = values.mean(axes, keepdims=groups > 1)
+      var = jnp.maximum(0.0, jnp.square(values).mean(axes, keepdims=groups > 1)
+                        - jnp.square(mean))
       if not self.is_initializing():
-        count = x.size // features
+        count = x.size // features // groups
         unbiased = var * (count / max(count - 1, 1))
-        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+        if groups > 1:  # the running statistics take the mean over the groups
+          mean_all = mean.reshape(groups, features).mean(0)
+          unbiased = unbiased.reshape(groups, features).mean(0)
+        else:
+          mean_all = mean
+        ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean_all
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
     scale = self.param('scale', nn.initializers.ones, (features,), self.param_dtype)
     bias = self.param('bias', nn.initializers.zeros, (features,), self.param_dtype)
     y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    if groups > 1:
+      y = y.reshape((-1,) + y.shape[2:])
     return jnp.asarray(y, flax_dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype))
 
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cstm_foundation.errors import ConfigError
 from cstm_jax.config import finish, zoo
 from cstm_jax.distributed import sharding
 from cstm_jax.models.build import abstract_variables, build_model, frozen_parameters
@@ -87,6 +88,22 @@ def optimizer_steps_per_epoch(config: ml_collections.ConfigDict, train_size: int
   return max(1, batches // config.optim.grad_accum_steps)
 
 
+def statistic_groups(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> int:
+  """The groups of clips a training BatchNorm normalises apart in a batch of
+  `data.batch_size` (`train.bn_group`): 1 for 'batch' (the whole batch, SyncBN); one per device
+  on the mesh's data axis for 'device' (PyTorch's nn.DataParallel); batch / N for 'N' (N clips
+  each, whatever the device count)."""
+  group, clips = config.train.bn_group, config.data.batch_size
+  if group == 'batch':
+    return 1
+  if group == 'device':
+    return mesh.shape['data']
+  if not group.isdigit() or int(group) < 1 or clips % int(group):
+    raise ConfigError(f"train.bn_group={group!r}: expected 'batch', 'device' or a number of "
+                      f'clips that divides data.batch_size {clips}')
+  return clips // int(group)
+
+
 def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
           steps_per_epoch: int = NO_DATASET_STEPS_PER_EPOCH) -> Program:
   """The program of `config` (finished: `config.finish`) on `mesh`; `steps_per_epoch` (the
@@ -112,7 +129,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *,
 
   nhwc = config.xla.gpu_conv_nhwc
   train_step = steps.jit_train_step(
-      steps.make_train_step(model, schedule, input_norm, config.optim.grad_accum_steps),
+      steps.make_train_step(model, schedule, input_norm, config.optim.grad_accum_steps,
+                            statistic_groups(config, mesh)),
       state_shardings, mesh, nhwc)
   return Program(config=config, mesh=mesh, model=model, schedule=schedule, tx=tx,
                  clips_shape=clips_shape, input_norm=input_norm, abstract_state=abstract_state,

@@ -14,6 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from cstm_jax.train import optim
 from cstm_jax.distributed import sharding
+from cstm_jax.models import layers
 from cstm_jax.models.video import normalise
 
 
@@ -32,18 +33,21 @@ class MeshStep:
       return self.jitted.lower(*args)
 
 
-def make_train_step(model, schedule, input_norm: str, grad_accum_steps: int = 1):
+def make_train_step(model, schedule, input_norm: str, grad_accum_steps: int = 1,
+                    bn_groups: int = 1):
   """(state, batch, rng) -> (state, metrics); the batch's `clips` are uint8 RGB, normalised here
-  for the backbone (`input_norm`); dropout rng folded in per step."""
+  for the backbone (`input_norm`); dropout rng folded in per step. BatchNorm normalises the
+  batch in `bn_groups` groups of clips (`program.statistic_groups`)."""
 
   def step(state, batch, rng):
     dropout_rng = jax.random.fold_in(rng, state.step)
     clips = normalise(batch['clips'], input_norm)
 
     def loss_fn(params):
-      logits, updates = model.apply(
-          {'params': params, 'batch_stats': state.batch_stats}, clips, train=True,
-          mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+      with layers.statistic_groups(bn_groups):
+        logits, updates = model.apply(
+            {'params': params, 'batch_stats': state.batch_stats}, clips, train=True,
+            mutable=['batch_stats'], rngs={'dropout': dropout_rng})
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['labels']).mean()
       return loss, (logits, updates['batch_stats'])
 
