@@ -7,7 +7,8 @@ ResNet-50 weights (TSM's release).
 
 Paper (the CSTM paper's citation; 1 clip, centre crop, validation): 58.20 / 84.80 top-1 / top-5
 (%); evaluated so by the run's final `1x1` views. The final evaluation also runs TSM's own
-protocol for its README's SSv2 numbers, full resolution x 2 clips (views `2x3full`).
+protocol for its README's SSv2 numbers, "full resolution x 2 clips", read both ways: 3 crops of
+256 (views `2x3full`) and the 3 crops of 224 its command takes (views `2x3`).
 Starts from Kinetics (`train.init_from=kinetics`): TSM's release
 TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth, loaded whole but for its 400-class
 head as TSM's `--tune_from` loads it, since the table's number was trained so;

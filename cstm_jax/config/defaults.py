@@ -196,8 +196,10 @@ RECIPES = {
             # nn.DataParallel: each GPU normalises its share. TSM's README states no GPU count;
             # 8 GPUs (8 clips each) is this project's choice (docs/design.md, "Recipe").
             'train': {'bn_group': '8'},
-            # Its README's SSv2 numbers: full resolution (3 crops of 256) x 2 clips.
-            'eval': {'final_views': '1x1,2x3full'}},
+            # Its README's SSv2 numbers, "full resolution x 2 clips", both ways its words and
+            # its command read: 3 crops of 256 (2x3full) and of 224 (2x3, the command's
+            # test_models.py --test_crops=3 --twice_sample without --full_res).
+            'eval': {'final_views': '1x1,2x3,2x3full'}},
     # zhoubolei/TRN-pytorch main.py defaults with its README's --consensus_type TRNmultiscale
     # --batch-size 64; models.py:
     # partial BatchNorm (partialBN, on unless --no_partialbn), TSN's parameter groups
