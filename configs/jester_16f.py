@@ -3,6 +3,8 @@
   python main.py --config=configs/jester_16f.py --workdir=runs/jester_16f
 
 Paper (views 1x1: 1 clip, centre crop; validation): 96.48 / 99.87 top-1 / top-5 (%).
+On GSM's recipe, the base config (docs/design.md, "Recipe"; inferred for CSTM, whose paper
+gives none): swathikirans/GSM main.py and its README's command.
 Starts from ImageNet (`train.init_from=imagenet`): bn_inception-9f5701afb96c8044.pth, the network
 TSN and GSM train from.
 `--config=configs/jester_16f.py:smoke` shrinks it to a tiny CPU run.

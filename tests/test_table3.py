@@ -32,6 +32,8 @@ def test_every_one_of_the_29_numbers_has_a_config_of_its_row_that_quotes_it():
     assert zoo.name_of(config.model) == row.model, name
     assert config.model.num_frames == row.frames, name
     assert f'python main.py --config=configs/{name}.py --workdir=runs/{name}' in module.__doc__
+    assert 'recipe' in module.__doc__.lower(), name  # says its recipe
+    assert re.search(r'Starts from|from scratch', module.__doc__), name  # and its weights
 
 
 def test_the_table_shows_the_paper_and_the_runs_numbers(tmp_path):
