@@ -389,17 +389,25 @@ def test_a_renamed_or_removed_config_key_says_what_became_of_it():
       'config key model.conv3d is now model.conv3d_grouping')
   assert loader.unknown_key_message(config, 'data.colour').startswith(
       'config key data.colour is gone: the backbone sets its input normalisation')
+  assert loader.unknown_key_message(config, 'data.eval_crops') == (
+      'config key data.eval_crops is gone: eval.views and eval.final_views decide the views')
 
 
 def test_an_older_runs_config_json_loads_with_todays_keys(tmp_path):
-  # What runs wrote before model.conv3d was renamed, data.colour removed and the TRN keys added.
+  # What runs wrote before model.conv3d was renamed, data.colour, data.eval_clips and
+  # data.eval_crops removed, and the TRN, schedule, batch and BatchNorm-group keys added.
   today = loader.load('ssv2_8f').to_dict()
   old = json.loads(json.dumps(today))
   old['model']['conv3d'] = old['model'].pop('conv3d_grouping')
-  old['data']['colour'] = 'bgr255'
+  old['data'].update(colour='bgr255', eval_clips=1, eval_crops=1)
   del old['model']['consensus'], old['model']['trn_feature_dim']
+  del old['optim']['lr_every'], old['optim']['cosine_min_ratio']
+  del old['data']['device_batch_max'], old['train']['bn_group']
   (tmp_path / 'config.json').write_text(json.dumps(old))
   loaded = loader.load(tmp_path / 'config.json')
+  # Those runs moved the lr every step, to zero: their config says so.
+  assert (loaded.optim.lr_every, loaded.optim.cosine_min_ratio) == ('step', 0.0)
+  today['optim'].update(lr_every='step', cosine_min_ratio=0.0)
   assert json.loads(loaded.to_json()) == json.loads(json.dumps(today))
   assert build_model(old['model']).backbone is not None  # the model block alone upgrades too
 
