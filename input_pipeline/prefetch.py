@@ -31,6 +31,7 @@ class Prefetched(grain.DatasetIterator):
     self._state = iterator.get_state()
     self._ready = queue.Queue(maxsize=max(1, depth))
     self._stop = threading.Event()
+    self._closed = False
     self.last_wait_s = 0.0
     self._thread = threading.Thread(target=self._fill, name='batch-prefetch', daemon=True)
     self._thread.start()
@@ -75,19 +76,29 @@ class Prefetched(grain.DatasetIterator):
   def set_state(self, state) -> None:
     raise NotImplementedError('restore the wrapped iterator before wrapping it in Prefetched')
 
-  def close(self, timeout_s: float = 30.0) -> None:
-    """Stops the thread (it finishes the batch it is making, then exits; given up on after
-    `timeout_s`, the thread being a daemon), drops the batches held ready and closes the wrapped
-    iterator, whose worker processes then free their shared memory (else Python warns of
-    leaked shared_memory objects at exit)."""
+  def close(self, timeout_s: float = 10.0) -> None:
+    """Stops the thread (it finishes the batch it is making, then exits), drops the batches
+    held ready and closes the wrapped iterator, whose worker processes then free their shared
+    memory (else Python warns of leaked shared_memory objects at exit).
+
+    The iterator is closed even when the thread is still waiting for a batch after `timeout_s`
+    (loader workers still starting on a loaded machine): left open, grain's own exit finalizer
+    would close it while the interpreter shuts down, after multiprocessing's queue finalizers
+    closed its queues (`OSError: handle is closed`, a traceback after a stop's line). The
+    thread, a daemon, then takes the closed iterator's error and ends without a word. Closing
+    again (grain's `DatasetIterator.__del__` does) does nothing."""
+    if self._closed:
+      return
+    self._closed = True
     self._stop.set()
     deadline = time.monotonic() + timeout_s
     while self._thread.is_alive() and time.monotonic() < deadline:
       self._drain()  # unblocks a put
       self._thread.join(timeout=0.1)
     self._drain()
-    if not self._thread.is_alive() and hasattr(self._iterator, 'close'):
+    if hasattr(self._iterator, 'close'):
       self._iterator.close()
+    self._thread.join(timeout=1.0)
 
   def _drain(self) -> None:
     try:

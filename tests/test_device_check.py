@@ -5,6 +5,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -162,6 +163,35 @@ def test_the_prefetcher_times_the_wait_and_raises_the_loaders_error():
       next(batches)
   finally:
     batches.close()
+
+
+class Waiting(Counting):
+  """An iterator whose first batch never comes until it is closed (loader workers that are
+  still starting), as grain's, whose `close` ends a pending `next` with an error."""
+
+  def __init__(self):
+    super().__init__()
+    self.closed = threading.Event()
+
+  def __next__(self):
+    self.closed.wait()
+    raise ValueError('the iterator was closed')
+
+  def close(self):
+    self.closed.set()
+
+
+def test_closing_while_the_first_batch_is_awaited_closes_the_loader_quietly(capfd):
+  """A stop that lands while the loader's workers still start: `close` gives the thread
+  `timeout_s`, then closes the loader anyway (left open, grain's exit finalizer races
+  multiprocessing's and prints a traceback), and the thread ends without a word."""
+  loader = Waiting()
+  batches = Prefetched(loader)
+  start = time.monotonic()
+  batches.close(timeout_s=0.5)
+  assert loader.closed.is_set() and 0.5 <= time.monotonic() - start < 5
+  assert not batches._thread.is_alive()
+  assert capfd.readouterr().err == ''
 
 
 # --- The layout comparison ------------------------------------------------------------------
