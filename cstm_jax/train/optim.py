@@ -5,8 +5,8 @@ cstm_jax/config/defaults.py).
 GSM recipe: SGD with momentum 0.9, weight decay added to the gradient (coupled, as PyTorch's
 SGD does), global-norm clipping at 20 before the decay, lr 0.01 per 32 clips scaled linearly
 with the clips of an optimizer step (`data.batch_size` x `optim.grad_accum_steps`), linear warmup
-from 0.1x then cosine to 1e-7 x, changing once an epoch (`optim.lr_every`); accumulated gradients clipped as GSM's loop clips them
-(`accumulate`).
+from 0.1x then cosine to 1e-7 x, changing once an epoch (`optim.lr_every`); accumulated
+gradients clipped as GSM's loop clips them (`accumulate`).
 TSN's parameter groups (`get_optim_policies` of tsn-pytorch, TRN-pytorch and TSM's
 `ops/models.py`): conv / dense weights decay at lr x1; biases lr x2 without decay; BatchNorm
 without decay. TSM's add the new head x5 (weights) and x10 (bias).
